@@ -1,0 +1,308 @@
+// sheaf/heap.hpp: a shared heap in a memory-mapped file.
+//
+// A Heap is a file that any number of processes map at once, on one host or
+// on several through a network filesystem. Inside it: a malloc-style allocator
+// and named objects, in the spirit of Boost.Interprocess managed segments.
+//
+//   auto heap = sheaf::Heap::create("/data/h.heap", {.initial_size = 64 << 20}).value();
+//   auto* counter = heap.construct<std::int64_t>("counter")(0);
+//   heap.exclusive([&] { ++*counter; });          // under the heap's lock
+//   std::int64_t* same = heap.find<std::int64_t>("counter");
+//
+// The contract:
+// - Every process may map the heap at a different address. Store offsets or
+//   sheaf::offset_ptr (sheaf/containers.hpp) inside the heap, never raw pointers.
+// - The heap grows on demand and never moves: the address space for
+//   OpenOptions::reserve bytes is reserved at open, and growth extends the
+//   file under the mapping. Other processes see the new size at once.
+// - All calls are safe from any number of threads and processes at once; each
+//   takes the heap's lock. The lock is recursive per thread, so a callback
+//   passed to exclusive() may allocate, construct and find.
+// - A process killed at any instant, even inside the lock, leaves a heap that
+//   the next locker repairs before it goes on (see docs/heap.md): every object
+//   whose construct() returned is intact, and the allocator is consistent.
+//   What a callback of exclusive() was doing to its own data when killed is
+//   the caller's to make safe, as with any mutex.
+// - On a network filesystem (mode kNetwork) a process sees what other hosts
+//   wrote once it takes the lock, and what it wrote is on the server when it
+//   releases the lock. Data read or written outside the lock has no guarantee.
+#pragma once
+
+#include <sys/types.h>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sheaf/error.hpp"
+#include "sheaf/type_name.hpp"
+
+namespace sheaf {
+
+// How the heap keeps processes coherent. kLocal: one host, a robust mutex
+// inside the file. kNetwork: several hosts, byte-range (OFD) locks on the file
+// with cache invalidation on acquire and flush on release. kAuto picks by the
+// filesystem the file lives on (NFS, CIFS, Ceph, FUSE such as GlusterFS ->
+// kNetwork); the environment variable SHEAF_HEAP_MODE=local|network forces it.
+enum class LockMode { kAuto, kLocal, kNetwork };
+
+const char* lock_mode_name(LockMode mode) noexcept;
+
+struct OpenOptions {
+  // Address space reserved for the heap in this process; the heap cannot grow
+  // beyond it while mapped. 0: 64 GiB or the file's size if larger.
+  std::uint64_t reserve = 0;
+  LockMode mode = LockMode::kAuto;
+};
+
+struct CreateOptions {
+  std::uint64_t initial_size = 8 << 20;  // rounded up to whole pages
+  std::uint64_t max_size = 0;            // growth limit; 0: the reservation
+  mode_t file_mode = 0600;
+  OpenOptions open{};
+};
+
+struct HeapInfo {
+  std::string path;
+  std::string uuid;
+  std::uint32_t format_version = 0;
+  std::uint32_t page_size = 0;
+  std::uint64_t size = 0;          // bytes in the file that the heap uses
+  std::uint64_t used = 0;          // bytes in allocated blocks, headers included
+  std::uint64_t free = 0;          // bytes in free blocks
+  std::uint64_t largest_free = 0;  // the largest block an allocation could get without growth
+  std::uint64_t objects = 0;       // named objects
+  std::uint64_t generation = 0;    // bumped by every write under the lock
+  std::uint64_t recoveries = 0;    // repairs after a lock holder died
+  std::uint64_t max_size = 0;
+  std::uint32_t sessions = 0;  // processes that have the heap open now
+  LockMode mode = LockMode::kLocal;
+};
+
+struct ObjectInfo {
+  std::string name;
+  std::string type;          // the type's recorded name
+  std::uint64_t size = 0;    // bytes: element size * count
+  std::uint64_t count = 0;   // elements (1 unless constructed as an array)
+  std::uint64_t offset = 0;  // from the heap's base, the same in every process
+};
+
+struct CheckReport {
+  std::vector<std::string> problems;  // empty when the heap is sound
+  std::uint64_t blocks = 0;
+  std::uint64_t free_blocks = 0;
+  std::uint64_t named_objects = 0;
+  bool ok() const { return problems.empty(); }
+};
+
+class Heap;
+
+namespace detail {
+// Type-erased construction callback: builds `count` objects at `where`.
+using InitFn = void (*)(void* where, std::size_t count, void* context);
+using DestroyFn = void (*)(void* where, std::size_t count);
+}  // namespace detail
+
+// What heap.construct<T>(name) returns: call it with the constructor's
+// arguments for one object, or index it for an array of n copies.
+template <class T>
+class Constructor {
+ public:
+  template <class... Args>
+  T* operator()(Args&&... args) {
+    return construct(1, std::forward<Args>(args)...);
+  }
+
+  class Array {
+   public:
+    template <class... Args>
+    T* operator()(Args&&... args) {
+      return owner_.construct(count_, std::forward<Args>(args)...);
+    }
+
+   private:
+    friend class Constructor;
+    Array(Constructor& owner, std::size_t count) : owner_(owner), count_(count) {}
+    Constructor& owner_;
+    std::size_t count_;
+  };
+  Array operator[](std::size_t count) { return Array(*this, count); }
+
+ private:
+  friend class Heap;
+  Constructor(Heap& heap, std::string_view name, bool or_find)
+      : heap_(heap), name_(name), or_find_(or_find) {}
+  template <class... Args>
+  T* construct(std::size_t count, Args&&... args);
+
+  Heap& heap_;
+  std::string_view name_;
+  bool or_find_;
+};
+
+class Heap {
+ public:
+  // Creates a new heap file (never replaces an existing one) and opens it.
+  static Result<Heap> create(const std::string& path, const CreateOptions& options = {});
+  // Opens an existing heap after validating its header; repairs it first if
+  // the last lock holder died.
+  static Result<Heap> open(const std::string& path, const OpenOptions& options = {});
+
+  Heap(Heap&&) noexcept;
+  Heap& operator=(Heap&&) noexcept;
+  ~Heap();
+  // Unmaps and closes. Pointers into the heap are invalid afterwards.
+  void close() noexcept;
+  bool is_open() const noexcept { return impl_ != nullptr; }
+
+  // --- Anonymous blocks -------------------------------------------------------
+  // Throws Error(kOutOfSpace) when the heap cannot grow enough.
+  void* allocate(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
+  void deallocate(void* p);
+  // Grows or shrinks in place when it can, else moves the bytes.
+  void* reallocate(void* p, std::size_t bytes);
+  // Bytes the caller may use at p (at least what was asked for).
+  std::size_t usable_size(const void* p) const;
+
+  // --- Named objects -----------------------------------------------------------
+  // construct<T>(name)(args...) or construct<T>(name)[n](args...). Throws
+  // Error(kAlreadyExists) if the name is taken. T's constructor runs under
+  // the heap's lock, so it may itself allocate in the heap.
+  template <class T>
+  Constructor<T> construct(std::string_view name) {
+    return Constructor<T>(*this, name, false);
+  }
+  // The existing object if there is one of that type, else a new one.
+  template <class T>
+  Constructor<T> find_or_construct(std::string_view name) {
+    return Constructor<T>(*this, name, true);
+  }
+  // The object, or nullptr if there is none by that name. Throws
+  // Error(kTypeMismatch) if it was constructed as another type.
+  template <class T>
+  T* find(std::string_view name) {
+    std::size_t count = 0;
+    return static_cast<T*>(find_named(name, type_tag<T>(), &count));
+  }
+  // The whole array constructed under that name (empty if absent).
+  template <class T>
+  std::span<T> find_array(std::string_view name) {
+    std::size_t count = 0;
+    T* first = static_cast<T*>(find_named(name, type_tag<T>(), &count));
+    return first ? std::span<T>(first, count) : std::span<T>();
+  }
+  // Runs the destructors and frees the object. False if there was none.
+  template <class T>
+  bool destroy(std::string_view name) {
+    return destroy_named(name, type_tag<T>(), [](void* where, std::size_t count) {
+      T* first = static_cast<T*>(where);
+      for (std::size_t i = count; i > 0; --i) first[i - 1].~T();
+    });
+  }
+  // Frees a named object without knowing its type: no destructor runs, so
+  // anything it allocated stays allocated. For tools (`sheaf heap rm`).
+  bool erase(std::string_view name);
+
+  // A copy of a named object's description, or nothing.
+  std::optional<ObjectInfo> object(std::string_view name) const;
+  // Every named object, in no particular order.
+  std::vector<ObjectInfo> objects() const;
+  // The bytes of a named object, for tools that do not know its type
+  // (`sheaf heap cat`). Valid while the object exists.
+  std::span<const std::byte> object_bytes(std::string_view name) const;
+
+  // --- Locking -----------------------------------------------------------------
+  // Runs fn under the heap's lock. exclusive(): writers; on a network
+  // filesystem its writes reach the server before the lock is released.
+  // shared(): readers (still exclusive between processes on one host).
+  template <class F>
+  decltype(auto) exclusive(F&& fn) {
+    LockScope scope(*this, true);
+    return std::forward<F>(fn)();
+  }
+  template <class F>
+  decltype(auto) shared(F&& fn) const {
+    LockScope scope(const_cast<Heap&>(*this), false);
+    return std::forward<F>(fn)();
+  }
+
+  // --- Addresses ---------------------------------------------------------------
+  // Offsets are the same in every process; addresses are not.
+  std::uint64_t offset_of(const void* p) const;
+  void* pointer_at(std::uint64_t offset) const;
+  void* base() const noexcept;
+  bool contains(const void* p) const noexcept;
+
+  // --- Inspection --------------------------------------------------------------
+  HeapInfo info() const;
+  // Verifies every invariant of the file (see docs/heap.md); changes nothing.
+  CheckReport check() const;
+  const std::string& path() const noexcept;
+  LockMode mode() const noexcept;
+
+  struct Impl;
+
+ private:
+  template <class T>
+  friend class Constructor;
+  explicit Heap(std::unique_ptr<Impl> impl);
+
+  class LockScope {
+   public:
+    LockScope(Heap& heap, bool exclusive);
+    ~LockScope() noexcept(false);  // reports a failed flush to the server
+    LockScope(const LockScope&) = delete;
+    LockScope& operator=(const LockScope&) = delete;
+
+   private:
+    Impl* impl_;
+    bool exclusive_;
+  };
+
+  void* construct_named(std::string_view name, const TypeTag& type, std::size_t count, bool or_find,
+                        detail::InitFn init, void* context);
+  void* find_named(std::string_view name, const TypeTag& type, std::size_t* count) const;
+  bool destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+template <class T>
+template <class... Args>
+T* Constructor<T>::construct(std::size_t count, Args&&... args) {
+  struct Context {
+    std::tuple<Args&&...> args;
+  } context{std::forward_as_tuple(std::forward<Args>(args)...)};
+  detail::InitFn init = [](void* where, std::size_t n, void* raw) {
+    auto& ctx = *static_cast<Context*>(raw);
+    T* first = static_cast<T*>(where);
+    std::size_t built = 0;
+    try {
+      if (n == 1) {  // a single object gets the arguments as they were passed
+        std::apply(
+            [&](auto&&... a) { ::new (static_cast<void*>(first)) T(std::forward<Args>(a)...); },
+            std::move(ctx.args));
+        built = 1;
+      }
+      for (; built < n; ++built) {  // an array gets n copies built from the same arguments
+        std::apply([&](auto&... a) { ::new (static_cast<void*>(first + built)) T(a...); },
+                   ctx.args);
+      }
+    } catch (...) {
+      while (built > 0) first[--built].~T();
+      throw;
+    }
+  };
+  return static_cast<T*>(
+      heap_.construct_named(name_, type_tag<T>(), count, or_find_, init, &context));
+}
+
+}  // namespace sheaf

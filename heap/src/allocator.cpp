@@ -1,0 +1,279 @@
+// allocator.cpp: blocks, bins, splitting, merging and growth.
+//
+// Every function here runs under the exclusive heap lock.
+//
+// Shape (after dlmalloc and mimalloc, simplified for crash safety):
+// - Blocks up to 1 KiB live in 63 exact-size bins. Freeing one is a push and
+//   allocating one is a pop: no search, no merging. Their neighbours are
+//   merged lazily, by a sweep over the chain when an allocation would
+//   otherwise grow the file.
+// - Larger blocks live in bins of a quarter of a power of two each; freeing
+//   one merges it with the free blocks that follow it.
+// - A bitmap of non-empty bins finds the next bin with a block that fits in a
+//   few instructions.
+// - When nothing fits, the file grows (by the request, at least by its own
+//   size up to 1 GiB) under the same mapping; nothing moves.
+//
+// Crash safety: see format.hpp. A block being allocated is unlinked from its
+// bin first, while its header still says kFree; recovery rebuilds the bins,
+// so a kill there loses nothing. Its header then turns kUsed, and any tail
+// split off becomes reachable, in one publish().
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+
+#include "impl.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+constexpr std::uint64_t kMaxGrowthStep = std::uint64_t{1} << 30;
+constexpr int kLargeBinScan = 32;  // blocks tried in the request's own bin before moving up
+
+std::uint64_t block_size_for(std::uint64_t payload) {
+  return std::max(kMinBlock, align_up(payload + kBlockHeaderBytes, kAlign));
+}
+
+// The first non-empty bin at or after `from`, or -1.
+int next_nonempty_bin(const std::uint64_t (&bitmap)[4], int from) {
+  for (int word = from / 64; word < 4; ++word) {
+    std::uint64_t bits = bitmap[word];
+    if (word == from / 64) bits &= ~std::uint64_t{0} << (from % 64);
+    if (bits != 0) return word * 64 + std::countr_zero(bits);
+  }
+  return -1;
+}
+
+}  // namespace
+
+void Heap::Impl::push_free(std::uint64_t offset) {
+  State& s = state();
+  const int bin = bin_of(block(offset)->size());
+  auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
+  links->next = s.bins[bin];
+  links->prev = 0;
+  if (links->next != 0) at<FreeLinks>(links->next + kBlockHeaderBytes)->prev = offset;
+  s.bins[bin] = offset;
+  s.bin_bitmap[bin / 64] |= std::uint64_t{1} << (bin % 64);
+  s.free_bytes += block(offset)->size();
+}
+
+void Heap::Impl::unlink_free(std::uint64_t offset) {
+  State& s = state();
+  const int bin = bin_of(block(offset)->size());
+  auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
+  if (links->prev != 0) {
+    at<FreeLinks>(links->prev + kBlockHeaderBytes)->next = links->next;
+  } else {
+    s.bins[bin] = links->next;
+  }
+  if (links->next != 0) at<FreeLinks>(links->next + kBlockHeaderBytes)->prev = links->prev;
+  if (s.bins[bin] == 0) s.bin_bitmap[bin / 64] &= ~(std::uint64_t{1} << (bin % 64));
+  s.free_bytes -= block(offset)->size();
+}
+
+void Heap::Impl::reset_bins() {
+  State& s = state();
+  std::fill(std::begin(s.bins), std::end(s.bins), 0);
+  std::fill(std::begin(s.bin_bitmap), std::end(s.bin_bitmap), 0);
+  s.free_bytes = 0;
+}
+
+// Unlinks and returns a free block of at least `size` bytes, or 0.
+std::uint64_t Heap::Impl::take_fit(std::uint64_t size) {
+  State& s = state();
+  const int bin = bin_of(size);
+  if (size <= kSmallMax) {
+    if (std::uint64_t offset = s.bins[bin]; offset != 0) {
+      unlink_free(offset);
+      return offset;
+    }
+  } else {
+    std::uint64_t offset = s.bins[bin];
+    for (int tried = 0; offset != 0 && tried < kLargeBinScan; ++tried) {
+      if (block(offset)->size() >= size) {
+        unlink_free(offset);
+        return offset;
+      }
+      offset = at<FreeLinks>(offset + kBlockHeaderBytes)->next;
+    }
+  }
+  // Every block in a later bin is large enough.
+  const int later = next_nonempty_bin(s.bin_bitmap, bin + 1);
+  if (later < 0) return 0;
+  const std::uint64_t offset = s.bins[later];
+  unlink_free(offset);
+  return offset;
+}
+
+std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t alignment,
+                                         BlockState final_state) {
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > kPageSize) {
+    throw Error(Errc::kInvalidArgument, "heap " + path + ": alignment " +
+                                            std::to_string(alignment) +
+                                            " is not a power of two up to the page size");
+  }
+  if (payload > growth_limit()) {
+    throw Error(Errc::kOutOfSpace, "heap " + path + ": cannot allocate " + std::to_string(payload) +
+                                       " bytes (the heap may grow to " +
+                                       std::to_string(growth_limit()) + ")");
+  }
+  State& s = state();
+  const std::uint64_t size = block_size_for(payload);
+  // An over-aligned payload may need up to two alignments of slack in front.
+  const std::uint64_t wanted = alignment > kAlign ? size + 2 * alignment : size;
+
+  std::uint64_t offset = take_fit(wanted);
+  if (offset == 0 && s.small_freed + s.free_bytes >= wanted) {
+    rebuild(Rebuild::kSweep);  // free neighbours merged may fit without growing
+    offset = take_fit(wanted);
+  }
+  if (offset == 0) {
+    grow(wanted);
+    offset = take_fit(wanted);
+    if (offset == 0) throw Error(Errc::kOutOfSpace, "heap " + path + ": no block after growth");
+  }
+
+  if (alignment > kAlign) {
+    // Split off the slack in front as a free block of its own.
+    const std::uint64_t whole = block(offset)->size();
+    std::uint64_t gap =
+        align_up(offset + kBlockHeaderBytes, alignment) - kBlockHeaderBytes - offset;
+    if (gap != 0 && gap < kMinBlock) gap += alignment;
+    if (gap != 0) {
+      const std::uint64_t aligned = offset + gap;
+      block(aligned)->size_and_state = (whole - gap) | kFree;
+      block(aligned)->reserved = 0;
+      publish(block(offset)->size_and_state, gap | kFree);
+      push_free(offset);
+      offset = aligned;
+    }
+  }
+
+  const std::uint64_t whole = block(offset)->size();
+  if (whole - size >= kMinBlock) {
+    const std::uint64_t tail = offset + size;
+    block(tail)->size_and_state = (whole - size) | kFree;
+    block(tail)->reserved = 0;
+    publish(block(offset)->size_and_state, size | final_state);
+    push_free(tail);
+  } else {
+    publish(block(offset)->size_and_state, whole | final_state);
+  }
+  block(offset)->reserved = 0;
+  s.used_bytes += block(offset)->size();
+  return offset;
+}
+
+void Heap::Impl::free_block(std::uint64_t offset) {
+  State& s = state();
+  BlockHeader* header = block(offset);
+  std::uint64_t size = header->size();
+  s.used_bytes -= size;
+  publish(header->size_and_state, size | kFree);
+  if (size <= kSmallMax) {
+    s.small_freed += size;
+  } else {
+    // Merge with the free blocks that follow; each step is one publish().
+    for (std::uint64_t next = offset + size; next < s.size; next = offset + size) {
+      if (block(next)->state() != kFree) break;
+      unlink_free(next);
+      size += block(next)->size();
+      publish(header->size_and_state, size | kFree);
+    }
+  }
+  push_free(offset);
+}
+
+bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
+  State& s = state();
+  BlockHeader* header = block(offset);
+  const std::uint64_t current = header->size();
+  const std::uint64_t size = block_size_for(payload);
+  const std::uint64_t state_bits = header->state();
+  if (size <= current) {
+    if (current - size >= kMinBlock) {  // give the tail back
+      const std::uint64_t tail = offset + size;
+      block(tail)->size_and_state = (current - size) | kUsed;
+      block(tail)->reserved = 0;
+      publish(header->size_and_state, size | state_bits);
+      free_block(tail);  // merges it with what follows and accounts for it
+    }
+    return true;
+  }
+  const std::uint64_t next = offset + current;
+  if (next >= s.size || block(next)->state() != kFree) return false;
+  const std::uint64_t total = current + block(next)->size();
+  if (total < size) return false;
+  unlink_free(next);
+  if (total - size >= kMinBlock) {
+    const std::uint64_t tail = offset + size;
+    block(tail)->size_and_state = (total - size) | kFree;
+    block(tail)->reserved = 0;
+    publish(header->size_and_state, size | state_bits);
+    push_free(tail);
+    s.used_bytes += size - current;
+  } else {
+    publish(header->size_and_state, total | state_bits);
+    s.used_bytes += total - current;
+  }
+  return true;
+}
+
+void Heap::Impl::grow(std::uint64_t bytes) {
+  State& s = state();
+  const std::uint64_t old_size = s.size;
+  const std::uint64_t limit = growth_limit();
+  std::uint64_t new_size =
+      align_up(old_size + std::max(bytes, std::min(old_size, kMaxGrowthStep)), kPageSize);
+  if (new_size > limit) new_size = align_up(old_size + bytes, kPageSize);
+  if (new_size > limit || new_size < old_size) {
+    throw Error(Errc::kOutOfSpace, "heap " + path + " is full: it needs " + std::to_string(bytes) +
+                                       " more bytes but may grow to at most " +
+                                       std::to_string(limit) +
+                                       " (its maximum size or this process's reservation)");
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0) throw Error::from_errno(errno, "heap " + path + ": stat");
+  if (static_cast<std::uint64_t>(st.st_size) < new_size) {
+    // fallocate claims the disk now (ENOSPC here, not SIGBUS later);
+    // filesystems without it get a sparse extension.
+    if (fallocate(fd, 0, static_cast<off_t>(old_size), static_cast<off_t>(new_size - old_size)) !=
+        0) {
+      if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+        throw Error::from_errno(
+            errno, "heap " + path + ": cannot grow to " + std::to_string(new_size) + " bytes");
+      }
+      if (ftruncate(fd, static_cast<off_t>(new_size)) != 0) {
+        throw Error::from_errno(
+            errno, "heap " + path + ": cannot grow to " + std::to_string(new_size) + " bytes");
+      }
+    }
+  }
+  known_file_size = std::max<std::uint64_t>(known_file_size, new_size);
+  block(old_size)->size_and_state = (new_size - old_size) | kFree;
+  block(old_size)->reserved = 0;
+  publish(s.size, new_size);
+  push_free(old_size);
+}
+
+std::uint64_t Heap::Impl::largest_free() const {
+  const State& s = state();
+  for (int bin = kBinCount - 1; bin >= 0; --bin) {
+    if (s.bins[bin] == 0) continue;
+    std::uint64_t largest = 0;
+    for (std::uint64_t offset = s.bins[bin]; offset != 0;
+         offset = at<FreeLinks>(offset + kBlockHeaderBytes)->next) {
+      largest = std::max(largest, block(offset)->size());
+    }
+    return largest - kBlockHeaderBytes;
+  }
+  return 0;
+}
+
+}  // namespace sheaf

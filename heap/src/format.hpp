@@ -1,0 +1,168 @@
+// format.hpp: the heap file's layout on disk. Internal; never in public headers.
+//
+//   offset 0            kHeaderBytes                                   state.size
+//   | Identity | State  | block | block | block | ...                  |
+//
+// Identity is written once, at creation, and checksummed (xxHash64). State is
+// what the heap's lock protects. Blocks tile the rest of the file exactly: each
+// starts with a BlockHeader whose size leads to the next one.
+//
+// THE INVARIANT everything else rests on: the chain of block headers is the
+// only source of truth. Free lists, bins, the name table and the counters in
+// State are caches that recovery rebuilds from the chain. Every change to the
+// chain is ordered so that a process killed between any two instructions
+// leaves a walkable chain: a new header is written where the walk cannot yet
+// reach it, and then made reachable by one aligned 8-byte store (a split
+// shrinks the block in front of it; a merge grows the block in front of it;
+// growth extends State::size).
+#pragma once
+
+#include <pthread.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sheaf::format {
+
+inline constexpr char kMagic[8] = {'S', 'H', 'E', 'A', 'F', 'H', 'P', '\0'};
+inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint32_t kEndianMark = 0x01020304;
+inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
+inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
+
+inline constexpr std::uint64_t kAlign = 16;  // every block and payload
+inline constexpr std::uint64_t kBlockHeaderBytes = 16;
+inline constexpr std::uint64_t kMinBlock = 32;    // header + a free block's two links
+inline constexpr std::uint64_t kSmallMax = 1024;  // blocks up to this size have exact bins
+
+// Byte-range (OFD) locks, far beyond any heap's data so they never cover it.
+inline constexpr off_t kLockBase = off_t{1} << 60;
+inline constexpr off_t kPresenceLock = kLockBase;            // read-held by every open heap
+inline constexpr off_t kHeapLock = kLockBase + 4096;         // the heap lock in network mode
+inline constexpr off_t kHeapLockLength = 4096;               // page-aligned, page-long
+inline constexpr off_t kSessionLockBase = kLockBase + 8192;  // + slot: held by that session
+
+enum BlockState : std::uint64_t {
+  kFree = 0,     // in a bin; payload holds FreeLinks
+  kUsed = 1,     // allocate()d
+  kNamed = 2,    // payload holds a NamedRecord, then the names, then the object
+  kPending = 3,  // a named object whose constructor had not returned; freed by recovery
+  kIndex = 4,    // the name table; every one but State::name_table is freed by recovery
+};
+inline constexpr std::uint64_t kStateMask = 0xF;
+
+struct BlockHeader {
+  std::uint64_t size_and_state;  // size (multiple of 16, header included) | BlockState
+  std::uint64_t reserved;        // zero; kept for the message layer's reference counts
+
+  std::uint64_t size() const { return size_and_state & ~kStateMask; }
+  std::uint64_t state() const { return size_and_state & kStateMask; }
+};
+static_assert(sizeof(BlockHeader) == kBlockHeaderBytes);
+
+// Payload of a free block: its neighbours in its bin (block offsets, 0 = none).
+struct FreeLinks {
+  std::uint64_t next;
+  std::uint64_t prev;
+};
+
+// Payload head of a named (or pending) block. Name bytes follow it, then the
+// type name's bytes, then padding up to the object's alignment, then the object.
+struct NamedRecord {
+  std::uint64_t name_hash;      // XXH3 of the name
+  std::uint64_t object_offset;  // from the heap's base
+  std::uint64_t element_size;
+  std::uint64_t count;
+  std::uint32_t name_length;
+  std::uint32_t type_length;
+  std::uint32_t element_alignment;
+  std::uint32_t reserved;
+  const char* name() const { return reinterpret_cast<const char*>(this + 1); }
+  const char* type() const { return name() + name_length; }
+};
+static_assert(sizeof(NamedRecord) == 48);
+
+inline constexpr std::uint32_t kMaxNameLength = 4096;
+inline constexpr std::uint32_t kMaxTypeLength = 1024;
+
+// Payload of the name table: open addressing, linear probing.
+struct NameTable {
+  std::uint64_t capacity;  // a power of two
+  std::uint64_t count;     // live entries
+  std::uint64_t tombstones;
+  std::uint64_t reserved;
+  // `capacity` slots follow: block offset of a named block, or kEmptySlot / kTombstone.
+  std::uint64_t* slots() { return reinterpret_cast<std::uint64_t*>(this + 1); }
+  const std::uint64_t* slots() const { return reinterpret_cast<const std::uint64_t*>(this + 1); }
+};
+inline constexpr std::uint64_t kEmptySlot = 0;
+inline constexpr std::uint64_t kTombstone = 1;
+
+// Bins: 63 exact ones for block sizes 32..1024 step 16, then four per power of two.
+inline constexpr int kSmallBins = 63;
+inline constexpr int kBinCount = kSmallBins + 4 * 38;  // up to 2^48-byte blocks
+
+inline constexpr int kMaxSessions = 128;
+
+struct Session {
+  std::uint64_t id;  // 0: the slot is free
+  std::uint32_t pid;
+  std::uint32_t mode;  // LockMode
+  std::uint64_t opened_ns;
+  char host[40];
+};
+static_assert(sizeof(Session) == 64);
+
+struct Identity {
+  char magic[8];
+  std::uint32_t version;
+  std::uint32_t endian;  // kEndianMark as the creating machine stored it
+  std::uint32_t page_size;
+  std::uint32_t header_bytes;
+  std::uint8_t uuid[16];
+  std::uint64_t created_ns;
+  std::uint64_t max_size;  // 0: no limit but the reservation
+  std::uint64_t reserved[8];
+  std::uint64_t checksum;  // XXH64 of every byte above
+};
+
+struct State {
+  // Local mode's lock: a robust, process-shared mutex. Reinitialised by the
+  // first process to open the heap, since no one else can hold it then.
+  alignas(64) pthread_mutex_t mutex;
+  // Session id of the process inside an exclusive section; 0 outside. Found
+  // non-zero by the next locker, it means the holder died inside: recover.
+  alignas(64) std::uint64_t lock_holder;
+  std::uint64_t size;  // bytes of the file the blocks tile
+  std::uint64_t generation;
+  std::uint64_t recoveries;
+  std::uint64_t clean;  // 1 when the last process to close it closed it normally
+  std::uint64_t next_session_id;
+  // Caches, rebuilt by recovery.
+  std::uint64_t used_bytes;
+  std::uint64_t free_bytes;
+  std::uint64_t named_count;
+  std::uint64_t name_table;   // block offset of the kIndex block, 0 before the first name
+  std::uint64_t small_freed;  // bytes freed into small bins since the last coalescing sweep
+  std::uint64_t bin_bitmap[4];
+  std::uint64_t bins[kBinCount];
+  Session sessions[kMaxSessions];
+};
+
+struct Header {
+  Identity identity;
+  alignas(64) State state;
+};
+static_assert(sizeof(Header) <= kHeaderBytes);
+
+// Bin of a free block of `size` bytes (size >= kMinBlock, a multiple of 16).
+inline int bin_of(std::uint64_t size) {
+  if (size <= kSmallMax) return static_cast<int>(size / kAlign) - 2;
+  int power = 63 - __builtin_clzll(size);  // >= 10
+  int quarter = static_cast<int>((size >> (power - 2)) & 3);
+  int bin = kSmallBins + (power - 10) * 4 + quarter;
+  return bin < kBinCount ? bin : kBinCount - 1;
+}
+
+}  // namespace sheaf::format

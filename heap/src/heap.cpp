@@ -1,0 +1,391 @@
+// heap.cpp: the public Heap class, on top of Heap::Impl.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+
+#include "impl.hpp"
+#include "sheaf/containers.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+// The heaps this process has open, by base address, so an Allocator living
+// inside a heap (which cannot hold a pointer to this process's Heap) can find
+// its heap's lock and allocator. Lookups read without locking.
+struct OpenHeap {
+  std::atomic<const void*> base{nullptr};
+  std::atomic<Heap::Impl*> impl{nullptr};
+};
+constexpr int kMaxOpenHeaps = 256;
+std::array<OpenHeap, kMaxOpenHeaps> open_heaps;
+std::mutex open_heaps_mutex;
+
+void remember(Heap::Impl* impl) {
+  std::lock_guard guard(open_heaps_mutex);
+  for (auto& entry : open_heaps) {
+    if (entry.base.load() == nullptr) {
+      entry.impl.store(impl);
+      entry.base.store(impl->base, std::memory_order_release);
+      return;
+    }
+  }
+  throw Error(Errc::kBusy, "heap " + impl->path + ": this process has " +
+                               std::to_string(kMaxOpenHeaps) + " heaps open already");
+}
+
+void forget(const Heap::Impl* impl) {
+  std::lock_guard guard(open_heaps_mutex);
+  for (auto& entry : open_heaps) {
+    if (entry.base.load() == impl->base) entry.base.store(nullptr);
+  }
+}
+
+Heap::Impl& heap_at_base(const void* base) {
+  for (auto& entry : open_heaps) {
+    if (entry.base.load(std::memory_order_acquire) == base) return *entry.impl.load();
+  }
+  throw Error(Errc::kInvalidArgument, "sheaf::Allocator: its heap is not open in this process");
+}
+
+// The block an allocate()d pointer belongs to, after checking it is one.
+std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* what) {
+  const std::uint64_t offset = impl.offset_of(p);
+  const std::uint64_t block = offset - kBlockHeaderBytes;
+  if (!impl.base || p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes ||
+      offset >= impl.state().size || offset % kAlign != 0 || impl.block(block)->state() != kUsed) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
+  }
+  return block;
+}
+
+void check_type(const Heap::Impl& impl, std::uint64_t block, const TypeTag& type) {
+  const NamedRecord* r = impl.record(block);
+  if (r->type_length == type.name.size() &&
+      std::memcmp(r->type(), type.name.data(), type.name.size()) == 0 &&
+      r->element_size == type.size) {
+    return;
+  }
+  throw Error(Errc::kTypeMismatch,
+              "heap " + impl.path + ": object '" + std::string(r->name(), r->name_length) +
+                  "' is a " + std::string(r->type(), r->type_length) + " (" +
+                  std::to_string(r->element_size) + " bytes), not a " + std::string(type.name) +
+                  " (" + std::to_string(type.size) + " bytes)");
+}
+
+void check_name(const Heap::Impl& impl, std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength) {
+    throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": an object name must have 1 to " +
+                                            std::to_string(kMaxNameLength) + " bytes");
+  }
+}
+
+}  // namespace
+
+const char* lock_mode_name(LockMode mode) noexcept {
+  switch (mode) {
+    case LockMode::kAuto:
+      return "auto";
+    case LockMode::kLocal:
+      return "local";
+    case LockMode::kNetwork:
+      return "network";
+  }
+  return "unknown";
+}
+
+Heap::Impl::~Impl() {
+  if (base != nullptr) munmap(base, reserve);
+  if (fd >= 0) ::close(fd);
+}
+
+Heap::Heap(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Heap::Heap(Heap&&) noexcept = default;
+Heap& Heap::operator=(Heap&& other) noexcept {
+  if (this != &other) {
+    close();
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+Heap::~Heap() {
+  close();
+}
+
+Result<Heap> Heap::create(const std::string& path, const CreateOptions& options) {
+  try {
+    std::unique_ptr<Impl> impl(Impl::create_file(path, options));
+    remember(impl.get());
+    return Heap(std::move(impl));
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+Result<Heap> Heap::open(const std::string& path, const OpenOptions& options) {
+  try {
+    std::unique_ptr<Impl> impl(Impl::open_file(path, options));
+    remember(impl.get());
+    return Heap(std::move(impl));
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+void Heap::close() noexcept {
+  if (!impl_) return;
+  forget(impl_.get());
+  impl_->close_file();
+  impl_.reset();
+}
+
+Heap::LockScope::LockScope(Heap& heap, bool exclusive) : impl_(heap.impl_.get()) {
+  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
+  impl_->acquire(exclusive);
+}
+
+Heap::LockScope::~LockScope() noexcept(false) {
+  const int error = impl_->release();
+  if (error != 0 && std::uncaught_exceptions() == 0) {
+    throw Error::from_errno(error, "heap " + impl_->path + ": cannot write to the server");
+  }
+}
+
+void* Heap::allocate(std::size_t bytes, std::size_t alignment) {
+  LockScope lock(*this, true);
+  return impl_->at(impl_->allocate_block(bytes, alignment) + kBlockHeaderBytes);
+}
+
+void Heap::deallocate(void* p) {
+  if (p == nullptr) return;
+  LockScope lock(*this, true);
+  impl_->free_block(used_block_of(*impl_, p, "deallocate"));
+}
+
+void* Heap::reallocate(void* p, std::size_t bytes) {
+  if (p == nullptr) return allocate(bytes);
+  LockScope lock(*this, true);
+  const std::uint64_t block = used_block_of(*impl_, p, "reallocate");
+  if (impl_->resize_in_place(block, bytes)) return p;
+  const std::uint64_t old_bytes = impl_->block(block)->size() - kBlockHeaderBytes;
+  const std::uint64_t fresh = impl_->allocate_block(bytes, kAlign);
+  void* moved = impl_->at(fresh + kBlockHeaderBytes);
+  std::memcpy(moved, p, std::min<std::uint64_t>(old_bytes, bytes));
+  impl_->free_block(block);
+  return moved;
+}
+
+std::size_t Heap::usable_size(const void* p) const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  return impl_->block(used_block_of(*impl_, p, "usable_size"))->size() - kBlockHeaderBytes;
+}
+
+void* Heap::construct_named(std::string_view name, const TypeTag& type, std::size_t count,
+                            bool or_find, detail::InitFn init, void* context) {
+  check_name(*impl_, name);
+  if (type.name.size() > kMaxTypeLength || type.alignment > kPageSize) {
+    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": type " + std::string(type.name) +
+                                            " cannot be stored by name");
+  }
+  if (type.size != 0 && count > impl_->growth_limit() / type.size) {
+    throw Error(Errc::kOutOfSpace, "heap " + impl_->path + ": " + std::to_string(count) + " " +
+                                       std::string(type.name) + " objects do not fit");
+  }
+  LockScope lock(*this, true);
+  Impl& impl = *impl_;
+  if (std::uint64_t existing = impl.lookup(name); existing != 0) {
+    if (!or_find) {
+      throw Error(Errc::kAlreadyExists,
+                  "heap " + impl.path + ": an object named '" + std::string(name) + "' exists");
+    }
+    check_type(impl, existing, type);
+    return impl.at(impl.record(existing)->object_offset);
+  }
+
+  const std::uint64_t alignment = std::max<std::uint64_t>(kAlign, type.alignment);
+  const std::uint64_t head = sizeof(NamedRecord) + name.size() + type.name.size();
+  const std::uint64_t bytes = std::uint64_t{type.size} * count;
+  const std::uint64_t block =
+      impl.allocate_block(align_up(head, kAlign) + (alignment - kAlign) + bytes, kAlign, kPending);
+  NamedRecord* r = impl.record(block);
+  r->name_hash = hash_name(name);
+  r->element_size = type.size;
+  r->count = count;
+  r->name_length = static_cast<std::uint32_t>(name.size());
+  r->type_length = static_cast<std::uint32_t>(type.name.size());
+  r->element_alignment = static_cast<std::uint32_t>(alignment);
+  r->reserved = 0;
+  std::memcpy(const_cast<char*>(r->name()), name.data(), name.size());
+  std::memcpy(const_cast<char*>(r->type()), type.name.data(), type.name.size());
+  r->object_offset = align_up(block + kBlockHeaderBytes + head, alignment);
+  impl.insert_name(block);
+  ++impl.state().named_count;
+
+  void* object = impl.at(r->object_offset);
+  try {
+    init(object, count, context);
+  } catch (...) {
+    impl.remove_name(block);
+    --impl.state().named_count;
+    impl.free_block(block);
+    throw;
+  }
+  BlockHeader* header = impl.block(block);
+  publish(header->size_and_state, header->size() | kNamed);
+  return object;
+}
+
+void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* count) const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  const std::uint64_t block = impl_->lookup(name);
+  if (block == 0) return nullptr;
+  check_type(*impl_, block, type);
+  *count = impl_->record(block)->count;
+  return impl_->at(impl_->record(block)->object_offset);
+}
+
+bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy) {
+  LockScope lock(*this, true);
+  Impl& impl = *impl_;
+  const std::uint64_t block = impl.lookup(name);
+  if (block == 0) return false;
+  check_type(impl, block, type);
+  const NamedRecord* r = impl.record(block);
+  destroy(impl.at(r->object_offset), r->count);
+  impl.remove_name(block);
+  --impl.state().named_count;
+  impl.free_block(block);
+  return true;
+}
+
+bool Heap::erase(std::string_view name) {
+  LockScope lock(*this, true);
+  Impl& impl = *impl_;
+  const std::uint64_t block = impl.lookup(name);
+  if (block == 0) return false;
+  impl.remove_name(block);
+  --impl.state().named_count;
+  impl.free_block(block);
+  return true;
+}
+
+std::optional<ObjectInfo> Heap::object(std::string_view name) const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  const std::uint64_t block = impl_->lookup(name);
+  if (block == 0) return std::nullopt;
+  return impl_->describe(block);
+}
+
+std::vector<ObjectInfo> Heap::objects() const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  std::vector<ObjectInfo> found;
+  const State& s = impl_->state();
+  if (s.name_table == 0) return found;
+  const auto* table = impl_->at<NameTable>(s.name_table + kBlockHeaderBytes);
+  found.reserve(table->count);
+  for (std::uint64_t i = 0; i < table->capacity; ++i) {
+    const std::uint64_t slot = table->slots()[i];
+    if (slot != kEmptySlot && slot != kTombstone) found.push_back(impl_->describe(slot));
+  }
+  return found;
+}
+
+std::span<const std::byte> Heap::object_bytes(std::string_view name) const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  const std::uint64_t block = impl_->lookup(name);
+  if (block == 0) {
+    throw Error(Errc::kNotFound,
+                "heap " + impl_->path + ": no object named '" + std::string(name) + "'");
+  }
+  const NamedRecord* r = impl_->record(block);
+  return {impl_->at<const std::byte>(r->object_offset), r->element_size * r->count};
+}
+
+std::uint64_t Heap::offset_of(const void* p) const {
+  if (!contains(p)) {
+    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": pointer outside the heap");
+  }
+  return impl_->offset_of(p);
+}
+
+void* Heap::pointer_at(std::uint64_t offset) const {
+  if (offset < kHeaderBytes || offset >= impl_->state().size) {
+    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": offset " +
+                                            std::to_string(offset) + " is outside the heap");
+  }
+  return impl_->at(offset);
+}
+
+void* Heap::base() const noexcept {
+  return impl_ ? impl_->base : nullptr;
+}
+
+bool Heap::contains(const void* p) const noexcept {
+  if (!impl_) return false;
+  const auto* byte = static_cast<const std::uint8_t*>(p);
+  return byte >= impl_->base + kHeaderBytes && byte < impl_->base + impl_->state().size;
+}
+
+HeapInfo Heap::info() const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  const Impl& impl = *impl_;
+  const State& s = impl.state();
+  const Identity& id = impl.header()->identity;
+  HeapInfo info;
+  info.path = impl.path;
+  char uuid[37];
+  const std::uint8_t* u = id.uuid;
+  std::snprintf(uuid, sizeof(uuid),
+                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+                u[15]);
+  info.uuid = uuid;
+  info.format_version = id.version;
+  info.page_size = id.page_size;
+  info.size = s.size;
+  info.used = s.used_bytes;
+  info.free = s.free_bytes;
+  info.largest_free = impl.largest_free();
+  info.objects = s.named_count;
+  info.generation = s.generation;
+  info.recoveries = s.recoveries;
+  info.max_size = impl.growth_limit();
+  info.sessions = impl.live_sessions();
+  info.mode = impl.mode;
+  return info;
+}
+
+CheckReport Heap::check() const {
+  LockScope lock(const_cast<Heap&>(*this), false);
+  return impl_->check(true);
+}
+
+const std::string& Heap::path() const noexcept {
+  static const std::string closed;
+  return impl_ ? impl_->path : closed;
+}
+
+LockMode Heap::mode() const noexcept {
+  return impl_ ? impl_->mode : LockMode::kAuto;
+}
+
+namespace detail {
+
+void* allocate_at_base(const void* base, std::size_t bytes, std::size_t alignment) {
+  Heap::Impl& impl = heap_at_base(base);
+  Locked lock(impl, true);
+  return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
+}
+
+void deallocate_at_base(const void* base, void* p) {
+  Heap::Impl& impl = heap_at_base(base);
+  Locked lock(impl, true);
+  impl.free_block(used_block_of(impl, p, "deallocate"));
+}
+
+}  // namespace detail
+}  // namespace sheaf

@@ -1,0 +1,231 @@
+// heap_lock.cpp: the heap lock, in its two modes, and sessions.
+//
+// Local mode (one host): a robust process-shared pthread mutex inside the
+// file. When its holder dies, the kernel marks it, and the next locker gets
+// EOWNERDEAD and repairs the heap. Cost: one uncontended futex operation.
+//
+// Network mode (several hosts, REFERENCE.md §4): a byte-range OFD lock on a
+// page-aligned range. On acquire, drop our cached pages (madvise, then
+// posix_fadvise) so we read what the last holder on any host wrote; on
+// release, msync and fdatasync so the server has our writes before the next
+// holder reads. State::generation tells an acquirer whether anyone wrote
+// since its last section, so an unchanged heap costs one page of invalidation.
+//
+// In both modes, State::lock_holder is set for the length of an exclusive
+// section; a locker that finds it set knows the holder died inside and runs
+// recovery before it goes on.
+//
+// Sessions: every open heap claims a slot in State::sessions and holds an OFD
+// lock on that slot's byte for as long as it is open, so any process on any
+// host can tell whether a session is alive without trusting pids.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+
+#include "impl.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+std::int64_t this_thread_id() {
+  thread_local const std::int64_t id = gettid();
+  return id;
+}
+
+}  // namespace
+
+bool Heap::Impl::held_by_this_thread() const {
+  return owner_tid.load(std::memory_order_relaxed) == this_thread_id();
+}
+
+void Heap::Impl::require_exclusive() const {
+  if (!held_by_this_thread() || !outer_exclusive) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + path + ": this changes the heap, so it cannot run inside shared()");
+  }
+}
+
+void Heap::Impl::acquire(bool exclusive) {
+  if (held_by_this_thread()) {
+    if (exclusive && !outer_exclusive) require_exclusive();
+    ++depth;
+    return;
+  }
+  bool holder_died = false;
+  if (mode == LockMode::kLocal) {
+    int rc = pthread_mutex_lock(&state().mutex);
+    if (rc == EOWNERDEAD) {
+      pthread_mutex_consistent(&state().mutex);
+      holder_died = true;
+    } else if (rc != 0) {
+      throw Error::from_errno(rc, "heap " + path + ": lock");
+    }
+  } else {
+    network_mutex.lock();
+    try {
+      lock_range(fd, exclusive ? F_WRLCK : F_RDLCK, kHeapLock, kHeapLockLength, true);
+    } catch (...) {
+      network_mutex.unlock();
+      throw;
+    }
+    refresh_from_server();
+  }
+  owner_tid.store(this_thread_id(), std::memory_order_relaxed);
+  depth = 1;
+  outer_exclusive = exclusive;
+
+  try {
+    if (holder_died || state().lock_holder != 0) recover_after_death();
+  } catch (...) {
+    release();
+    throw;
+  }
+  if (exclusive) publish(state().lock_holder, holder_token());
+}
+
+// The previous holder died inside the lock: repair, as an exclusive section
+// of our own, then carry on in the mode we were asked for.
+void Heap::Impl::recover_after_death() {
+  const bool upgrade = mode == LockMode::kNetwork && !outer_exclusive;
+  if (upgrade) {  // a read lock may not write: trade it for a write lock
+    lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
+    lock_range(fd, F_WRLCK, kHeapLock, kHeapLockLength, true);
+    refresh_from_server();
+  }
+  if (mode == LockMode::kLocal || state().lock_holder != 0) {  // someone may have beaten us to it
+    publish(state().lock_holder, holder_token());
+    rebuild(Rebuild::kRecover);
+    ++state().recoveries;
+    ++state().generation;
+    publish(state().lock_holder, 0);
+    if (mode == LockMode::kNetwork && flush_to_server() != 0) {
+      throw Error::from_errno(errno, "heap " + path + ": cannot write the repaired heap");
+    }
+  }
+  if (upgrade) lock_range(fd, F_RDLCK, kHeapLock, kHeapLockLength, true);
+}
+
+int Heap::Impl::release() noexcept {
+  if (--depth > 0) return 0;
+  int error = 0;
+  State& s = state();
+  if (outer_exclusive) {
+    ++s.generation;
+    publish(s.lock_holder, 0);
+  }
+  owner_tid.store(0, std::memory_order_relaxed);
+  if (mode == LockMode::kLocal) {
+    pthread_mutex_unlock(&s.mutex);
+    return 0;
+  }
+  if (outer_exclusive) error = flush_to_server();
+  seen_generation = s.generation;
+  try {
+    lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
+  } catch (const Error& e) {
+    error = e.sys_errno() ? e.sys_errno() : EIO;
+  }
+  network_mutex.unlock();
+  return error;
+}
+
+// Network mode, just after taking the lock: make our view what the server has.
+void Heap::Impl::refresh_from_server() {
+  madvise(base, kHeaderBytes, MADV_DONTNEED);
+  posix_fadvise(fd, 0, kHeaderBytes, POSIX_FADV_DONTNEED);
+  const State& s = state();
+  const std::uint64_t size = std::atomic_ref<const std::uint64_t>(s.size).load();
+  if (s.generation != seen_generation) {
+    madvise(base + kHeaderBytes, size - kHeaderBytes, MADV_DONTNEED);
+    posix_fadvise(fd, kHeaderBytes, static_cast<off_t>(size - kHeaderBytes), POSIX_FADV_DONTNEED);
+  }
+  if (size > known_file_size) {
+    // Another host grew the file; our kernel's idea of its size (which
+    // decides what the mapping may touch) must catch up before we read.
+    struct statx fresh {};
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE, &fresh) == 0) {
+      known_file_size = fresh.stx_size;
+    }
+  }
+}
+
+int Heap::Impl::flush_to_server() noexcept {
+  if (msync(base, state().size, MS_SYNC) != 0) return errno;
+  if (fdatasync(fd) != 0) return errno;
+  return 0;
+}
+
+bool Heap::Impl::session_alive(int slot) const {
+  struct flock probe {};
+  probe.l_type = F_WRLCK;
+  probe.l_whence = SEEK_SET;
+  probe.l_start = kSessionLockBase + slot;
+  probe.l_len = 1;
+  if (fcntl(fd, F_OFD_GETLK, &probe) != 0) return true;  // cannot tell: assume alive
+  return probe.l_type != F_UNLCK;
+}
+
+std::uint32_t Heap::Impl::live_sessions() const {
+  std::uint32_t live = 0;
+  for (int i = 0; i < kMaxSessions; ++i) {
+    if (state().sessions[i].id == 0) continue;
+    if (i == session_slot || session_alive(i)) ++live;
+  }
+  return live;
+}
+
+void Heap::Impl::register_session() {
+  require_exclusive();
+  State& s = state();
+  int chosen = -1;
+  for (int i = 0; i < kMaxSessions; ++i) {
+    Session& other = s.sessions[i];
+    if (other.id != 0 && !session_alive(i)) other = Session{};  // its process is gone
+    if (other.id == 0) {
+      if (chosen < 0 && lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, false)) chosen = i;
+      continue;
+    }
+    if (other.mode != static_cast<std::uint32_t>(mode)) {
+      if (chosen >= 0) lock_range(fd, F_UNLCK, kSessionLockBase + chosen, 1, false);
+      throw Error(Errc::kBusy, "heap " + path + ": open in " +
+                                   lock_mode_name(static_cast<LockMode>(other.mode)) +
+                                   " mode by pid " + std::to_string(other.pid) + " on " +
+                                   other.host +
+                                   "; every process must use the same mode (see SHEAF_HEAP_MODE)");
+    }
+  }
+  if (chosen < 0) {
+    throw Error(Errc::kBusy, "heap " + path + ": already open by " + std::to_string(kMaxSessions) +
+                                 " processes");
+  }
+  Session& mine = s.sessions[chosen];
+  mine = Session{};
+  mine.pid = static_cast<std::uint32_t>(getpid());
+  mine.mode = static_cast<std::uint32_t>(mode);
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  mine.opened_ns = static_cast<std::uint64_t>(now.tv_sec) * 1000000000u +
+                   static_cast<std::uint64_t>(now.tv_nsec);
+  gethostname(mine.host, sizeof(mine.host) - 1);
+  mine.id = s.next_session_id++;
+  session_slot = chosen;
+  session_id = mine.id;
+}
+
+void Heap::Impl::unregister_session() noexcept {
+  if (session_slot < 0) return;
+  state().sessions[session_slot] = format::Session{};
+  try {
+    lock_range(fd, F_UNLCK, kSessionLockBase + session_slot, 1, false);
+  } catch (...) {
+  }
+  session_slot = -1;
+}
+
+}  // namespace sheaf

@@ -1,0 +1,146 @@
+// impl.hpp: Heap::Impl, what one process knows about one open heap. Internal.
+//
+// The work is split by concern, one file each:
+//   heap_file.cpp  creating, validating, mapping and closing the file
+//   heap_lock.cpp  the heap lock (local and network modes) and sessions
+//   allocator.cpp  blocks: bins, split, merge, growth
+//   names.cpp      named objects and the name table
+//   recovery.cpp   walking the block chain: rebuild after a crash, check
+//   heap.cpp       the public Heap class, gluing the above together
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "format.hpp"
+#include "sheaf/heap.hpp"
+
+namespace sheaf {
+
+struct Heap::Impl {
+  Impl() = default;
+  ~Impl();  // unmaps and closes whatever close_file() did not
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  // --- set at open, constant afterwards ---
+  std::string path;
+  int fd = -1;
+  std::uint8_t* base = nullptr;  // the mapping: `reserve` bytes, the file under it
+  std::uint64_t reserve = 0;
+  LockMode mode = LockMode::kLocal;
+  std::uint64_t session_id = 0;
+  int session_slot = -1;
+
+  format::Header* header() const { return reinterpret_cast<format::Header*>(base); }
+  format::State& state() const { return header()->state; }
+
+  template <class T = void>
+  T* at(std::uint64_t offset) const {
+    return reinterpret_cast<T*>(base + offset);
+  }
+  format::BlockHeader* block(std::uint64_t offset) const { return at<format::BlockHeader>(offset); }
+  std::uint64_t offset_of(const void* p) const {
+    return static_cast<std::uint64_t>(static_cast<const std::uint8_t*>(p) - base);
+  }
+
+  // --- heap_file.cpp ---
+  static Impl* create_file(const std::string& path, const CreateOptions& options);
+  static Impl* open_file(const std::string& path, const OpenOptions& options);
+  void close_file() noexcept;
+  std::uint64_t growth_limit() const;
+
+  // --- heap_lock.cpp ---
+  // Outermost acquire takes the process-shared lock and makes the heap
+  // current (network mode: invalidates what other hosts changed), repairing
+  // it first if the previous holder died; nested acquires only count depth.
+  void acquire(bool exclusive);
+  int release() noexcept;  // 0, or the errno of a failed flush (network mode)
+  std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
+  bool held_by_this_thread() const;
+  void recover_after_death();
+  void refresh_from_server();      // network mode: see what other hosts wrote
+  int flush_to_server() noexcept;  // network mode: msync + fdatasync
+  void require_exclusive() const;  // throws unless inside an exclusive section
+  void register_session();         // under the lock, at open
+  void unregister_session() noexcept;
+  bool session_alive(int slot) const;
+  std::uint32_t live_sessions() const;
+
+  // --- allocator.cpp (all under the exclusive lock) ---
+  // Returns the offset of a block whose header says `state` and whose
+  // payload (at offset + 16) holds payload_bytes at `alignment`.
+  std::uint64_t allocate_block(std::uint64_t payload_bytes, std::uint64_t alignment,
+                               format::BlockState state = format::kUsed);
+  void grow(std::uint64_t bytes);
+  void free_block(std::uint64_t block_offset);
+  bool resize_in_place(std::uint64_t block_offset, std::uint64_t payload_bytes);
+  std::uint64_t take_fit(std::uint64_t block_size);
+  void push_free(std::uint64_t block_offset);  // into its bin; header already says kFree
+  void unlink_free(std::uint64_t block_offset);
+  void reset_bins();
+  std::uint64_t largest_free() const;
+
+  // --- names.cpp ---
+  format::NamedRecord* record(std::uint64_t block_offset) const {
+    return at<format::NamedRecord>(block_offset + format::kBlockHeaderBytes);
+  }
+  std::uint64_t lookup(std::string_view name) const;  // block offset or 0
+  void insert_name(std::uint64_t block_offset);
+  void remove_name(std::uint64_t block_offset);
+  void build_name_table(std::uint64_t named_count);
+  ObjectInfo describe(std::uint64_t block_offset) const;
+
+  // --- recovery.cpp ---
+  enum class Rebuild { kSweep, kRecover };
+  // Walks the chain and rebuilds every cache. kSweep merges free neighbours
+  // to avoid growing; kRecover also frees what a dead holder left half done.
+  void rebuild(Rebuild kind);
+  // Verifies the file. `full` also follows every free list and name-table
+  // slot (memory proportional to the number of blocks). `chain_sound` tells
+  // whether the block chain itself is intact (else nothing may be written).
+  CheckReport check(bool full, bool* chain_sound = nullptr) const;
+
+  // --- process-local lock state ---
+  std::mutex network_mutex;                // network mode: threads of this process
+  std::atomic<std::int64_t> owner_tid{0};  // thread inside the lock, 0 if none
+  int depth = 0;
+  bool outer_exclusive = false;
+  std::uint64_t seen_generation = 0;  // network mode: what our page cache reflects
+  std::uint64_t known_file_size = 0;  // network mode: the size our kernel knows
+};
+
+// RAII over acquire/release for internal use.
+class Locked {
+ public:
+  Locked(Heap::Impl& impl, bool exclusive) : impl_(impl) { impl_.acquire(exclusive); }
+  ~Locked() { impl_.release(); }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  Heap::Impl& impl_;
+};
+
+// An OFD byte-range lock: F_RDLCK, F_WRLCK or F_UNLCK. Without `wait`,
+// returns false when another open file holds a conflicting lock.
+bool lock_range(int fd, short type, off_t start, off_t length, bool wait);
+
+// The one way block headers and State::size change: a single aligned store
+// that a process killed at any instant has either made or not.
+inline void publish(std::uint64_t& word, std::uint64_t value) {
+  std::atomic_ref<std::uint64_t>(word).store(value, std::memory_order_release);
+}
+
+// xxHash wrappers, so xxhash.h stays out of every other file.
+std::uint64_t hash_name(std::string_view name);
+std::uint64_t checksum_identity(const format::Identity& identity);
+
+inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
+  return (value + alignment - 1) & ~(alignment - 1);
+}
+
+}  // namespace sheaf

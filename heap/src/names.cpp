@@ -1,0 +1,117 @@
+// names.cpp: named objects and the table that finds them.
+//
+// A named object is one block: its header, a NamedRecord (hash, sizes, where
+// the object starts), the name's bytes, the type name's bytes, padding, then
+// the object. The record is the truth; the name table (open addressing,
+// linear probing, at most half full) only finds records fast, and recovery
+// rebuilds it from the records it walks over.
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+#include "impl.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+NameTable* table_at(const Heap::Impl& impl, std::uint64_t block_offset) {
+  return impl.at<NameTable>(block_offset + kBlockHeaderBytes);
+}
+
+}  // namespace
+
+std::uint64_t Heap::Impl::lookup(std::string_view name) const {
+  const State& s = state();
+  if (s.name_table == 0) return 0;
+  const NameTable* table = table_at(*this, s.name_table);
+  const std::uint64_t hash = hash_name(name);
+  const std::uint64_t mask = table->capacity - 1;
+  for (std::uint64_t i = hash & mask, probes = 0; probes < table->capacity;
+       i = (i + 1) & mask, ++probes) {
+    const std::uint64_t slot = table->slots()[i];
+    if (slot == kEmptySlot) return 0;
+    if (slot == kTombstone) continue;
+    const NamedRecord* found = record(slot);
+    if (found->name_hash == hash && found->name_length == name.size() &&
+        std::memcmp(found->name(), name.data(), name.size()) == 0) {
+      return slot;
+    }
+  }
+  return 0;
+}
+
+void Heap::Impl::build_name_table(std::uint64_t entries) {
+  State& s = state();
+  const std::uint64_t capacity = std::max<std::uint64_t>(64, std::bit_ceil(entries * 2 + 2));
+  const std::uint64_t fresh =
+      allocate_block(sizeof(NameTable) + capacity * sizeof(std::uint64_t), kAlign, kIndex);
+  NameTable* table = table_at(*this, fresh);
+  table->capacity = capacity;
+  table->count = 0;
+  table->tombstones = 0;
+  table->reserved = 0;
+  std::fill_n(table->slots(), capacity, kEmptySlot);
+  const std::uint64_t old = s.name_table;
+  if (old != 0) {
+    const NameTable* previous = table_at(*this, old);
+    for (std::uint64_t i = 0; i < previous->capacity; ++i) {
+      const std::uint64_t slot = previous->slots()[i];
+      if (slot == kEmptySlot || slot == kTombstone) continue;
+      const std::uint64_t mask = capacity - 1;
+      std::uint64_t at_index = record(slot)->name_hash & mask;
+      while (table->slots()[at_index] != kEmptySlot) at_index = (at_index + 1) & mask;
+      table->slots()[at_index] = slot;
+      ++table->count;
+    }
+  }
+  publish(s.name_table, fresh);
+  if (old != 0) free_block(old);
+}
+
+void Heap::Impl::insert_name(std::uint64_t block_offset) {
+  State& s = state();
+  if (s.name_table == 0) {
+    build_name_table(1);
+  } else {
+    const NameTable* table = table_at(*this, s.name_table);
+    if ((table->count + table->tombstones + 1) * 2 > table->capacity) {
+      build_name_table(table->count + 1);
+    }
+  }
+  NameTable* table = table_at(*this, s.name_table);
+  const std::uint64_t mask = table->capacity - 1;
+  std::uint64_t i = record(block_offset)->name_hash & mask;
+  while (table->slots()[i] != kEmptySlot && table->slots()[i] != kTombstone) i = (i + 1) & mask;
+  if (table->slots()[i] == kTombstone) --table->tombstones;
+  table->slots()[i] = block_offset;
+  ++table->count;
+}
+
+void Heap::Impl::remove_name(std::uint64_t block_offset) {
+  NameTable* table = table_at(*this, state().name_table);
+  const std::uint64_t mask = table->capacity - 1;
+  for (std::uint64_t i = record(block_offset)->name_hash & mask, probes = 0;
+       probes < table->capacity && table->slots()[i] != kEmptySlot; i = (i + 1) & mask, ++probes) {
+    if (table->slots()[i] == block_offset) {
+      table->slots()[i] = kTombstone;
+      --table->count;
+      ++table->tombstones;
+      return;
+    }
+  }
+}
+
+ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
+  const NamedRecord* r = record(block_offset);
+  ObjectInfo info;
+  info.name.assign(r->name(), r->name_length);
+  info.type.assign(r->type(), r->type_length);
+  info.count = r->count;
+  info.size = r->element_size * r->count;
+  info.offset = r->object_offset;
+  return info;
+}
+
+}  // namespace sheaf

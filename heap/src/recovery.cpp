@@ -1,0 +1,278 @@
+// recovery.cpp: walking the block chain, to repair or to verify.
+//
+// rebuild() runs under the exclusive lock, in two passes. The first only
+// reads: it verifies that the chain is intact and stops with kCorrupted,
+// having written nothing, if it is not. The second merges runs of free
+// blocks (each merge one publish()), re-bins every free block and recounts.
+// After a death inside the lock (kRecover) it also frees the named blocks
+// whose constructor never returned and the name tables the dead process was
+// building, then rebuilds the name table from the records.
+//
+// check() is the same walk, read-only, plus a comparison of every cache with
+// what the walk found: that is the definition of a sound heap.
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "impl.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+struct ChainSummary {
+  std::uint64_t blocks = 0;
+  std::uint64_t free_blocks = 0;
+  std::uint64_t free_bytes = 0;
+  std::uint64_t used_bytes = 0;
+  std::uint64_t named = 0;
+  std::uint64_t pending = 0;
+  std::uint64_t index_blocks = 0;
+};
+
+std::string at_offset(std::uint64_t offset) {
+  return "block at offset " + std::to_string(offset);
+}
+
+// Why the named record of the block at `offset` is unsound, or "".
+std::string record_problem(const Heap::Impl& impl, std::uint64_t offset, std::uint64_t size) {
+  if (sizeof(NamedRecord) + kBlockHeaderBytes > size) return "too small for a named record";
+  const NamedRecord* r = impl.record(offset);
+  const std::uint64_t payload_end = offset + size;
+  const std::uint64_t names_end = offset + kBlockHeaderBytes + sizeof(NamedRecord) +
+                                  std::uint64_t{r->name_length} + r->type_length;
+  if (r->name_length == 0 || r->name_length > kMaxNameLength || r->type_length > kMaxTypeLength ||
+      names_end > payload_end) {
+    return "name or type length out of range";
+  }
+  if (r->element_alignment == 0 || (r->element_alignment & (r->element_alignment - 1)) != 0 ||
+      r->element_alignment > kPageSize || r->object_offset % r->element_alignment != 0) {
+    return "object misaligned";
+  }
+  if (r->object_offset < names_end || r->object_offset > payload_end)
+    return "object outside its block";
+  const std::uint64_t room = payload_end - r->object_offset;
+  if (r->element_size != 0 && r->count > room / r->element_size)
+    return "object larger than its block";
+  if (r->name_hash != hash_name(std::string_view(r->name(), r->name_length))) {
+    return "name hash mismatch";
+  }
+  return "";
+}
+
+// Walks the chain; returns the first structural problem, or "".
+std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
+                       std::vector<std::uint64_t>* starts) {
+  const std::uint64_t end = impl.state().size;
+  for (std::uint64_t offset = kHeaderBytes; offset < end;) {
+    if (end - offset < kMinBlock) return at_offset(offset) + ": runs past the end of the heap";
+    const BlockHeader* header = impl.block(offset);
+    const std::uint64_t size = header->size();
+    const std::uint64_t state = header->state();
+    if (size < kMinBlock) return at_offset(offset) + ": invalid size " + std::to_string(size);
+    if (size > end - offset) {
+      return at_offset(offset) + ": size " + std::to_string(size) +
+             " runs past the end of the heap";
+    }
+    if (state > kIndex) return at_offset(offset) + ": invalid state " + std::to_string(state);
+    if (state == kNamed || state == kPending) {
+      if (std::string why = record_problem(impl, offset, size); !why.empty()) {
+        return at_offset(offset) + ": named record: " + why;
+      }
+    }
+    if (state == kIndex && offset == impl.state().name_table) {
+      if (size < kBlockHeaderBytes + sizeof(NameTable))
+        return at_offset(offset) + ": name table too small";
+      const auto* table = impl.at<NameTable>(offset + kBlockHeaderBytes);
+      const std::uint64_t room = (size - kBlockHeaderBytes - sizeof(NameTable)) / 8;
+      if (table->capacity == 0 || (table->capacity & (table->capacity - 1)) != 0 ||
+          table->capacity > room) {
+        return at_offset(offset) + ": name table malformed";
+      }
+    }
+    ++summary.blocks;
+    if (starts) starts->push_back(offset);
+    switch (state) {
+      case kFree:
+        ++summary.free_blocks;
+        summary.free_bytes += size;
+        break;
+      case kNamed:
+        ++summary.named;
+        [[fallthrough]];
+      default:
+        summary.used_bytes += size;
+        break;
+    }
+    if (state == kPending) ++summary.pending;
+    if (state == kIndex) ++summary.index_blocks;
+    offset += size;
+  }
+  return "";
+}
+
+}  // namespace
+
+void Heap::Impl::rebuild(Rebuild kind) {
+  ChainSummary summary;
+  if (std::string problem = walk_chain(*this, summary, nullptr); !problem.empty()) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": " + problem);
+  }
+  State& s = state();
+  const bool recovering = kind == Rebuild::kRecover;
+  reset_bins();
+  std::uint64_t used = 0;
+  std::uint64_t named = 0;
+  std::uint64_t run = 0;  // first block of the current run of free blocks
+  const auto close_run = [&] {
+    if (run != 0) push_free(run);
+    run = 0;
+  };
+  for (std::uint64_t offset = kHeaderBytes; offset < s.size;) {
+    BlockHeader* header = block(offset);
+    const std::uint64_t size = header->size();
+    const std::uint64_t state_bits = header->state();
+    const bool reclaim =
+        state_bits == kFree || (recovering && (state_bits == kPending || state_bits == kIndex));
+    if (reclaim) {
+      if (run == 0) {
+        run = offset;
+        if (state_bits != kFree) publish(header->size_and_state, size | kFree);
+      } else {
+        publish(block(run)->size_and_state, (block(run)->size() + size) | kFree);
+      }
+    } else {
+      close_run();
+      used += size;
+      if (state_bits == kNamed) ++named;
+    }
+    offset += size;
+  }
+  close_run();
+  s.used_bytes = used;
+  s.named_count = named;
+  s.small_freed = 0;
+  if (!recovering) return;
+
+  publish(s.name_table, 0);
+  if (named == 0) return;
+  build_name_table(named);
+  for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
+    if (block(offset)->state() == kNamed) insert_name(offset);
+  }
+}
+
+CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
+  CheckReport report;
+  ChainSummary summary;
+  std::vector<std::uint64_t> starts;
+  std::string broken = walk_chain(*this, summary, full ? &starts : nullptr);
+  if (chain_sound) *chain_sound = broken.empty();
+  if (!broken.empty()) {
+    report.problems.push_back(broken);
+    return report;
+  }
+  report.blocks = summary.blocks;
+  report.free_blocks = summary.free_blocks;
+  report.named_objects = summary.named;
+  auto problem = [&](std::string text) { report.problems.push_back(std::move(text)); };
+
+  const State& s = state();
+  if (checksum_identity(header()->identity) != header()->identity.checksum) {
+    problem("header checksum mismatch");
+  }
+  if (s.lock_holder != 0 && !(held_by_this_thread() && outer_exclusive)) {
+    problem("a process died inside the lock (the next lock repairs the heap)");
+  }
+  if (summary.pending != 0) {
+    problem(std::to_string(summary.pending) + " named objects were left half-constructed");
+  }
+  if (s.used_bytes != summary.used_bytes) {
+    problem("used bytes recorded as " + std::to_string(s.used_bytes) + ", found " +
+            std::to_string(summary.used_bytes));
+  }
+  if (s.free_bytes != summary.free_bytes) {
+    problem("free bytes recorded as " + std::to_string(s.free_bytes) + ", found " +
+            std::to_string(summary.free_bytes));
+  }
+  if (s.named_count != summary.named) {
+    problem("object count recorded as " + std::to_string(s.named_count) + ", found " +
+            std::to_string(summary.named));
+  }
+  const bool has_table = s.name_table != 0;
+  if (summary.named != 0 && !has_table) problem("named objects but no name table");
+  if (has_table && (s.name_table < kHeaderBytes || s.name_table >= s.size ||
+                    block(s.name_table)->state() != kIndex)) {
+    problem("name table offset " + std::to_string(s.name_table) + " is not a name table block");
+    return report;
+  }
+  if (!full) return report;
+
+  // Every free block in exactly one list, the right one, with sound links.
+  const auto is_block = [&](std::uint64_t offset) {
+    return std::binary_search(starts.begin(), starts.end(), offset);
+  };
+  std::unordered_set<std::uint64_t> listed;
+  for (int bin = 0; bin < kBinCount; ++bin) {
+    const bool marked = (s.bin_bitmap[bin / 64] >> (bin % 64)) & 1;
+    if (marked != (s.bins[bin] != 0)) problem("bin " + std::to_string(bin) + ": bitmap disagrees");
+    std::uint64_t previous = 0;
+    for (std::uint64_t offset = s.bins[bin]; offset != 0;) {
+      if (!is_block(offset) || block(offset)->state() != kFree) {
+        problem("bin " + std::to_string(bin) + " lists " + std::to_string(offset) +
+                ", which is not a free block");
+        break;
+      }
+      if (bin_of(block(offset)->size()) != bin) {
+        problem("free block at offset " + std::to_string(offset) + " is in the wrong bin");
+      }
+      if (!listed.insert(offset).second) {
+        problem("free block at offset " + std::to_string(offset) + " is listed twice");
+        break;
+      }
+      const auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
+      if (links->prev != previous) {
+        problem("free block at offset " + std::to_string(offset) + " has a wrong back link");
+      }
+      previous = offset;
+      offset = links->next;
+    }
+  }
+  if (listed.size() != summary.free_blocks) {
+    problem(std::to_string(summary.free_blocks -
+                           std::min<std::uint64_t>(listed.size(), summary.free_blocks)) +
+            " free blocks are in no bin");
+  }
+
+  // Every name-table entry a named block, every named block found by its name.
+  if (has_table) {
+    const auto* table = at<NameTable>(s.name_table + kBlockHeaderBytes);
+    std::uint64_t live = 0;
+    for (std::uint64_t i = 0; i < table->capacity; ++i) {
+      const std::uint64_t slot = table->slots()[i];
+      if (slot == kEmptySlot || slot == kTombstone) continue;
+      ++live;
+      if (!is_block(slot) || block(slot)->state() != kNamed) {
+        problem("name table entry " + std::to_string(i) + " is not a named object");
+      }
+    }
+    if (live != table->count || live != summary.named) {
+      problem("name table holds " + std::to_string(live) + " names for " +
+              std::to_string(summary.named) + " objects");
+    }
+    if (table->count * 2 > table->capacity) problem("name table overfull");
+    if (report.ok()) {
+      for (std::uint64_t offset : starts) {
+        if (block(offset)->state() != kNamed) continue;
+        const NamedRecord* r = record(offset);
+        if (lookup(std::string_view(r->name(), r->name_length)) != offset) {
+          problem("object '" + std::string(r->name(), r->name_length) + "' cannot be found");
+        }
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace sheaf
