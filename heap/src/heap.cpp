@@ -101,6 +101,7 @@ const char* lock_mode_name(LockMode mode) noexcept {
 Heap::Impl::~Impl() {
   if (base != nullptr) munmap(base, reserve);
   if (fd >= 0) ::close(fd);
+  if (direct_fd >= 0) ::close(direct_fd);
 }
 
 Heap::Heap(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

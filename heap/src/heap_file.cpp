@@ -27,7 +27,7 @@ namespace {
 using namespace format;
 
 constexpr std::uint64_t kDefaultReserve = std::uint64_t{64} << 30;
-constexpr std::uint64_t kMinInitialSize = kHeaderBytes + 16 * 4096;
+constexpr std::uint64_t kMinInitialSize = kHeaderBytes + 4096;
 
 // Filesystems whose page caches are per host, so mode kNetwork is needed.
 bool is_network_filesystem(long type) {
@@ -263,6 +263,14 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
 
   impl->mode = resolve_mode(options.mode, impl->fd, path);
   if (impl->mode == LockMode::kNetwork) {
+    // No readahead: a page whose read is still in flight when the next
+    // acquirer invalidates survives the invalidation, and then holds bytes
+    // from before another host's writes. Every read must happen, whole,
+    // inside the section that needs it.
+    posix_fadvise(impl->fd, 0, 0, POSIX_FADV_RANDOM);
+    // Reads that bypass this host's cache, to check what it keeps (see
+    // refresh_range); a filesystem without O_DIRECT relies on eviction alone.
+    impl->direct_fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     // Our host may cache pages another host has since rewritten.
     posix_fadvise(impl->fd, 0, 0, POSIX_FADV_DONTNEED);
     impl->known_file_size = file_size;
@@ -284,6 +292,7 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
         errno, where + ": cannot map " + std::to_string(impl->reserve) + " bytes of address space");
   }
   impl->base = static_cast<std::uint8_t*>(map);
+  if (impl->mode == LockMode::kNetwork) madvise(map, impl->reserve, MADV_RANDOM);  // see above
 
   // The first process to open the heap is alone with it: it verifies the
   // whole block chain (refusing, untouched, a heap whose chain is broken),
@@ -304,11 +313,15 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
     }
-    bool repair = !report.ok() || state.clean != 1;
-    state.clean = 0;
-    ofd_lock(impl->fd, F_RDLCK, kPresenceLock, 1, false);  // downgrade: others may come in
+    const bool repair = !report.ok() || state.clean != 1;
+    if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
+    ofd_lock(impl->fd, F_RDLCK, kPresenceLock, 1, false);       // downgrade: others may come in
+    // From here on others may be in the heap: write State only under the lock
+    // (on a network filesystem a page written outside it can overwrite what
+    // another host wrote under it).
     impl->acquire(true);
-    if (repair && impl->state().lock_holder == impl->session_id) impl->rebuild(Rebuild::kRecover);
+    if (repair) impl->rebuild(Rebuild::kRecover);
+    impl->state().clean = 0;
   } else {
     ofd_lock(impl->fd, F_RDLCK, kPresenceLock, 1, true);
     impl->acquire(true);
@@ -327,29 +340,24 @@ void Heap::Impl::close_file() noexcept {
   if (base == nullptr) return;
   if (session_slot >= 0) {
     try {
+      // Under the heap lock, like every write to State: leave the session
+      // table, and if no other process has the heap open (we get the
+      // presence lock exclusively), mark it clean so the next first opener
+      // can skip repairing it.
       acquire(true);
       unregister_session();
+      if (lock_range(fd, F_WRLCK, kPresenceLock, 1, false)) state().clean = 1;
       release();
     } catch (...) {
       // A heap that cannot be locked any more is left for the next opener to repair.
     }
   }
-  try {
-    // The last process out marks the heap clean, so the next first opener
-    // can skip repairing it.
-    if (ofd_lock(fd, F_WRLCK, kPresenceLock, 1, false)) {
-      state().clean = 1;
-      if (mode == LockMode::kNetwork) {
-        msync(base, kHeaderBytes, MS_SYNC);
-        fdatasync(fd);
-      }
-    }
-  } catch (...) {
-  }
   munmap(base, reserve);
   base = nullptr;
   ::close(fd);  // releases every byte-range lock we held
   fd = -1;
+  if (direct_fd >= 0) ::close(direct_fd);
+  direct_fd = -1;
 }
 
 std::uint64_t Heap::Impl::growth_limit() const {

@@ -23,8 +23,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <vector>
 
 #include "impl.hpp"
 
@@ -126,6 +128,7 @@ int Heap::Impl::release() noexcept {
   }
   if (outer_exclusive) error = flush_to_server();
   seen_generation = s.generation;
+  unmap_pages();
   try {
     lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
   } catch (const Error& e) {
@@ -137,14 +140,10 @@ int Heap::Impl::release() noexcept {
 
 // Network mode, just after taking the lock: make our view what the server has.
 void Heap::Impl::refresh_from_server() {
-  madvise(base, kHeaderBytes, MADV_DONTNEED);
-  posix_fadvise(fd, 0, kHeaderBytes, POSIX_FADV_DONTNEED);
+  refresh_range(0, kHeaderBytes);
   const State& s = state();
   const std::uint64_t size = std::atomic_ref<const std::uint64_t>(s.size).load();
-  if (s.generation != seen_generation) {
-    madvise(base + kHeaderBytes, size - kHeaderBytes, MADV_DONTNEED);
-    posix_fadvise(fd, kHeaderBytes, static_cast<off_t>(size - kHeaderBytes), POSIX_FADV_DONTNEED);
-  }
+  if (s.generation != seen_generation) refresh_range(kHeaderBytes, size - kHeaderBytes);
   if (size > known_file_size) {
     // Another host grew the file; our kernel's idea of its size (which
     // decides what the mapping may touch) must catch up before we read.
@@ -155,10 +154,65 @@ void Heap::Impl::refresh_from_server() {
   }
 }
 
+// Makes every page of [offset, offset + length) that this host caches equal
+// to the server's copy. First the recipe of REFERENCE.md §4: drop our
+// mappings, then ask the kernel to drop its cached pages. The kernel may keep
+// a page it cannot drop at that instant (one another process on this host
+// has a transient reference to), and such a page can be stale: measured on
+// GlusterFS with two processes per host. So every page still cached
+// afterwards (mincore) is compared with a read that bypasses the cache
+// (O_DIRECT) and overwritten where it differs.
+void Heap::Impl::refresh_range(std::uint64_t offset, std::uint64_t length) {
+  if (length == 0) return;
+  madvise(base + offset, length, MADV_DONTNEED);
+  posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+  if (direct_fd < 0) return;
+  const std::uint64_t pages = (length + kPageSize - 1) / kPageSize;
+  std::vector<unsigned char> cached(pages);
+  if (mincore(base + offset, length, cached.data()) != 0) return;
+  constexpr std::uint64_t kChunkPages = 16;
+  if (!bounce)
+    bounce.reset(
+        static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kChunkPages * kPageSize)));
+  bool repaired = false;
+  for (std::uint64_t page = 0; page < pages;) {
+    if (!(cached[page] & 1)) {
+      ++page;
+      continue;
+    }
+    std::uint64_t run = 1;
+    while (page + run < pages && run < kChunkPages && (cached[page + run] & 1)) ++run;
+    const std::uint64_t at_offset = offset + page * kPageSize;
+    const ssize_t got =
+        pread(direct_fd, bounce.get(), run * kPageSize, static_cast<off_t>(at_offset));
+    if (got < 0) throw Error::from_errno(errno, "heap " + path + ": read from the server");
+    for (std::uint64_t i = 0; i * kPageSize < static_cast<std::uint64_t>(got); ++i) {
+      std::uint8_t* mapped = base + at_offset + i * kPageSize;
+      const std::uint8_t* server = bounce.get() + i * kPageSize;
+      if (std::memcmp(mapped, server, kPageSize) != 0) {
+        std::memcpy(mapped, server, kPageSize);
+        repaired = true;
+      }
+    }
+    page += run;
+  }
+  // The repaired pages now hold the server's bytes but look written; write
+  // them back now, so a reader's release leaves nothing dirty behind.
+  if (repaired) msync(base + offset, length, MS_SYNC);
+}
+
 int Heap::Impl::flush_to_server() noexcept {
   if (msync(base, state().size, MS_SYNC) != 0) return errno;
   if (fdatasync(fd) != 0) return errno;
   return 0;
+}
+
+// Network mode, just before releasing the lock: drop this process's mappings
+// of the heap's pages. posix_fadvise(DONTNEED) in the next acquirer on this
+// host cannot evict a page that any process here still maps, so a page kept
+// mapped outside the lock would feed stale bytes to every later holder here.
+void Heap::Impl::unmap_pages() noexcept {
+  madvise(base, state().size, MADV_DONTNEED);
 }
 
 bool Heap::Impl::session_alive(int slot) const {

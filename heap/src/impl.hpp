@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -62,8 +64,10 @@ struct Heap::Impl {
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
   bool held_by_this_thread() const;
   void recover_after_death();
-  void refresh_from_server();      // network mode: see what other hosts wrote
+  void refresh_from_server();  // network mode: see what other hosts wrote
+  void refresh_range(std::uint64_t offset, std::uint64_t length);
   int flush_to_server() noexcept;  // network mode: msync + fdatasync
+  void unmap_pages() noexcept;     // network mode: drop our page mappings
   void require_exclusive() const;  // throws unless inside an exclusive section
   void register_session();         // under the lock, at open
   void unregister_session() noexcept;
@@ -111,6 +115,11 @@ struct Heap::Impl {
   bool outer_exclusive = false;
   std::uint64_t seen_generation = 0;  // network mode: what our page cache reflects
   std::uint64_t known_file_size = 0;  // network mode: the size our kernel knows
+  int direct_fd = -1;                 // network mode: the file opened O_DIRECT, or -1
+  struct FreeBuffer {
+    void operator()(std::uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::uint8_t, FreeBuffer> bounce;  // page-aligned, for O_DIRECT reads
 };
 
 // RAII over acquire/release for internal use.

@@ -29,6 +29,7 @@ struct ChainSummary {
   std::uint64_t named = 0;
   std::uint64_t pending = 0;
   std::uint64_t index_blocks = 0;
+  bool table_found = false;  // State::name_table is the start of a kIndex block
 };
 
 std::string at_offset(std::uint64_t offset) {
@@ -76,12 +77,15 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
              " runs past the end of the heap";
     }
     if (state > kIndex) return at_offset(offset) + ": invalid state " + std::to_string(state);
-    if (state == kNamed || state == kPending) {
+    // A pending block's record may be half written (its constructor had not
+    // returned); recovery frees it whatever it says, so only named ones count.
+    if (state == kNamed) {
       if (std::string why = record_problem(impl, offset, size); !why.empty()) {
         return at_offset(offset) + ": named record: " + why;
       }
     }
     if (state == kIndex && offset == impl.state().name_table) {
+      summary.table_found = true;
       if (size < kBlockHeaderBytes + sizeof(NameTable))
         return at_offset(offset) + ": name table too small";
       const auto* table = impl.at<NameTable>(offset + kBlockHeaderBytes);
@@ -202,8 +206,7 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
   }
   const bool has_table = s.name_table != 0;
   if (summary.named != 0 && !has_table) problem("named objects but no name table");
-  if (has_table && (s.name_table < kHeaderBytes || s.name_table >= s.size ||
-                    block(s.name_table)->state() != kIndex)) {
+  if (has_table && !summary.table_found) {
     problem("name table offset " + std::to_string(s.name_table) + " is not a name table block");
     return report;
   }

@@ -80,7 +80,7 @@ struct HeapInfo {
   std::uint64_t free = 0;          // bytes in free blocks
   std::uint64_t largest_free = 0;  // the largest block an allocation could get without growth
   std::uint64_t objects = 0;       // named objects
-  std::uint64_t generation = 0;    // bumped by every write under the lock
+  std::uint64_t generation = 0;    // bumped by every exclusive section (opens and closes too)
   std::uint64_t recoveries = 0;    // repairs after a lock holder died
   std::uint64_t max_size = 0;
   std::uint32_t sessions = 0;  // processes that have the heap open now
@@ -180,6 +180,17 @@ class Heap {
   Constructor<T> construct(std::string_view name) {
     return Constructor<T>(*this, name, false);
   }
+  // An array of `count` T built by fill(T* first, std::size_t count), which
+  // must construct every element (placement new). Runs under the heap's lock,
+  // and the name becomes visible only once fill returns: a process killed
+  // inside fill leaves no object behind. For bytes copied in from elsewhere.
+  template <class T, class Fill>
+  T* construct_with(std::string_view name, std::size_t count, Fill&& fill) {
+    detail::InitFn init = [](void* where, std::size_t n, void* context) {
+      (*static_cast<std::remove_reference_t<Fill>*>(context))(static_cast<T*>(where), n);
+    };
+    return static_cast<T*>(construct_named(name, type_tag<T>(), count, false, init, &fill));
+  }
   // The existing object if there is one of that type, else a new one.
   template <class T>
   Constructor<T> find_or_construct(std::string_view name) {
@@ -216,7 +227,8 @@ class Heap {
   // Every named object, in no particular order.
   std::vector<ObjectInfo> objects() const;
   // The bytes of a named object, for tools that do not know its type
-  // (`sheaf heap cat`). Valid while the object exists.
+  // (`sheaf heap cat`). Valid while the object exists. Throws
+  // Error(kNotFound) if there is none by that name.
   std::span<const std::byte> object_bytes(std::string_view name) const;
 
   // --- Locking -----------------------------------------------------------------
@@ -264,7 +276,6 @@ class Heap {
 
    private:
     Impl* impl_;
-    bool exclusive_;
   };
 
   void* construct_named(std::string_view name, const TypeTag& type, std::size_t count, bool or_find,

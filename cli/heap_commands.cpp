@@ -1,0 +1,328 @@
+#include "heap_commands.hpp"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "exit_codes.hpp"
+#include "io.hpp"
+#include "sheaf/heap.hpp"
+#include "units.hpp"
+
+namespace sheaf::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// --- Finding the heap ------------------------------------------------------------
+// Every verb names its heap with one argument and goes through these two
+// functions, so a later spelling (STORE/NAME for a heap inside a store) is
+// added here and nowhere else.
+
+// The file a heap argument stands for. Today: the argument is the file's path.
+std::string heap_location(const std::string& spec) {
+  return spec;
+}
+
+// Opens the heap an argument names; throws sheaf::Error (caught in main).
+Heap open_heap(const std::string& spec) {
+  return Heap::open(heap_location(spec)).value();
+}
+
+// --- Output helpers --------------------------------------------------------------
+
+void print_json(const Json& json) {
+  std::cout << json.dump(2) << '\n';
+}
+
+// Prints "key: value" lines with the values lined up.
+void print_fields(const std::vector<std::pair<std::string, std::string>>& fields) {
+  std::size_t width = 0;
+  for (const auto& field : fields) width = std::max(width, field.first.size());
+  for (const auto& [key, value] : fields) {
+    std::cout << key << ':' << std::string(width - key.size() + 1, ' ') << value << '\n';
+  }
+}
+
+// "8388608 (8.0 MiB)".
+std::string size_field(std::uint64_t bytes) {
+  return std::to_string(bytes) + " (" + format_size(bytes) + ")";
+}
+
+Error no_such_object(const Heap& heap, const std::string& name) {
+  return Error(Errc::kNotFound, "heap " + heap.path() + ": no object named '" + name + "'");
+}
+
+// --- The verbs ---------------------------------------------------------------------
+
+struct CreateArgs {
+  std::string heap;
+  std::uint64_t size = CreateOptions{}.initial_size;
+  std::uint64_t max_size = 0;
+  std::string mode = "auto";
+};
+
+void heap_create(const CreateArgs& args) {
+  CreateOptions options;
+  options.initial_size = args.size;
+  options.max_size = args.max_size;
+  if (args.mode == "local") options.open.mode = LockMode::kLocal;
+  if (args.mode == "network") options.open.mode = LockMode::kNetwork;
+  Heap heap = Heap::create(heap_location(args.heap), options).value();
+  HeapInfo info = heap.info();
+  std::cout << "created " << info.path << ": " << format_size(info.size) << ", "
+            << lock_mode_name(info.mode) << " mode\n";
+}
+
+struct InfoArgs {
+  std::string heap;
+  bool json = false;
+};
+
+void heap_info(const InfoArgs& args) {
+  const HeapInfo info = open_heap(args.heap).info();
+  if (args.json) {
+    print_json({{"path", info.path},
+                {"uuid", info.uuid},
+                {"format_version", info.format_version},
+                {"mode", lock_mode_name(info.mode)},
+                {"size", info.size},
+                {"max_size", info.max_size},
+                {"used", info.used},
+                {"free", info.free},
+                {"largest_free", info.largest_free},
+                {"page_size", info.page_size},
+                {"objects", info.objects},
+                {"generation", info.generation},
+                {"sessions", info.sessions},
+                {"recoveries", info.recoveries}});
+    return;
+  }
+  print_fields({{"path", info.path},
+                {"uuid", info.uuid},
+                {"format version", std::to_string(info.format_version)},
+                {"mode", lock_mode_name(info.mode)},
+                {"size", size_field(info.size)},
+                {"max size", size_field(info.max_size)},
+                {"used", size_field(info.used)},
+                {"free", size_field(info.free)},
+                {"largest free", size_field(info.largest_free)},
+                {"page size", std::to_string(info.page_size)},
+                {"objects", std::to_string(info.objects)},
+                {"generation", std::to_string(info.generation)},
+                {"sessions", std::to_string(info.sessions)},
+                {"recoveries", std::to_string(info.recoveries)}});
+}
+
+struct LsArgs {
+  std::string heap;
+  bool json = false;
+  bool long_format = false;
+};
+
+void heap_ls(const LsArgs& args) {
+  std::vector<ObjectInfo> objects = open_heap(args.heap).objects();
+  std::sort(objects.begin(), objects.end(),
+            [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+  if (args.json) {
+    Json list = Json::array();
+    for (const ObjectInfo& object : objects) {
+      list.push_back({{"name", object.name},
+                      {"type", object.type},
+                      {"size", object.size},
+                      {"count", object.count},
+                      {"offset", object.offset}});
+    }
+    print_json(list);
+    return;
+  }
+  if (!args.long_format) {
+    for (const ObjectInfo& object : objects) std::cout << object.name << '\n';
+    return;
+  }
+  // NAME  TYPE  COUNT  SIZE, with names and types padded and numbers right-aligned.
+  std::vector<std::vector<std::string>> rows = {{"NAME", "TYPE", "COUNT", "SIZE"}};
+  for (const ObjectInfo& object : objects) {
+    rows.push_back(
+        {object.name, object.type, std::to_string(object.count), std::to_string(object.size)});
+  }
+  std::vector<std::size_t> width(4, 0);
+  for (const auto& row : rows) {
+    for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::cout << row[0] << std::string(width[0] - row[0].size() + 2, ' ')  //
+              << row[1] << std::string(width[1] - row[1].size() + 2, ' ')  //
+              << std::string(width[2] - row[2].size(), ' ') << row[2] << "  "
+              << std::string(width[3] - row[3].size(), ' ') << row[3] << '\n';
+  }
+}
+
+struct PutArgs {
+  std::string heap;
+  std::string name;
+  std::string file;
+  bool force = false;
+};
+
+void heap_put(const PutArgs& args) {
+  // Read first: the heap stays unlocked while a slow pipe trickles in.
+  const std::vector<std::byte> bytes = read_input(args.file);
+  Heap heap = open_heap(args.heap);
+  // One critical section, so other processes see no object or a complete one.
+  heap.exclusive([&] {
+    if (heap.object(args.name)) {
+      if (!args.force) {
+        throw Error(Errc::kAlreadyExists, "heap " + heap.path() + ": an object named '" +
+                                              args.name + "' exists (--force replaces it)");
+      }
+      heap.erase(args.name);
+    }
+    // Filled while the object is still pending: a put killed mid-copy leaves nothing.
+    heap.construct_with<std::byte>(args.name, bytes.size(), [&](std::byte* first, std::size_t n) {
+      if (n != 0) std::memcpy(first, bytes.data(), n);
+    });
+  });
+}
+
+struct CatArgs {
+  std::string heap;
+  std::string name;
+};
+
+void heap_cat(const CatArgs& args) {
+  const Heap heap = open_heap(args.heap);
+  // Copy under the lock (a concurrent rm cannot free the bytes under us),
+  // write outside it (a slow reader of stdout does not hold up the heap).
+  std::vector<std::byte> bytes = heap.shared([&] {
+    if (!heap.object(args.name)) throw no_such_object(heap, args.name);
+    std::span<const std::byte> object = heap.object_bytes(args.name);
+    return std::vector<std::byte>(object.begin(), object.end());
+  });
+  write_output(bytes);
+}
+
+struct RmArgs {
+  std::string heap;
+  std::string name;
+};
+
+void heap_rm(const RmArgs& args) {
+  Heap heap = open_heap(args.heap);
+  if (!heap.erase(args.name)) throw no_such_object(heap, args.name);
+}
+
+struct CheckArgs {
+  std::string heap;
+  bool json = false;
+};
+
+void heap_check(const CheckArgs& args) {
+  // Opening repairs what a crash left behind (that is not a problem, it is
+  // recovery working); a heap too damaged to open is reported like any other
+  // problem, with exit 1.
+  CheckReport report;
+  try {
+    report = open_heap(args.heap).check();
+  } catch (const Error& e) {
+    if (e.code() != Errc::kCorrupted) throw;
+    report.problems.push_back(e.message());
+  }
+  if (args.json) {
+    print_json({{"ok", report.ok()},
+                {"blocks", report.blocks},
+                {"free_blocks", report.free_blocks},
+                {"objects", report.named_objects},
+                {"problems", report.problems}});
+  } else if (report.ok()) {
+    std::cout << "ok: " << report.blocks << " blocks, " << report.named_objects << " objects\n";
+  } else {
+    for (const std::string& problem : report.problems) std::cout << problem << '\n';
+  }
+  if (!report.ok()) throw CLI::RuntimeError(kExitFailure);
+}
+
+// --- Registration ------------------------------------------------------------------
+
+// The heap argument every verb takes first.
+void add_heap_argument(CLI::App& verb, std::string& heap) {
+  verb.add_option("PATH", heap, "The heap file")->required()->type_name("");
+}
+
+void add_json_flag(CLI::App& verb, bool& json) {
+  verb.add_flag("--json", json, "Print JSON on standard output");
+}
+
+}  // namespace
+
+void register_heap_commands(CLI::App& app) {
+  CLI::App* heap = app.add_subcommand("heap", "Shared heaps in memory-mapped files");
+  heap->require_subcommand(1);
+
+  auto create = std::make_shared<CreateArgs>();
+  CLI::App* verb = heap->add_subcommand("create", "Create a new heap file (never replaces a file)");
+  add_heap_argument(*verb, create->heap);
+  verb->add_option("--size", create->size,
+                   "Initial size, e.g. 64M or 1.5G (default " + format_size(create->size) + ")")
+      ->transform(size_value())
+      ->type_name("SIZE");
+  verb->add_option("--max-size", create->max_size,
+                   "Growth limit (default: none but the address space reserved when mapped)")
+      ->transform(size_value())
+      ->type_name("SIZE");
+  verb->add_option("--mode", create->mode,
+                   "Locking: local (one host), network (several hosts), "
+                   "or auto (by filesystem or $SHEAF_HEAP_MODE; the default)")
+      ->check(CLI::IsMember({"local", "network", "auto"}))
+      ->type_name("MODE");
+  verb->callback([create] { heap_create(*create); });
+
+  auto info = std::make_shared<InfoArgs>();
+  verb = heap->add_subcommand("info", "Show a heap's size, usage and state");
+  add_heap_argument(*verb, info->heap);
+  add_json_flag(*verb, info->json);
+  verb->callback([info] { heap_info(*info); });
+
+  auto ls = std::make_shared<LsArgs>();
+  verb = heap->add_subcommand("ls", "List the named objects, sorted by name");
+  add_heap_argument(*verb, ls->heap);
+  add_json_flag(*verb, ls->json);
+  verb->add_flag("-l,--long", ls->long_format, "Show type, element count and size in bytes");
+  verb->callback([ls] { heap_ls(*ls); });
+
+  auto put = std::make_shared<PutArgs>();
+  verb = heap->add_subcommand("put", "Store a file's bytes (or stdin's) as a named byte array");
+  add_heap_argument(*verb, put->heap);
+  verb->add_option("NAME", put->name, "The object's name")->required()->type_name("");
+  verb->add_option("FILE", put->file, "The file to read, or - for standard input")
+      ->required()
+      ->type_name("");
+  verb->add_flag("-f,--force", put->force, "Replace an object of that name (of any type)");
+  verb->callback([put] { heap_put(*put); });
+
+  auto cat = std::make_shared<CatArgs>();
+  verb = heap->add_subcommand("cat", "Write a named object's raw bytes to standard output");
+  add_heap_argument(*verb, cat->heap);
+  verb->add_option("NAME", cat->name, "The object's name")->required()->type_name("");
+  verb->callback([cat] { heap_cat(*cat); });
+
+  auto rm = std::make_shared<RmArgs>();
+  verb = heap->add_subcommand("rm", "Free a named object (no destructor runs)");
+  add_heap_argument(*verb, rm->heap);
+  verb->add_option("NAME", rm->name, "The object's name")->required()->type_name("");
+  verb->callback([rm] { heap_rm(*rm); });
+
+  auto check = std::make_shared<CheckArgs>();
+  verb = heap->add_subcommand("check", "Verify a heap file's invariants (exit 1 on problems)");
+  add_heap_argument(*verb, check->heap);
+  add_json_flag(*verb, check->json);
+  verb->callback([check] { heap_check(*check); });
+}
+
+}  // namespace sheaf::cli

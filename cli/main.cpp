@@ -1,0 +1,66 @@
+// sheaf: the command-line tool, git-style (`sheaf <noun> <verb> ...`).
+//
+// Each noun registers its verbs from its own file; main parses, runs the
+// chosen verb and turns whatever went wrong into one line on standard error
+// and an exit status (see exit_codes.hpp and docs/cli.md).
+#include <CLI/CLI.hpp>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include "exit_codes.hpp"
+#include "heap_commands.hpp"
+#include "sheaf/error.hpp"
+
+namespace {
+
+using namespace sheaf::cli;
+
+// CLI11's own codes (105, 106, ...) mean "bad usage" to us; RuntimeError
+// carries a verb's chosen status (`heap check` -> 1); --help and --version are 0.
+int parse_error_status(const CLI::App& app, const CLI::ParseError& e) {
+  const int code = app.exit(e);
+  if (code == 0 || e.get_name() == "RuntimeError") return code;
+  return kExitUsage;
+}
+
+// The library's message; for an operating-system error, with the system's
+// words for errno if the message lacks them.
+std::string describe(const sheaf::Error& e) {
+  std::string message = e.message();
+  if (e.code() == sheaf::Errc::kSystem && e.sys_errno() != 0) {
+    const std::string reason = std::strerror(e.sys_errno());
+    if (message.find(reason) == std::string::npos) message += ": " + reason;
+  }
+  return message;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sheaf: shared heaps and databags", "sheaf"};
+  // Set before the nouns are added: subcommands inherit the footer and the
+  // failure message.
+  app.footer(kExitStatusHelp);
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "sheaf: " + std::string(e.what()) + "\nRun with --help for more information.\n";
+  });
+  app.set_version_flag("--version", "sheaf " SHEAF_VERSION);
+  app.require_subcommand(1);
+
+  register_heap_commands(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return parse_error_status(app, e);
+  } catch (const sheaf::Error& e) {
+    std::cerr << "sheaf: " << describe(e) << '\n';
+    return exit_code_for(e.code());
+  } catch (const std::exception& e) {
+    std::cerr << "sheaf: unexpected error: " << e.what() << '\n';
+    return kExitFailure;
+  }
+  return kExitOk;
+}

@@ -1,0 +1,23 @@
+// cli/units.hpp: byte counts as people type and read them.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace sheaf::cli {
+
+// "4096", "64K", "64M", "1G", "1.5G", "2T": a number with an optional binary
+// suffix (K = 1024, M, G, T, P; any case, optionally followed by "B" or "iB").
+// Throws std::invalid_argument with a message that quotes the text.
+std::uint64_t parse_size(std::string_view text);
+
+// "512 B", "64.0 KiB", "1.5 GiB".
+std::string format_size(std::uint64_t bytes);
+
+// A CLI11 transform that accepts what parse_size does and hands the option
+// the byte count, so that a std::uint64_t can be bound to the option.
+CLI::Validator size_value();
+
+}  // namespace sheaf::cli
