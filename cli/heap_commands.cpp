@@ -123,7 +123,7 @@ void heap_info(const InfoArgs& args) {
 struct LsArgs {
   std::string heap;
   bool json = false;
-  bool long_format = false;
+  bool names_only = false;
 };
 
 void heap_ls(const LsArgs& args) {
@@ -142,7 +142,8 @@ void heap_ls(const LsArgs& args) {
     print_json(list);
     return;
   }
-  if (!args.long_format) {
+  if (objects.empty()) return;  // like ls of an empty directory: no header either
+  if (args.names_only) {
     for (const ObjectInfo& object : objects) std::cout << object.name << '\n';
     return;
   }
@@ -293,7 +294,7 @@ void register_heap_commands(CLI::App& app) {
   verb = heap->add_subcommand("ls", "List the named objects, sorted by name");
   add_heap_argument(*verb, ls->heap);
   add_json_flag(*verb, ls->json);
-  verb->add_flag("-l,--long", ls->long_format, "Show type, element count and size in bytes");
+  verb->add_flag("-1,--names", ls->names_only, "Print only the names, one a line");
   verb->callback([ls] { heap_ls(*ls); });
 
   auto put = std::make_shared<PutArgs>();

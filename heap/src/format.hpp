@@ -99,8 +99,8 @@ struct NameTable {
 inline constexpr std::uint64_t kEmptySlot = 0;
 inline constexpr std::uint64_t kTombstone = 1;
 
-// Bins: 63 exact ones for block sizes 32..1024 step 16, then four per power of two.
-inline constexpr int kSmallBins = 63;
+// Bins: 64 exact ones for block sizes 32..1040 step 16, then four per power of two.
+inline constexpr int kSmallBins = 64;
 inline constexpr int kBinCount = kSmallBins + 4 * 38;  // up to 2^48-byte blocks
 
 inline constexpr int kMaxSessions = 128;

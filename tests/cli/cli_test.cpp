@@ -169,7 +169,7 @@ TEST_F(CliTest, RoundTripCreateInfoPutLsCatRm) {
   EXPECT_EQ(list[0]["type"], "byte");
   EXPECT_EQ(list[0]["size"], data.size());
   EXPECT_EQ(list[0]["count"], data.size());
-  EXPECT_EQ(ok({"heap", "ls", heap}), "blob\n");
+  EXPECT_EQ(ok({"heap", "ls", heap, "-1"}), "blob\n");
 
   const std::string back = ok({"heap", "cat", heap, "blob"});
   EXPECT_EQ(back.size(), data.size());
@@ -203,11 +203,11 @@ TEST_F(CliTest, InfoHumanOutputIsAlignedWithUnits) {
   }
 }
 
-TEST_F(CliTest, LongListingIsSortedByName) {
+TEST_F(CliTest, ListingIsSortedByName) {
   const std::string heap = make_heap();
   for (const char* name : {"zeta", "alpha", "mid"}) ok({"heap", "put", heap, name, "-"}, "xyz");
-  EXPECT_EQ(ok({"heap", "ls", heap}), "alpha\nmid\nzeta\n");
-  const std::string out = ok({"heap", "ls", heap, "-l"});
+  EXPECT_EQ(ok({"heap", "ls", heap, "--names"}), "alpha\nmid\nzeta\n");
+  const std::string out = ok({"heap", "ls", heap});
   EXPECT_LT(out.find("alpha"), out.find("mid"));
   EXPECT_LT(out.find("mid"), out.find("zeta"));
   EXPECT_NE(out.find("byte"), std::string::npos) << out;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs both:
+# sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table)
+# and sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost).
+#
+#   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
+#
+# SHEAF_BENCH_DIR: where the heap files go (default /dev/shm; they are removed after).
+# SHEAF_BENCH_BUILD: the build directory (default <repo>/build-bench).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${SHEAF_BENCH_BUILD:-$root/build/bench}
+
+cmake -S "$root" -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=OFF >/dev/null
+ninja -C "$build" sheaf_heap_bench sheaf_contention_bench
+
+flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
+echo
+echo "== sheaf_heap_bench =="
+"$build/bench/sheaf_heap_bench" "${flags[@]}" "$@"
+echo
+echo "== sheaf_contention_bench =="
+"$build/bench/sheaf_contention_bench" "${flags[@]}"
