@@ -60,6 +60,7 @@ struct Heap::Impl {
   // current (network mode: invalidates what other hosts changed), repairing
   // it first if the previous holder died; nested acquires only count depth.
   void acquire(bool exclusive);
+  int lock_local_mutex();  // local mode: spin briefly, then sleep
   int release() noexcept;  // 0, or the errno of a failed flush (network mode)
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
   bool held_by_this_thread() const;
