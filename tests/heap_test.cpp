@@ -157,6 +157,7 @@ TEST_F(BadFile, BrokenBlockChain) {
 TEST(HeapAlloc, AllocateWriteFreeReuse) {
   TempDir dir;
   Heap heap = make_heap(dir / "h");
+  const std::uint64_t empty_size = heap.info().size;
   std::vector<std::pair<char*, std::size_t>> blocks;
   std::mt19937 random(7);
   for (int i = 0; i < 2000; ++i) {
@@ -179,7 +180,46 @@ TEST(HeapAlloc, AllocateWriteFreeReuse) {
   expect_sound(heap);
   for (auto& [p, bytes] : blocks) heap.deallocate(p);
   expect_sound(heap);
+  // Freed small blocks may wait in this thread's cache; closing returns them.
+  heap.close();
+  heap = Heap::open(dir / "h").value();
   EXPECT_EQ(heap.info().used, 0u);
+  EXPECT_EQ(heap.info().free + 16384, heap.info().size);
+  EXPECT_GE(heap.info().size, empty_size);
+}
+
+TEST(HeapAlloc, BlocksInThreadCachesReturnWhenTheThreadEnds) {
+  TempDir dir;
+  Heap heap = make_heap(dir / "h");
+  std::thread worker([&] {
+    std::vector<void*> mine;
+    for (int i = 0; i < 500; ++i) mine.push_back(heap.allocate(24 + i % 7 * 100));
+    for (void* p : mine) heap.deallocate(p);
+  });
+  worker.join();
+  EXPECT_EQ(heap.info().used, 0u);
+  expect_sound(heap);
+}
+
+TEST(HeapAlloc, DeadProcessesCachedBlocksAreReclaimed) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = make_heap(path);
+  // A child fills its thread cache and dies without closing.
+  EXPECT_EQ(run_in_child([&] {
+              static Heap leaked = Heap::open(path).value();
+              std::vector<void*> mine;
+              for (int i = 0; i < 300; ++i) mine.push_back(leaked.allocate(40));
+              for (void* p : mine) leaked.deallocate(p);
+              _exit(leaked.info().used > 0 ? 0 : 3);
+            }),
+            0);
+  EXPECT_GT(heap.info().used, 0u) << "the dead child's cached blocks";
+  expect_sound(heap);
+  // The next process to open the heap finds the dead session and frees them.
+  Heap::open(path).value();
+  EXPECT_EQ(heap.info().used, 0u);
+  expect_sound(heap);
 }
 
 TEST(HeapAlloc, Alignment) {

@@ -35,10 +35,6 @@ using namespace format;
 constexpr std::uint64_t kMaxGrowthStep = std::uint64_t{1} << 30;
 constexpr int kLargeBinScan = 32;  // blocks tried in the request's own bin before moving up
 
-std::uint64_t block_size_for(std::uint64_t payload) {
-  return std::max(kMinBlock, align_up(payload + kBlockHeaderBytes, kAlign));
-}
-
 // The first non-empty bin at or after `from`, or -1.
 int next_nonempty_bin(const std::uint64_t (&bitmap)[4], int from) {
   for (int word = from / 64; word < 4; ++word) {
@@ -50,6 +46,10 @@ int next_nonempty_bin(const std::uint64_t (&bitmap)[4], int from) {
 }
 
 }  // namespace
+
+std::uint64_t Heap::Impl::block_size_for(std::uint64_t payload) {
+  return std::max(kMinBlock, align_up(payload + kBlockHeaderBytes, kAlign));
+}
 
 void Heap::Impl::push_free(std::uint64_t offset) {
   State& s = state();
@@ -148,7 +148,7 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
     if (gap != 0) {
       const std::uint64_t aligned = offset + gap;
       block(aligned)->size_and_state = (whole - gap) | kFree;
-      block(aligned)->reserved = 0;
+      block(aligned)->owner = 0;
       publish(block(offset)->size_and_state, gap | kFree);
       push_free(offset);
       offset = aligned;
@@ -156,16 +156,16 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
   }
 
   const std::uint64_t whole = block(offset)->size();
+  block(offset)->owner = 0;  // before the block is published as anything but free
   if (whole - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (whole - size) | kFree;
-    block(tail)->reserved = 0;
+    block(tail)->owner = 0;
     publish(block(offset)->size_and_state, size | final_state);
     push_free(tail);
   } else {
     publish(block(offset)->size_and_state, whole | final_state);
   }
-  block(offset)->reserved = 0;
   s.used_bytes += block(offset)->size();
   return offset;
 }
@@ -200,7 +200,7 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
     if (current - size >= kMinBlock) {  // give the tail back
       const std::uint64_t tail = offset + size;
       block(tail)->size_and_state = (current - size) | kUsed;
-      block(tail)->reserved = 0;
+      block(tail)->owner = 0;
       publish(header->size_and_state, size | state_bits);
       free_block(tail);  // merges it with what follows and accounts for it
     }
@@ -214,7 +214,7 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
   if (total - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (total - size) | kFree;
-    block(tail)->reserved = 0;
+    block(tail)->owner = 0;
     publish(header->size_and_state, size | state_bits);
     push_free(tail);
     s.used_bytes += size - current;
@@ -257,7 +257,7 @@ void Heap::Impl::grow(std::uint64_t bytes) {
   }
   known_file_size = std::max<std::uint64_t>(known_file_size, new_size);
   block(old_size)->size_and_state = (new_size - old_size) | kFree;
-  block(old_size)->reserved = 0;
+  block(old_size)->owner = 0;
   publish(s.size, new_size);
   push_free(old_size);
 }

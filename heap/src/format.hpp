@@ -33,8 +33,10 @@ inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; block
 
 inline constexpr std::uint64_t kAlign = 16;  // every block and payload
 inline constexpr std::uint64_t kBlockHeaderBytes = 16;
-inline constexpr std::uint64_t kMinBlock = 32;    // header + a free block's two links
-inline constexpr std::uint64_t kSmallMax = 1024;  // blocks up to this size have exact bins
+inline constexpr std::uint64_t kMinBlock = 32;  // header + a free block's two links
+// Blocks up to this size have exact bins (and thread caches): a 1 KiB request,
+// 1040 bytes with its header, stays on the fast path.
+inline constexpr std::uint64_t kSmallMax = 1040;
 
 // Byte-range (OFD) locks, far beyond any heap's data so they never cover it.
 inline constexpr off_t kLockBase = off_t{1} << 60;
@@ -49,15 +51,22 @@ enum BlockState : std::uint64_t {
   kNamed = 2,    // payload holds a NamedRecord, then the names, then the object
   kPending = 3,  // a named object whose constructor had not returned; freed by recovery
   kIndex = 4,    // the name table; every one but State::name_table is freed by recovery
+  kCached = 5,   // in a thread's cache (thread_cache.cpp); `owner` names its session
 };
+inline constexpr std::uint64_t kLastState = kCached;
 inline constexpr std::uint64_t kStateMask = 0xF;
 
 struct BlockHeader {
   std::uint64_t size_and_state;  // size (multiple of 16, header included) | BlockState
-  std::uint64_t reserved;        // zero; kept for the message layer's reference counts
+  // The session whose thread cache holds or held the block (thread_cache.cpp);
+  // zero for blocks that never went through a cache.
+  std::uint64_t owner;
 
-  std::uint64_t size() const { return size_and_state & ~kStateMask; }
-  std::uint64_t state() const { return size_and_state & kStateMask; }
+  // Read atomically: a thread may flip its own cached block between kCached
+  // and kUsed without the heap lock while a walk reads the chain.
+  std::uint64_t word() const { return __atomic_load_n(&size_and_state, __ATOMIC_ACQUIRE); }
+  std::uint64_t size() const { return word() & ~kStateMask; }
+  std::uint64_t state() const { return word() & kStateMask; }
 };
 static_assert(sizeof(BlockHeader) == kBlockHeaderBytes);
 
@@ -102,6 +111,7 @@ inline constexpr std::uint64_t kTombstone = 1;
 // Bins: 64 exact ones for block sizes 32..1040 step 16, then four per power of two.
 inline constexpr int kSmallBins = 64;
 inline constexpr int kBinCount = kSmallBins + 4 * 38;  // up to 2^48-byte blocks
+static_assert(kSmallBins == (kSmallMax - kMinBlock) / kAlign + 1);
 
 inline constexpr int kMaxSessions = 128;
 
@@ -157,7 +167,7 @@ struct Header {
 static_assert(sizeof(Header) <= kHeaderBytes);
 
 // Bin of a free block of `size` bytes (size >= kMinBlock, a multiple of 16).
-inline int bin_of(std::uint64_t size) {
+constexpr int bin_of(std::uint64_t size) {
   if (size <= kSmallMax) return static_cast<int>(size / kAlign) - 2;
   int power = 63 - __builtin_clzll(size);  // >= 10
   int quarter = static_cast<int>((size >> (power - 2)) & 3);

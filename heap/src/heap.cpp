@@ -56,7 +56,8 @@ std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* w
   const std::uint64_t offset = impl.offset_of(p);
   const std::uint64_t block = offset - kBlockHeaderBytes;
   if (!impl.base || p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes ||
-      offset >= impl.state().size || offset % kAlign != 0 || impl.block(block)->state() != kUsed) {
+      offset >= __atomic_load_n(&impl.state().size, __ATOMIC_ACQUIRE) || offset % kAlign != 0 ||
+      impl.block(block)->state() != kUsed) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
   }
@@ -156,15 +157,39 @@ Heap::LockScope::~LockScope() noexcept(false) {
   }
 }
 
+namespace {
+
+// The allocation paths shared by Heap and the in-heap Allocator: small
+// blocks through this thread's cache where there is one, the rest under the lock.
+void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
+  const std::uint64_t size = Heap::Impl::block_size_for(bytes);
+  if (impl.thread_caching() && alignment <= kAlign && size <= kCacheMax) {
+    return impl.at(impl.cached_allocate(size) + kBlockHeaderBytes);
+  }
+  Locked lock(impl, true);
+  return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
+}
+
+void deallocate_in(Heap::Impl& impl, void* p) {
+  if (impl.thread_caching()) {
+    const std::uint64_t block = used_block_of(impl, p, "deallocate");
+    if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
+  }
+  Locked lock(impl, true);
+  impl.free_block(used_block_of(impl, p, "deallocate"));
+}
+
+}  // namespace
+
 void* Heap::allocate(std::size_t bytes, std::size_t alignment) {
-  LockScope lock(*this, true);
-  return impl_->at(impl_->allocate_block(bytes, alignment) + kBlockHeaderBytes);
+  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
+  return allocate_in(*impl_, bytes, alignment);
 }
 
 void Heap::deallocate(void* p) {
   if (p == nullptr) return;
-  LockScope lock(*this, true);
-  impl_->free_block(used_block_of(*impl_, p, "deallocate"));
+  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
+  deallocate_in(*impl_, p);
 }
 
 void* Heap::reallocate(void* p, std::size_t bytes) {
@@ -377,15 +402,11 @@ LockMode Heap::mode() const noexcept {
 namespace detail {
 
 void* allocate_at_base(const void* base, std::size_t bytes, std::size_t alignment) {
-  Heap::Impl& impl = heap_at_base(base);
-  Locked lock(impl, true);
-  return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
+  return allocate_in(heap_at_base(base), bytes, alignment);
 }
 
 void deallocate_at_base(const void* base, void* p) {
-  Heap::Impl& impl = heap_at_base(base);
-  Locked lock(impl, true);
-  impl.free_block(used_block_of(impl, p, "deallocate"));
+  deallocate_in(heap_at_base(base), p);
 }
 
 }  // namespace detail

@@ -338,6 +338,7 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
 
 void Heap::Impl::close_file() noexcept {
   if (base == nullptr) return;
+  retire_all_caches();
   if (session_slot >= 0) {
     try {
       // Under the heap lock, like every write to State: leave the session

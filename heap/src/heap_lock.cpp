@@ -253,9 +253,13 @@ void Heap::Impl::register_session() {
   require_exclusive();
   State& s = state();
   int chosen = -1;
+  bool found_dead = false;
   for (int i = 0; i < kMaxSessions; ++i) {
     Session& other = s.sessions[i];
-    if (other.id != 0 && !session_alive(i)) other = Session{};  // its process is gone
+    if (other.id != 0 && !session_alive(i)) {  // its process is gone
+      other = Session{};
+      found_dead = true;
+    }
     if (other.id == 0) {
       if (chosen < 0 && lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, false)) chosen = i;
       continue;
@@ -285,6 +289,9 @@ void Heap::Impl::register_session() {
   mine.id = s.next_session_id++;
   session_slot = chosen;
   session_id = mine.id;
+  // A process that died without closing may have left blocks in its thread
+  // caches: give them back.
+  if (found_dead) rebuild(Rebuild::kRecover);
 }
 
 void Heap::Impl::unregister_session() noexcept {

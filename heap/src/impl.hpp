@@ -9,6 +9,7 @@
 //   heap.cpp       the public Heap class, gluing the above together
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -16,11 +17,22 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "format.hpp"
 #include "sheaf/heap.hpp"
 
 namespace sheaf {
+
+// Blocks up to this size (header included) go through thread caches.
+inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
+
+// One thread's cache of free blocks of one heap (thread_cache.cpp), by bin.
+struct ThreadCache {
+  Heap::Impl* heap = nullptr;  // nullptr once the heap is closed
+  std::array<std::vector<std::uint64_t>, format::bin_of(kCacheMax) + 1> blocks;
+  std::uint64_t bytes = 0;  // in all of them
+};
 
 struct Heap::Impl {
   Impl() = default;
@@ -76,6 +88,8 @@ struct Heap::Impl {
   std::uint32_t live_sessions() const;
 
   // --- allocator.cpp (all under the exclusive lock) ---
+  // The size of the block that holds payload_bytes (header included).
+  static std::uint64_t block_size_for(std::uint64_t payload_bytes);
   // Returns the offset of a block whose header says `state` and whose
   // payload (at offset + 16) holds payload_bytes at `alignment`.
   std::uint64_t allocate_block(std::uint64_t payload_bytes, std::uint64_t alignment,
@@ -88,6 +102,15 @@ struct Heap::Impl {
   void unlink_free(std::uint64_t block_offset);
   void reset_bins();
   std::uint64_t largest_free() const;
+
+  // --- thread_cache.cpp (local mode; no lock needed) ---
+  bool thread_caching() const { return mode == LockMode::kLocal; }
+  std::uint64_t cached_allocate(std::uint64_t block_size);  // a block <= kCacheMax
+  void cached_free(std::uint64_t block_offset);
+  ThreadCache* thread_cache();
+  void empty_cache(ThreadCache* cache);            // under the exclusive lock
+  void retire_cache(ThreadCache* cache) noexcept;  // at thread exit
+  void retire_all_caches() noexcept;               // at close
 
   // --- names.cpp ---
   format::NamedRecord* record(std::uint64_t block_offset) const {
@@ -108,6 +131,9 @@ struct Heap::Impl {
   // slot (memory proportional to the number of blocks). `chain_sound` tells
   // whether the block chain itself is intact (else nothing may be written).
   CheckReport check(bool full, bool* chain_sound = nullptr) const;
+
+  std::mutex caches_mutex;  // guards all_caches
+  std::vector<ThreadCache*> all_caches;
 
   // --- process-local lock state ---
   std::mutex network_mutex;                // network mode: threads of this process

@@ -76,7 +76,7 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
       return at_offset(offset) + ": size " + std::to_string(size) +
              " runs past the end of the heap";
     }
-    if (state > kIndex) return at_offset(offset) + ": invalid state " + std::to_string(state);
+    if (state > kLastState) return at_offset(offset) + ": invalid state " + std::to_string(state);
     // A pending block's record may be half written (its constructor had not
     // returned); recovery frees it whatever it says, so only named ones count.
     if (state == kNamed) {
@@ -125,6 +125,21 @@ void Heap::Impl::rebuild(Rebuild kind) {
   }
   State& s = state();
   const bool recovering = kind == Rebuild::kRecover;
+  // Cached blocks of sessions that are gone go back to the heap on recovery.
+  std::vector<std::uint64_t> live;
+  if (recovering) {
+    for (int i = 0; i < kMaxSessions; ++i) {
+      const std::uint64_t id = s.sessions[i].id;
+      if (id != 0 && (i == session_slot || session_alive(i))) live.push_back(id);
+    }
+  }
+  const auto owner_gone = [&](const BlockHeader* header) {
+    const std::uint64_t before = header->word();
+    const std::uint64_t owner = __atomic_load_n(&header->owner, __ATOMIC_ACQUIRE);
+    // A header that changed under us belongs to a thread that is running.
+    if (header->word() != before) return false;
+    return std::find(live.begin(), live.end(), owner) == live.end();
+  };
   reset_bins();
   std::uint64_t used = 0;
   std::uint64_t named = 0;
@@ -138,7 +153,8 @@ void Heap::Impl::rebuild(Rebuild kind) {
     const std::uint64_t size = header->size();
     const std::uint64_t state_bits = header->state();
     const bool reclaim =
-        state_bits == kFree || (recovering && (state_bits == kPending || state_bits == kIndex));
+        state_bits == kFree || (recovering && (state_bits == kPending || state_bits == kIndex ||
+                                               (state_bits == kCached && owner_gone(header))));
     if (reclaim) {
       if (run == 0) {
         run = offset;
