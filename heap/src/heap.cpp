@@ -120,12 +120,11 @@ Heap::~Heap() {
 
 Result<Heap> Heap::create(const std::string& path, const CreateOptions& options) {
   try {
-    std::unique_ptr<Impl> impl(Impl::create_file(path, options));
-    remember(impl.get());
-    return Heap(std::move(impl));
+    Impl::create_file(path, options);
   } catch (const Error& e) {
     return e;
   }
+  return open(path, options.open);
 }
 
 Result<Heap> Heap::open(const std::string& path, const OpenOptions& options) {

@@ -163,7 +163,7 @@ bool lock_range(int fd, short type, off_t start, off_t length, bool wait) {
   return ofd_lock(fd, type, start, length, wait);
 }
 
-Heap::Impl* Heap::Impl::create_file(const std::string& path, const CreateOptions& options) {
+void Heap::Impl::create_file(const std::string& path, const CreateOptions& options) {
   const std::string where = "heap " + path;
   std::uint64_t size =
       align_up(std::max<std::uint64_t>(options.initial_size, kMinInitialSize), kPageSize);
@@ -247,7 +247,6 @@ Heap::Impl* Heap::Impl::create_file(const std::string& path, const CreateOptions
     fsync(dir);  // make the new name durable; best effort on filesystems that refuse
     ::close(dir);
   }
-  return open_file(path, options.open);
 }
 
 Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& options) {

@@ -62,7 +62,7 @@ struct Heap::Impl {
   }
 
   // --- heap_file.cpp ---
-  static Impl* create_file(const std::string& path, const CreateOptions& options);
+  static void create_file(const std::string& path, const CreateOptions& options);  // never opens it
   static Impl* open_file(const std::string& path, const OpenOptions& options);
   void close_file() noexcept;
   std::uint64_t growth_limit() const;
