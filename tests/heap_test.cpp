@@ -571,3 +571,108 @@ TEST(HeapNetworkMode, RecipeWorksOnALocalFile) {
 
 }  // namespace
 }  // namespace sheaf
+
+// Regressions found in review; each of these once corrupted a heap or hung.
+namespace sheaf {
+namespace {
+
+using testing::run_in_child;
+using testing::TempDir;
+
+TEST(HeapRegression, HugeRequestIsOutOfSpaceNotATinyBlock) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  for (std::size_t bytes : {SIZE_MAX, SIZE_MAX - 7, SIZE_MAX / 2}) {
+    try {
+      heap.allocate(bytes);
+      ADD_FAILURE() << bytes << " bytes granted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kOutOfSpace);
+    }
+  }
+}
+
+Heap full_heap(const std::string& path, int names) {
+  CreateOptions options;
+  options.initial_size = 1 << 20;
+  options.max_size = 1 << 20;
+  Heap heap = Heap::create(path, options).value();
+  for (int i = 0; i < names; ++i) heap.construct<int>("n" + std::to_string(i))(i);
+  for (std::size_t bytes : {4000, 1000, 200, 48, 16}) {
+    for (int i = 0; i < 100000; ++i) {
+      try {
+        heap.allocate(bytes);
+      } catch (const Error&) {
+        break;
+      }
+    }
+  }
+  return heap;
+}
+
+TEST(HeapRegression, ConstructThatCannotBeNamedLeavesNothing) {
+  TempDir dir;
+  Heap heap = full_heap(dir / "h", 31);
+  for (int i = 31; i < 200; ++i) {  // until the name table cannot grow
+    try {
+      heap.construct<int>("n" + std::to_string(i))(i);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kOutOfSpace);
+      break;
+    }
+  }
+  EXPECT_TRUE(heap.check().ok()) << heap.check().problems.front();
+}
+
+TEST(HeapRegression, RecoveryInAFullHeapNeedsNoRoom) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = full_heap(path, 32);
+  EXPECT_EQ(run_in_child([&] {
+              Heap other = Heap::open(path).value();
+              other.exclusive([] { kill(getpid(), SIGKILL); });
+            }),
+            128 + SIGKILL);
+  ASSERT_NE(heap.find<int>("n5"), nullptr);  // the repair ran, in no new room
+  EXPECT_EQ(*heap.find<int>("n5"), 5);
+  EXPECT_EQ(heap.info().recoveries, 1u);
+  EXPECT_TRUE(heap.check().ok());
+}
+
+struct Slow {
+  Slow() { usleep(300000); }
+  int value = 7;
+};
+
+TEST(HeapRegression, WrongModeIsRefusedBeforeItTouchesTheHeap) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = Heap::create(path).value();
+  std::thread builder([&] { heap.construct<Slow>("slow")(); });  // inside the lock a while
+  usleep(50000);
+  EXPECT_EQ(run_in_child([&] {
+              OpenOptions network;
+              network.mode = LockMode::kNetwork;
+              auto opened = Heap::open(path, network);
+              _exit(!opened.ok() && opened.error().code() == Errc::kBusy ? 0 : 3);
+            }),
+            0);
+  builder.join();
+  ASSERT_NE(heap.find<Slow>("slow"), nullptr);
+  EXPECT_EQ(heap.info().recoveries, 0u);
+  EXPECT_TRUE(heap.check().ok());
+}
+
+TEST(HeapRegression, ThreadExitWhileAnotherThreadIsInsideALockedSection) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  for (int round = 0; round < 50; ++round) {
+    std::thread leaver([&] { heap.deallocate(heap.allocate(64)); });  // has a cache, exits
+    heap.exclusive([&] { heap.deallocate(heap.allocate(64)); });      // allocates in the lock
+    leaver.join();
+  }
+  EXPECT_TRUE(heap.check().ok());
+}
+
+}  // namespace
+}  // namespace sheaf

@@ -44,6 +44,7 @@ inline constexpr off_t kPresenceLock = kLockBase;            // read-held by eve
 inline constexpr off_t kHeapLock = kLockBase + 4096;         // the heap lock in network mode
 inline constexpr off_t kHeapLockLength = 4096;               // page-aligned, page-long
 inline constexpr off_t kSessionLockBase = kLockBase + 8192;  // + slot: held by that session
+inline constexpr off_t kModeLockBase = kLockBase + 16;  // + LockMode: read-held by every open heap
 
 enum BlockState : std::uint64_t {
   kFree = 0,     // in a bin; payload holds FreeLinks

@@ -105,7 +105,7 @@ Heap::Impl::~Impl() {
   if (direct_fd >= 0) ::close(direct_fd);
 }
 
-Heap::Heap(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Heap::Heap(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Heap::Heap(Heap&&) noexcept = default;
 Heap& Heap::operator=(Heap&& other) noexcept {
   if (this != &other) {
@@ -129,7 +129,7 @@ Result<Heap> Heap::create(const std::string& path, const CreateOptions& options)
 
 Result<Heap> Heap::open(const std::string& path, const OpenOptions& options) {
   try {
-    std::unique_ptr<Impl> impl(Impl::open_file(path, options));
+    std::shared_ptr<Impl> impl(Impl::open_file(path, options));
     remember(impl.get());
     return Heap(std::move(impl));
   } catch (const Error& e) {
@@ -160,17 +160,22 @@ namespace {
 
 // The allocation paths shared by Heap and the in-heap Allocator: small
 // blocks through this thread's cache where there is one, the rest under the lock.
+// Inside a locked section the caches are not used: the section already pays
+// for the lock, and so caches_mutex is never taken under the heap lock.
+bool use_cache(const Heap::Impl& impl) {
+  return impl.thread_caching() && !impl.held_by_this_thread();
+}
+
 void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
-  const std::uint64_t size = Heap::Impl::block_size_for(bytes);
-  if (impl.thread_caching() && alignment <= kAlign && size <= kCacheMax) {
-    return impl.at(impl.cached_allocate(size) + kBlockHeaderBytes);
+  if (use_cache(impl) && alignment <= kAlign && bytes <= kCacheMax - kBlockHeaderBytes) {
+    return impl.at(impl.cached_allocate(Heap::Impl::block_size_for(bytes)) + kBlockHeaderBytes);
   }
   Locked lock(impl, true);
   return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
 }
 
 void deallocate_in(Heap::Impl& impl, void* p) {
-  if (impl.thread_caching()) {
+  if (use_cache(impl)) {
     const std::uint64_t block = used_block_of(impl, p, "deallocate");
     if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
   }
@@ -247,7 +252,12 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   std::memcpy(const_cast<char*>(r->name()), name.data(), name.size());
   std::memcpy(const_cast<char*>(r->type()), type.name.data(), type.name.size());
   r->object_offset = align_up(block + kBlockHeaderBytes + head, alignment);
-  impl.insert_name(block);
+  try {
+    impl.insert_name(block);  // may need a bigger name table, and so may run out of space
+  } catch (...) {
+    impl.free_block(block);
+    throw;
+  }
   ++impl.state().named_count;
 
   void* object = impl.at(r->object_offset);

@@ -249,9 +249,10 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
   }
 }
 
-Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& options) {
+std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
+                                                  const OpenOptions& options) {
   const std::string where = "heap " + path;
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_shared<Impl>();
   impl->path = path;
   impl->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (impl->fd < 0) throw Error::from_errno(errno, where);
@@ -293,6 +294,8 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
   impl->base = static_cast<std::uint8_t*>(map);
   if (impl->mode == LockMode::kNetwork) madvise(map, impl->reserve, MADV_RANDOM);  // see above
 
+  impl->claim_mode();
+
   // The first process to open the heap is alone with it: it verifies the
   // whole block chain (refusing, untouched, a heap whose chain is broken),
   // resets the lock, which a crashed machine may have left looking held, and
@@ -332,7 +335,7 @@ Heap::Impl* Heap::Impl::open_file(const std::string& path, const OpenOptions& op
     throw;
   }
   impl->release();
-  return impl.release();
+  return impl;
 }
 
 void Heap::Impl::close_file() noexcept {

@@ -87,23 +87,45 @@ void Heap::Impl::acquire(bool exclusive) {
     network_mutex.lock();
     try {
       lock_range(fd, exclusive ? F_WRLCK : F_RDLCK, kHeapLock, kHeapLockLength, true);
+      try {
+        refresh_from_server();
+      } catch (...) {
+        lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
+        throw;
+      }
     } catch (...) {
       network_mutex.unlock();
       throw;
     }
-    refresh_from_server();
   }
   owner_tid.store(this_thread_id(), std::memory_order_relaxed);
   depth = 1;
   outer_exclusive = exclusive;
 
   try {
+    check_reservation();
     if (holder_died || state().lock_holder != 0) recover_after_death();
   } catch (...) {
+    // Leave lock_holder as it is: if the repair failed, the next locker must
+    // try again. What the repair wrote is a walkable chain; on a network
+    // filesystem it must reach the server before the lock goes.
+    if (mode == LockMode::kNetwork) flush_to_server();
+    outer_exclusive = false;
     release();
     throw;
   }
   if (exclusive) publish(state().lock_holder, holder_token());
+}
+
+// Another process may have grown the heap beyond what this one mapped.
+void Heap::Impl::check_reservation() const {
+  const std::uint64_t size = __atomic_load_n(&state().size, __ATOMIC_ACQUIRE);
+  if (size > reserve) {
+    throw Error(Errc::kOutOfSpace, "heap " + path + " has grown to " + std::to_string(size) +
+                                       " bytes, beyond the " + std::to_string(reserve) +
+                                       " this process reserved for it; open it with a larger "
+                                       "OpenOptions::reserve");
+  }
 }
 
 // The previous holder died inside the lock: repair, as an exclusive section
@@ -114,6 +136,12 @@ void Heap::Impl::recover_after_death() {
     lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
     lock_range(fd, F_WRLCK, kHeapLock, kHeapLockLength, true);
     refresh_from_server();
+  }
+  if (mode == LockMode::kNetwork) {
+    // The dead holder's writes reached the server without a generation bump,
+    // so our cached data pages may be older than them: refresh them all.
+    const State& s = state();
+    refresh_range(kHeaderBytes, s.size - kHeaderBytes);
   }
   if (mode == LockMode::kLocal || state().lock_holder != 0) {  // someone may have beaten us to it
     publish(state().lock_holder, holder_token());
@@ -156,8 +184,9 @@ int Heap::Impl::release() noexcept {
 // Network mode, just after taking the lock: make our view what the server has.
 void Heap::Impl::refresh_from_server() {
   refresh_range(0, kHeaderBytes);
+  check_reservation();
   const State& s = state();
-  const std::uint64_t size = std::atomic_ref<const std::uint64_t>(s.size).load();
+  const std::uint64_t size = __atomic_load_n(&s.size, __ATOMIC_ACQUIRE);
   if (s.generation != seen_generation) refresh_range(kHeaderBytes, size - kHeaderBytes);
   if (size > known_file_size) {
     // Another host grew the file; our kernel's idea of its size (which
@@ -249,6 +278,26 @@ std::uint32_t Heap::Impl::live_sessions() const {
   return live;
 }
 
+// Processes in different modes must never share a heap (each would take a
+// different lock). Every open heap read-holds its mode's byte; an opener
+// refuses while another mode's byte is held, before it locks or writes anything.
+void Heap::Impl::claim_mode() {
+  lock_range(fd, F_RDLCK, kModeLockBase + static_cast<int>(mode), 1, false);
+  for (LockMode other : {LockMode::kLocal, LockMode::kNetwork}) {
+    if (other == mode) continue;
+    struct flock probe {};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    probe.l_start = kModeLockBase + static_cast<int>(other);
+    probe.l_len = 1;
+    if (fcntl(fd, F_OFD_GETLK, &probe) == 0 && probe.l_type != F_UNLCK) {
+      throw Error(Errc::kBusy, "heap " + path + ": open in " + lock_mode_name(other) +
+                                   " mode by another process; every process must use the same "
+                                   "mode (see SHEAF_HEAP_MODE)");
+    }
+  }
+}
+
 void Heap::Impl::register_session() {
   require_exclusive();
   State& s = state();
@@ -260,17 +309,8 @@ void Heap::Impl::register_session() {
       other = Session{};
       found_dead = true;
     }
-    if (other.id == 0) {
-      if (chosen < 0 && lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, false)) chosen = i;
-      continue;
-    }
-    if (other.mode != static_cast<std::uint32_t>(mode)) {
-      if (chosen >= 0) lock_range(fd, F_UNLCK, kSessionLockBase + chosen, 1, false);
-      throw Error(Errc::kBusy, "heap " + path + ": open in " +
-                                   lock_mode_name(static_cast<LockMode>(other.mode)) +
-                                   " mode by pid " + std::to_string(other.pid) + " on " +
-                                   other.host +
-                                   "; every process must use the same mode (see SHEAF_HEAP_MODE)");
+    if (other.id == 0 && chosen < 0 && lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, false)) {
+      chosen = i;
     }
   }
   if (chosen < 0) {
@@ -286,6 +326,7 @@ void Heap::Impl::register_session() {
   mine.opened_ns = static_cast<std::uint64_t>(now.tv_sec) * 1000000000u +
                    static_cast<std::uint64_t>(now.tv_nsec);
   gethostname(mine.host, sizeof(mine.host) - 1);
+  if (s.next_session_id == 0) s.next_session_id = 1;  // 0 means "no session"
   mine.id = s.next_session_id++;
   session_slot = chosen;
   session_id = mine.id;

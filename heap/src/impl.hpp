@@ -29,12 +29,13 @@ inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
 
 // One thread's cache of free blocks of one heap (thread_cache.cpp), by bin.
 struct ThreadCache {
-  Heap::Impl* heap = nullptr;  // nullptr once the heap is closed
+  Heap::Impl* heap = nullptr;       // for lookup; nullptr once retired
+  std::weak_ptr<Heap::Impl> owner;  // keeps a closing heap's Impl alive while we retire
   std::array<std::vector<std::uint64_t>, format::bin_of(kCacheMax) + 1> blocks;
   std::uint64_t bytes = 0;  // in all of them
 };
 
-struct Heap::Impl {
+struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   Impl() = default;
   ~Impl();  // unmaps and closes whatever close_file() did not
   Impl(const Impl&) = delete;
@@ -63,7 +64,7 @@ struct Heap::Impl {
 
   // --- heap_file.cpp ---
   static void create_file(const std::string& path, const CreateOptions& options);  // never opens it
-  static Impl* open_file(const std::string& path, const OpenOptions& options);
+  static std::shared_ptr<Impl> open_file(const std::string& path, const OpenOptions& options);
   void close_file() noexcept;
   std::uint64_t growth_limit() const;
 
@@ -82,6 +83,8 @@ struct Heap::Impl {
   int flush_to_server() noexcept;  // network mode: msync + fdatasync
   void unmap_pages() noexcept;     // network mode: drop our page mappings
   void require_exclusive() const;  // throws unless inside an exclusive section
+  void claim_mode();               // at open, before anything else
+  void check_reservation() const;  // the heap has not outgrown our mapping
   void register_session();         // under the lock, at open
   void unregister_session() noexcept;
   bool session_alive(int slot) const;

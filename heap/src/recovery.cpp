@@ -125,6 +125,13 @@ void Heap::Impl::rebuild(Rebuild kind) {
   }
   State& s = state();
   const bool recovering = kind == Rebuild::kRecover;
+  // Recovery keeps the current name table when it is big enough, so that it
+  // never needs more room than the heap had.
+  bool reuse_table = false;
+  if (recovering && summary.table_found) {
+    const auto* table = at<NameTable>(s.name_table + kBlockHeaderBytes);
+    reuse_table = table->capacity >= 2 * summary.named;  // insert_name() will not resize it
+  }
   // Cached blocks of sessions that are gone go back to the heap on recovery.
   std::vector<std::uint64_t> live;
   if (recovering) {
@@ -152,9 +159,11 @@ void Heap::Impl::rebuild(Rebuild kind) {
     BlockHeader* header = block(offset);
     const std::uint64_t size = header->size();
     const std::uint64_t state_bits = header->state();
+    const bool kept_table = reuse_table && offset == s.name_table;
     const bool reclaim =
-        state_bits == kFree || (recovering && (state_bits == kPending || state_bits == kIndex ||
-                                               (state_bits == kCached && owner_gone(header))));
+        state_bits == kFree ||
+        (recovering && (state_bits == kPending || (state_bits == kIndex && !kept_table) ||
+                        (state_bits == kCached && owner_gone(header))));
     if (reclaim) {
       if (run == 0) {
         run = offset;
@@ -171,13 +180,22 @@ void Heap::Impl::rebuild(Rebuild kind) {
   }
   close_run();
   s.used_bytes = used;
-  s.named_count = named;
   s.small_freed = 0;
+  // A sweep may run inside construct(), whose pending object is counted
+  // already though not yet named: only recovery recounts.
   if (!recovering) return;
+  s.named_count = named;
 
-  publish(s.name_table, 0);
-  if (named == 0) return;
-  build_name_table(named);
+  if (reuse_table) {
+    auto* table = at<NameTable>(s.name_table + kBlockHeaderBytes);
+    std::fill_n(table->slots(), table->capacity, kEmptySlot);
+    table->count = 0;
+    table->tombstones = 0;
+  } else {
+    publish(s.name_table, 0);
+    if (named == 0) return;
+    build_name_table(named);
+  }
   for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
     if (block(offset)->state() == kNamed) insert_name(offset);
   }

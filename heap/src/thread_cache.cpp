@@ -39,7 +39,9 @@ struct ThreadCaches {
   std::vector<std::unique_ptr<ThreadCache>> caches;
   ~ThreadCaches() {
     for (auto& cache : caches) {
-      if (cache->heap != nullptr) cache->heap->retire_cache(cache.get());
+      // The weak reference keeps the Impl alive if the heap is being closed
+      // right now; retire_cache() then finds the cache already retired.
+      if (std::shared_ptr<Heap::Impl> heap = cache->owner.lock()) heap->retire_cache(cache.get());
     }
   }
 };
@@ -47,6 +49,9 @@ thread_local ThreadCaches this_thread_caches;
 
 }  // namespace
 
+// Lock order, everywhere: caches_mutex, then the heap lock. The caches are
+// never used inside a locked section (allocate_in() in heap.cpp), so no
+// thread takes caches_mutex while it holds the heap lock.
 ThreadCache* Heap::Impl::thread_cache() {
   auto& caches = this_thread_caches.caches;
   for (auto& cache : caches) {
@@ -55,6 +60,7 @@ ThreadCache* Heap::Impl::thread_cache() {
   std::erase_if(caches, [](const auto& cache) { return cache->heap == nullptr; });
   auto cache = std::make_unique<ThreadCache>();
   cache->heap = this;
+  cache->owner = weak_from_this();
   {
     std::lock_guard guard(caches_mutex);
     all_caches.push_back(cache.get());
@@ -78,7 +84,13 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
     Locked lock(*this, true);
     const std::size_t count = size <= kSmallMax ? kRefill : 1;
     for (std::size_t i = 0; i < count; ++i) {
-      const std::uint64_t offset = allocate_block(size - kBlockHeaderBytes, kAlign, kCached);
+      std::uint64_t offset = 0;
+      try {
+        offset = allocate_block(size - kBlockHeaderBytes, kAlign, kCached);
+      } catch (const Error& e) {
+        if (e.code() != Errc::kOutOfSpace || blocks.empty()) throw;
+        break;  // near the size limit: one block is enough
+      }
       // A kill before this store leaves a kCached block owned by session 0,
       // which no live session is: it is reclaimed like any dead one's.
       std::atomic_ref<std::uint64_t>(block(offset)->owner).store(session_id);
@@ -130,6 +142,7 @@ void Heap::Impl::empty_cache(ThreadCache* cache) {
 
 void Heap::Impl::retire_cache(ThreadCache* cache) noexcept {
   std::lock_guard guard(caches_mutex);
+  if (cache->heap == nullptr) return;  // the heap was closed first
   std::erase(all_caches, cache);
   try {
     Locked lock(*this, true);

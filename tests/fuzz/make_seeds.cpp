@@ -1,5 +1,9 @@
-// make_seeds.cpp: writes small real heaps, prefixed with the harness's switch
-// byte, into a corpus directory, so fuzzing starts from valid files.
+// make_seeds.cpp: writes small real heaps and bags, prefixed with the
+// harnesses' switch byte, into CORPUS/heap and CORPUS/bag, so fuzzing starts
+// from valid files.
+#include <unistd.h>
+
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -7,15 +11,29 @@
 
 #include "sheaf/containers.hpp"
 #include "sheaf/heap.hpp"
+#include "sheaf/store.hpp"
+
+namespace {
+
+// Copies `path` to `seed`, with the byte that asks for a fixed-up checksum first.
+void write_seed(const std::string& path, const std::string& seed) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes{std::istreambuf_iterator<char>(in), {}};
+  std::ofstream out(seed, std::ios::binary);
+  out.put(1);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s CORPUS_DIR (with heap/ and bag/ in it)\n", argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
   for (int variant = 0; variant < 3; ++variant) {
-    const std::string path = dir + "/seed" + std::to_string(variant) + ".heap";
+    const std::string path = dir + "/heap/seed" + std::to_string(variant) + ".heap";
     {
       sheaf::CreateOptions options;
       options.initial_size = 0;  // the smallest heap
@@ -26,12 +44,19 @@ int main(int argc, char** argv) {
       }
       if (variant == 2) heap.construct<sheaf::vector<int>>("v")(heap)->push_back(1);
     }
-    std::ifstream in(path, std::ios::binary);
-    std::vector<char> bytes{std::istreambuf_iterator<char>(in), {}};
+    write_seed(path, path + ".seed");
     std::remove(path.c_str());
-    std::ofstream out(path + ".seed", std::ios::binary);
-    out.put(1);  // ask the harness to fix the checksum after mutation
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
+  const std::string store_dir = dir + "/bag/store";
+  sheaf::Store store = sheaf::Store::init(store_dir).value();
+  const std::vector<float> values = {1.5f, 2.5f, 3.5f};
+  auto typed = sheaf::BagWriteOptions::of<float>();
+  typed.tags = {{"model", "tiny"}, {"stage", "test"}};
+  store.put_bag("typed", std::as_bytes(std::span(values)), typed);
+  store.put_bag("empty", {});
+  for (const char* name : {"typed", "empty"}) {
+    write_seed(store.bag_path(name), dir + "/bag/" + name + ".seed");
+  }
+  std::system(("rm -rf '" + store_dir + "'").c_str());
   return 0;
 }

@@ -265,7 +265,7 @@ class Heap {
  private:
   template <class T>
   friend class Constructor;
-  explicit Heap(std::unique_ptr<Impl> impl);
+  explicit Heap(std::shared_ptr<Impl> impl);
 
   class LockScope {
    public:
@@ -283,7 +283,7 @@ class Heap {
   void* find_named(std::string_view name, const TypeTag& type, std::size_t* count) const;
   bool destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy);
 
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_;  // shared with this process's thread caches (weakly)
 };
 
 template <class T>

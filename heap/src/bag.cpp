@@ -1,0 +1,398 @@
+// bag.cpp: the bag file format, reading bags in place and writing them atomically.
+//
+//   0                     header_bytes (a multiple of 4096)           + size
+//   | fixed header | type | tags | checksum | zero padding | payload ... |
+//
+// The fixed header holds the magic "SHEAFBAG", format version, byte-order
+// mark, header size, element size, payload size, the payload's XXH64, the
+// creation time and the lengths of what follows it: the element type's name,
+// then each tag as (u16 key length, u32 value length, key, value). An XXH64 of
+// all of that follows it. The payload starts on a page boundary, so it maps.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cstring>
+#include <ctime>
+
+#include "bag_impl.hpp"
+
+namespace sheaf {
+namespace {
+
+constexpr char kBagMagic[8] = {'S', 'H', 'E', 'A', 'F', 'B', 'A', 'G'};
+constexpr std::uint32_t kBagVersion = 1;
+constexpr std::uint32_t kEndianMark = 0x01020304;
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kMaxHeaderBytes = 1 << 20;
+constexpr std::size_t kMaxTypeLength = 256;
+constexpr std::size_t kMaxTagKey = 256;
+constexpr std::size_t kMaxTagValue = 4096;
+constexpr std::size_t kMaxTags = 256;
+
+struct Fixed {
+  char magic[8];
+  std::uint32_t version;
+  std::uint32_t endian;
+  std::uint32_t header_bytes;
+  std::uint32_t element_size;
+  std::uint64_t payload_size;
+  std::uint64_t payload_checksum;
+  std::uint64_t created_ns;
+  std::uint16_t type_length;
+  std::uint16_t tag_count;
+  std::uint32_t extra_length;  // bytes of type and tags after the fixed header
+};
+static_assert(sizeof(Fixed) == 56);
+
+template <class T>
+void append(std::string& out, const T& value) {
+  out.append(reinterpret_cast<const char*>(&value), sizeof(value));
+}
+
+std::uint64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+void write_all(int fd, const void* data, std::size_t size, std::uint64_t offset,
+               const std::string& what) {
+  const auto* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t done = pwrite(fd, bytes, size, static_cast<off_t>(offset));
+    if (done < 0) {
+      if (errno == EINTR) continue;
+      throw Error::from_errno(errno, what);
+    }
+    bytes += done;
+    size -= static_cast<std::size_t>(done);
+    offset += static_cast<std::uint64_t>(done);
+  }
+}
+
+}  // namespace
+
+// --- The header --------------------------------------------------------------
+
+std::string encode_bag_header(const BagInfo& info) {
+  if (info.element_type.size() > kMaxTypeLength) {
+    throw Error(Errc::kInvalidArgument, "bag " + info.name + ": element type name longer than " +
+                                            std::to_string(kMaxTypeLength) + " bytes");
+  }
+  if (info.tags.size() > kMaxTags) {
+    throw Error(Errc::kInvalidArgument,
+                "bag " + info.name + ": more than " + std::to_string(kMaxTags) + " tags");
+  }
+  std::string extra = info.element_type;
+  for (const auto& [key, value] : info.tags) {
+    if (key.empty() || key.size() > kMaxTagKey || value.size() > kMaxTagValue) {
+      throw Error(Errc::kInvalidArgument, "bag " + info.name + ": tag '" + key +
+                                              "': keys have 1 to 256 bytes, values up to 4096");
+    }
+    append(extra, static_cast<std::uint16_t>(key.size()));
+    append(extra, static_cast<std::uint32_t>(value.size()));
+    extra += key;
+    extra += value;
+  }
+  Fixed fixed{};
+  std::memcpy(fixed.magic, kBagMagic, sizeof(kBagMagic));
+  fixed.version = kBagVersion;
+  fixed.endian = kEndianMark;
+  fixed.header_bytes = static_cast<std::uint32_t>(bag_header_bytes(info));
+  fixed.element_size = info.element_size;
+  fixed.payload_size = info.size;
+  fixed.payload_checksum = info.checksum;
+  fixed.created_ns = info.created_ns;
+  fixed.type_length = static_cast<std::uint16_t>(info.element_type.size());
+  fixed.tag_count = static_cast<std::uint16_t>(info.tags.size());
+  fixed.extra_length = static_cast<std::uint32_t>(extra.size());
+  std::string header(reinterpret_cast<const char*>(&fixed), sizeof(fixed));
+  header += extra;
+  append(header, XXH64(header.data(), header.size(), 0));
+  header.resize(fixed.header_bytes, '\0');
+  return header;
+}
+
+std::uint64_t bag_header_bytes(const BagInfo& info) {
+  std::uint64_t bytes = sizeof(Fixed) + info.element_type.size() + 8;
+  for (const auto& [key, value] : info.tags) bytes += 6 + key.size() + value.size();
+  return (bytes + kPage - 1) / kPage * kPage;
+}
+
+BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_size,
+                         const std::string& what) {
+  const std::string where = what + ": ";
+  Fixed fixed{};
+  if (header.size() < sizeof(kBagMagic) ||
+      std::memcmp(header.data(), kBagMagic, sizeof(kBagMagic)) != 0) {
+    throw Error(Errc::kUnsupported, where + "not a Sheaf bag (no bag magic at the start)");
+  }
+  if (header.size() < sizeof(Fixed)) {
+    throw Error(Errc::kCorrupted, where + "truncated: shorter than a bag header");
+  }
+  std::memcpy(&fixed, header.data(), sizeof(fixed));
+  if (fixed.endian != kEndianMark) {
+    throw Error(
+        fixed.endian == __builtin_bswap32(kEndianMark) ? Errc::kUnsupported : Errc::kCorrupted,
+        where + (fixed.endian == __builtin_bswap32(kEndianMark)
+                     ? "written on a machine of the other byte order"
+                     : "corrupted header (bad byte-order mark)"));
+  }
+  const std::uint64_t checked = sizeof(Fixed) + std::uint64_t{fixed.extra_length};
+  if (fixed.header_bytes % kPage != 0 || fixed.header_bytes == 0 ||
+      fixed.header_bytes > kMaxHeaderBytes || checked + 8 > fixed.header_bytes) {
+    throw Error(Errc::kCorrupted, where + "corrupted header (header size " +
+                                      std::to_string(fixed.header_bytes) + ")");
+  }
+  if (header.size() < checked + 8) {
+    throw Error(Errc::kCorrupted, where + "truncated: the header runs past the end of the file");
+  }
+  std::uint64_t stored = 0;
+  std::memcpy(&stored, header.data() + checked, sizeof(stored));
+  if (XXH64(header.data(), checked, 0) != stored) {
+    throw Error(Errc::kCorrupted, where + "header checksum mismatch (the file is corrupted)");
+  }
+  if (fixed.version > kBagVersion) {
+    throw Error(Errc::kUnsupported, where + "format version " + std::to_string(fixed.version) +
+                                        " is newer than this Sheaf reads (" +
+                                        std::to_string(kBagVersion) + ")");
+  }
+  if (fixed.version == 0) throw Error(Errc::kCorrupted, where + "corrupted header (version 0)");
+  if (file_size < fixed.header_bytes || file_size - fixed.header_bytes != fixed.payload_size) {
+    throw Error(
+        Errc::kCorrupted,
+        where + "truncated: the header promises " + std::to_string(fixed.payload_size) +
+            " payload bytes, the file holds " +
+            std::to_string(file_size > fixed.header_bytes ? file_size - fixed.header_bytes : 0));
+  }
+  BagInfo info;
+  info.size = fixed.payload_size;
+  info.checksum = fixed.payload_checksum;
+  info.element_size = fixed.element_size;
+  info.created_ns = fixed.created_ns;
+  // Type and tags, every length checked against what is left.
+  const char* cursor = reinterpret_cast<const char*>(header.data()) + sizeof(Fixed);
+  std::uint64_t left = fixed.extra_length;
+  auto take = [&](std::uint64_t n) {
+    if (n > left) throw Error(Errc::kCorrupted, where + "corrupted header (tags overrun)");
+    const char* at = cursor;
+    cursor += n;
+    left -= n;
+    return at;
+  };
+  if (fixed.type_length > kMaxTypeLength) {
+    throw Error(Errc::kCorrupted, where + "corrupted header (type name length)");
+  }
+  info.element_type.assign(take(fixed.type_length), fixed.type_length);
+  for (std::uint32_t i = 0; i < fixed.tag_count; ++i) {
+    std::uint16_t key_length = 0;
+    std::uint32_t value_length = 0;
+    std::memcpy(&key_length, take(2), 2);
+    std::memcpy(&value_length, take(4), 4);
+    if (key_length == 0 || key_length > kMaxTagKey || value_length > kMaxTagValue) {
+      throw Error(Errc::kCorrupted, where + "corrupted header (tag lengths)");
+    }
+    std::string key(take(key_length), key_length);
+    info.tags[std::move(key)].assign(take(value_length), value_length);
+  }
+  if (left != 0) throw Error(Errc::kCorrupted, where + "corrupted header (trailing bytes)");
+  if (info.element_type.empty() != (info.element_size == 0) ||
+      (info.element_size != 0 && info.size % info.element_size != 0)) {
+    throw Error(Errc::kCorrupted, where + "corrupted header (element size " +
+                                      std::to_string(info.element_size) + " for " +
+                                      std::to_string(info.size) + " bytes)");
+  }
+  return info;
+}
+
+std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
+                           const Progress& progress, const std::string& what) {
+  constexpr std::size_t kChunk = 4 << 20;
+  std::unique_ptr<char[]> buffer(new char[kChunk]);
+  XXH64_state_t* state = XXH64_createState();
+  XXH64_reset(state, 0);
+  posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(size), POSIX_FADV_SEQUENTIAL);
+  std::uint64_t done = 0;
+  while (done < size) {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, size - done));
+    const ssize_t got = pread(fd, buffer.get(), want, static_cast<off_t>(offset + done));
+    if (got <= 0) {
+      const int err = got < 0 ? errno : EIO;
+      if (got < 0 && err == EINTR) continue;
+      XXH64_freeState(state);
+      throw Error::from_errno(err, what + ": read");
+    }
+    XXH64_update(state, buffer.get(), static_cast<std::size_t>(got));
+    done += static_cast<std::uint64_t>(got);
+    if (progress) progress(done, size);
+  }
+  const std::uint64_t checksum = XXH64_digest(state);
+  XXH64_freeState(state);
+  return checksum;
+}
+
+// --- Bag ---------------------------------------------------------------------
+
+Bag::Impl::~Impl() {
+  if (map != nullptr) munmap(map, map_length);
+  if (scratch != nullptr) munmap(scratch, info.size);
+  if (fd >= 0) ::close(fd);
+}
+
+Bag::Bag(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Bag::Bag(Bag&&) noexcept = default;
+Bag& Bag::operator=(Bag&&) noexcept = default;
+Bag::~Bag() = default;
+
+const BagInfo& Bag::info() const noexcept {
+  return impl_->info;
+}
+
+std::span<const std::byte> Bag::bytes() const noexcept {
+  if (impl_->info.size == 0) return {};
+  return {static_cast<const std::byte*>(impl_->map) + impl_->header_bytes, impl_->info.size};
+}
+
+std::span<std::byte> Bag::scratch() {
+  if (impl_->info.size == 0) return {};
+  if (impl_->scratch == nullptr) {
+    void* map = mmap(nullptr, impl_->info.size, PROT_READ | PROT_WRITE, MAP_PRIVATE, impl_->fd,
+                     static_cast<off_t>(impl_->header_bytes));
+    if (map == MAP_FAILED) throw Error::from_errno(errno, "bag " + impl_->info.name + ": mmap");
+    impl_->scratch = map;
+  }
+  return {static_cast<std::byte*>(impl_->scratch), impl_->info.size};
+}
+
+void Bag::check_type(const TypeTag& type) const {
+  const BagInfo& info = impl_->info;
+  if (info.element_type == type.name && info.element_size == type.size) return;
+  throw Error(Errc::kTypeMismatch,
+              "bag " + info.name + " holds " +
+                  (info.element_type.empty()
+                       ? std::string("untyped bytes")
+                       : info.element_type + " (" + std::to_string(info.element_size) + " bytes)") +
+                  ", not " + std::string(type.name) + " (" + std::to_string(type.size) + " bytes)");
+}
+
+std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::string& name,
+                                         const BagOpenOptions& options) {
+  const std::string what = "bag " + name;
+  auto impl = std::make_unique<Bag::Impl>();
+  impl->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl->fd < 0) throw Error::from_errno(errno, what);
+  struct stat st {};
+  if (fstat(impl->fd, &st) != 0) throw Error::from_errno(errno, what + ": stat");
+  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+  impl->map_length = std::max<std::uint64_t>(file_size, 1);
+  void* map = mmap(nullptr, impl->map_length, PROT_READ, MAP_SHARED, impl->fd, 0);
+  if (map == MAP_FAILED) throw Error::from_errno(errno, what + ": mmap");
+  impl->map = map;
+  const auto* bytes = static_cast<const std::byte*>(map);
+  try {
+    impl->info = parse_bag_header(
+        {bytes, static_cast<std::size_t>(std::min<std::uint64_t>(file_size, kMaxHeaderBytes))},
+        file_size, what);
+    impl->header_bytes = file_size - impl->info.size;
+    if (options.verify_payload) {
+      madvise(map, impl->map_length, MADV_SEQUENTIAL);
+      const std::uint64_t actual = XXH64(bytes + impl->header_bytes, impl->info.size, 0);
+      if (actual != impl->info.checksum) {
+        throw Error(Errc::kCorrupted, what + ": payload checksum mismatch (the bag is corrupted)");
+      }
+    }
+  } catch (const Error& e) {
+    if (!options.forensic) throw;
+    if (impl->info.size == 0 && impl->header_bytes == 0) {
+      // The header itself is unreadable: show the whole file as the payload.
+      impl->info = BagInfo{};
+      impl->info.size = file_size;
+    }
+  }
+  impl->info.name = name;
+  return impl;
+}
+
+// --- BagWriter ---------------------------------------------------------------
+
+BagWriter::Impl::~Impl() {
+  if (state != nullptr) XXH64_freeState(state);
+  if (fd >= 0) ::close(fd);
+  if (!temp_path.empty()) ::unlink(temp_path.c_str());  // never committed
+}
+
+BagWriter::BagWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+BagWriter::BagWriter(BagWriter&&) noexcept = default;
+BagWriter& BagWriter::operator=(BagWriter&&) noexcept = default;
+BagWriter::~BagWriter() = default;
+
+std::uint64_t BagWriter::written() const noexcept {
+  return impl_->info.size;
+}
+
+void BagWriter::write(std::span<const std::byte> bytes) {
+  Impl& w = *impl_;
+  if (w.fd < 0) throw Error(Errc::kInvalidArgument, "bag " + w.info.name + ": already committed");
+  write_all(
+      w.fd, bytes.data(), bytes.size(), w.header_bytes + w.info.size,
+      "bag " + w.info.name + ": cannot write (after " + std::to_string(w.info.size) + " bytes)");
+  XXH64_update(w.state, bytes.data(), bytes.size());
+  w.info.size += bytes.size();
+}
+
+void BagWriter::skip_zeros(std::uint64_t bytes) {
+  Impl& w = *impl_;
+  static const std::byte zeros[64 << 10] = {};
+  for (std::uint64_t left = bytes; left > 0;) {
+    const std::size_t step = static_cast<std::size_t>(std::min<std::uint64_t>(left, sizeof(zeros)));
+    XXH64_update(w.state, zeros, step);
+    left -= step;
+  }
+  w.info.size += bytes;
+}
+
+BagInfo BagWriter::commit() {
+  Impl& w = *impl_;
+  const std::string what = "bag " + w.info.name;
+  if (w.fd < 0) throw Error(Errc::kInvalidArgument, what + ": already committed");
+  w.info.checksum = XXH64_digest(w.state);
+  w.info.created_ns = now_ns();
+  const std::string header = encode_bag_header(w.info);
+  if (header.size() != w.header_bytes)
+    throw Error(Errc::kCorrupted, what + ": header size changed");
+  if (ftruncate(w.fd, static_cast<off_t>(w.header_bytes + w.info.size)) != 0) {
+    throw Error::from_errno(errno, what + ": cannot size the file");
+  }
+  write_all(w.fd, header.data(), header.size(), 0, what + ": cannot write the header");
+  if (fsync(w.fd) != 0) throw Error::from_errno(errno, what + ": cannot write to disk");
+  ::close(w.fd);
+  w.fd = -1;
+  if (w.replace) {
+    if (::rename(w.temp_path.c_str(), w.final_path.c_str()) != 0) {
+      throw Error::from_errno(errno, what + ": cannot put it in place");
+    }
+  } else {
+    if (::link(w.temp_path.c_str(), w.final_path.c_str()) != 0) {
+      throw Error::from_errno(errno, what);
+    }
+    ::unlink(w.temp_path.c_str());
+  }
+  w.temp_path.clear();
+  sync_directory(w.final_path);
+  return w.info;
+}
+
+void sync_directory(const std::string& file_path) {
+  const auto slash = file_path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : file_path.substr(0, slash);
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  fsync(fd);  // best effort: some filesystems refuse fsync on directories
+  ::close(fd);
+}
+
+}  // namespace sheaf

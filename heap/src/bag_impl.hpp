@@ -1,0 +1,44 @@
+// bag_impl.hpp: what bag.cpp and store.cpp share. Internal.
+#pragma once
+
+#include <xxhash.h>
+
+#include <memory>
+#include <string>
+
+#include "sheaf/bag.hpp"
+#include "sheaf/store.hpp"
+
+namespace sheaf {
+
+struct Bag::Impl {
+  ~Impl();
+  BagInfo info;
+  int fd = -1;
+  void* map = nullptr;  // the whole file, read-only
+  std::uint64_t map_length = 0;
+  std::uint64_t header_bytes = 0;
+  void* scratch = nullptr;  // the payload, private copy-on-write, once asked for
+};
+
+struct BagWriter::Impl {
+  ~Impl();       // removes the temporary file unless committed
+  BagInfo info;  // size grows as bytes are written
+  std::string temp_path;
+  std::string final_path;
+  int fd = -1;
+  std::uint64_t header_bytes = 0;
+  bool replace = true;
+  XXH64_state_t* state = nullptr;
+};
+
+std::string encode_bag_header(const BagInfo& info);  // exactly bag_header_bytes(info) long
+std::uint64_t bag_header_bytes(const BagInfo& info);
+std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::string& name,
+                                         const BagOpenOptions& options);
+// XXH64 of `size` bytes at `offset` of fd, read in large sequential chunks.
+std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
+                           const Progress& progress, const std::string& what);
+void sync_directory(const std::string& file_path);
+
+}  // namespace sheaf

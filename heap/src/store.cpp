@@ -1,0 +1,287 @@
+// store.cpp: the store directory: layout, names, bags in it, heaps in it.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "bag_impl.hpp"
+
+namespace sheaf {
+namespace {
+
+constexpr const char* kMarker = ".sheaf-store";
+constexpr const char* kMarkerFirstLine = "sheaf-store 1";
+constexpr std::size_t kMaxName = 200;
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void make_directory(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    throw Error::from_errno(errno, "store: cannot create " + path);
+  }
+}
+
+// Names of the files in dir ending in suffix, without it, sorted.
+std::vector<std::string> names_in(const std::string& dir, const std::string& suffix) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) throw Error::from_errno(errno, "store: cannot list " + dir);
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string file = entry->d_name;
+    if (file.size() > suffix.size() && file[0] != '.' &&
+        file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      names.push_back(file.substr(0, file.size() - suffix.size()));
+    }
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string random_hex(std::size_t bytes) {
+  unsigned char raw[16] = {};
+  if (getrandom(raw, bytes, 0) != static_cast<ssize_t>(bytes)) {
+    throw Error::from_errno(errno, "getrandom");
+  }
+  static const char digits[] = "0123456789abcdef";
+  std::string hex;
+  for (std::size_t i = 0; i < bytes; ++i) {
+    hex += digits[raw[i] >> 4];
+    hex += digits[raw[i] & 15];
+  }
+  return hex;
+}
+
+// Removes the temporaries of writers that are gone: a live writer holds a
+// byte-range lock on its file (BagWriter), a dead one's lock went with it.
+void sweep_temporaries(const std::string& tmp) {
+  DIR* d = ::opendir(tmp.c_str());
+  if (d == nullptr) return;
+  while (const dirent* entry = ::readdir(d)) {
+    if (entry->d_name[0] == '.') continue;
+    const std::string path = tmp + "/" + entry->d_name;
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct flock probe {};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    probe.l_len = 1;
+    if (fcntl(fd, F_OFD_SETLK, &probe) == 0) ::unlink(path.c_str());
+    ::close(fd);
+  }
+  ::closedir(d);
+}
+
+}  // namespace
+
+void Store::check_name(std::string_view name) {
+  const auto bad = [&](const char* rule) {
+    throw Error(Errc::kInvalidArgument, "name '" + std::string(name) + "': " + rule);
+  };
+  if (name.empty() || name.size() > kMaxName) bad("names have 1 to 200 bytes");
+  if (name[0] == '.') bad("names may not start with '.'");
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+      bad("names may hold only letters, digits, '.', '_' and '-'");
+    }
+  }
+}
+
+bool Store::is_store(const std::string& dir) {
+  std::ifstream marker(dir + "/" + kMarker);
+  std::string first;
+  return std::getline(marker, first) && first == kMarkerFirstLine;
+}
+
+Result<Store> Store::init(const std::string& dir) {
+  try {
+    if (is_store(dir)) return open(dir);
+    make_directory(dir);
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) throw Error::from_errno(errno, "store " + dir);
+    bool empty = true;
+    while (const dirent* entry = ::readdir(d)) {
+      if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0)
+        empty = false;
+    }
+    ::closedir(d);
+    if (!empty) {
+      throw Error(Errc::kAlreadyExists,
+                  "store " + dir + ": the directory holds files but is not a store");
+    }
+    for (const char* sub : {"heaps", "bags", "tmp"}) make_directory(dir + "/" + sub);
+    // The marker last, atomically: a directory is a store once it is there.
+    const std::string temp = dir + "/tmp/marker-" + random_hex(8);
+    {
+      std::ofstream out(temp);
+      out << kMarkerFirstLine << "\nuuid " << random_hex(16) << "\n";
+      if (!out.flush())
+        throw Error::from_errno(errno, "store " + dir + ": cannot write the marker");
+    }
+    if (::rename(temp.c_str(), (dir + "/" + kMarker).c_str()) != 0) {
+      throw Error::from_errno(errno, "store " + dir + ": cannot write the marker");
+    }
+    sync_directory(dir + "/" + kMarker);
+    return Store(dir);
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+Result<Store> Store::open(const std::string& dir) {
+  if (!is_directory(dir)) {
+    return Error(Errc::kNotFound, "store " + dir + ": no such directory", ENOENT);
+  }
+  if (!is_store(dir)) {
+    return Error(Errc::kNotFound,
+                 "store " + dir + ": not a Sheaf store (create one with `sheaf store init`)");
+  }
+  sweep_temporaries(dir + "/tmp");
+  return Store(dir);
+}
+
+std::string Store::bag_path(std::string_view name) const {
+  check_name(name);
+  return path_ + "/bags/" + std::string(name) + ".bag";
+}
+
+std::string Store::heap_path(std::string_view name) const {
+  check_name(name);
+  return path_ + "/heaps/" + std::string(name) + ".heap";
+}
+
+Result<Bag> Store::open_bag(std::string_view name, const BagOpenOptions& options) const {
+  try {
+    return Bag(open_bag_file(bag_path(name), std::string(name), options));
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& options) {
+  auto impl = std::make_unique<BagWriter::Impl>();
+  impl->final_path = bag_path(name);
+  impl->replace = options.replace;
+  impl->info.name = std::string(name);
+  impl->info.element_type = options.element_type;
+  impl->info.element_size = options.element_type.empty() ? 0 : options.element_size;
+  impl->info.tags = options.tags;
+  if (!options.element_type.empty() && options.element_size == 0) {
+    throw Error(Errc::kInvalidArgument,
+                "bag " + impl->info.name + ": a typed bag needs its element size");
+  }
+  impl->header_bytes = bag_header_bytes(impl->info);
+  encode_bag_header(impl->info);  // refuses bad types and tags now, not at commit
+  if (!options.replace && ::access(impl->final_path.c_str(), F_OK) == 0) {
+    throw Error(Errc::kAlreadyExists, "bag " + impl->info.name + ": already exists", EEXIST);
+  }
+  impl->temp_path = path_ + "/tmp/" + impl->info.name + "." + random_hex(8) + ".writing";
+  impl->fd = ::open(impl->temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (impl->fd < 0) {
+    const int err = errno;
+    impl->temp_path.clear();
+    throw Error::from_errno(err, "bag " + impl->info.name + ": cannot create");
+  }
+  // Held until the writer is gone: tells sweep_temporaries we are alive.
+  struct flock alive {};
+  alive.l_type = F_WRLCK;
+  alive.l_whence = SEEK_SET;
+  alive.l_len = 1;
+  fcntl(impl->fd, F_OFD_SETLK, &alive);
+  impl->state = XXH64_createState();
+  XXH64_reset(impl->state, 0);
+  return BagWriter(std::move(impl));
+}
+
+BagInfo Store::put_bag(std::string_view name, std::span<const std::byte> payload,
+                       const BagWriteOptions& options) {
+  BagWriter writer = create_bag(name, options);
+  writer.write(payload);
+  return writer.commit();
+}
+
+BagInfo Store::bag_info(std::string_view name) const {
+  BagOpenOptions header_only;
+  header_only.verify_payload = false;
+  return open_bag(name, header_only).value().info();
+}
+
+std::vector<std::string> Store::bag_names() const {
+  return names_in(path_ + "/bags", ".bag");
+}
+
+bool Store::remove_bag(std::string_view name) {
+  const std::string path = bag_path(name);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return false;
+    throw Error::from_errno(errno, "bag " + std::string(name) + ": cannot remove");
+  }
+  sync_directory(path);
+  return true;
+}
+
+std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
+                                    const Progress& progress) const {
+  std::vector<std::string> names =
+      name ? std::vector<std::string>{std::string(*name)} : bag_names();
+  std::uint64_t total = 0;
+  std::uint64_t base = 0;
+  for (const auto& n : names) {
+    struct stat st {};
+    if (::stat(bag_path(n).c_str(), &st) == 0) total += static_cast<std::uint64_t>(st.st_size);
+  }
+  std::vector<BagCheck> checks;
+  for (const auto& n : names) {
+    BagCheck check{n, ""};
+    try {
+      BagOpenOptions header_only;
+      header_only.verify_payload = false;
+      Bag bag = open_bag(n, header_only).value();
+      const Bag::Impl& impl = *bag.impl_;
+      const std::uint64_t actual = hash_payload(
+          impl.fd, impl.header_bytes, impl.info.size,
+          [&](std::uint64_t done, std::uint64_t) {
+            if (progress) progress(base + done, total);
+          },
+          "bag " + n);
+      if (actual != impl.info.checksum) check.problem = "payload checksum mismatch";
+      base += impl.header_bytes + impl.info.size;
+    } catch (const Error& e) {
+      check.problem = e.message();
+    }
+    checks.push_back(std::move(check));
+  }
+  return checks;
+}
+
+std::vector<HeapEntry> Store::heaps() const {
+  std::vector<HeapEntry> entries;
+  for (auto& name : names_in(path_ + "/heaps", ".heap")) {
+    struct stat st {};
+    ::stat(heap_path(name).c_str(), &st);
+    entries.push_back({std::move(name), static_cast<std::uint64_t>(st.st_size)});
+  }
+  return entries;
+}
+
+std::string Store::resolve_heap(const std::string& spec) {
+  struct stat st {};
+  if (::stat(spec.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) return spec;
+  const auto slash = spec.rfind('/');
+  if (slash == std::string::npos || slash == 0) return spec;
+  const std::string dir = spec.substr(0, slash);
+  const std::string name = spec.substr(slash + 1);
+  if (!is_store(dir)) return spec;
+  return Store(dir).heap_path(name);
+}
+
+}  // namespace sheaf
