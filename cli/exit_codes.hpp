@@ -10,9 +10,9 @@ namespace sheaf::cli {
 
 enum ExitCode : int {
   kExitOk = 0,
-  kExitFailure = 1,        // `heap check` found problems, or an unexpected failure
+  kExitFailure = 1,        // `heap check` or `bag verify` found problems, or an unexpected failure
   kExitUsage = 2,          // bad arguments or options
-  kExitNotFound = 3,       // no such file, heap or object
+  kExitNotFound = 3,       // no such file, store, heap, object or bag
   kExitAlreadyExists = 4,  // the file or the name is taken
   kExitBadFile = 5,        // corrupted, unsupported, or an object of another type
   kExitOutOfSpace = 6,     // the heap or the filesystem is full
@@ -49,10 +49,10 @@ constexpr int exit_code_for(Errc code) noexcept {
 inline constexpr const char* kExitStatusHelp =
     "Exit status:\n"
     "  0  success\n"
-    "  1  `heap check` found problems, or an unexpected failure\n"
+    "  1  `heap check` or `bag verify` found problems, or an unexpected failure\n"
     "  2  usage error (bad arguments or options)\n"
-    "  3  not found (file, heap or object)\n"
-    "  4  already exists (file or object name)\n"
+    "  3  not found (file, store, heap, object or bag)\n"
+    "  4  already exists (file, object or bag name)\n"
     "  5  bad file (corrupted, unsupported format, or type mismatch)\n"
     "  6  out of space\n"
     "  7  busy\n"

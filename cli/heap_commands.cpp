@@ -5,29 +5,28 @@
 #include <cstring>
 #include <iostream>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "exit_codes.hpp"
 #include "io.hpp"
+#include "output.hpp"
 #include "sheaf/heap.hpp"
+#include "sheaf/store.hpp"
 #include "units.hpp"
 
 namespace sheaf::cli {
 namespace {
 
-using Json = nlohmann::ordered_json;
-
 // --- Finding the heap ------------------------------------------------------------
 // Every verb names its heap with one argument and goes through these two
-// functions, so a later spelling (STORE/NAME for a heap inside a store) is
-// added here and nowhere else.
+// functions: the argument is a heap file's path, or STORE/NAME for the heap
+// NAME in the store STORE (STORE/heaps/NAME.heap).
 
-// The file a heap argument stands for. Today: the argument is the file's path.
+// The file a heap argument stands for.
 std::string heap_location(const std::string& spec) {
-  return spec;
+  return Store::resolve_heap(spec);
 }
 
 // Opens the heap an argument names; throws sheaf::Error (caught in main).
@@ -35,25 +34,7 @@ Heap open_heap(const std::string& spec) {
   return Heap::open(heap_location(spec)).value();
 }
 
-// --- Output helpers --------------------------------------------------------------
-
-void print_json(const Json& json) {
-  std::cout << json.dump(2) << '\n';
-}
-
-// Prints "key: value" lines with the values lined up.
-void print_fields(const std::vector<std::pair<std::string, std::string>>& fields) {
-  std::size_t width = 0;
-  for (const auto& field : fields) width = std::max(width, field.first.size());
-  for (const auto& [key, value] : fields) {
-    std::cout << key << ':' << std::string(width - key.size() + 1, ' ') << value << '\n';
-  }
-}
-
-// "8388608 (8.0 MiB)".
-std::string size_field(std::uint64_t bytes) {
-  return std::to_string(bytes) + " (" + format_size(bytes) + ")";
-}
+// --- Errors ----------------------------------------------------------------------
 
 Error no_such_object(const Heap& heap, const std::string& name) {
   return Error(Errc::kNotFound, "heap " + heap.path() + ": no object named '" + name + "'");
@@ -153,16 +134,7 @@ void heap_ls(const LsArgs& args) {
     rows.push_back(
         {object.name, object.type, std::to_string(object.count), std::to_string(object.size)});
   }
-  std::vector<std::size_t> width(4, 0);
-  for (const auto& row : rows) {
-    for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::cout << row[0] << std::string(width[0] - row[0].size() + 2, ' ')  //
-              << row[1] << std::string(width[1] - row[1].size() + 2, ' ')  //
-              << std::string(width[2] - row[2].size(), ' ') << row[2] << "  "
-              << std::string(width[3] - row[3].size(), ' ') << row[3] << '\n';
-  }
+  print_table(rows, {false, false, true, true});
 }
 
 struct PutArgs {
@@ -253,7 +225,9 @@ void heap_check(const CheckArgs& args) {
 
 // The heap argument every verb takes first.
 void add_heap_argument(CLI::App& verb, std::string& heap) {
-  verb.add_option("PATH", heap, "The heap file")->required()->type_name("");
+  verb.add_option("HEAP", heap, "The heap: a heap file's path, or STORE/NAME for a heap in a store")
+      ->required()
+      ->type_name("");
 }
 
 void add_json_flag(CLI::App& verb, bool& json) {

@@ -9,16 +9,18 @@
 #include <iostream>
 #include <string>
 
+#include "bag_commands.hpp"
 #include "exit_codes.hpp"
 #include "heap_commands.hpp"
 #include "sheaf/error.hpp"
+#include "store_commands.hpp"
 
 namespace {
 
 using namespace sheaf::cli;
 
 // CLI11's own codes (105, 106, ...) mean "bad usage" to us; RuntimeError
-// carries a verb's chosen status (`heap check` -> 1); --help and --version are 0.
+// carries a verb's chosen status (`heap check`, `bag verify` -> 1); --help and --version are 0.
 int parse_error_status(const CLI::App& app, const CLI::ParseError& e) {
   const int code = app.exit(e);
   if (code == 0 || e.get_name() == "RuntimeError") return code;
@@ -49,7 +51,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "sheaf " SHEAF_VERSION);
   app.require_subcommand(1);
 
+  register_store_commands(app);
   register_heap_commands(app);
+  register_bag_commands(app);
 
   try {
     app.parse(argc, argv);

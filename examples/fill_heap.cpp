@@ -1,6 +1,6 @@
 // fill_heap.cpp: several processes fill one shared heap at once.
 //
-//   sheaf-fill-heap HEAP [PROCESSES] [OBJECTS]
+//   sheaf-fill-heap HEAP [PROCESSES] [OBJECTS]      (HEAP: a path, or STORE/NAME)
 //
 // Creates HEAP (or opens it if it exists), then forks PROCESSES workers. Each
 // opens the heap on its own (so each maps it at its own address), constructs
@@ -16,6 +16,7 @@
 
 #include "sheaf/containers.hpp"
 #include "sheaf/heap.hpp"
+#include "sheaf/store.hpp"
 
 struct Reading {
   std::int32_t worker;
@@ -25,6 +26,7 @@ struct Reading {
 SHEAF_TYPE_NAME(Reading, "example::Reading");
 
 using Journal = sheaf::vector<sheaf::string>;
+SHEAF_TYPE_NAME(Journal, "example::Journal");
 
 static void work(const std::string& path, int worker, int objects) {
   sheaf::Heap heap = sheaf::Heap::open(path).value();
@@ -48,7 +50,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s HEAP [PROCESSES] [OBJECTS]\n", argv[0]);
     return 2;
   }
-  const std::string path = argv[1];
+  const std::string path = sheaf::Store::resolve_heap(argv[1]);  // a path, or STORE/NAME
   const int processes = argc > 2 ? std::atoi(argv[2]) : 4;
   const int objects = argc > 3 ? std::atoi(argv[3]) : 1000;
   try {

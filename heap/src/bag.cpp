@@ -212,27 +212,41 @@ BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_s
 std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
                            const Progress& progress, const std::string& what) {
   constexpr std::size_t kChunk = 4 << 20;
+  static const char zeros[1 << 16] = {};
   std::unique_ptr<char[]> buffer(new char[kChunk]);
-  XXH64_state_t* state = XXH64_createState();
-  XXH64_reset(state, 0);
+  std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> state(XXH64_createState(),
+                                                                   &XXH64_freeState);
+  XXH64_reset(state.get(), 0);
   posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(size), POSIX_FADV_SEQUENTIAL);
-  std::uint64_t done = 0;
-  while (done < size) {
-    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, size - done));
-    const ssize_t got = pread(fd, buffer.get(), want, static_cast<off_t>(offset + done));
-    if (got <= 0) {
-      const int err = got < 0 ? errno : EIO;
-      if (got < 0 && err == EINTR) continue;
-      XXH64_freeState(state);
-      throw Error::from_errno(err, what + ": read");
+  const std::uint64_t end = offset + size;
+  std::uint64_t at = offset;
+  while (at < end) {
+    // A hole reads as zeros: hash them without reading (or caching) them.
+    const off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
+    const std::uint64_t hole_end =
+        data < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(data), end);
+    while (at < hole_end) {
+      const auto step =
+          static_cast<std::size_t>(std::min<std::uint64_t>(sizeof(zeros), hole_end - at));
+      XXH64_update(state.get(), zeros, step);
+      at += step;
     }
-    XXH64_update(state, buffer.get(), static_cast<std::size_t>(got));
-    done += static_cast<std::uint64_t>(got);
-    if (progress) progress(done, size);
+    if (at >= end) break;
+    const off_t hole = lseek(fd, static_cast<off_t>(at), SEEK_HOLE);
+    const std::uint64_t data_end =
+        hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
+    while (at < data_end) {
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, data_end - at));
+      const ssize_t got = pread(fd, buffer.get(), want, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) throw Error::from_errno(got < 0 ? errno : EIO, what + ": read");
+      XXH64_update(state.get(), buffer.get(), static_cast<std::size_t>(got));
+      at += static_cast<std::uint64_t>(got);
+      if (progress) progress(at - offset, size);
+    }
   }
-  const std::uint64_t checksum = XXH64_digest(state);
-  XXH64_freeState(state);
-  return checksum;
+  if (progress) progress(size, size);
+  return XXH64_digest(state.get());
 }
 
 // --- Bag ---------------------------------------------------------------------
@@ -250,6 +264,10 @@ Bag::~Bag() = default;
 
 const BagInfo& Bag::info() const noexcept {
   return impl_->info;
+}
+
+const std::string& Bag::problem() const noexcept {
+  return impl_->problem;
 }
 
 std::span<const std::byte> Bag::bytes() const noexcept {
@@ -284,6 +302,7 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
   const std::string what = "bag " + name;
   auto impl = std::make_unique<Bag::Impl>();
   impl->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl->fd < 0 && errno == ENOENT) throw Error(Errc::kNotFound, what + ": no such bag", ENOENT);
   if (impl->fd < 0) throw Error::from_errno(errno, what);
   struct stat st {};
   if (fstat(impl->fd, &st) != 0) throw Error::from_errno(errno, what + ": stat");
@@ -299,14 +318,15 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
         file_size, what);
     impl->header_bytes = file_size - impl->info.size;
     if (options.verify_payload) {
-      madvise(map, impl->map_length, MADV_SEQUENTIAL);
-      const std::uint64_t actual = XXH64(bytes + impl->header_bytes, impl->info.size, 0);
+      const std::uint64_t actual =
+          hash_payload(impl->fd, impl->header_bytes, impl->info.size, options.progress, what);
       if (actual != impl->info.checksum) {
         throw Error(Errc::kCorrupted, what + ": payload checksum mismatch (the bag is corrupted)");
       }
     }
   } catch (const Error& e) {
     if (!options.forensic) throw;
+    impl->problem = e.message();
     if (impl->info.size == 0 && impl->header_bytes == 0) {
       // The header itself is unreadable: show the whole file as the payload.
       impl->info = BagInfo{};

@@ -19,6 +19,7 @@ struct Bag::Impl {
   std::uint64_t map_length = 0;
   std::uint64_t header_bytes = 0;
   void* scratch = nullptr;  // the payload, private copy-on-write, once asked for
+  std::string problem;      // what a forensic open overlooked
 };
 
 struct BagWriter::Impl {

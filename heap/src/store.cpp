@@ -231,6 +231,10 @@ bool Store::remove_bag(std::string_view name) {
 
 std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
                                     const Progress& progress) const {
+  if (name && ::access(bag_path(*name).c_str(), F_OK) != 0) {
+    throw Error(Errc::kNotFound, "bag " + std::string(*name) + ": no such bag in store " + path_,
+                ENOENT);
+  }
   std::vector<std::string> names =
       name ? std::vector<std::string>{std::string(*name)} : bag_names();
   std::uint64_t total = 0;
@@ -253,7 +257,7 @@ std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
             if (progress) progress(base + done, total);
           },
           "bag " + n);
-      if (actual != impl.info.checksum) check.problem = "payload checksum mismatch";
+      if (actual != impl.info.checksum) check.problem = "bag " + n + ": payload checksum mismatch";
       base += impl.header_bytes + impl.info.size;
     } catch (const Error& e) {
       check.problem = e.message();

@@ -2,10 +2,14 @@
 // fresh temporary directory and checks its exit status, output and files.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -133,6 +137,40 @@ class CliTest : public ::testing::Test {
     std::string heap = path(name);
     ok({"heap", "create", heap});
     return heap;
+  }
+
+  // Runs another program (argv[0] a full path), stdin empty; for shell pipes
+  // and script(1).
+  Output run_program(std::vector<std::string> argv) {
+    const std::string id = std::to_string(next_id_++);
+    const fs::path out = dir_ / ("stdout." + id);
+    const fs::path err = dir_ / ("stderr." + id);
+    std::vector<char*> pointers;
+    for (std::string& arg : argv) pointers.push_back(arg.data());
+    pointers.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = -1;
+    Output result;
+    if (posix_spawn(&pid, pointers[0], &actions, nullptr, pointers.data(), environ) == 0) {
+      int status = 0;
+      if (waitpid(pid, &status, 0) == pid) {
+        result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    result.out = read_file(out);
+    result.err = read_file(err);
+    return result;
+  }
+
+  std::string make_store(const std::string& name = "store") {
+    std::string store = path(name);
+    ok({"store", "init", store});
+    return store;
   }
 
   fs::path dir_;
@@ -455,6 +493,547 @@ TEST_F(CliTest, ConcurrentPutsAllLand) {
     EXPECT_TRUE(ok({"heap", "cat", heap, name}) == data[static_cast<std::size_t>(i)]) << name;
   }
   EXPECT_EQ(ok_json({"heap", "check", heap, "--json"})["ok"], true);
+}
+
+// --- Stores and bags -------------------------------------------------------------
+
+// Changes one byte of a file in place (as a disk error or a stray write would).
+void flip_byte(const fs::path& file, std::uint64_t offset) {
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekg(static_cast<std::streamoff>(offset));
+  const char c = static_cast<char>(io.get());
+  io.seekp(static_cast<std::streamoff>(offset));
+  io.put(static_cast<char>(c ^ 0x20));
+  ASSERT_TRUE(io.good()) << file;
+}
+
+// Bytes of disk a file takes (what du counts).
+std::uint64_t allocated_bytes(const fs::path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return ~std::uint64_t{0};
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+// The data extents of a file, as [begin, end) pairs (SEEK_DATA / SEEK_HOLE).
+std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::uint64_t size) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> extents;
+  std::uint64_t at = 0;
+  while (at < size) {
+    const off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
+    if (data < 0) break;
+    const off_t hole = lseek(fd, data, SEEK_HOLE);
+    const std::uint64_t end = hole < 0 ? size : static_cast<std::uint64_t>(hole);
+    extents.emplace_back(static_cast<std::uint64_t>(data), end);
+    at = end;
+  }
+  return extents;
+}
+
+// Whether two files hold the same bytes, as cmp would say, without reading
+// their holes: outside both files' data extents both read as zeros.
+bool same_contents(const fs::path& a, const fs::path& b) {
+  const int fa = open(a.c_str(), O_RDONLY);
+  const int fb = open(b.c_str(), O_RDONLY);
+  bool same = fa >= 0 && fb >= 0 && fs::file_size(a) == fs::file_size(b);
+  const std::uint64_t size = same ? fs::file_size(a) : 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges = data_extents(fa, size);
+  for (const auto& range : data_extents(fb, size)) ranges.push_back(range);
+  std::vector<char> ba(1 << 20);
+  std::vector<char> bb(1 << 20);
+  for (const auto& [begin, end] : ranges) {
+    for (std::uint64_t at = begin; same && at < end;) {
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(ba.size(), end - at));
+      same = pread(fa, ba.data(), n, static_cast<off_t>(at)) == static_cast<ssize_t>(n) &&
+             pread(fb, bb.data(), n, static_cast<off_t>(at)) == static_cast<ssize_t>(n) &&
+             std::equal(ba.begin(), ba.begin() + static_cast<std::ptrdiff_t>(n), bb.begin());
+      at += n;
+    }
+  }
+  if (fa >= 0) close(fa);
+  if (fb >= 0) close(fb);
+  return same;
+}
+
+// A sparse file of `size` bytes with a few blocks of data: at the start, at an
+// unaligned offset in the middle, and at the end.
+std::string make_sparse_file(const fs::path& file, std::uint64_t size) {
+  { std::ofstream create(file, std::ios::binary | std::ios::trunc); }
+  fs::resize_file(file, size);
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  const std::string data = random_bytes(100000, 42);
+  for (std::uint64_t offset : {std::uint64_t{0}, size / 2 + 12345, size - data.size()}) {
+    io.seekp(static_cast<std::streamoff>(offset));
+    io.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  EXPECT_TRUE(io.good()) << file;
+  return file.string();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The files in a directory, dotfiles included.
+std::vector<std::string> files_in(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST_F(CliTest, StoreInitAndLs) {
+  const std::string store = path("store");
+  EXPECT_NE(ok({"store", "init", store}).find("created store"), std::string::npos);
+  EXPECT_TRUE(fs::exists(store + "/.sheaf-store"));
+  for (const char* sub : {"heaps", "bags", "tmp"}) EXPECT_TRUE(fs::is_directory(store + "/" + sub));
+  // Again: the store is left as it is.
+  EXPECT_NE(ok({"store", "init", store}).find("already a store"), std::string::npos);
+
+  // An empty store lists nothing.
+  EXPECT_EQ(ok({"store", "ls", store}), "");
+  Json empty = ok_json({"store", "ls", store, "--json"});
+  EXPECT_EQ(empty["heaps"], Json::array());
+  EXPECT_EQ(empty["bags"], Json::array());
+
+  ok({"heap", "create", store + "/counters", "--size", "1M"});
+  ok({"bag", "put", store, "weights", "-", "--type", "float32"}, std::string(4000, 'w'));
+  Json listing = ok_json({"store", "ls", store, "--json"});
+  ASSERT_EQ(listing["heaps"].size(), 1u) << listing.dump();
+  EXPECT_EQ(listing["heaps"][0]["name"], "counters");
+  EXPECT_EQ(listing["heaps"][0]["size"], fs::file_size(store + "/heaps/counters.heap"));
+  ASSERT_EQ(listing["bags"].size(), 1u) << listing.dump();
+  EXPECT_EQ(listing["bags"][0]["name"], "weights");
+  EXPECT_EQ(listing["bags"][0]["size"], 4000);
+  EXPECT_EQ(listing["bags"][0]["type"], "float32");
+  EXPECT_GT(listing["bags"][0]["created_ns"].get<std::uint64_t>(), 0u);
+
+  const std::string out = ok({"store", "ls", store});
+  EXPECT_NE(out.find("counters"), std::string::npos) << out;
+  EXPECT_NE(out.find("weights"), std::string::npos) << out;
+  EXPECT_NE(out.find("float32"), std::string::npos) << out;
+}
+
+TEST_F(CliTest, StoreInitRefusesANonEmptyDirectoryAndLsNeedsAStore) {
+  fs::create_directory(path("full"));
+  write_file(path("full/mine.txt"), "keep\n");
+  Output result = run({"store", "init", path("full")});
+  EXPECT_EQ(result.status, 4) << result.err;
+  expect_one_error_line(result);
+  EXPECT_EQ(files_in(path("full")), std::vector<std::string>{"mine.txt"});
+
+  for (const char* dir : {"full", "absent"}) {
+    result = run({"store", "ls", path(dir)});
+    EXPECT_EQ(result.status, 3) << dir << ": " << result.err;
+    expect_one_error_line(result);
+    result = run({"bag", "ls", path(dir)});
+    EXPECT_EQ(result.status, 3) << dir << ": " << result.err;
+  }
+}
+
+TEST_F(CliTest, BagPutGetRoundTripFromFile) {
+  const std::string store = make_store();
+  // Larger than one 4 MiB chunk, with NULs and a run of zero pages inside.
+  std::string data = random_bytes((5 << 20) + 777, 7);
+  std::fill(data.begin() + (1 << 20) + 5, data.begin() + (3 << 20), '\0');
+  write_file(path("data.bin"), data);
+  ok({"bag", "put", store, "blob", path("data.bin")});
+
+  EXPECT_TRUE(ok({"bag", "get", store, "blob"}) == data) << "stdout differs";
+  ok({"bag", "get", store, "blob", "-o", path("back.bin")});
+  EXPECT_TRUE(read_file(path("back.bin")) == data) << "-o file differs";
+  EXPECT_EQ(ok_json({"bag", "info", store, "blob", "--json"})["size"], data.size());
+  // The temporary beside the output is gone.
+  for (const std::string& name : files_in(dir_)) EXPECT_NE(name.rfind(".back.bin", 0), 0u) << name;
+
+  // -o replaces an existing file.
+  write_file(path("back.bin"), "old contents");
+  ok({"bag", "get", store, "blob", "--output", path("back.bin")});
+  EXPECT_TRUE(read_file(path("back.bin")) == data);
+}
+
+TEST_F(CliTest, BagGetOutputThroughLinksAndIntoFifos) {
+  const std::string store = make_store();
+  const std::string data = random_bytes(300000, 15);
+  ok({"bag", "put", store, "b", "-"}, data);
+
+  // A symbolic link: the file it points to is replaced, keeping its mode.
+  write_file(path("target"), "old");
+  fs::permissions(path("target"),
+                  fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  fs::create_symlink(path("target"), path("link"));
+  ok({"bag", "get", store, "b", "-o", path("link")});
+  EXPECT_TRUE(fs::is_symlink(path("link")));
+  EXPECT_TRUE(read_file(path("target")) == data);
+  EXPECT_EQ(fs::status(path("target")).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+
+  // A FIFO (like /dev/null or /dev/stdout, not a regular file) is written
+  // in place, never renamed over.
+  ASSERT_EQ(mkfifo(path("fifo").c_str(), 0600), 0);
+  // Opened for reading first, without blocking, so that nothing here can
+  // hang if the command fails.
+  const int fifo = open(path("fifo").c_str(), O_RDONLY | O_NONBLOCK);
+  ASSERT_GE(fifo, 0);
+  Process get = start({"bag", "get", store, "b", "-o", path("fifo")});
+  std::string received;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (received.size() < data.size() && std::chrono::steady_clock::now() < deadline) {
+    pollfd ready{fifo, POLLIN, 0};
+    poll(&ready, 1, 100);
+    char buffer[65536];
+    const ssize_t n = read(fifo, buffer, sizeof(buffer));
+    if (n > 0) received.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fifo);
+  Output result = get.wait();
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(received == data);
+  EXPECT_TRUE(fs::is_fifo(path("fifo")));
+}
+
+TEST_F(CliTest, BagPutFromStandardInput) {
+  const std::string store = make_store();
+  std::string data = random_bytes((4 << 20) + 4321, 8);
+  std::fill(data.begin() + 100, data.begin() + 200000, '\0');
+  ok({"bag", "put", store, "piped", "-"}, data);
+  EXPECT_TRUE(ok({"bag", "get", store, "piped"}) == data);
+  Json info = ok_json({"bag", "info", store, "piped", "--json"});
+  EXPECT_EQ(info["size"], data.size());
+  EXPECT_EQ(info["type"], "");
+  EXPECT_EQ(info["element_size"], 0);
+}
+
+TEST_F(CliTest, BagPutFromAPipe) {
+  // The other tests' standard input is a file, which put reads like one; a
+  // pipe is read as a stream, to its end.
+  const std::string store = make_store();
+  std::string data = random_bytes((4 << 20) + 99, 14);
+  std::fill(data.begin() + 8192, data.begin() + 3 * 8192, '\0');
+  write_file(path("data.bin"), data);
+  const std::string sheaf = std::string("'") + kSheaf + "'";
+  Output result = run_program({"/bin/sh", "-c",
+                               "cat '" + path("data.bin") + "' | " + sheaf + " bag put '" + store +
+                                   "' piped - && " + sheaf + " bag get '" + store + "' piped"});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(result.out == data) << "the bag differs";
+
+  // Checked at the end, for a stream: 4 MiB + 99 bytes are no whole int32s.
+  result = run_program({"/bin/sh", "-c",
+                        "cat '" + path("data.bin") + "' | " + sheaf + " bag put '" + store +
+                            "' typed - --type int32"});
+  EXPECT_EQ(result.status, 2) << result.err;
+  EXPECT_NE(result.err.find("nothing stored"), std::string::npos) << result.err;
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}).size(), 1u);
+  EXPECT_TRUE(fs::is_empty(store + "/tmp"));
+}
+
+TEST_F(CliTest, BagPutEmptyInput) {
+  const std::string store = make_store();
+  write_file(path("empty"), "");
+  ok({"bag", "put", store, "from-file", path("empty")});
+  ok({"bag", "put", store, "from-stdin", "-"});
+  for (const char* name : {"from-file", "from-stdin"}) {
+    EXPECT_EQ(ok_json({"bag", "info", store, name, "--json"})["size"], 0) << name;
+    EXPECT_EQ(ok({"bag", "get", store, name}), "") << name;
+    ok({"bag", "get", store, name, "-o", path("out")});
+    EXPECT_TRUE(fs::exists(path("out")));
+    EXPECT_EQ(fs::file_size(path("out")), 0u);
+  }
+  EXPECT_EQ(ok({"bag", "verify", store}), "ok from-file\nok from-stdin\n");
+}
+
+TEST_F(CliTest, BagPutReplacesUnlessNoReplace) {
+  const std::string store = make_store();
+  ok({"bag", "put", store, "x", "-"}, "first");
+  ok({"bag", "put", store, "x", "-"}, "second");
+  EXPECT_EQ(ok({"bag", "get", store, "x"}), "second");
+
+  Output result = run({"bag", "put", store, "x", "-", "--no-replace"}, "third");
+  EXPECT_EQ(result.status, 4) << result.err;
+  expect_one_error_line(result);
+  EXPECT_EQ(ok({"bag", "get", store, "x"}), "second");
+  EXPECT_TRUE(fs::is_empty(store + "/tmp"));
+
+  ok({"bag", "put", store, "y", "-", "--no-replace"}, "new");
+  EXPECT_EQ(ok({"bag", "get", store, "y"}), "new");
+}
+
+TEST_F(CliTest, BagTypeMustDivideThePayload) {
+  const std::string store = make_store();
+  write_file(path("odd.bin"), random_bytes(4001, 9));
+  for (const std::string& input : {path("odd.bin"), std::string("-")}) {
+    Output result =
+        run({"bag", "put", store, "odd", input, "--type", "float32"}, read_file(path("odd.bin")));
+    EXPECT_EQ(result.status, 2) << input << ": " << result.err;
+    expect_one_error_line(result);
+    EXPECT_NE(result.err.find("float32"), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("4001"), std::string::npos) << result.err;
+  }
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}), Json::array());
+  EXPECT_TRUE(fs::is_empty(store + "/tmp"));
+  EXPECT_TRUE(fs::is_empty(store + "/bags"));
+
+  ok({"bag", "put", store, "floats", "-", "--type", "float32"}, random_bytes(4000, 10));
+  Json info = ok_json({"bag", "info", store, "floats", "--json"});
+  EXPECT_EQ(info["type"], "float32");
+  EXPECT_EQ(info["element_size"], 4);
+  EXPECT_EQ(info["count"], 1000);
+
+  // Other types give their size; a known type's size must be its own.
+  ok({"bag", "put", store, "points", "-", "--type", "geo::Point:12"}, random_bytes(120, 11));
+  info = ok_json({"bag", "info", store, "points", "--json"});
+  EXPECT_EQ(info["type"], "geo::Point");
+  EXPECT_EQ(info["element_size"], 12);
+  EXPECT_EQ(info["count"], 10);
+  for (const char* bad : {"Point", "float32:8", "x:0", ":4", "uint8:99999999999"}) {
+    Output result = run({"bag", "put", store, "bad", "-", "--type", bad}, "abcd");
+    EXPECT_EQ(result.status, 2) << bad << ": " << result.err;
+    EXPECT_NE(result.err.find(bad), std::string::npos) << result.err;
+  }
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}).size(), 2u);
+}
+
+TEST_F(CliTest, BagTagsAndInfo) {
+  const std::string store = make_store();
+  // --tag before the positionals too: one value per --tag, never the STORE.
+  ok({"bag", "put", "--tag", "source=sensor-7", store, "t", "-", "--tag", "expr=a=b", "--tag",
+      "empty="},
+     "payload");
+  Json info = ok_json({"bag", "info", store, "t", "--json"});
+  EXPECT_EQ(info["tags"], Json({{"empty", ""}, {"expr", "a=b"}, {"source", "sensor-7"}}));
+  EXPECT_EQ(info["name"], "t");
+  EXPECT_EQ(info["size"], 7);
+  const std::string checksum = info["checksum"];
+  EXPECT_EQ(checksum.size(), 16u) << checksum;
+  EXPECT_EQ(checksum.find_first_not_of("0123456789abcdef"), std::string::npos) << checksum;
+  EXPECT_GT(info["created_ns"].get<std::uint64_t>(), 0u);
+  EXPECT_EQ(info["created"].get<std::string>().back(), 'Z');
+
+  const std::string out = ok({"bag", "info", store, "t"});
+  EXPECT_NE(out.find(checksum), std::string::npos) << out;
+  EXPECT_NE(out.find("sensor-7"), std::string::npos) << out;
+  EXPECT_NE(out.find("untyped"), std::string::npos) << out;
+
+  for (std::vector<std::string> tags : std::vector<std::vector<std::string>>{
+           {"--tag", "novalue"}, {"--tag", "=v"}, {"--tag", "k=1", "--tag", "k=2"}, {"--tag"}}) {
+    std::vector<std::string> args = {"bag", "put", store, "bad", "-"};
+    args.insert(args.end(), tags.begin(), tags.end());
+    Output result = run(args, "data");
+    EXPECT_EQ(result.status, 2) << testing::PrintToString(tags) << ": " << result.err;
+  }
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}).size(), 1u);
+}
+
+TEST_F(CliTest, BagLs) {
+  const std::string store = make_store();
+  EXPECT_EQ(ok({"bag", "ls", store}), "");
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}), Json::array());
+  ok({"bag", "put", store, "zeta", "-", "--tag", "a=1", "--tag", "b=2"}, "zz");
+  ok({"bag", "put", store, "alpha", "-", "--type", "int16"}, "aaaa");
+  Json list = ok_json({"bag", "ls", store, "--json"});
+  ASSERT_EQ(list.size(), 2u) << list.dump();
+  EXPECT_EQ(list[0]["name"], "alpha");
+  EXPECT_EQ(list[0]["size"], 4);
+  EXPECT_EQ(list[0]["type"], "int16");
+  EXPECT_EQ(list[1]["name"], "zeta");
+  EXPECT_EQ(list[1]["tags"].size(), 2u);
+  EXPECT_FALSE(list[1].contains("problem"));
+
+  const std::string out = ok({"bag", "ls", store});
+  EXPECT_EQ(out.rfind("NAME", 0), 0u) << out;
+  EXPECT_LT(out.find("alpha"), out.find("zeta")) << out;
+
+  // A bag whose header is damaged is listed, marked, and the rest still are.
+  flip_byte(store + "/bags/alpha.bag", 20);
+  list = ok_json({"bag", "ls", store, "--json"});
+  ASSERT_EQ(list.size(), 2u) << list.dump();
+  EXPECT_EQ(list[0]["name"], "alpha");
+  EXPECT_FALSE(list[0]["problem"].get<std::string>().empty()) << list.dump();
+  EXPECT_EQ(list[1]["size"], 2);
+  const std::string marked = ok({"bag", "ls", store});
+  EXPECT_NE(marked.find("BAD"), std::string::npos) << marked;
+  EXPECT_NE(marked.find("zeta"), std::string::npos) << marked;
+  EXPECT_EQ(ok_json({"store", "ls", store, "--json"})["bags"][0].contains("problem"), true);
+}
+
+TEST_F(CliTest, BagVerifyAndCorruption) {
+  const std::string store = make_store();
+  const std::string good = random_bytes(50000, 12);
+  ok({"bag", "put", store, "good", "-"}, good);
+  ok({"bag", "put", store, "victim", "-"}, random_bytes(50000, 13));
+  EXPECT_EQ(ok({"bag", "verify", store}), "ok good\nok victim\n");
+  EXPECT_EQ(ok({"bag", "verify", store, "victim"}), "ok victim\n");
+  EXPECT_EQ(ok_json({"bag", "verify", store, "--json"})["ok"], true);
+
+  // One payload byte (the payload starts at the file's end minus its size).
+  const fs::path bag = store + "/bags/victim.bag";
+  flip_byte(bag, fs::file_size(bag) - 50000 + 1234);
+
+  Output result = run({"bag", "verify", store});
+  EXPECT_EQ(result.status, 1) << result.err;
+  EXPECT_NE(result.out.find("ok good\n"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("BAD victim: "), std::string::npos) << result.out;
+  result = run({"bag", "verify", store, "victim", "--json"});
+  EXPECT_EQ(result.status, 1);
+  Json report = Json::parse(result.out);
+  EXPECT_EQ(report["ok"], false);
+  ASSERT_EQ(report["bags"].size(), 1u);
+  EXPECT_EQ(report["bags"][0]["name"], "victim");
+  EXPECT_EQ(report["bags"][0]["ok"], false);
+  EXPECT_FALSE(report["bags"][0]["problem"].get<std::string>().empty());
+  EXPECT_EQ(ok({"bag", "verify", store, "good"}), "ok good\n");
+
+  // get refuses it, and leaves no file (nor temporary) behind.
+  const auto before = files_in(dir_);
+  result = run({"bag", "get", store, "victim", "-o", path("out.bin")});
+  EXPECT_EQ(result.status, 5) << result.err;
+  expect_one_error_line(result);
+  EXPECT_NE(result.err.find("victim"), std::string::npos) << result.err;
+  EXPECT_FALSE(fs::exists(path("out.bin")));
+  result = run({"bag", "get", store, "victim"});
+  EXPECT_EQ(result.status, 5);
+  EXPECT_EQ(result.out, "");
+  auto after = files_in(dir_);
+  after.erase(std::remove_if(after.begin(), after.end(),
+                             [](const std::string& name) { return name.rfind("std", 0) == 0; }),
+              after.end());
+  auto expected = before;
+  expected.erase(std::remove_if(expected.begin(), expected.end(),
+                                [](const std::string& name) { return name.rfind("std", 0) == 0; }),
+                 expected.end());
+  EXPECT_EQ(after, expected);
+
+  // --forensic hands it over anyway, damage included.
+  const std::string damaged = ok({"bag", "get", store, "victim", "--forensic"});
+  EXPECT_EQ(damaged.size(), 50000u);
+  EXPECT_NE(damaged, random_bytes(50000, 13));
+
+  result = run({"bag", "verify", store, "ghost"});
+  EXPECT_EQ(result.status, 3) << result.err;
+  expect_one_error_line(result);
+}
+
+TEST_F(CliTest, BagRm) {
+  const std::string store = make_store();
+  ok({"bag", "put", store, "gone", "-"}, "bytes");
+  ok({"bag", "rm", store, "gone"});
+  EXPECT_EQ(ok_json({"bag", "ls", store, "--json"}), Json::array());
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{"bag", "rm", store, "gone"},
+                                             {"bag", "get", store, "gone"},
+                                             {"bag", "info", store, "gone"}}) {
+    Output result = run(args);
+    EXPECT_EQ(result.status, 3) << testing::PrintToString(args) << ": " << result.err;
+    expect_one_error_line(result);
+    EXPECT_NE(result.err.find("gone"), std::string::npos) << result.err;
+  }
+}
+
+TEST_F(CliTest, BagUsageErrors) {
+  const std::string store = make_store();
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{"bag"},
+                                             {"bag", "put", store, "name"},
+                                             {"bag", "get", store},
+                                             {"bag", "put", store, "bad name", "-"},
+                                             {"bag", "put", store, ".hidden", "-"},
+                                             {"bag", "info", store, "../escape"},
+                                             {"store"},
+                                             {"store", "init"}}) {
+    Output result = run(args, "data");
+    EXPECT_EQ(result.status, 2) << testing::PrintToString(args) << ": " << result.err;
+    EXPECT_FALSE(result.err.empty()) << testing::PrintToString(args);
+  }
+  EXPECT_TRUE(fs::is_empty(store + "/bags"));
+  Output result = run({"bag", "put", store, "x", path("no-such-file")});
+  EXPECT_EQ(result.status, 3) << result.err;
+  EXPECT_NE(result.err.find("no-such-file"), std::string::npos) << result.err;
+}
+
+TEST_F(CliTest, HeapCommandsTakeStoreSlashName) {
+  const std::string store = make_store();
+  const std::string heap = store + "/shared";
+  EXPECT_NE(ok({"heap", "create", heap, "--size", "1M"}).find("heaps/shared.heap"),
+            std::string::npos);
+  EXPECT_TRUE(fs::is_regular_file(store + "/heaps/shared.heap"));
+  ok({"heap", "put", heap, "greeting", "-"}, "hello");
+  Json list = ok_json({"heap", "ls", heap, "--json"});
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["name"], "greeting");
+  EXPECT_EQ(ok({"heap", "cat", heap, "greeting"}), "hello");
+  EXPECT_EQ(ok_json({"heap", "check", heap, "--json"})["ok"], true);
+  EXPECT_EQ(ok_json({"heap", "info", heap, "--json"})["objects"], 1);
+  // The same heap by its path.
+  EXPECT_EQ(ok({"heap", "cat", store + "/heaps/shared.heap", "greeting"}), "hello");
+  EXPECT_EQ(ok_json({"store", "ls", store, "--json"})["heaps"][0]["name"], "shared");
+
+  Output result = run({"heap", "info", store + "/absent"});
+  EXPECT_EQ(result.status, 3) << result.err;
+  result = run({"heap", "create", store + "/bad name"});
+  EXPECT_EQ(result.status, 2) << result.err;
+}
+
+TEST_F(CliTest, SparseFileRoundTripStaysSparse) {
+  const std::string store = make_store();
+  constexpr std::uint64_t kSize = std::uint64_t{3} << 30;
+  const std::string input = make_sparse_file(path("sparse.img"), kSize);
+  ASSERT_LT(allocated_bytes(input), std::uint64_t{16} << 20) << "no sparse files here?";
+
+  auto start = std::chrono::steady_clock::now();
+  ok({"bag", "put", store, "disk", input});
+  const double put_seconds = seconds_since(start);
+  EXPECT_LT(put_seconds, 20.0) << "put read the holes?";
+  const std::string bag = store + "/bags/disk.bag";
+  EXPECT_EQ(fs::file_size(bag) - kSize, 4096u);  // one page of header
+  EXPECT_LT(allocated_bytes(bag), std::uint64_t{16} << 20) << "the bag is not sparse";
+  EXPECT_TRUE(fs::is_empty(store + "/tmp"));
+
+  // get verifies the payload (the library reads all of it, holes too), then
+  // writes only the data.
+  start = std::chrono::steady_clock::now();
+  ok({"bag", "get", store, "disk", "-o", path("back.img")});
+  const double get_seconds = seconds_since(start);
+  EXPECT_LT(get_seconds, 120.0);
+  EXPECT_EQ(fs::file_size(path("back.img")), kSize);
+  EXPECT_LT(allocated_bytes(path("back.img")), std::uint64_t{16} << 20) << "holes were filled";
+  EXPECT_TRUE(same_contents(input, path("back.img")));
+  std::cout << "3 GiB sparse: put " << put_seconds << " s, get " << get_seconds << " s\n";
+}
+
+TEST_F(CliTest, NoProgressBarWithoutATerminal) {
+  const std::string store = make_store();
+  const std::string input = make_sparse_file(path("big.img"), std::uint64_t{200} << 20);
+  Output result = run({"bag", "put", store, "big", input});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.err, "");
+  result = run({"bag", "get", store, "big", "-o", path("back.img")});
+  EXPECT_EQ(result.status, 0);
+  EXPECT_EQ(result.err, "");
+  result = run({"bag", "verify", store});
+  EXPECT_EQ(result.err, "");
+}
+
+TEST_F(CliTest, ProgressBarOnATerminal) {
+  if (!fs::exists("/usr/bin/script")) GTEST_SKIP() << "no script(1) to give sheaf a terminal";
+  const std::string store = make_store();
+  const std::string input = make_sparse_file(path("big.img"), std::uint64_t{200} << 20);
+  // script runs the command on a pseudo-terminal (stdout and stderr) and
+  // copies what it printed to its own standard output.
+  const std::string command = "'" + std::string(kSheaf) + "' bag put '" + store + "' big '" +
+                              input + "' && '" + kSheaf + "' bag put '" + store +
+                              "' small - </dev/null";
+  const Output result = run_program({"/usr/bin/script", "-qc", command, "/dev/null"});
+  EXPECT_EQ(result.status, 0) << result.err;
+
+  const std::string& text = result.out;
+  EXPECT_NE(text.find("\rput big  "), std::string::npos) << text;
+  EXPECT_NE(text.find("200.0 MiB"), std::string::npos) << text;
+  EXPECT_NE(text.find("MiB/s"), std::string::npos) << text;
+  EXPECT_NE(text.find('['), std::string::npos) << text;
+  // The line is cleared at the end, and the small put draws nothing.
+  EXPECT_EQ(text.substr(text.size() >= 4 ? text.size() - 4 : 0), "\r\033[K") << text;
+  EXPECT_EQ(text.find("small"), std::string::npos) << text;
+  EXPECT_EQ(ok_json({"bag", "info", store, "big", "--json"})["size"], 200u << 20);
 }
 
 }  // namespace

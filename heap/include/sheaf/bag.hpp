@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -43,9 +44,13 @@ struct BagInfo {
   std::map<std::string, std::string> tags;
 };
 
+// Called with (bytes done, bytes in all) as long work goes on.
+using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
 struct BagOpenOptions {
-  bool verify_payload = true;  // recompute the payload checksum (reads every byte once)
+  bool verify_payload = true;  // recompute the payload checksum (reads every data byte once)
   bool forensic = false;       // map even a bag whose checksums are wrong
+  Progress progress;           // told how the payload check goes
 };
 
 class Bag {
@@ -55,6 +60,8 @@ class Bag {
   ~Bag();
 
   const BagInfo& info() const noexcept;
+  // Why the bag would have been refused; empty unless opened forensic and damaged.
+  const std::string& problem() const noexcept;
   // The payload, read-only, in place.
   std::span<const std::byte> bytes() const noexcept;
   // The payload as T, after checking that the bag records T (by

@@ -24,9 +24,6 @@
 
 namespace sheaf {
 
-// Called with (bytes done, bytes in all) as long work goes on.
-using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
-
 struct HeapEntry {
   std::string name;
   std::uint64_t file_size = 0;
@@ -58,7 +55,8 @@ class Store {
   BagInfo bag_info(std::string_view name) const;  // the header only, checksummed
   std::vector<std::string> bag_names() const;     // sorted
   bool remove_bag(std::string_view name);
-  // Recomputes payload checksums: one bag, or all of them.
+  // Recomputes payload checksums: one bag (Error(kNotFound) if there is no
+  // such bag), or all of them.
   std::vector<BagCheck> verify(std::optional<std::string_view> name = std::nullopt,
                                const Progress& progress = {}) const;
   std::string bag_path(std::string_view name) const;
