@@ -87,6 +87,10 @@ std::string encode_bag_header(const BagInfo& info) {
     throw Error(Errc::kInvalidArgument,
                 "bag " + info.name + ": more than " + std::to_string(kMaxTags) + " tags");
   }
+  if (bag_header_bytes(info) > kMaxHeaderBytes) {
+    throw Error(Errc::kInvalidArgument, "bag " + info.name + ": type and tags take more than " +
+                                            std::to_string(kMaxHeaderBytes) + " bytes");
+  }
   std::string extra = info.element_type;
   for (const auto& [key, value] : info.tags) {
     if (key.empty() || key.size() > kMaxTagKey || value.size() > kMaxTagValue) {
@@ -379,6 +383,11 @@ BagInfo BagWriter::commit() {
   Impl& w = *impl_;
   const std::string what = "bag " + w.info.name;
   if (w.fd < 0) throw Error(Errc::kInvalidArgument, what + ": already committed");
+  if (w.info.element_size != 0 && w.info.size % w.info.element_size != 0) {
+    throw Error(Errc::kInvalidArgument,
+                what + ": " + std::to_string(w.info.size) + " bytes are not a whole number of " +
+                    w.info.element_type + " (" + std::to_string(w.info.element_size) + " bytes)");
+  }
   w.info.checksum = XXH64_digest(w.state);
   w.info.created_ns = now_ns();
   const std::string header = encode_bag_header(w.info);
@@ -389,8 +398,8 @@ BagInfo BagWriter::commit() {
   }
   write_all(w.fd, header.data(), header.size(), 0, what + ": cannot write the header");
   if (fsync(w.fd) != 0) throw Error::from_errno(errno, what + ": cannot write to disk");
-  ::close(w.fd);
-  w.fd = -1;
+  // Into place while the file is still open: its lock tells Store::open's
+  // sweep that this temporary is alive until it has a name in bags/.
   if (w.replace) {
     if (::rename(w.temp_path.c_str(), w.final_path.c_str()) != 0) {
       throw Error::from_errno(errno, what + ": cannot put it in place");
@@ -402,6 +411,8 @@ BagInfo BagWriter::commit() {
     ::unlink(w.temp_path.c_str());
   }
   w.temp_path.clear();
+  ::close(w.fd);
+  w.fd = -1;
   sync_directory(w.final_path);
   return w.info;
 }

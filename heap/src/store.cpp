@@ -1,12 +1,14 @@
 // store.cpp: the store directory: layout, names, bags in it, heaps in it.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -61,9 +63,29 @@ std::string random_hex(std::size_t bytes) {
   return hex;
 }
 
+// tmp/ itself is flock()ed: shared while a writer creates and locks its
+// temporary, exclusive while Store::open sweeps, so the sweep never sees a
+// temporary in the instant between its creation and its lock.
+class TmpGuard {
+ public:
+  TmpGuard(const std::string& tmp, int operation)
+      : fd_(::open(tmp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+    if (fd_ >= 0) flock(fd_, operation);
+  }
+  ~TmpGuard() {
+    if (fd_ >= 0) ::close(fd_);  // releases the flock
+  }
+  TmpGuard(const TmpGuard&) = delete;
+  TmpGuard& operator=(const TmpGuard&) = delete;
+
+ private:
+  int fd_;
+};
+
 // Removes the temporaries of writers that are gone: a live writer holds a
 // byte-range lock on its file (BagWriter), a dead one's lock went with it.
 void sweep_temporaries(const std::string& tmp) {
+  TmpGuard exclusive(tmp, LOCK_EX);
   DIR* d = ::opendir(tmp.c_str());
   if (d == nullptr) return;
   while (const dirent* entry = ::readdir(d)) {
@@ -79,6 +101,15 @@ void sweep_temporaries(const std::string& tmp) {
     ::close(fd);
   }
   ::closedir(d);
+}
+
+bool valid_name(std::string_view name) {
+  try {
+    Store::check_name(name);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 }  // namespace
@@ -102,33 +133,46 @@ bool Store::is_store(const std::string& dir) {
   return std::getline(marker, first) && first == kMarkerFirstLine;
 }
 
+// True for a directory init() may make a store of: empty, or left half made
+// by an init() that was interrupted (only empty heaps/ and bags/, and tmp/).
+bool may_become_store(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) throw Error::from_errno(errno, "store " + dir);
+  bool ok = true;
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    if (name == "tmp") continue;
+    if ((name == "heaps" || name == "bags") && names_in(dir + "/" + name, "").empty()) continue;
+    ok = false;
+  }
+  ::closedir(d);
+  return ok;
+}
+
 Result<Store> Store::init(const std::string& dir) {
   try {
     if (is_store(dir)) return open(dir);
-    make_directory(dir);
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) throw Error::from_errno(errno, "store " + dir);
-    bool empty = true;
-    while (const dirent* entry = ::readdir(d)) {
-      if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0)
-        empty = false;
-    }
-    ::closedir(d);
-    if (!empty) {
+    std::error_code error;
+    std::filesystem::create_directories(dir, error);
+    if (error) throw Error::from_errno(error.value(), "store " + dir + ": cannot create");
+    if (!may_become_store(dir)) {
       throw Error(Errc::kAlreadyExists,
                   "store " + dir + ": the directory holds files but is not a store");
     }
     for (const char* sub : {"heaps", "bags", "tmp"}) make_directory(dir + "/" + sub);
-    // The marker last, atomically: a directory is a store once it is there.
+    // The marker last, durably, by rename: a directory is a store once it is there.
     const std::string temp = dir + "/tmp/marker-" + random_hex(8);
-    {
-      std::ofstream out(temp);
-      out << kMarkerFirstLine << "\nuuid " << random_hex(16) << "\n";
-      if (!out.flush())
-        throw Error::from_errno(errno, "store " + dir + ": cannot write the marker");
-    }
-    if (::rename(temp.c_str(), (dir + "/" + kMarker).c_str()) != 0) {
-      throw Error::from_errno(errno, "store " + dir + ": cannot write the marker");
+    const std::string text = std::string(kMarkerFirstLine) + "\nuuid " + random_hex(16) + "\n";
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const bool written =
+        fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+        fsync(fd) == 0;
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    if (!written || ::rename(temp.c_str(), (dir + "/" + kMarker).c_str()) != 0) {
+      ::unlink(temp.c_str());
+      throw Error::from_errno(written ? errno : err, "store " + dir + ": cannot write the marker");
     }
     sync_directory(dir + "/" + kMarker);
     return Store(dir);
@@ -185,6 +229,7 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
     throw Error(Errc::kAlreadyExists, "bag " + impl->info.name + ": already exists", EEXIST);
   }
   impl->temp_path = path_ + "/tmp/" + impl->info.name + "." + random_hex(8) + ".writing";
+  TmpGuard creating(path_ + "/tmp", LOCK_SH);
   impl->fd = ::open(impl->temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (impl->fd < 0) {
     const int err = errno;
@@ -196,7 +241,9 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   alive.l_type = F_WRLCK;
   alive.l_whence = SEEK_SET;
   alive.l_len = 1;
-  fcntl(impl->fd, F_OFD_SETLK, &alive);
+  if (fcntl(impl->fd, F_OFD_SETLK, &alive) != 0) {
+    throw Error::from_errno(errno, "bag " + impl->info.name + ": cannot lock its temporary file");
+  }
   impl->state = XXH64_createState();
   XXH64_reset(impl->state, 0);
   return BagWriter(std::move(impl));
@@ -216,7 +263,9 @@ BagInfo Store::bag_info(std::string_view name) const {
 }
 
 std::vector<std::string> Store::bag_names() const {
-  return names_in(path_ + "/bags", ".bag");
+  std::vector<std::string> names = names_in(path_ + "/bags", ".bag");
+  std::erase_if(names, [](const std::string& name) { return !valid_name(name); });  // strays
+  return names;
 }
 
 bool Store::remove_bag(std::string_view name) {
@@ -246,6 +295,9 @@ std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
   std::vector<BagCheck> checks;
   for (const auto& n : names) {
     BagCheck check{n, ""};
+    struct stat st {};
+    const std::uint64_t file_size =
+        ::stat(bag_path(n).c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
     try {
       BagOpenOptions header_only;
       header_only.verify_payload = false;
@@ -254,14 +306,15 @@ std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
       const std::uint64_t actual = hash_payload(
           impl.fd, impl.header_bytes, impl.info.size,
           [&](std::uint64_t done, std::uint64_t) {
-            if (progress) progress(base + done, total);
+            if (progress) progress(base + impl.header_bytes + done, total);
           },
           "bag " + n);
       if (actual != impl.info.checksum) check.problem = "bag " + n + ": payload checksum mismatch";
-      base += impl.header_bytes + impl.info.size;
     } catch (const Error& e) {
       check.problem = e.message();
     }
+    base += file_size;
+    if (progress) progress(base, total);
     checks.push_back(std::move(check));
   }
   return checks;
