@@ -7,11 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -45,25 +48,61 @@ inline void write_file(const std::string& path, const std::vector<char>& bytes) 
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// Runs body in a child process; returns its exit status (0 when body returned
-// normally, 1 when it threw, 2 when a gtest expectation failed in it).
-inline int run_in_child(const std::function<void()>& body) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    int code = 0;
-    try {
-      body();
-      if (::testing::Test::HasFailure()) code = 2;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child: %s\n", e.what());
-      code = 1;
+// A child process running body; killed (SIGKILL) and reaped when the test
+// leaves its scope still running it, so a failing test leaves no process behind.
+class Child {
+ public:
+  explicit Child(const std::function<void()>& body) {
+    std::fflush(nullptr);  // or the child flushes our buffered output a second time
+    pid_ = fork();
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        body();
+        if (::testing::Test::HasFailure()) code = 2;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child: %s\n", e.what());
+        code = 1;
+      }
+      std::fflush(nullptr);
+      _exit(code);
     }
-    std::fflush(nullptr);
-    _exit(code);
+    if (pid_ < 0) throw std::runtime_error("fork");
   }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  pid_t pid() const { return pid_; }
+  void kill() {
+    if (pid_ > 0) ::kill(pid_, SIGKILL);  // never kill(-1, ...)
+  }
+  // The raw wait status (0 if already reaped).
+  int wait() {
+    if (pid_ <= 0) return 0;
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    return status;
+  }
+  // 0..255 for an exit, 128 + signal for a death by signal.
+  int wait_code() {
+    const int status = wait();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Runs body in a child process and waits for it: 0 when body returned
+// normally, 1 when it threw, 2 when a gtest expectation failed in it,
+// 128 + signal when it died of one.
+inline int run_in_child(const std::function<void()>& body) {
+  return Child(body).wait_code();
 }
 
 }  // namespace sheaf::testing

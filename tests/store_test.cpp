@@ -30,6 +30,7 @@
 namespace sheaf {
 namespace {
 
+using testing::Child;
 using testing::read_file;
 using testing::run_in_child;
 using testing::TempDir;
@@ -154,56 +155,6 @@ struct Pipe {
     fds[1] = -1;
   }
   int fds[2] = {-1, -1};
-};
-
-// A child process running body; killed (SIGKILL) and reaped when the test
-// leaves its scope still running it, so a failing test leaves no process behind.
-class Child {
- public:
-  explicit Child(const std::function<void()>& body) {
-    std::fflush(nullptr);  // or the child flushes our buffered output a second time
-    pid_ = fork();
-    if (pid_ == 0) {
-      int code = 0;
-      try {
-        body();
-        if (::testing::Test::HasFailure()) code = 2;
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "child: %s\n", e.what());
-        code = 1;
-      }
-      std::fflush(nullptr);
-      _exit(code);
-    }
-    if (pid_ < 0) throw std::runtime_error("fork");
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      wait();
-    }
-  }
-  pid_t pid() const { return pid_; }
-  void kill() {
-    if (pid_ > 0) ::kill(pid_, SIGKILL);  // never kill(-1, ...)
-  }
-  // The raw wait status (0 if already reaped).
-  int wait() {
-    if (pid_ <= 0) return 0;
-    int status = 0;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    return status;
-  }
-  // 0..255 for an exit, 128 + signal for a death by signal.
-  int wait_code() {
-    const int status = wait();
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
 };
 
 // A tmpfs of the given size mounted on dir (created if needed) for as long as
