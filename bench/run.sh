@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs both:
-# sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table)
-# and sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost).
+# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all three:
+# sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table),
+# sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost) and
+# sheaf_bag_bench (5 repetitions, medians, then Put/cp and Verify/read throughput ratios).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
-# SHEAF_BENCH_DIR: where the heap files go (default /dev/shm; they are removed after).
-# SHEAF_BENCH_BUILD: the build directory (default <repo>/build-bench).
+# SHEAF_BENCH_DIR: where the files go (they are removed after); default /dev/shm for the
+#   heap benchmarks and /var/tmp for sheaf_bag_bench, which measures fsync and so wants a disk.
+#   Set it to a directory on a disk (not tmpfs) if you set it at all.
+# SHEAF_BAG_BENCH_BYTES: the bag and file size for sheaf_bag_bench (default 1G; e.g. 64M).
+# SHEAF_BAG_BENCH_FLAGS: extra flags for sheaf_bag_bench (e.g. --benchmark_filter=Verify).
+# SHEAF_BENCH_BUILD: the build directory (default <repo>/build/bench).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +22,7 @@ cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=OFF >/dev/null
-ninja -C "$build" sheaf_heap_bench sheaf_contention_bench
+ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench
 
 flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 echo
@@ -26,3 +31,7 @@ echo "== sheaf_heap_bench =="
 echo
 echo "== sheaf_contention_bench =="
 "$build/bench/sheaf_contention_bench" "${flags[@]}"
+echo
+echo "== sheaf_bag_bench =="
+read -r -a bag_flags <<<"${SHEAF_BAG_BENCH_FLAGS:-}"
+"$build/bench/sheaf_bag_bench" "${flags[@]}" "${bag_flags[@]}"
