@@ -381,8 +381,44 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
 
 // --- BagWriter ---------------------------------------------------------------
 
+// Why O_DIRECT: a buffered write of a large bag spends most of its time
+// copying every byte into new page-cache pages that fsync then writes out
+// anyway (measured in docs/bags.md). Writing from our own buffer straight to
+// the disk skips that copy. Small bags (below one staging buffer) and
+// unaligned tails are written buffered, as are all bags on filesystems that
+// refuse O_DIRECT.
+constexpr std::uint64_t kStaging = 16 << 20;
+
+void BagWriter::Impl::stage(const std::byte* data, std::uint64_t size) {
+  while (size > 0) {
+    const std::uint64_t take = std::min(size, kStaging - staged);
+    std::memcpy(staging.get() + staged, data, take);
+    staged += take;
+    data += take;
+    size -= take;
+    if (staged == kStaging) flush_staging(false);
+  }
+}
+
+void BagWriter::Impl::flush_staging(bool final) {
+  if (staged == 0) return;
+  const std::string what =
+      "bag " + info.name + ": cannot write (after " + std::to_string(flushed) + " bytes)";
+  const std::uint64_t at = header_bytes + flushed;
+  // A small bag's only buffer goes through the page cache; so does a tail
+  // that is not a whole number of pages.
+  const bool small = final && flushed == 0;
+  const std::uint64_t aligned = small || at % kPage != 0 ? 0 : staged / kPage * kPage;
+  if (aligned > 0) write_all(direct_fd, staging.get(), aligned, at, what);
+  if (aligned < staged)
+    write_all(fd, staging.get() + aligned, staged - aligned, at + aligned, what);
+  flushed += staged;
+  staged = 0;
+}
+
 BagWriter::Impl::~Impl() {
   if (state != nullptr) XXH64_freeState(state);
+  if (direct_fd >= 0) ::close(direct_fd);
   if (fd >= 0) ::close(fd);
   if (!temp_path.empty()) ::unlink(temp_path.c_str());  // never committed
 }
@@ -399,10 +435,15 @@ std::uint64_t BagWriter::written() const noexcept {
 void BagWriter::write(std::span<const std::byte> bytes) {
   Impl& w = *impl_;
   if (w.fd < 0) throw Error(Errc::kInvalidArgument, "bag " + w.info.name + ": already committed");
-  write_all(
-      w.fd, bytes.data(), bytes.size(), w.header_bytes + w.info.size,
-      "bag " + w.info.name + ": cannot write (after " + std::to_string(w.info.size) + " bytes)");
   XXH64_update(w.state, bytes.data(), bytes.size());
+  if (w.staging) {
+    w.stage(bytes.data(), bytes.size());
+  } else {
+    write_all(
+        w.fd, bytes.data(), bytes.size(), w.header_bytes + w.flushed,
+        "bag " + w.info.name + ": cannot write (after " + std::to_string(w.flushed) + " bytes)");
+    w.flushed += bytes.size();
+  }
   w.info.size += bytes.size();
 }
 
@@ -414,6 +455,8 @@ void BagWriter::skip_zeros(std::uint64_t bytes) {
     XXH64_update(w.state, zeros, step);
     left -= step;
   }
+  w.flush_staging(true);  // what came before the hole goes to the file first
+  w.flushed += bytes;
   w.info.size += bytes;
 }
 
@@ -426,6 +469,7 @@ BagInfo BagWriter::commit() {
                 what + ": " + std::to_string(w.info.size) + " bytes are not a whole number of " +
                     w.info.element_type + " (" + std::to_string(w.info.element_size) + " bytes)");
   }
+  w.flush_staging(true);
   w.info.checksum = XXH64_digest(w.state);
   w.info.created_ns = now_ns();
   const std::string header = encode_bag_header(w.info);

@@ -3,6 +3,7 @@
 
 #include <xxhash.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,17 @@ struct BagWriter::Impl {
   std::uint64_t header_bytes = 0;
   bool replace = true;
   XXH64_state_t* state = nullptr;
+  // Large payloads bypass the page cache: bytes are staged in a page-aligned
+  // buffer and written with O_DIRECT once it is full (bag.cpp, stage()).
+  int direct_fd = -1;  // the temporary opened O_DIRECT, or -1: buffered writes only
+  struct FreeBuffer {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte, FreeBuffer> staging;
+  std::uint64_t staged = 0;   // bytes in staging, not yet in the file
+  std::uint64_t flushed = 0;  // payload bytes in the file
+  void stage(const std::byte* data, std::uint64_t size);
+  void flush_staging(bool final);
 };
 
 std::string encode_bag_header(const BagInfo& info);  // exactly bag_header_bytes(info) long

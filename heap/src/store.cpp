@@ -246,6 +246,14 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   }
   impl->state = XXH64_createState();
   XXH64_reset(impl->state, 0);
+  impl->direct_fd = ::open(impl->temp_path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (impl->direct_fd >= 0) {
+    impl->staging.reset(static_cast<std::byte*>(std::aligned_alloc(4096, 16 << 20)));
+    if (!impl->staging) {
+      ::close(impl->direct_fd);
+      impl->direct_fd = -1;
+    }
+  }
   return BagWriter(std::move(impl));
 }
 
