@@ -75,6 +75,7 @@
 #include <vector>
 
 #include "sheaf/store.hpp"
+#include "table_reporter.hpp"
 
 extern char** environ;
 
@@ -472,50 +473,17 @@ void register_benchmarks() {
 // --- The ratio table ----------------------------------------------------------------------------
 // The console output as usual, then, in Finalize, one row per comparison with the throughput of
 // Sheaf and of the baseline and their ratio.
-class RatioReporter : public benchmark::ConsoleReporter {
+class RatioReporter : public sheaf_bench::TableReporter {
  public:
-  using benchmark::ConsoleReporter::ConsoleReporter;
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    benchmark::ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) collect(run);
-  }
-
-  void Finalize() override {
-    benchmark::ConsoleReporter::Finalize();
-    print_table(GetOutputStream());
-  }
+  using TableReporter::TableReporter;
 
  private:
-  struct Cell {
-    std::optional<double> median;  // from the "median" aggregate
-    std::vector<double> samples;   // single runs, when no aggregate came
-    double value() const {
-      if (median) return *median;
-      if (samples.empty()) return -1;
-      std::vector<double> s = samples;
-      std::sort(s.begin(), s.end());
-      std::size_t n = s.size();
-      return n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    }
-  };
-
-  void collect(const Run& run) {
-    if (run.error_occurred) return;
-    if (run.run_type == Run::RT_Aggregate &&
-        (run.aggregate_name != "median" || run.aggregate_unit != benchmark::kTime)) {
-      return;
-    }
+  void collect(const Run& run) override {
     const auto rate = run.counters.find("bytes_per_second");
     if (rate == run.counters.end()) return;
     std::string key = run.run_name.function_name;
     if (!run.run_name.args.empty()) key += "/" + run.run_name.args;
-    Cell& cell = cells_[key];
-    if (run.run_type == Run::RT_Aggregate) {
-      cell.median = rate->second.value;
-    } else {
-      cell.samples.push_back(rate->second.value);
-    }
+    cells_[key].add(run, rate->second.value);
   }
 
   double rate(const std::string& key) const {
@@ -523,7 +491,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
     return it == cells_.end() ? -1 : it->second.value();
   }
 
-  void print_table(std::ostream& out) const {
+  void print_table(std::ostream& out) const override {
     struct Ratio {
       const char* label;
       const char* sheaf;
@@ -568,7 +536,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
         << std::flush;
   }
 
-  std::map<std::string, Cell> cells_;
+  std::map<std::string, sheaf_bench::Median> cells_;
 };
 
 benchmark::ConsoleReporter::OutputOptions console_options() {

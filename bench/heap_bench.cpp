@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "sheaf/heap.hpp"
+#include "table_reporter.hpp"
 
 namespace {
 
@@ -387,46 +388,18 @@ BENCHMARK(BM_BoostIpc_Find)->Setup(setup_boost_names);
 // --- The ratio table ----------------------------------------------------------------------------
 // The console output as usual, then, in Finalize, one row per operation with Sheaf's time
 // beside Boost's and malloc's.
-class RatioReporter : public benchmark::ConsoleReporter {
+class RatioReporter : public sheaf_bench::TableReporter {
  public:
-  using benchmark::ConsoleReporter::ConsoleReporter;
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    benchmark::ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) collect(run);
-  }
-
-  void Finalize() override {
-    benchmark::ConsoleReporter::Finalize();
-    print_table(GetOutputStream());
-  }
+  using TableReporter::TableReporter;
 
  private:
   enum Impl { kSheaf, kBoost, kMalloc, kImpls };
 
-  struct Cell {
-    std::optional<double> median;  // from the "median" aggregate
-    std::vector<double> samples;   // single runs, when no aggregate came
-    double value() const {
-      if (median) return *median;
-      if (samples.empty()) return -1;
-      std::vector<double> s = samples;
-      std::sort(s.begin(), s.end());
-      std::size_t n = s.size();
-      return n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    }
-  };
-
   struct Row {
-    Cell cells[kImpls];
+    sheaf_bench::Median cells[kImpls];
   };
 
-  void collect(const Run& run) {
-    if (run.error_occurred) return;
-    if (run.run_type == Run::RT_Aggregate &&
-        (run.aggregate_name != "median" || run.aggregate_unit != benchmark::kTime)) {
-      return;
-    }
+  void collect(const Run& run) override {
     // "BM_<Impl>_<Op>" -> Impl, Op.
     std::string_view function = run.run_name.function_name;
     if (function.substr(0, 3) != "BM_") return;
@@ -451,15 +424,10 @@ class RatioReporter : public benchmark::ConsoleReporter {
     double ns = run.GetAdjustedRealTime() * 1e9 / benchmark::GetTimeUnitMultiplier(run.time_unit);
     auto [it, inserted] = rows_.try_emplace(key);
     if (inserted) order_.push_back(key);
-    Cell& cell = it->second.cells[impl];
-    if (run.run_type == Run::RT_Aggregate) {
-      cell.median = ns;
-    } else {
-      cell.samples.push_back(ns);
-    }
+    it->second.cells[impl].add(run, ns);
   }
 
-  void print_table(std::ostream& out) const {
+  void print_table(std::ostream& out) const override {
     if (order_.empty()) return;
     char line[256];
     out << "\nSheaf beside Boost.Interprocess and malloc: real time per operation in ns "
