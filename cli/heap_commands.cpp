@@ -13,6 +13,7 @@
 #include "io.hpp"
 #include "output.hpp"
 #include "sheaf/heap.hpp"
+#include "sheaf/heap_report.hpp"
 #include "sheaf/store.hpp"
 #include "units.hpp"
 
@@ -67,38 +68,9 @@ struct InfoArgs {
 };
 
 void heap_info(const InfoArgs& args) {
+  // The same words as the info and info.json files of a mounted store.
   const HeapInfo info = open_heap(args.heap).info();
-  if (args.json) {
-    print_json({{"path", info.path},
-                {"uuid", info.uuid},
-                {"format_version", info.format_version},
-                {"mode", lock_mode_name(info.mode)},
-                {"size", info.size},
-                {"max_size", info.max_size},
-                {"used", info.used},
-                {"free", info.free},
-                {"largest_free", info.largest_free},
-                {"page_size", info.page_size},
-                {"objects", info.objects},
-                {"generation", info.generation},
-                {"sessions", info.sessions},
-                {"recoveries", info.recoveries}});
-    return;
-  }
-  print_fields({{"path", info.path},
-                {"uuid", info.uuid},
-                {"format version", std::to_string(info.format_version)},
-                {"mode", lock_mode_name(info.mode)},
-                {"size", size_field(info.size)},
-                {"max size", size_field(info.max_size)},
-                {"used", size_field(info.used)},
-                {"free", size_field(info.free)},
-                {"largest free", size_field(info.largest_free)},
-                {"page size", std::to_string(info.page_size)},
-                {"objects", std::to_string(info.objects)},
-                {"generation", std::to_string(info.generation)},
-                {"sessions", std::to_string(info.sessions)},
-                {"recoveries", std::to_string(info.recoveries)}});
+  std::cout << (args.json ? heap_info_json(info) : heap_info_text(info));
 }
 
 struct LsArgs {

@@ -12,6 +12,7 @@
 #include "bag_commands.hpp"
 #include "exit_codes.hpp"
 #include "heap_commands.hpp"
+#include "mount_commands.hpp"
 #include "sheaf/error.hpp"
 #include "store_commands.hpp"
 
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   register_store_commands(app);
   register_heap_commands(app);
   register_bag_commands(app);
+  register_mount_commands(app);
 
   try {
     app.parse(argc, argv);

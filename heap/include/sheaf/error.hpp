@@ -79,4 +79,24 @@ class [[nodiscard]] Result {
   std::variant<T, Error> state_;
 };
 
+// Success or an Error, for boundary functions that return nothing else.
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error error) : error_(std::move(error)), failed_(true) {}
+
+  bool ok() const noexcept { return !failed_; }
+  explicit operator bool() const noexcept { return ok(); }
+  const Error& error() const { return error_; }
+  // Throws the Error if there was one.
+  void value() const {
+    if (failed_) throw error_;
+  }
+
+ private:
+  Error error_{Errc::kOk, ""};
+  bool failed_ = false;
+};
+
 }  // namespace sheaf

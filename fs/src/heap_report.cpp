@@ -1,0 +1,76 @@
+#include "sheaf/heap_report.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+namespace sheaf {
+namespace {
+
+// "8388608 (8.0 MiB)": exact for scripts, readable for people.
+std::string size_field(std::uint64_t bytes) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  char human[32];
+  if (unit == 0) {
+    std::snprintf(human, sizeof(human), "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(human, sizeof(human), "%.1f %s", value, kUnits[unit]);
+  }
+  return std::to_string(bytes) + " (" + human + ")";
+}
+
+}  // namespace
+
+std::string heap_info_text(const HeapInfo& info) {
+  const std::vector<std::pair<std::string, std::string>> fields = {
+      {"path", info.path},
+      {"uuid", info.uuid},
+      {"format version", std::to_string(info.format_version)},
+      {"mode", lock_mode_name(info.mode)},
+      {"size", size_field(info.size)},
+      {"max size", size_field(info.max_size)},
+      {"used", size_field(info.used)},
+      {"free", size_field(info.free)},
+      {"largest free", size_field(info.largest_free)},
+      {"page size", std::to_string(info.page_size)},
+      {"objects", std::to_string(info.objects)},
+      {"generation", std::to_string(info.generation)},
+      {"sessions", std::to_string(info.sessions)},
+      {"recoveries", std::to_string(info.recoveries)}};
+  std::size_t width = 0;
+  for (const auto& field : fields) width = std::max(width, field.first.size());
+  std::string text;
+  for (const auto& [key, value] : fields) {
+    text += key + ':' + std::string(width - key.size() + 1, ' ') + value + '\n';
+  }
+  return text;
+}
+
+std::string heap_info_json(const HeapInfo& info) {
+  const nlohmann::ordered_json json = {{"path", info.path},
+                                       {"uuid", info.uuid},
+                                       {"format_version", info.format_version},
+                                       {"mode", lock_mode_name(info.mode)},
+                                       {"size", info.size},
+                                       {"max_size", info.max_size},
+                                       {"used", info.used},
+                                       {"free", info.free},
+                                       {"largest_free", info.largest_free},
+                                       {"page_size", info.page_size},
+                                       {"objects", info.objects},
+                                       {"generation", info.generation},
+                                       {"sessions", info.sessions},
+                                       {"recoveries", info.recoveries}};
+  return json.dump(2) + '\n';
+}
+
+}  // namespace sheaf

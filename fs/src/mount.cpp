@@ -1,0 +1,259 @@
+// mount.cpp: mounting and unmounting a store (sheaf/mount.hpp).
+#include "sheaf/mount.hpp"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "store_fs.hpp"
+
+namespace sheaf {
+namespace {
+
+using fs::StoreFs;
+
+constexpr const char* kFsType = "fuse.sheaf";
+
+// libfuse's option syntax: commas separate options, a backslash escapes.
+std::string escape_option(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string absolute(const std::string& path) {
+  return std::filesystem::absolute(path).lexically_normal().string();
+}
+
+// A session on the store, mounted at `mountpoint` and not yet serving.
+struct Session {
+  std::unique_ptr<StoreFs> fs;
+  fuse_session* session = nullptr;
+  std::string mountpoint;
+
+  Session() = default;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session() {
+    if (session) fuse_session_destroy(session);
+  }
+};
+
+Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
+                                               const std::string& mountpoint,
+                                               const MountOptions& options) {
+  try {
+    // Absolute: a daemon serves from "/".
+    Store store = Store::open(absolute(store_dir)).value();
+    struct stat st{};
+    if (::stat(mountpoint.c_str(), &st) != 0) {
+      return Error::from_errno(errno, "mount point " + mountpoint);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      return Error(Errc::kInvalidArgument, "mount point " + mountpoint + ": not a directory",
+                   ENOTDIR);
+    }
+    auto result = std::make_unique<Session>();
+    result->mountpoint = absolute(mountpoint);
+    result->fs = std::make_unique<StoreFs>(std::move(store), options);
+
+    // default_permissions: the kernel checks modes and owners as on any
+    // filesystem; fsname: `mount` and /proc/mounts name the store.
+    std::string mount_options = "default_permissions,subtype=sheaf,fsname=" +
+                                escape_option(absolute(store_dir));
+    if (options.read_only) mount_options += ",ro";
+    const char* argv[] = {"sheaf", "-o", mount_options.c_str()};
+    fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
+    result->session = fuse_session_new(&args, &StoreFs::operations(),
+                                       sizeof(fuse_lowlevel_ops), result->fs.get());
+    if (!result->session) {
+      return Error(Errc::kSystem, "mount " + mountpoint + ": cannot start a FUSE session");
+    }
+    if (fuse_session_mount(result->session, result->mountpoint.c_str()) != 0) {
+      return Error(Errc::kSystem, "mount " + mountpoint +
+                                      ": the kernel refused the mount (is /dev/fuse there, "
+                                      "and is the directory empty and not mounted already?)");
+    }
+    return result;
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+// Serves requests until the filesystem is unmounted or fuse_session_exit.
+int serve(Session& s, const MountOptions& options) {
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(config, options.max_threads);
+  fuse_loop_cfg_set_idle_threads(config, std::min(options.max_threads, 4u));
+  const int rc = fuse_session_loop_mt(s.session, config);
+  fuse_loop_cfg_destroy(config);
+  return rc;
+}
+
+// Whether `mountpoint` is where a Sheaf filesystem is mounted, from
+// /proc/self/mountinfo (fields: id parent dev root MOUNTPOINT opts ... - TYPE ...).
+bool is_sheaf_mount(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    fields >> id >> parent >> dev >> root >> point;
+    std::string word;
+    while (fields >> word && word != "-") {
+    }
+    std::string type;
+    fields >> type;
+    // mountinfo writes space, tab, newline and backslash as \ooo.
+    std::string unescaped;
+    for (std::size_t i = 0; i < point.size(); ++i) {
+      if (point[i] == '\\' && i + 3 < point.size()) {
+        unescaped += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        unescaped += point[i];
+      }
+    }
+    if (unescaped == mountpoint && type == kFsType) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Result<void> serve_mount(const std::string& store, const std::string& mountpoint,
+                         const MountOptions& options, bool daemonize) {
+  Result<std::unique_ptr<Session>> mounted = mount_session(store, mountpoint, options);
+  if (!mounted) return mounted.error();
+  Session& s = *mounted.value();
+  if (daemonize) {
+    // The mount is up already (requests wait in the kernel), so the parent
+    // can report success and go; the child serves. Nothing but this thread
+    // runs yet, so fork is safe, and heaps are opened in the child only.
+    const pid_t child = ::fork();
+    if (child < 0) {
+      fuse_session_unmount(s.session);
+      return Error::from_errno(errno, "mount " + mountpoint + ": fork");
+    }
+    if (child > 0) return {};  // ~Session closes the parent's copy of the device
+    ::setsid();
+    if (::chdir("/") != 0) _exit(1);
+    const int null = ::open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      ::dup2(null, 0);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      if (null > 2) ::close(null);
+    }
+    s.fs->log_to_syslog(true);
+  }
+  fuse_set_signal_handlers(s.session);
+  const int rc = serve(s, options);
+  fuse_remove_signal_handlers(s.session);
+  fuse_session_unmount(s.session);
+  if (daemonize) {
+    mounted.value().reset();
+    _exit(rc == 0 ? 0 : 1);
+  }
+  if (rc != 0) return Error(Errc::kSystem, "mount " + mountpoint + ": serving stopped on an error");
+  return {};
+}
+
+Result<void> unmount(const std::string& mountpoint, bool lazy) {
+  const std::string point = absolute(mountpoint);
+  if (!is_sheaf_mount(point)) {
+    return Error(Errc::kNotFound, mountpoint + ": not a Sheaf mount", EINVAL);
+  }
+  if (::umount2(point.c_str(), lazy ? MNT_DETACH : 0) == 0) return {};
+  const int error = errno;
+  if (error == EBUSY) {
+    return Error(Errc::kBusy,
+                 mountpoint + ": busy: files under it are open (unmount --lazy detaches it now "
+                              "and finishes when they are closed)",
+                 EBUSY);
+  }
+  if (error != EPERM) return Error::from_errno(error, "unmount " + mountpoint);
+  // Not root: fusermount3 is setuid and unmounts what this user mounted.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    if (lazy) {
+      ::execlp("fusermount3", "fusermount3", "-u", "-z", "--", point.c_str(), nullptr);
+    } else {
+      ::execlp("fusermount3", "fusermount3", "-u", "--", point.c_str(), nullptr);
+    }
+    _exit(127);
+  }
+  int status = 0;
+  if (child < 0 || ::waitpid(child, &status, 0) != child) {
+    return Error::from_errno(errno, "unmount " + mountpoint + ": fusermount3");
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return Error(Errc::kSystem, "unmount " + mountpoint + ": fusermount3 failed", EPERM);
+  }
+  return {};
+}
+
+// --- Mount: served by threads of this process ----------------------------------------
+
+struct Mount::Impl {
+  std::unique_ptr<Session> session;
+  MountOptions options;
+  std::thread server;
+  bool stopped = false;
+};
+
+Mount::Mount(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Mount::Mount(Mount&&) noexcept = default;
+Mount& Mount::operator=(Mount&&) noexcept = default;
+
+Mount::~Mount() {
+  if (impl_ && !impl_->stopped) (void)stop(/*lazy=*/true);
+}
+
+Result<Mount> Mount::start(const std::string& store, const std::string& mountpoint,
+                           const MountOptions& options) {
+  Result<std::unique_ptr<Session>> mounted = mount_session(store, mountpoint, options);
+  if (!mounted) return mounted.error();
+  auto impl = std::make_unique<Impl>();
+  impl->session = std::move(mounted.value());
+  impl->options = options;
+  Session* s = impl->session.get();
+  impl->server = std::thread([s, options] { serve(*s, options); });
+  return Mount(std::move(impl));
+}
+
+const std::string& Mount::mountpoint() const noexcept { return impl_->session->mountpoint; }
+
+Result<void> Mount::stop(bool lazy) {
+  if (!impl_ || impl_->stopped) return {};
+  // Unmounting ends the kernel's side of the session; the serving threads
+  // then read ENODEV and return. A lazy unmount ends it once the last open
+  // file is closed.
+  if (::umount2(impl_->session->mountpoint.c_str(), lazy ? MNT_DETACH : 0) != 0) {
+    const int error = errno;
+    if (error == EBUSY) {
+      return Error(Errc::kBusy, impl_->session->mountpoint + ": busy: files under it are open",
+                   EBUSY);
+    }
+    if (error != EINVAL) {  // EINVAL: unmounted already, by someone else
+      fuse_session_unmount(impl_->session->session);
+    }
+  }
+  impl_->server.join();
+  impl_->stopped = true;
+  impl_->session.reset();
+  return {};
+}
+
+}  // namespace sheaf

@@ -1,0 +1,1059 @@
+#include "store_fs.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <optional>
+#include <sstream>
+#include <variant>
+#include <vector>
+
+#include "sheaf/bag.hpp"
+#include "sheaf/heap_report.hpp"
+
+namespace sheaf::fs {
+namespace {
+
+// An errno to answer a request with. Thrown inside a handler, turned into
+// fuse_reply_err by guarded().
+struct Errno {
+  int value;
+};
+
+[[noreturn]] void fail(int value) { throw Errno{value}; }
+
+int errno_for(const Error& e) {
+  if (e.sys_errno() != 0) return e.sys_errno();
+  switch (e.code()) {
+    case Errc::kInvalidArgument:
+      return EINVAL;
+    case Errc::kNotFound:
+      return ENOENT;
+    case Errc::kAlreadyExists:
+      return EEXIST;
+    case Errc::kOutOfSpace:
+      return ENOSPC;
+    case Errc::kBusy:
+      return EBUSY;
+    default:
+      return EIO;  // corrupted, unsupported, type mismatch: the file is bad
+  }
+}
+
+// Runs a handler's body; whatever it throws becomes the request's error
+// reply. The body replies itself on success, as its last step.
+template <class Body>
+void guarded(const StoreFs& fs, fuse_req_t req, Body&& body) {
+  try {
+    body();
+  } catch (const Errno& e) {
+    fuse_reply_err(req, e.value);
+  } catch (const Error& e) {
+    const int value = errno_for(e);
+    if (value == EIO) fs.log(e.message());
+    fuse_reply_err(req, value);
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  } catch (const std::exception& e) {
+    fs.log(e.what());
+    fuse_reply_err(req, EIO);
+  }
+}
+
+StoreFs& self(fuse_req_t req) { return *static_cast<StoreFs*>(fuse_req_userdata(req)); }
+
+bool valid_name(const std::string& name) {
+  try {
+    Store::check_name(name);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+struct stat stat_path(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) fail(errno);
+  return st;
+}
+
+// --- Bag files ---------------------------------------------------------------
+
+// An open bag file: its descriptor, stat and header. Reads are served from
+// the descriptor, so a reader keeps the bytes it opened even when the bag is
+// replaced (the rename leaves the old file alive while it is open).
+struct BagFile {
+  int fd = -1;
+  struct stat st{};
+  BagInfo info;
+  std::uint64_t header_bytes = 0;
+
+  BagFile() = default;
+  BagFile(const BagFile&) = delete;
+  BagFile& operator=(const BagFile&) = delete;
+  ~BagFile() {
+    if (fd >= 0) ::close(fd);
+  }
+
+  // What makes this version of the bag this version: inode numbers are
+  // reused by filesystems, creation times and checksums together are not.
+  std::uint64_t identity() const {
+    const std::uint64_t parts[] = {
+        static_cast<std::uint64_t>(st.st_dev),
+        static_cast<std::uint64_t>(st.st_ino),
+        static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000u +
+            static_cast<std::uint64_t>(st.st_mtim.tv_nsec),
+        info.created_ns,
+        info.checksum};
+    const std::uint64_t hash = XXH64(parts, sizeof(parts), 0);
+    return hash == 0 ? 1 : hash;  // 0 means "a bag being written"
+  }
+};
+
+std::unique_ptr<BagFile> open_bag_file(const std::string& path) {
+  auto bag = std::make_unique<BagFile>();
+  bag->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (bag->fd < 0) fail(errno);
+  if (::fstat(bag->fd, &bag->st) != 0) fail(errno);
+  const auto file_size = static_cast<std::uint64_t>(bag->st.st_size);
+  if (file_size == 0) throw Error(Errc::kCorrupted, "bag " + path + ": empty file");
+  // Only the header's pages are touched; the rest of the window stays unread.
+  const std::size_t window = std::min<std::uint64_t>(file_size, 1 << 20);
+  void* map = ::mmap(nullptr, window, PROT_READ, MAP_SHARED, bag->fd, 0);
+  if (map == MAP_FAILED) fail(errno);
+  try {
+    bag->info = parse_bag_header({static_cast<const std::byte*>(map), window}, file_size, path);
+  } catch (...) {
+    ::munmap(map, window);
+    throw;
+  }
+  ::munmap(map, window);
+  bag->header_bytes = file_size - bag->info.size;
+  return bag;
+}
+
+std::string hex64(std::uint64_t value) {
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016" PRIx64, value);
+  return text;
+}
+
+// True when `pid` is a task being torn down by a signal (SIGKILL, SIGSEGV,
+// ...): the kernel closes a dying writer's files too, and that close must
+// not publish the half-written bag. Read from /proc/PID/stat: field 9 holds
+// the task's flags (PF_EXITING = 0x4), field 52 its exit code.
+bool dying_of_a_signal(pid_t pid) {
+  if (pid <= 0) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
+  if (name_end == std::string::npos) return false;
+  std::istringstream fields(line.substr(name_end + 2));
+  std::vector<std::string> field;  // field[0] is field 3 (the state)
+  for (std::string f; fields >> f;) field.push_back(f);
+  if (field.size() < 50) return false;
+  constexpr unsigned long kPfExiting = 0x4;
+  const unsigned long flags = std::stoul(field[9 - 3]);
+  const long exit_code = std::stol(field[52 - 3]);
+  return (flags & kPfExiting) != 0 && (exit_code & 0x7f) != 0;
+}
+
+}  // namespace
+
+// --- Handles -------------------------------------------------------------------
+
+struct ObjectFile {
+  std::string heap;
+  std::string name;
+  std::uint64_t offset = 0;
+};
+
+struct TextFile {
+  std::string text;
+};
+
+struct BagUpload {
+  std::mutex mutex;
+  std::string name;
+  std::optional<BagWriter> writer;  // empty once committed or abandoned
+  bool committed = false;
+  mode_t mode = 0644;
+  struct timespec created{};
+};
+
+struct StoreFs::Handle {
+  std::variant<ObjectFile, TextFile, std::unique_ptr<BagFile>, std::unique_ptr<BagUpload>> file;
+};
+
+struct StoreFs::DirHandle {
+  struct Entry {
+    std::string name;
+    Node node;
+    struct stat attr{};
+  };
+  std::vector<Entry> entries;
+};
+
+namespace {
+
+StoreFs::Handle& handle_of(fuse_file_info* fi) {
+  return *reinterpret_cast<StoreFs::Handle*>(static_cast<std::uintptr_t>(fi->fh));
+}
+
+template <class T>
+T* file_as(fuse_file_info* fi) {
+  if (fi == nullptr || fi->fh == 0) return nullptr;
+  auto& file = handle_of(fi).file;
+  if constexpr (std::is_same_v<T, ObjectFile> || std::is_same_v<T, TextFile>) {
+    return std::get_if<T>(&file);
+  } else {
+    auto* p = std::get_if<std::unique_ptr<T>>(&file);
+    return p ? p->get() : nullptr;
+  }
+}
+
+void set_handle(fuse_file_info* fi, std::unique_ptr<StoreFs::Handle> handle) {
+  fi->fh = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(handle.release()));
+}
+
+}  // namespace
+
+// --- HeapCache -------------------------------------------------------------------
+
+std::shared_ptr<Heap> HeapCache::get(const std::string& name, struct stat* file_stat) {
+  const std::string path = store_.heap_path(name);
+  struct stat st{};
+  if (!valid_name(name) || ::stat(path.c_str(), &st) != 0) {
+    std::lock_guard lock(mutex_);
+    heaps_.erase(name);  // deleted: let the session go
+    throw Error(Errc::kNotFound, "no heap named '" + name + "'", ENOENT);
+  }
+  if (file_stat) *file_stat = st;
+  std::lock_guard lock(mutex_);
+  Entry& entry = heaps_[name];
+  if (!entry.heap || entry.dev != st.st_dev || entry.ino != st.st_ino) {
+    entry.heap = std::make_shared<Heap>(Heap::open(path).value());
+    entry.dev = st.st_dev;
+    entry.ino = st.st_ino;
+  }
+  return entry.heap;
+}
+
+void HeapCache::clear() {
+  std::lock_guard lock(mutex_);
+  heaps_.clear();
+}
+
+// --- StoreFs ---------------------------------------------------------------------
+
+StoreFs::StoreFs(Store store, MountOptions options)
+    : store_(std::move(store)), options_(options), heaps_(store_) {
+  store_stat_ = stat_path(store_.path());
+}
+
+StoreFs::~StoreFs() = default;
+
+void StoreFs::log(const std::string& message) const {
+  if (syslog_) {
+    ::syslog(LOG_ERR, "%s", message.c_str());
+  } else {
+    std::fprintf(stderr, "sheaf mount: %s\n", message.c_str());
+  }
+}
+
+Node StoreFs::node_of(fuse_ino_t ino) const {
+  std::optional<Node> node = nodes_.get(ino);
+  if (!node) fail(ESTALE);
+  return *node;
+}
+
+fuse_entry_param StoreFs::entry(const Node& node, struct stat attr, double timeout) {
+  fuse_entry_param e{};
+  e.ino = nodes_.remember(node);
+  attr.st_ino = e.ino;
+  e.attr = attr;
+  e.attr_timeout = timeout;
+  e.entry_timeout = timeout;
+  return e;
+}
+
+namespace {
+
+struct stat directory_attr(const struct stat& from, bool read_only) {
+  struct stat attr{};
+  attr.st_mode = S_IFDIR | (read_only ? 0555 : 0755);
+  attr.st_nlink = 2;
+  attr.st_uid = from.st_uid;
+  attr.st_gid = from.st_gid;
+  attr.st_atim = from.st_atim;
+  attr.st_mtim = from.st_mtim;
+  attr.st_ctim = from.st_ctim;
+  attr.st_blksize = 4096;
+  return attr;
+}
+
+struct stat file_attr(const struct stat& from, std::uint64_t size, mode_t permissions) {
+  struct stat attr{};
+  attr.st_mode = S_IFREG | permissions;
+  attr.st_nlink = 1;
+  attr.st_uid = from.st_uid;
+  attr.st_gid = from.st_gid;
+  attr.st_size = static_cast<off_t>(size);
+  attr.st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
+  attr.st_blksize = 128 << 10;  // what cp and cat size their buffers by
+  attr.st_atim = from.st_atim;
+  attr.st_mtim = from.st_mtim;
+  attr.st_ctim = from.st_ctim;
+  return attr;
+}
+
+}  // namespace
+
+// The attributes of a node as the store has it now; ESTALE when the name
+// now means something else (a replaced bag, a recreated heap).
+struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
+  const bool ro = options_.read_only;
+  const mode_t no_write = ro ? 0222 : 0;
+  struct stat attr{};
+  switch (node.kind) {
+    case NodeKind::kRoot:
+      attr = directory_attr(stat_path(store_.path()), ro);
+      break;
+    case NodeKind::kHeapsDir:
+      attr = directory_attr(stat_path(store_.path() + "/heaps"), ro);
+      break;
+    case NodeKind::kBagsDir:
+      attr = directory_attr(stat_path(store_.path() + "/bags"), ro);
+      break;
+    case NodeKind::kHeapDir:
+    case NodeKind::kObjectsDir:
+    case NodeKind::kInfoText:
+    case NodeKind::kInfoJson:
+    case NodeKind::kObject: {
+      struct stat heap_stat{};
+      std::shared_ptr<Heap> heap = heaps_.get(node.heap, &heap_stat);
+      if (heap_stat.st_ino != node.identity && node.kind != NodeKind::kObject) fail(ESTALE);
+      if (node.kind == NodeKind::kHeapDir || node.kind == NodeKind::kObjectsDir) {
+        attr = directory_attr(heap_stat, ro);
+      } else if (node.kind == NodeKind::kObject) {
+        std::optional<ObjectInfo> object = heap->object(node.name);
+        if (!object || object->offset != node.identity) fail(ESTALE);
+        attr = file_attr(heap_stat, object->size, heap_stat.st_mode & 0666 & ~no_write);
+      } else {
+        const HeapInfo info = heap->info();
+        const std::string text =
+            node.kind == NodeKind::kInfoText ? heap_info_text(info) : heap_info_json(info);
+        attr = file_attr(heap_stat, text.size(), 0444);
+      }
+      break;
+    }
+    case NodeKind::kBag: {
+      if (node.identity == 0) fail(ESTALE);  // was being written; look it up again
+      std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+      if (bag->identity() != node.identity) fail(ESTALE);
+      attr = file_attr(bag->st, bag->info.size, bag->st.st_mode & 0666 & ~no_write);
+      attr.st_blocks = bag->st.st_blocks;  // what the file really holds (bags may be sparse)
+      break;
+    }
+  }
+  attr.st_ino = ino;
+  return attr;
+}
+
+Node StoreFs::child(const Node& parent, const std::string& name, struct stat* attr) {
+  Node node;
+  switch (parent.kind) {
+    case NodeKind::kRoot:
+      if (name == "heaps") {
+        node = plain_node(NodeKind::kHeapsDir);
+      } else if (name == "bags") {
+        node = plain_node(NodeKind::kBagsDir);
+      } else {
+        fail(ENOENT);
+      }
+      break;
+    case NodeKind::kHeapsDir: {
+      if (!valid_name(name)) fail(ENOENT);
+      const struct stat heap_stat = stat_path(store_.heap_path(name));
+      node = Node{NodeKind::kHeapDir, name, {}, static_cast<std::uint64_t>(heap_stat.st_ino)};
+      break;
+    }
+    case NodeKind::kHeapDir:
+      if (name == "objects") {
+        node = Node{NodeKind::kObjectsDir, parent.heap, {}, parent.identity};
+      } else if (name == "info") {
+        node = Node{NodeKind::kInfoText, parent.heap, {}, parent.identity};
+      } else if (name == "info.json") {
+        node = Node{NodeKind::kInfoJson, parent.heap, {}, parent.identity};
+      } else {
+        fail(ENOENT);
+      }
+      break;
+    case NodeKind::kObjectsDir: {
+      std::shared_ptr<Heap> heap = heaps_.get(parent.heap);
+      std::optional<ObjectInfo> object = heap->object(name);
+      if (!object) fail(ENOENT);
+      node = Node{NodeKind::kObject, parent.heap, name, object->offset};
+      break;
+    }
+    case NodeKind::kBagsDir: {
+      if (!valid_name(name)) fail(ENOENT);
+      std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
+      node = Node{NodeKind::kBag, {}, name, bag->identity()};
+      break;
+    }
+    default:
+      fail(ENOTDIR);
+  }
+  *attr = attributes(node, 0);
+  return node;
+}
+
+// --- Requests ----------------------------------------------------------------------
+
+void StoreFs::init(fuse_conn_info* conn) {
+  // Listings return attributes too (READDIRPLUS), always, not by heuristics:
+  // that is what makes `ls -l` cheap while lookups stay uncached.
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+  // open(O_TRUNC) arrives as one request, so replacing a bag is one step.
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  // Bag reads move pages from the bag file to the kernel without a copy here.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  conn->max_readahead = std::max<unsigned>(conn->max_readahead, 1u << 20);
+}
+
+void StoreFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(*this, req, [&] {
+    struct stat attr{};
+    const Node node = child(node_of(parent), name, &attr);
+    // Never cached: a lookup asks again next time, so no name outlives its object.
+    const fuse_entry_param e = entry(node, attr, 0);
+    fuse_reply_entry(req, &e);
+  });
+}
+
+void StoreFs::forget(fuse_ino_t ino, std::uint64_t lookups) { nodes_.forget(ino, lookups); }
+
+void StoreFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    if (BagUpload* upload = upload_for(ino, fi); upload && !upload->committed) {
+      const struct stat attr = upload_attributes(*upload, ino);
+      fuse_reply_attr(req, &attr, 0);
+      return;
+    }
+    const Node node = node_of(ino);
+    if (node.kind == NodeKind::kBag && node.identity == 0) {
+      // A bag written through this mount, asked about after it was published.
+      struct stat attr{};
+      child(plain_node(NodeKind::kBagsDir), node.name, &attr);
+      attr.st_ino = ino;
+      fuse_reply_attr(req, &attr, 0);
+      return;
+    }
+    const struct stat attr = attributes(node, ino);
+    fuse_reply_attr(req, &attr, 0);
+  });
+}
+
+void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int to_set,
+                      fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    if (options_.read_only) fail(EROFS);
+    // Only a size can be set, and only where it changes nothing that
+    // cannot be honoured: an object truncated to its own size, or a bag
+    // being written extended with zeros (cp of a sparse file does that).
+    if (BagUpload* upload = upload_for(ino, fi)) {
+      // A new bag takes its times when it is published, so "now" is what
+      // `touch` asks for; a size may only extend it with zeros.
+      constexpr int kNow = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME |
+                           FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME;
+      if ((to_set & ~(kNow | FUSE_SET_ATTR_SIZE)) != 0) fail(EPERM);
+      if ((to_set & FUSE_SET_ATTR_ATIME) && !(to_set & FUSE_SET_ATTR_ATIME_NOW)) fail(EPERM);
+      if ((to_set & FUSE_SET_ATTR_MTIME) && !(to_set & FUSE_SET_ATTR_MTIME_NOW)) fail(EPERM);
+      if (upload->committed) {
+        // Published by the close of a duplicate descriptor (touch does
+        // that): it has its times already, and its size is final.
+        if (to_set & FUSE_SET_ATTR_SIZE) fail(EPERM);
+        struct stat attr{};
+        child(plain_node(NodeKind::kBagsDir), upload->name, &attr);
+        attr.st_ino = ino;
+        fuse_reply_attr(req, &attr, 0);
+        return;
+      }
+      if (to_set & FUSE_SET_ATTR_SIZE) {
+        std::lock_guard lock(upload->mutex);
+        if (!upload->writer) fail(EPERM);
+        const auto size = static_cast<std::uint64_t>(wanted->st_size);
+        if (size < upload->writer->written()) fail(EPERM);
+        upload->writer->skip_zeros(size - upload->writer->written());
+      }
+      const struct stat attr = upload_attributes(*upload, ino);
+      fuse_reply_attr(req, &attr, 0);
+      return;
+    }
+    if (to_set != FUSE_SET_ATTR_SIZE) fail(EPERM);
+    const Node node = node_of(ino);
+    if (node.kind != NodeKind::kObject) fail(EPERM);
+    struct stat attr = attributes(node, ino);
+    if (attr.st_size != wanted->st_size) fail(EPERM);
+    fuse_reply_attr(req, &attr, 0);
+  });
+}
+
+void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
+  auto add = [&](const std::string& name, const Node& child_node, const struct stat& attr) {
+    dir.entries.push_back({name, child_node, attr});
+  };
+  const struct stat self_attr = attributes(node, 0);
+  add(".", node, self_attr);
+  add("..", node, self_attr);  // the kernel knows the real parent; this entry is not used
+  switch (node.kind) {
+    case NodeKind::kRoot:
+      add("heaps", plain_node(NodeKind::kHeapsDir), attributes(plain_node(NodeKind::kHeapsDir), kHeapsIno));
+      add("bags", plain_node(NodeKind::kBagsDir), attributes(plain_node(NodeKind::kBagsDir), kBagsIno));
+      break;
+    case NodeKind::kHeapsDir:
+      for (const HeapEntry& heap : store_.heaps()) {
+        struct stat heap_stat{};
+        if (::stat(store_.heap_path(heap.name).c_str(), &heap_stat) != 0) continue;  // just removed
+        add(heap.name,
+            Node{NodeKind::kHeapDir, heap.name, {}, static_cast<std::uint64_t>(heap_stat.st_ino)},
+            directory_attr(heap_stat, options_.read_only));
+      }
+      break;
+    case NodeKind::kHeapDir:
+      for (const char* name : {"objects", "info", "info.json"}) {
+        struct stat attr{};
+        const Node entry_node = child(node, name, &attr);
+        add(name, entry_node, attr);
+      }
+      break;
+    case NodeKind::kObjectsDir: {
+      struct stat heap_stat{};
+      std::shared_ptr<Heap> heap = heaps_.get(node.heap, &heap_stat);
+      if (heap_stat.st_ino != node.identity) fail(ESTALE);
+      std::vector<ObjectInfo> objects = heap->objects();
+      std::sort(objects.begin(), objects.end(),
+                [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
+      const mode_t permissions = heap_stat.st_mode & 0666 & ~(options_.read_only ? 0222 : 0);
+      dir.entries.reserve(dir.entries.size() + objects.size());
+      for (const ObjectInfo& object : objects) {
+        add(object.name, Node{NodeKind::kObject, node.heap, object.name, object.offset},
+            file_attr(heap_stat, object.size, permissions));
+      }
+      break;
+    }
+    case NodeKind::kBagsDir:
+      for (const std::string& name : store_.bag_names()) {
+        try {
+          std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
+          struct stat attr = file_attr(bag->st, bag->info.size,
+                                       bag->st.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
+          attr.st_blocks = bag->st.st_blocks;
+          add(name, Node{NodeKind::kBag, {}, name, bag->identity()}, attr);
+        } catch (const Errno&) {
+          // removed between the listing and the open
+        } catch (const Error& e) {
+          log(e.message());  // a damaged bag: listed nowhere here; `sheaf bag verify` names it
+        }
+      }
+      break;
+    default:
+      fail(ENOTDIR);
+  }
+}
+
+void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    // The listing is taken now, whole: readdir pages through this snapshot,
+    // so entries neither repeat nor vanish between pages.
+    auto dir = std::make_unique<DirHandle>();
+    fill_directory(*dir, node_of(ino));
+    fi->fh = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(dir.release()));
+    fuse_reply_open(req, fi);
+  });
+}
+
+void StoreFs::readdir(fuse_req_t req, fuse_ino_t, std::size_t size, off_t offset,
+                      fuse_file_info* fi, bool plus) {
+  guarded(*this, req, [&] {
+    auto& dir = *reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+    std::vector<char> buffer(size);
+    std::size_t used = 0;
+    for (auto i = static_cast<std::size_t>(offset); i < dir.entries.size(); ++i) {
+      const DirHandle::Entry& item = dir.entries[i];
+      const auto next = static_cast<off_t>(i + 1);
+      char* at = buffer.data() + used;
+      const std::size_t room = size - used;
+      std::size_t need = 0;
+      if (plus) {
+        need = fuse_add_direntry_plus(req, nullptr, 0, item.name.c_str(), nullptr, 0);
+        if (need > room) break;
+        fuse_entry_param e{};
+        e.attr = item.attr;
+        if (item.name != "." && item.name != "..") {
+          // The kernel counts a lookup for each entry it is given, and may
+          // keep its attributes for listing_ttl seconds.
+          e = entry(item.node, item.attr, options_.listing_ttl);
+        }
+        fuse_add_direntry_plus(req, at, room, item.name.c_str(), &e, next);
+      } else {
+        need = fuse_add_direntry(req, nullptr, 0, item.name.c_str(), nullptr, 0);
+        if (need > room) break;
+        fuse_add_direntry(req, at, room, item.name.c_str(), &item.attr, next);
+      }
+      used += need;
+    }
+    fuse_reply_buf(req, buffer.data(), used);
+  });
+}
+
+void StoreFs::releasedir(fuse_req_t req, fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+  fuse_reply_err(req, 0);
+}
+
+std::unique_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode) {
+  auto upload = std::make_unique<BagUpload>();
+  upload->name = name;
+  upload->writer.emplace(store_.create_bag(name));
+  upload->mode = mode;
+  ::clock_gettime(CLOCK_REALTIME, &upload->created);
+  std::lock_guard lock(uploads_mutex_);
+  uploads_.emplace(name, upload.get());
+  return upload;
+}
+
+struct stat StoreFs::upload_attributes(BagUpload& upload, fuse_ino_t ino) {
+  std::lock_guard lock(upload.mutex);
+  struct stat attr = file_attr(store_stat_, upload.writer ? upload.writer->written() : 0,
+                               upload.mode & 0666);
+  attr.st_mtim = attr.st_ctim = attr.st_atim = upload.created;
+  attr.st_ino = ino;
+  return attr;
+}
+
+void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    const Node node = node_of(ino);
+    const bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+    if (writing && options_.read_only) fail(EROFS);
+    auto handle = std::make_unique<Handle>();
+    switch (node.kind) {
+      case NodeKind::kObject: {
+        // An object's size is fixed when it is constructed.
+        if (writing && (fi->flags & (O_TRUNC | O_APPEND))) fail(EPERM);
+        attributes(node, ino);  // ESTALE if the name now means another object
+        handle->file = ObjectFile{node.heap, node.name, node.identity};
+        fi->direct_io = 1;  // every read asks the heap: never a stale byte
+        break;
+      }
+      case NodeKind::kInfoText:
+      case NodeKind::kInfoJson: {
+        if (writing) fail(EPERM);
+        const HeapInfo info = heaps_.get(node.heap)->info();
+        handle->file = TextFile{node.kind == NodeKind::kInfoText ? heap_info_text(info)
+                                                                 : heap_info_json(info)};
+        fi->direct_io = 1;
+        break;
+      }
+      case NodeKind::kBag: {
+        if (writing) {
+          // Bags are immutable: only a whole new bag (O_TRUNC) may replace one.
+          if (!(fi->flags & O_TRUNC)) fail(EPERM);
+          const struct stat attr = attributes(node, ino);
+          handle->file = start_upload(node.name, attr.st_mode);
+          fi->direct_io = 1;
+          break;
+        }
+        if (node.identity == 0) fail(ESTALE);
+        std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+        if (bag->identity() != node.identity) fail(ESTALE);  // replaced: look it up again
+        handle->file = std::move(bag);
+        // A bag's bytes never change under one inode number (a new version
+        // is a new inode), so the kernel may keep what it has read.
+        fi->keep_cache = 1;
+        break;
+      }
+      default:
+        fail(EISDIR);
+    }
+    set_handle(fi, std::move(handle));
+    fuse_reply_open(req, fi);
+  });
+}
+
+void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                     fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    if (options_.read_only) fail(EROFS);
+    const Node parent_node = node_of(parent);
+    if (parent_node.kind != NodeKind::kBagsDir) fail(EPERM);  // only bags are made by writing
+    if (!valid_name(name)) fail(EINVAL);
+    if ((fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) fail(EEXIST);
+    auto handle = std::make_unique<Handle>();
+    auto upload = start_upload(name, mode);
+    struct stat attr = file_attr(store_stat_, 0, mode & 0666);
+    attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
+    handle->file = std::move(upload);
+    // Not cached: until it is committed, nobody else can look the bag up.
+    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0}, attr, 0);
+    fi->direct_io = 1;
+    set_handle(fi, std::move(handle));
+    if (fuse_reply_create(req, &e, fi) != 0) {
+      forget_upload(file_as<BagUpload>(fi));
+      delete &handle_of(fi);  // the creator is gone: no release will come
+    }
+  });
+}
+
+void StoreFs::read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    const auto at = static_cast<std::uint64_t>(offset);
+    if (BagFile* bag = file_as<BagFile>(fi)) {
+      const std::uint64_t length = at >= bag->info.size ? 0 : std::min<std::uint64_t>(size, bag->info.size - at);
+      fuse_bufvec data = FUSE_BUFVEC_INIT(length);
+      data.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+      data.buf[0].fd = bag->fd;
+      data.buf[0].pos = static_cast<off_t>(bag->header_bytes + at);
+      fuse_reply_data(req, &data, FUSE_BUF_SPLICE_MOVE);
+    } else if (TextFile* text = file_as<TextFile>(fi)) {
+      const std::size_t from = std::min<std::size_t>(at, text->text.size());
+      const std::size_t length = std::min(size, text->text.size() - from);
+      fuse_reply_buf(req, text->text.data() + from, length);
+    } else if (ObjectFile* object = file_as<ObjectFile>(fi)) {
+      std::shared_ptr<Heap> heap = heaps_.get(object->heap);
+      std::vector<char> out;
+      heap->shared([&] {
+        std::optional<ObjectInfo> now = heap->object(object->name);
+        if (!now || now->offset != object->offset) fail(ESTALE);  // destroyed since open
+        const std::span<const std::byte> bytes = heap->object_bytes(object->name);
+        if (at < bytes.size()) {
+          const std::size_t length = std::min<std::uint64_t>(size, bytes.size() - at);
+          out.resize(length);
+          std::memcpy(out.data(), bytes.data() + at, length);
+        }
+      });
+      fuse_reply_buf(req, out.data(), out.size());
+    } else {
+      fail(EBADF);
+    }
+  });
+}
+
+void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t offset,
+                    fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    const auto at = static_cast<std::uint64_t>(offset);
+    if (BagUpload* upload = file_as<BagUpload>(fi)) {
+      std::lock_guard lock(upload->mutex);
+      if (!upload->writer) fail(EPERM);  // already published
+      // A bag is checksummed as it is written, so it is written front to
+      // back; skipping ahead leaves a hole of zeros.
+      if (at < upload->writer->written()) fail(ESPIPE);
+      upload->writer->skip_zeros(at - upload->writer->written());
+      upload->writer->write({reinterpret_cast<const std::byte*>(data), size});
+      fuse_reply_write(req, size);
+    } else if (ObjectFile* object = file_as<ObjectFile>(fi)) {
+      std::shared_ptr<Heap> heap = heaps_.get(object->heap);
+      heap->exclusive([&] {
+        std::optional<ObjectInfo> now = heap->object(object->name);
+        if (!now || now->offset != object->offset) fail(ESTALE);
+        const std::span<const std::byte> bytes = heap->object_bytes(object->name);
+        if (at > bytes.size() || size > bytes.size() - at) fail(EFBIG);  // objects never grow
+        std::memcpy(const_cast<std::byte*>(bytes.data()) + at, data, size);
+      });
+      fuse_reply_write(req, size);
+    } else {
+      fail(EBADF);
+    }
+  });
+}
+
+void StoreFs::flush(fuse_req_t req, fuse_file_info* fi) {
+  guarded(*this, req, [&] {
+    if (BagUpload* upload = file_as<BagUpload>(fi)) {
+      std::lock_guard lock(upload->mutex);
+      if (upload->writer) {
+        if (dying_of_a_signal(fuse_req_ctx(req)->pid)) {
+          upload->writer.reset();  // a killed writer: nothing was published
+        } else {
+          // Publish on close, so that `cp` returns only once the bag is
+          // there, checksummed and durable (and reports ENOSPC if not).
+          try {
+            upload->writer->commit();
+            upload->committed = true;
+          } catch (...) {
+            upload->writer.reset();
+            throw;
+          }
+          upload->writer.reset();
+        }
+      }
+    }
+    fuse_reply_err(req, 0);
+  });
+}
+
+void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
+  // An upload still unpublished here was abandoned; its writer's destructor
+  // removes the temporary file.
+  if (BagUpload* upload = file_as<BagUpload>(fi)) forget_upload(upload);
+  delete &handle_of(fi);
+  fuse_reply_err(req, 0);
+}
+
+// The upload behind a request: its handle, or (the kernel asks by inode
+// number too) one of this mount's open uploads of that bag name, preferring
+// one still unpublished.
+BagUpload* StoreFs::upload_for(fuse_ino_t ino, fuse_file_info* fi) {
+  if (BagUpload* upload = file_as<BagUpload>(fi)) return upload;
+  const std::optional<Node> node = nodes_.get(ino);
+  if (!node || node->kind != NodeKind::kBag || node->identity != 0) return nullptr;
+  std::lock_guard lock(uploads_mutex_);
+  BagUpload* found = nullptr;
+  for (auto [it, end] = uploads_.equal_range(node->name); it != end; ++it) {
+    if (!found || !it->second->committed) found = it->second;
+  }
+  return found;
+}
+
+void StoreFs::forget_upload(BagUpload* upload) {
+  std::lock_guard lock(uploads_mutex_);
+  for (auto [it, end] = uploads_.equal_range(upload->name); it != end; ++it) {
+    if (it->second == upload) {
+      uploads_.erase(it);
+      return;
+    }
+  }
+}
+
+void StoreFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(*this, req, [&] {
+    if (options_.read_only) fail(EROFS);
+    const Node parent_node = node_of(parent);
+    bool removed = false;
+    if (parent_node.kind == NodeKind::kBagsDir) {
+      if (!valid_name(name)) fail(ENOENT);
+      removed = store_.remove_bag(name);
+    } else if (parent_node.kind == NodeKind::kObjectsDir) {
+      removed = heaps_.get(parent_node.heap)->erase(name);
+    } else {
+      fail(EPERM);  // info files and the fixed directories stay
+    }
+    if (!removed) fail(ENOENT);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void StoreFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                     const char* new_name, unsigned int flags) {
+  guarded(*this, req, [&] {
+    if (options_.read_only) fail(EROFS);
+    const Node from = node_of(parent);
+    const Node to = node_of(new_parent);
+    const bool from_bags = from.kind == NodeKind::kBagsDir;
+    const bool from_objects = from.kind == NodeKind::kObjectsDir;
+    if (!from_bags && !from_objects) fail(EPERM);
+    // Between bags and objects, or between heaps: the names live in
+    // different places, so it would be a copy, which rename is not.
+    if (from.kind != to.kind || from.heap != to.heap) fail(EXDEV);
+    if (from_objects) fail(EPERM);  // a heap's names are fixed at construction
+    if (!valid_name(name)) fail(ENOENT);
+    if (!valid_name(new_name)) fail(EINVAL);
+    const std::string old_path = store_.bag_path(name);
+    const std::string new_path = store_.bag_path(new_name);
+    if (::renameat2(AT_FDCWD, old_path.c_str(), AT_FDCWD, new_path.c_str(), flags) != 0) {
+      fail(errno);
+    }
+    const int dir = ::open((store_.path() + "/bags").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+      ::fsync(dir);  // the rename is durable when it returns, like every bag change
+      ::close(dir);
+    }
+    fuse_reply_err(req, 0);
+  });
+}
+
+void StoreFs::statfs(fuse_req_t req) {
+  guarded(*this, req, [&] {
+    struct statvfs st{};
+    if (::statvfs(store_.path().c_str(), &st) != 0) fail(errno);
+    fuse_reply_statfs(req, &st);
+  });
+}
+
+std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
+  std::map<std::string, std::string> attrs;
+  if (node.kind == NodeKind::kBag && node.identity != 0) {
+    std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+    if (bag->identity() != node.identity) fail(ESTALE);
+    const BagInfo& info = bag->info;
+    attrs["user.sheaf.xxh64"] = hex64(info.checksum);
+    attrs["user.sheaf.created"] = std::to_string(info.created_ns);
+    if (!info.element_type.empty()) {
+      attrs["user.sheaf.type"] = info.element_type;
+      attrs["user.sheaf.element_size"] = std::to_string(info.element_size);
+    }
+    for (const auto& [key, value] : info.tags) attrs["user.sheaf.tag." + key] = value;
+  } else if (node.kind == NodeKind::kObject) {
+    std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
+    if (!object || object->offset != node.identity) fail(ESTALE);
+    attrs["user.sheaf.type"] = object->type;
+    attrs["user.sheaf.count"] = std::to_string(object->count);
+    attrs["user.sheaf.offset"] = std::to_string(object->offset);
+  }
+  return attrs;
+}
+
+namespace {
+
+// Namespaces this filesystem has nothing in. Answering "not supported"
+// (rather than "no such attribute") lets ls and cp stop asking for every
+// file: coreutils remembers it per filesystem.
+bool unsupported_namespace(const std::string& name) {
+  return name.rfind("user.", 0) != 0;
+}
+
+}  // namespace
+
+void StoreFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size) {
+  guarded(*this, req, [&] {
+    if (unsupported_namespace(name)) fail(EOPNOTSUPP);
+    const std::map<std::string, std::string> attrs = xattrs(node_of(ino));
+    auto it = attrs.find(name);
+    if (it == attrs.end()) fail(ENODATA);
+    if (size == 0) {
+      fuse_reply_xattr(req, it->second.size());
+    } else if (size < it->second.size()) {
+      fail(ERANGE);
+    } else {
+      fuse_reply_buf(req, it->second.data(), it->second.size());
+    }
+  });
+}
+
+void StoreFs::listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size) {
+  guarded(*this, req, [&] {
+    std::string names;
+    for (const auto& [name, value] : xattrs(node_of(ino))) names += name + '\0';
+    if (size == 0) {
+      fuse_reply_xattr(req, names.size());
+    } else if (size < names.size()) {
+      fail(ERANGE);
+    } else {
+      fuse_reply_buf(req, names.data(), names.size());
+    }
+  });
+}
+
+void StoreFs::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  guarded(*this, req, [&] {
+    if (options_.read_only) fail(EROFS);
+    if (unsupported_namespace(name)) fail(EOPNOTSUPP);
+    node_of(ino);
+    fail(EPERM);  // a bag's metadata is part of its checksummed header: immutable
+  });
+}
+
+// --- The operation table -------------------------------------------------------------
+
+namespace {
+
+void refuse(fuse_req_t req) { fuse_reply_err(req, EPERM); }
+
+const fuse_lowlevel_ops kOperations = [] {
+  fuse_lowlevel_ops ops{};
+  ops.init = [](void* userdata, fuse_conn_info* conn) {
+    static_cast<StoreFs*>(userdata)->init(conn);
+  };
+  ops.lookup = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+    self(req).lookup(req, parent, name);
+  };
+  ops.forget = [](fuse_req_t req, fuse_ino_t ino, std::uint64_t lookups) {
+    self(req).forget(ino, lookups);
+    fuse_reply_none(req);
+  };
+  ops.forget_multi = [](fuse_req_t req, std::size_t count, fuse_forget_data* forgets) {
+    for (std::size_t i = 0; i < count; ++i) self(req).forget(forgets[i].ino, forgets[i].nlookup);
+    fuse_reply_none(req);
+  };
+  ops.getattr = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    self(req).getattr(req, ino, fi);
+  };
+  ops.setattr = [](fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                   fuse_file_info* fi) { self(req).setattr(req, ino, attr, to_set, fi); };
+  ops.opendir = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    self(req).opendir(req, ino, fi);
+  };
+  ops.readdir = [](fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t offset,
+                   fuse_file_info* fi) { self(req).readdir(req, ino, size, offset, fi, false); };
+  ops.readdirplus = [](fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t offset,
+                       fuse_file_info* fi) { self(req).readdir(req, ino, size, offset, fi, true); };
+  ops.releasedir = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    self(req).releasedir(req, fi);
+  };
+  ops.open = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    self(req).open(req, ino, fi);
+  };
+  ops.create = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                  fuse_file_info* fi) { self(req).create(req, parent, name, mode, fi); };
+  ops.read = [](fuse_req_t req, fuse_ino_t, std::size_t size, off_t offset, fuse_file_info* fi) {
+    self(req).read(req, size, offset, fi);
+  };
+  ops.write = [](fuse_req_t req, fuse_ino_t, const char* data, std::size_t size, off_t offset,
+                 fuse_file_info* fi) { self(req).write(req, data, size, offset, fi); };
+  ops.flush = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) { self(req).flush(req, fi); };
+  ops.release = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    self(req).release(req, fi);
+  };
+  // Bags are durable once closed; until then there is nothing to sync.
+  ops.fsync = [](fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); };
+  ops.unlink = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+    self(req).unlink(req, parent, name);
+  };
+  ops.rename = [](fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                  const char* new_name, unsigned int flags) {
+    self(req).rename(req, parent, name, new_parent, new_name, flags);
+  };
+  ops.statfs = [](fuse_req_t req, fuse_ino_t) { self(req).statfs(req); };
+  ops.getxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size) {
+    self(req).getxattr(req, ino, name, size);
+  };
+  ops.listxattr = [](fuse_req_t req, fuse_ino_t ino, std::size_t size) {
+    self(req).listxattr(req, ino, size);
+  };
+  ops.setxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, const char*, std::size_t,
+                    int) { self(req).setxattr(req, ino, name); };
+  ops.removexattr = [](fuse_req_t req, fuse_ino_t ino, const char* name) {
+    self(req).setxattr(req, ino, name);
+  };
+  // New directories, links and device files have no place in a store.
+  ops.mkdir = [](fuse_req_t req, fuse_ino_t, const char*, mode_t) { refuse(req); };
+  ops.rmdir = [](fuse_req_t req, fuse_ino_t, const char*) { refuse(req); };
+  ops.mknod = [](fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { refuse(req); };
+  ops.symlink = [](fuse_req_t req, const char*, fuse_ino_t, const char*) { refuse(req); };
+  ops.link = [](fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { refuse(req); };
+  return ops;
+}();
+
+}  // namespace
+
+const fuse_lowlevel_ops& StoreFs::operations() { return kOperations; }
+
+}  // namespace sheaf::fs

@@ -1,0 +1,120 @@
+// store_fs.hpp: the filesystem operations of a mounted store (libfuse3's
+// low-level API), shaped like libfuse's passthrough_hp.cc: one method per
+// request, each replying exactly once.
+//
+// What each path is and what each operation does to it is in
+// sheaf/mount.hpp and docs/fs.md; this file is the machinery:
+//  - NodeTable gives every file a stable inode number;
+//  - HeapCache keeps each heap open while the mount lives (a session on it),
+//    reopening it when its file is replaced;
+//  - a Handle per open file: an object, a generated info text, a bag being
+//    read (its file descriptor, so a replaced bag keeps serving the old
+//    bytes), or a bag being written (a BagWriter that commits on close).
+#pragma once
+
+#include <fuse3/fuse_lowlevel.h>
+#include <sys/stat.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "node_table.hpp"
+#include "sheaf/heap.hpp"
+#include "sheaf/mount.hpp"
+#include "sheaf/store.hpp"
+
+namespace sheaf::fs {
+
+// Heaps of the store, opened on first use and kept open.
+class HeapCache {
+ public:
+  explicit HeapCache(const Store& store) : store_(store) {}
+  // The heap `name`, with its file's current stat. Throws Error(kNotFound)
+  // when the store has no such heap.
+  std::shared_ptr<Heap> get(const std::string& name, struct stat* file_stat = nullptr);
+  void clear();
+
+ private:
+  struct Entry {
+    std::shared_ptr<Heap> heap;
+    dev_t dev = 0;
+    ino_t ino = 0;
+  };
+  const Store& store_;
+  std::mutex mutex_;
+  std::map<std::string, Entry> heaps_;
+};
+
+struct BagUpload;
+
+class StoreFs {
+ public:
+  StoreFs(Store store, MountOptions options);
+  ~StoreFs();
+
+  // The operation table for fuse_session_new(); userdata is the StoreFs.
+  static const fuse_lowlevel_ops& operations();
+
+  // Where errors that cannot reach a caller go (stderr, or syslog once the
+  // server runs as a daemon).
+  void log_to_syslog(bool yes) { syslog_ = yes; }
+  void log(const std::string& message) const;
+
+  // --- Requests (see fuse_lowlevel.h for each one's contract) ---
+  void init(fuse_conn_info* conn);
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void forget(fuse_ino_t ino, std::uint64_t lookups);
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi);
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t offset, fuse_file_info* fi,
+               bool plus);
+  void releasedir(fuse_req_t req, fuse_file_info* fi);
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi);
+  void read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_info* fi);
+  void write(fuse_req_t req, const char* data, std::size_t size, off_t offset,
+             fuse_file_info* fi);
+  void flush(fuse_req_t req, fuse_file_info* fi);
+  void release(fuse_req_t req, fuse_file_info* fi);
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+              const char* new_name, unsigned int flags);
+  void statfs(fuse_req_t req);
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size);
+  void listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size);
+  void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name);
+
+  struct Handle;
+  struct DirHandle;
+
+ private:
+  Node node_of(fuse_ino_t ino) const;
+  // The node `name` in directory `parent`, with its attributes; throws an
+  // errno (ENOENT) when there is none.
+  Node child(const Node& parent, const std::string& name, struct stat* attr);
+  struct stat attributes(const Node& node, fuse_ino_t ino);
+  fuse_entry_param entry(const Node& node, struct stat attr, double timeout);
+  void fill_directory(DirHandle& dir, const Node& node);
+  std::map<std::string, std::string> xattrs(const Node& node);
+  std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode);
+  struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
+  void forget_upload(BagUpload* upload);
+  BagUpload* upload_for(fuse_ino_t ino, fuse_file_info* fi);
+
+  Store store_;
+  MountOptions options_;
+  NodeTable nodes_;
+  HeapCache heaps_;
+  struct stat store_stat_{};
+  bool syslog_ = false;
+  // Bags being written through this mount, by name: the kernel asks for
+  // their attributes by inode number before they exist in the store.
+  std::mutex uploads_mutex_;
+  std::multimap<std::string, BagUpload*> uploads_;
+};
+
+}  // namespace sheaf::fs
