@@ -73,11 +73,9 @@ class StoreFs {
                bool plus);
   void releasedir(fuse_req_t req, fuse_file_info* fi);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
-  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
-              fuse_file_info* fi);
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi);
   void read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_info* fi);
-  void write(fuse_req_t req, const char* data, std::size_t size, off_t offset,
-             fuse_file_info* fi);
+  void write(fuse_req_t req, const char* data, std::size_t size, off_t offset, fuse_file_info* fi);
   void flush(fuse_req_t req, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_file_info* fi);
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
@@ -98,6 +96,7 @@ class StoreFs {
   Node child(const Node& parent, const std::string& name, struct stat* attr);
   struct stat attributes(const Node& node, fuse_ino_t ino);
   fuse_entry_param entry(const Node& node, struct stat attr, double timeout);
+  double cache_seconds(const Node& node) const;
   void fill_directory(DirHandle& dir, const Node& node);
   std::map<std::string, std::string> xattrs(const Node& node);
   std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode);
@@ -109,7 +108,7 @@ class StoreFs {
   MountOptions options_;
   NodeTable nodes_;
   HeapCache heaps_;
-  struct stat store_stat_{};
+  struct stat store_stat_ {};
   bool syslog_ = false;
   // Bags being written through this mount, by name: the kernel asks for
   // their attributes by inode number before they exist in the store.
