@@ -88,6 +88,7 @@ struct Session {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   ~Session() {
+    if (fs) fs->stop_watching();
     if (session) fuse_session_destroy(session);
   }
 };
@@ -136,11 +137,13 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
 
 // Serves requests until the filesystem is unmounted or fuse_session_exit.
 int serve(Session& s, const MountOptions& options) {
+  s.fs->start_watching(s.session);
   fuse_loop_config* config = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(config, options.max_threads);
   fuse_loop_cfg_set_idle_threads(config, std::min(options.max_threads, 4u));
   const int rc = fuse_session_loop_mt(s.session, config);
   fuse_loop_cfg_destroy(config);
+  s.fs->stop_watching();
   return rc;
 }
 

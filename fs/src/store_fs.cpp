@@ -262,7 +262,15 @@ void HeapCache::clear() {
 // --- StoreFs ---------------------------------------------------------------------
 
 StoreFs::StoreFs(Store store, MountOptions options)
-    : store_(std::move(store)), options_(options), heaps_(store_) {
+    : store_(std::move(store)),
+      options_(options),
+      heaps_(store_),
+      watch_(ListingWatch::Checks{
+                 [this](const Node& dir) { return directory_version(dir); },
+                 [this](const Node&, const ListingWatch::Entry& entry) {
+                   return still_true(entry);
+                 }},
+             std::chrono::milliseconds(20)) {
   store_stat_ = stat_path(store_.path());
 }
 
@@ -603,12 +611,45 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
   }
 }
 
+// What moves when anything in a listed directory may have changed.
+std::uint64_t StoreFs::directory_version(const Node& dir) {
+  if (dir.kind == NodeKind::kObjectsDir) return heaps_.get(dir.heap)->info().generation;
+  const struct stat st = stat_path(store_.path() + "/bags");
+  const std::uint64_t parts[] = {static_cast<std::uint64_t>(st.st_mtim.tv_sec),
+                                 static_cast<std::uint64_t>(st.st_mtim.tv_nsec),
+                                 static_cast<std::uint64_t>(st.st_ctim.tv_sec),
+                                 static_cast<std::uint64_t>(st.st_ctim.tv_nsec)};
+  return XXH64(parts, sizeof(parts), 0);
+}
+
+bool StoreFs::still_true(const ListingWatch::Entry& entry) {
+  const Node& node = entry.node;
+  if (node.kind == NodeKind::kObject) {
+    const std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
+    return object && object->offset == node.identity && object->size == entry.size;
+  }
+  return open_bag_file(store_.bag_path(node.name))->identity() == node.identity;
+}
+
 void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     // The listing is taken now, whole: readdir pages through this snapshot,
     // so entries neither repeat nor vanish between pages.
     auto dir = std::make_unique<DirHandle>();
-    fill_directory(*dir, node_of(ino));
+    const Node node = node_of(ino);
+    const bool watched = node.kind == NodeKind::kObjectsDir || node.kind == NodeKind::kBagsDir;
+    const std::uint64_t version = watched ? directory_version(node) : 0;
+    fill_directory(*dir, node);
+    if (watched && options_.listing_ttl > 0) {
+      std::vector<ListingWatch::Entry> entries;
+      entries.reserve(dir->entries.size());
+      for (const DirHandle::Entry& item : dir->entries) {
+        if (item.node.kind != NodeKind::kObject && item.node.kind != NodeKind::kBag) continue;
+        entries.push_back({item.name, item.node, static_cast<std::uint64_t>(item.attr.st_size)});
+      }
+      watch_.listed(ino, node, version, std::move(entries),
+                    std::chrono::duration<double>(options_.listing_ttl));
+    }
     fi->fh = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(dir.release()));
     fuse_reply_open(req, fi);
   });

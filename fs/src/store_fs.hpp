@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 
+#include "listing_watch.hpp"
 #include "node_table.hpp"
 #include "sheaf/heap.hpp"
 #include "sheaf/mount.hpp"
@@ -56,6 +57,10 @@ class StoreFs {
 
   // The operation table for fuse_session_new(); userdata is the StoreFs.
   static const fuse_lowlevel_ops& operations();
+  // Starts and stops the thread that keeps listed attributes true
+  // (listing_watch.hpp); around the session's serving loop.
+  void start_watching(fuse_session* session) { watch_.start(session); }
+  void stop_watching() { watch_.stop(); }
 
   // Where errors that cannot reach a caller go (stderr, or syslog once the
   // server runs as a daemon).
@@ -98,6 +103,8 @@ class StoreFs {
   fuse_entry_param entry(const Node& node, struct stat attr, double timeout);
   double cache_seconds(const Node& node) const;
   void fill_directory(DirHandle& dir, const Node& node);
+  std::uint64_t directory_version(const Node& dir);
+  bool still_true(const ListingWatch::Entry& entry);
   std::map<std::string, std::string> xattrs(const Node& node);
   std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
@@ -114,6 +121,7 @@ class StoreFs {
   // their attributes by inode number before they exist in the store.
   std::mutex uploads_mutex_;
   std::multimap<std::string, BagUpload*> uploads_;
+  ListingWatch watch_;
 };
 
 }  // namespace sheaf::fs
