@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # cross_host_test.sh WORKER SHEAF: two "hosts" (network namespaces, each with its
 # own GlusterFS mount of one volume) update one heap at once; not one update may
-# be lost, and `sheaf heap check` must pass on both mounts afterwards.
+# be lost, and `sheaf heap check` must pass on both mounts afterwards. Then a
+# store on the volume is mounted with `sheaf mount` through host 1's mount, and
+# every change host 2 makes must show in it at once.
 # Needs root. Exit 77 (skipped) when it cannot run here.
 set -euo pipefail
 worker=$1
@@ -14,7 +16,12 @@ if [[ $(id -u) -ne 0 ]]; then echo "skipped: needs root for namespaces and mount
 if ! command -v glusterd >/dev/null; then echo "skipped: glusterfs-server is not installed"; exit 77; fi
 
 state=$(mktemp -d /tmp/sheaf-cross-host-XXXXXX)
-cleanup() { "$here/cluster.sh" down "$state" >/dev/null 2>&1 || true; rm -rf "$state"; }
+fsmnt=$state/fsmnt
+cleanup() {
+  if mountpoint -q "$fsmnt" 2>/dev/null; then "$sheaf" umount --lazy "$fsmnt" || true; fi
+  "$here/cluster.sh" down "$state" >/dev/null 2>&1 || true
+  rm -rf "$state"
+}
 trap cleanup EXIT
 
 "$here/cluster.sh" up "$state" >/dev/null
@@ -47,3 +54,34 @@ total=$((workers_per_host * 2))
 "$here/cluster.sh" exec "$state" 2 "$sheaf" heap check "$MOUNT2/shared.heap"
 "$here/cluster.sh" exec "$state" 2 "$sheaf" heap info "$MOUNT2/shared.heap"
 echo "PASS: $total workers on 2 hosts, $((total * rounds)) locked updates, none lost"
+
+# --- The FUSE view on host 1 of what host 2 changes -------------------------------
+# The server runs in the root namespaces but reads the store through host 1's
+# GlusterFS mount (its own page cache); host 2 changes it through its own.
+fail() { echo "FAIL: $*"; exit 1; }
+on2() { "$here/cluster.sh" exec "$state" 2 "$sheaf" "$@"; }
+"$sheaf" store init "$MOUNT1/store" >/dev/null
+"$here/cluster.sh" exec "$state" 1 "$sheaf" heap create "$MOUNT1/store/h" --mode network >/dev/null
+mkdir "$fsmnt"
+"$sheaf" mount "$MOUNT1/store" "$fsmnt"
+printf 'one' >"$state/v1"
+printf 'two, longer' >"$state/v2"
+
+on2 heap put "$MOUNT2/store/h" greeting "$state/v1"
+[[ $(cat "$fsmnt/heaps/h/objects/greeting") == one ]] || fail "host 2's new object is not in host 1's mount"
+ls -l "$fsmnt/heaps/h/objects" >/dev/null  # a listing: its attributes are now in host 1's kernel
+on2 heap put --force "$MOUNT2/store/h" greeting "$state/v2"
+sleep 0.1  # the listing watcher's period is 20 ms; the heap lock round trip a few ms
+[[ $(stat -c %s "$fsmnt/heaps/h/objects/greeting") == 11 ]] || fail "stale size after host 2 replaced the object"
+[[ $(cat "$fsmnt/heaps/h/objects/greeting") == "two, longer" ]] || fail "stale bytes after host 2 replaced the object"
+on2 heap rm "$MOUNT2/store/h" greeting
+if ls "$fsmnt/heaps/h/objects" | grep -q greeting; then fail "host 2 removed the object; host 1's listing still has it"; fi
+
+on2 bag put "$MOUNT2/store" b "$state/v1"
+cmp -s "$state/v1" "$fsmnt/bags/b" || fail "host 2's new bag does not read right on host 1"
+on2 bag put "$MOUNT2/store" b "$state/v2"
+cmp -s "$state/v2" "$fsmnt/bags/b" || fail "host 2 replaced the bag; host 1 reads the old one"
+[[ $(getfattr --absolute-names --only-values -n user.sheaf.xxh64 "$fsmnt/bags/b") == $(on2 bag info --json "$MOUNT2/store" b | grep -o '"checksum": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{16\}') ]] ||
+  fail "host 1's checksum attribute differs from host 2's bag info"
+"$sheaf" umount "$fsmnt"
+echo "PASS: host 2's changes to objects and bags show at once in host 1's FUSE view"
