@@ -55,8 +55,13 @@ Result<void> serve_mount(const std::string& store, const std::string& mountpoint
 // `mountpoint` is not a Sheaf mount.
 Result<void> unmount(const std::string& mountpoint, bool lazy = false);
 
-// A mount served by threads of this process, for tests and for programs that
-// embed a view of their store. Unmounts (lazily) when destroyed.
+// A mount served by threads of this process, for programs that embed a view
+// of their store. Unmounts (lazily) when destroyed, which waits until no file
+// under the mount is open. Beware: a process that serves a mount and also
+// uses it cannot die cleanly while one of its threads waits on the mount
+// (the kernel waits for the server, which is exiting); killed at such a
+// moment it hangs until the connection is aborted through
+// /sys/fs/fuse/connections. Tests serve from a child process for that reason.
 class Mount {
  public:
   static Result<Mount> start(const std::string& store, const std::string& mountpoint,
