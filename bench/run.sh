@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all three:
+# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all four:
 # sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table),
 # sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost) and
-# sheaf_bag_bench (5 repetitions, medians, then Put/cp and Verify/read throughput ratios).
+# sheaf_bag_bench (5 repetitions, medians, then Put/cp and Verify/read throughput ratios) and
+# sheaf_fs_bench (5 repetitions: a bag read and `ls -l` of 100,000 objects through a FUSE mount,
+# beside the same done directly; needs /dev/fuse and, to widen the mount's readahead, root).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
@@ -22,7 +24,7 @@ cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=OFF >/dev/null
-ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench
+ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench sheaf_fs_bench
 
 flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 echo
@@ -35,3 +37,6 @@ echo
 echo "== sheaf_bag_bench =="
 read -r -a bag_flags <<<"${SHEAF_BAG_BENCH_FLAGS:-}"
 "$build/bench/sheaf_bag_bench" "${flags[@]}" "${bag_flags[@]}"
+echo
+echo "== sheaf_fs_bench =="
+"$build/bench/sheaf_fs_bench" "${flags[@]}"

@@ -290,31 +290,34 @@ Node StoreFs::node_of(fuse_ino_t ino) const {
   return *node;
 }
 
-// How long the kernel may keep what a lookup or getattr said. Files: not at
-// all, so no name outlives its object and no size is stale. Directories: a
-// listing's lifetime, since every path walk checks each directory on the
-// way (permissions need its attributes) and they change only when a heap is
-// created or deleted.
-double StoreFs::cache_seconds(const Node& node) const {
+// How long the kernel may keep a name (lookup) and attributes (lookup,
+// getattr). Files' names: not at all, so no name outlives its object.
+// Objects' attributes: not at all, so no size is stale. A bag's attributes:
+// a listing's lifetime, since a bag never changes under one inode number (a
+// new version is a new inode) and, without that, the kernel would ask for
+// them before every read. Directories: a listing's lifetime, since every
+// path walk checks each directory on the way (permissions need its
+// attributes) and they change only when a heap is created or deleted.
+StoreFs::Lifetimes StoreFs::lifetimes(const Node& node) const {
   switch (node.kind) {
-    case NodeKind::kRoot:
-    case NodeKind::kHeapsDir:
-    case NodeKind::kBagsDir:
-    case NodeKind::kHeapDir:
-    case NodeKind::kObjectsDir:
-      return options_.listing_ttl;
+    case NodeKind::kObject:
+    case NodeKind::kInfoText:
+    case NodeKind::kInfoJson:
+      return {0, 0};
+    case NodeKind::kBag:
+      return {0, node.identity == 0 ? 0 : options_.listing_ttl};
     default:
-      return 0;
+      return {options_.listing_ttl, options_.listing_ttl};
   }
 }
 
-fuse_entry_param StoreFs::entry(const Node& node, struct stat attr, double timeout) {
+fuse_entry_param StoreFs::entry(const Node& node, struct stat attr, Lifetimes lifetimes) {
   fuse_entry_param e{};
   e.ino = nodes_.remember(node);
   attr.st_ino = e.ino;
   e.attr = attr;
-  e.attr_timeout = timeout;
-  e.entry_timeout = timeout;
+  e.entry_timeout = lifetimes.name;
+  e.attr_timeout = lifetimes.attributes;
   return e;
 }
 
@@ -462,6 +465,10 @@ void StoreFs::init(fuse_conn_info* conn) {
   // open(O_TRUNC) arrives as one request, so replacing a bag is one step.
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // Cached pages are only ever a bag's, whose bytes never change under one
+  // inode number; objects and info files bypass the cache. So the kernel
+  // need not ask for attributes before reading cached pages.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   conn->max_readahead = std::max<unsigned>(conn->max_readahead, 1u << 20);
 }
 
@@ -469,7 +476,7 @@ void StoreFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   guarded(*this, req, [&] {
     struct stat attr {};
     const Node node = child(node_of(parent), name, &attr);
-    const fuse_entry_param e = entry(node, attr, cache_seconds(node));
+    const fuse_entry_param e = entry(node, attr, lifetimes(node));
     fuse_reply_entry(req, &e);
   });
 }
@@ -495,7 +502,7 @@ void StoreFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       return;
     }
     const struct stat attr = attributes(node, ino);
-    fuse_reply_attr(req, &attr, cache_seconds(node));
+    fuse_reply_attr(req, &attr, lifetimes(node).attributes);
   });
 }
 
@@ -675,7 +682,7 @@ void StoreFs::readdir(fuse_req_t req, fuse_ino_t, std::size_t size, off_t offset
         if (item.name != "." && item.name != "..") {
           // The kernel counts a lookup for each entry it is given, and may
           // keep its attributes for listing_ttl seconds.
-          e = entry(item.node, item.attr, options_.listing_ttl);
+          e = entry(item.node, item.attr, {options_.listing_ttl, options_.listing_ttl});
         }
         fuse_add_direntry_plus(req, at, room, item.name.c_str(), &e, next);
       } else {
@@ -778,7 +785,7 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
     handle->file = std::move(upload);
     // Not cached: until it is committed, nobody else can look the bag up.
-    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0}, attr, 0);
+    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0}, attr, {0, 0});
     fi->direct_io = 1;
     set_handle(fi, std::move(handle));
     if (fuse_reply_create(req, &e, fi) != 0) {

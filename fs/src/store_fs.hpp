@@ -100,8 +100,12 @@ class StoreFs {
   // errno (ENOENT) when there is none.
   Node child(const Node& parent, const std::string& name, struct stat* attr);
   struct stat attributes(const Node& node, fuse_ino_t ino);
-  fuse_entry_param entry(const Node& node, struct stat attr, double timeout);
-  double cache_seconds(const Node& node) const;
+  struct Lifetimes {
+    double name = 0;        // seconds the kernel may keep the name -> inode binding
+    double attributes = 0;  // seconds it may keep the attributes
+  };
+  Lifetimes lifetimes(const Node& node) const;
+  fuse_entry_param entry(const Node& node, struct stat attr, Lifetimes lifetimes);
   void fill_directory(DirHandle& dir, const Node& node);
   std::uint64_t directory_version(const Node& dir);
   bool still_true(const ListingWatch::Entry& entry);
