@@ -7,7 +7,9 @@ namespace sheaf::fs {
 ListingWatch::ListingWatch(Checks checks, std::chrono::milliseconds period)
     : checks_(std::move(checks)), period_(period) {}
 
-ListingWatch::~ListingWatch() { stop(); }
+ListingWatch::~ListingWatch() {
+  stop();
+}
 
 void ListingWatch::start(fuse_session* session) {
   session_ = session;

@@ -83,19 +83,28 @@ struct Session {
   std::unique_ptr<StoreFs> fs;
   fuse_session* session = nullptr;
   std::string mountpoint;
+  bool handles_signals = false;
 
   Session() = default;
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   ~Session() {
     if (fs) fs->stop_watching();
-    if (session) fuse_session_destroy(session);
+    if (session) {
+      if (handles_signals) fuse_remove_signal_handlers(session);
+      fuse_session_destroy(session);
+    }
   }
 };
 
+// Handles SIGINT, SIGTERM and SIGHUP by leaving the serving loop (which then
+// unmounts); installed before mounting, so that no signal can leave a mount
+// without its server behind. Only for mounts that own the process.
+enum class Signals { kLeaveAlone, kHandle };
+
 Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
                                                const std::string& mountpoint,
-                                               const MountOptions& options) {
+                                               const MountOptions& options, Signals signals) {
   try {
     // Absolute: a daemon serves from "/".
     Store store = Store::open(absolute(store_dir)).value();
@@ -106,6 +115,11 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
     if (!S_ISDIR(st.st_mode)) {
       return Error(Errc::kInvalidArgument, "mount point " + mountpoint + ": not a directory",
                    ENOTDIR);
+    }
+    std::error_code ec;
+    if (!std::filesystem::is_empty(mountpoint, ec) || ec) {
+      // Mounting would hide its files, which is never what was meant.
+      return Error(Errc::kInvalidArgument, "mount point " + mountpoint + ": not empty", ENOTEMPTY);
     }
     auto result = std::make_unique<Session>();
     result->mountpoint = absolute(mountpoint);
@@ -122,6 +136,12 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
                                        result->fs.get());
     if (!result->session) {
       return Error(Errc::kSystem, "mount " + mountpoint + ": cannot start a FUSE session");
+    }
+    if (signals == Signals::kHandle) {
+      if (fuse_set_signal_handlers(result->session) != 0) {
+        return Error(Errc::kSystem, "mount " + mountpoint + ": cannot install signal handlers");
+      }
+      result->handles_signals = true;
     }
     if (fuse_session_mount(result->session, result->mountpoint.c_str()) != 0) {
       return Error(Errc::kSystem, "mount " + mountpoint +
@@ -151,7 +171,8 @@ int serve(Session& s, const MountOptions& options) {
 
 Result<void> serve_mount(const std::string& store, const std::string& mountpoint,
                          const MountOptions& options, bool daemonize) {
-  Result<std::unique_ptr<Session>> mounted = mount_session(store, mountpoint, options);
+  Result<std::unique_ptr<Session>> mounted =
+      mount_session(store, mountpoint, options, Signals::kHandle);
   if (!mounted) return mounted.error();
   Session& s = *mounted.value();
   if (daemonize) {
@@ -175,15 +196,14 @@ Result<void> serve_mount(const std::string& store, const std::string& mountpoint
     }
     s.fs->log_to_syslog(true);
   }
-  fuse_set_signal_handlers(s.session);
   const int rc = serve(s, options);
-  fuse_remove_signal_handlers(s.session);
   fuse_session_unmount(s.session);
   if (daemonize) {
     mounted.value().reset();
-    _exit(rc == 0 ? 0 : 1);
+    _exit(rc < 0 ? 1 : 0);
   }
-  if (rc != 0) return Error(Errc::kSystem, "mount " + mountpoint + ": serving stopped on an error");
+  // A positive status is the signal that asked the server to stop: a clean end.
+  if (rc < 0) return Error(Errc::kSystem, "mount " + mountpoint + ": serving stopped on an error");
   return {};
 }
 
@@ -241,7 +261,8 @@ Mount::~Mount() {
 
 Result<Mount> Mount::start(const std::string& store, const std::string& mountpoint,
                            const MountOptions& options) {
-  Result<std::unique_ptr<Session>> mounted = mount_session(store, mountpoint, options);
+  Result<std::unique_ptr<Session>> mounted =
+      mount_session(store, mountpoint, options, Signals::kLeaveAlone);
   if (!mounted) return mounted.error();
   auto impl = std::make_unique<Impl>();
   impl->session = std::move(mounted.value());

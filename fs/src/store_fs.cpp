@@ -12,16 +12,15 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <new>
 #include <optional>
-#include <sstream>
 #include <variant>
 #include <vector>
 
 #include "object_names.hpp"
 #include "sheaf/bag.hpp"
 #include "sheaf/heap_report.hpp"
+#include "task_fate.hpp"
 
 namespace sheaf::fs {
 namespace {
@@ -152,27 +151,6 @@ std::string hex64(std::uint64_t value) {
   return text;
 }
 
-// True when `pid` is a task being torn down by a signal (SIGKILL, SIGSEGV,
-// ...): the kernel closes a dying writer's files too, and that close must
-// not publish the half-written bag. Read from /proc/PID/stat: field 9 holds
-// the task's flags (PF_EXITING = 0x4), field 52 its exit code.
-bool dying_of_a_signal(pid_t pid) {
-  if (pid <= 0) return false;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return false;
-  const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
-  if (name_end == std::string::npos) return false;
-  std::istringstream fields(line.substr(name_end + 2));
-  std::vector<std::string> field;  // field[0] is field 3 (the state)
-  for (std::string f; fields >> f;) field.push_back(f);
-  if (field.size() < 50) return false;
-  constexpr unsigned long kPfExiting = 0x4;
-  const unsigned long flags = std::stoul(field[9 - 3]);
-  const long exit_code = std::stol(field[52 - 3]);
-  return (flags & kPfExiting) != 0 && (exit_code & 0x7f) != 0;
-}
-
 }  // namespace
 
 // --- Handles -------------------------------------------------------------------
@@ -187,11 +165,18 @@ struct TextFile {
   std::string text;
 };
 
+// A bag being written. Published by the close (FLUSH) of the thread that
+// opened it, so that `cp` returns once the bag is there and close() reports
+// a failure (ENOSPC); or, when other threads or processes hold it (a
+// multi-threaded writer, a fork), by the last close (RELEASE). Abandoned, and
+// never published, if any holder dies of a signal.
 struct BagUpload {
   std::mutex mutex;
   std::string name;
+  pid_t opener = 0;                 // the thread that created or opened it
   std::optional<BagWriter> writer;  // empty once committed or abandoned
   bool committed = false;
+  bool abandoned = false;
   mode_t mode = 0644;
   struct timespec created {};
 };
@@ -265,11 +250,10 @@ StoreFs::StoreFs(Store store, MountOptions options)
     : store_(std::move(store)),
       options_(options),
       heaps_(store_),
-      watch_(ListingWatch::Checks{
-                 [this](const Node& dir) { return directory_version(dir); },
-                 [this](const Node&, const ListingWatch::Entry& entry) {
-                   return still_true(entry);
-                 }},
+      watch_(ListingWatch::Checks{[this](const Node& dir) { return directory_version(dir); },
+                                  [this](const Node&, const ListingWatch::Entry& entry) {
+                                    return still_true(entry);
+                                  }},
              std::chrono::milliseconds(20)) {
   store_stat_ = stat_path(store_.path());
 }
@@ -701,9 +685,11 @@ void StoreFs::releasedir(fuse_req_t req, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-std::unique_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode) {
+std::unique_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode,
+                                                 pid_t opener) {
   auto upload = std::make_unique<BagUpload>();
   upload->name = name;
+  upload->opener = opener;
   upload->writer.emplace(store_.create_bag(name));
   upload->mode = mode;
   ::clock_gettime(CLOCK_REALTIME, &upload->created);
@@ -750,7 +736,7 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
           // Bags are immutable: only a whole new bag (O_TRUNC) may replace one.
           if (!(fi->flags & O_TRUNC)) fail(EPERM);
           const struct stat attr = attributes(node, ino);
-          handle->file = start_upload(node.name, attr.st_mode);
+          handle->file = start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid);
           fi->direct_io = 1;
           break;
         }
@@ -780,7 +766,7 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     if (!valid_name(name)) fail(EINVAL);
     if ((fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) fail(EEXIST);
     auto handle = std::make_unique<Handle>();
-    auto upload = start_upload(name, mode);
+    auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid);
     struct stat attr = file_attr(store_stat_, 0, mode & 0666);
     attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
     handle->file = std::move(upload);
@@ -819,7 +805,10 @@ void StoreFs::read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_inf
     } else if (TextFile* text = file_as<TextFile>(fi)) {
       const std::size_t from = std::min<std::size_t>(at, text->text.size());
       const std::size_t length = std::min(size, text->text.size() - from);
-      fuse_reply_buf(req, text->text.data() + from, length);
+      // A copy: once the reply is written the reader may close, and another
+      // thread free the handle, before the write call has returned.
+      const std::string part = text->text.substr(from, length);
+      fuse_reply_buf(req, part.data(), part.size());
     } else if (ObjectFile* object = file_as<ObjectFile>(fi)) {
       std::shared_ptr<Heap> heap = heaps_.get(object->heap);
       std::vector<char> out;
@@ -846,6 +835,7 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
     const auto at = static_cast<std::uint64_t>(offset);
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
       std::lock_guard lock(upload->mutex);
+      if (upload->abandoned) fail(EIO);  // a holder died mid-write: it will never be published
       if (!upload->writer) fail(EPERM);  // already published
       // A bag is checksummed as it is written, so it is written front to
       // back; skipping ahead leaves a hole of zeros.
@@ -869,24 +859,36 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
   });
 }
 
+namespace {
+
+// Writes the header, fsyncs and renames into place; on failure the upload is
+// abandoned (its temporary file removed) and the error rethrown.
+void publish(BagUpload& upload) {
+  try {
+    upload.writer->commit();
+    upload.committed = true;
+  } catch (...) {
+    upload.abandoned = true;
+    upload.writer.reset();
+    throw;
+  }
+  upload.writer.reset();
+}
+
+}  // namespace
+
 void StoreFs::flush(fuse_req_t req, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
+      const pid_t closer = fuse_req_ctx(req)->pid;
+      const TaskFate fate = task_fate(closer, std::chrono::milliseconds(100));
       std::lock_guard lock(upload->mutex);
       if (upload->writer) {
-        if (dying_of_a_signal(fuse_req_ctx(req)->pid)) {
-          upload->writer.reset();  // a killed writer: nothing was published
-        } else {
-          // Publish on close, so that `cp` returns only once the bag is
-          // there, checksummed and durable (and reports ENOSPC if not).
-          try {
-            upload->writer->commit();
-            upload->committed = true;
-          } catch (...) {
-            upload->writer.reset();
-            throw;
-          }
+        if (fate == TaskFate::kDyingOfSignal) {
+          upload->abandoned = true;  // killed mid-write: nothing is published
           upload->writer.reset();
+        } else if (closer == upload->opener) {
+          publish(*upload);
         }
       }
     }
@@ -895,9 +897,18 @@ void StoreFs::flush(fuse_req_t req, fuse_file_info* fi) {
 }
 
 void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
-  // An upload still unpublished here was abandoned; its writer's destructor
-  // removes the temporary file.
-  if (BagUpload* upload = file_as<BagUpload>(fi)) forget_upload(upload);
+  if (BagUpload* upload = file_as<BagUpload>(fi)) {
+    forget_upload(upload);
+    // The opener never closed it itself (another thread or process did):
+    // the last close publishes. Nobody can be told of a failure now.
+    if (upload->writer && !upload->abandoned) {
+      try {
+        publish(*upload);
+      } catch (const std::exception& e) {
+        log(upload->name + ": not published: " + e.what());
+      }
+    }
+  }
   delete &handle_of(fi);
   fuse_reply_err(req, 0);
 }

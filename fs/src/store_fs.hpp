@@ -110,7 +110,7 @@ class StoreFs {
   std::uint64_t directory_version(const Node& dir);
   bool still_true(const ListingWatch::Entry& entry);
   std::map<std::string, std::string> xattrs(const Node& node);
-  std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode);
+  std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode, pid_t opener);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
   void forget_upload(BagUpload* upload);
   BagUpload* upload_for(fuse_ino_t ino, fuse_file_info* fi);
