@@ -1469,7 +1469,16 @@ TEST_F(FsTest, ReadersKilledMidReadLeaveTheMountServing) {
   start_mount();
   const std::string path = bag("big");
 
+  // The kernel keeps a bag's pages across opens; drop them before each read
+  // so that every read goes to the server, and the kills land in requests.
+  const auto drop_cached_pages = [&] {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    ::close(fd);
+  };
   // Time one whole read, so that the kills below land inside the reads.
+  drop_cached_pages();
   const auto t0 = std::chrono::steady_clock::now();
   const ShellResult whole = sh("dd if=" + q(path) + " of=/dev/null bs=64k 2>&1");
   const auto took = std::chrono::steady_clock::now() - t0;
@@ -1480,6 +1489,7 @@ TEST_F(FsTest, ReadersKilledMidReadLeaveTheMountServing) {
   std::mt19937 rng(16);
   int killed = 0;
   for (int round = 0; round < 12; ++round) {
+    drop_cached_pages();
     Spawned dd({"dd", "if=" + path, "of=/dev/null", "bs=64k"});
     ASSERT_TRUE(dd.started());
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % most));
