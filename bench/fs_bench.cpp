@@ -48,8 +48,6 @@
 #include <benchmark/benchmark.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <spawn.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -67,20 +65,16 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
-#include <new>
 #include <optional>
-#include <random>
-#include <sstream>
 #include <stdexcept>
 #include <string>
-#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "sheaf/heap.hpp"
 #include "sheaf/mount.hpp"
 #include "sheaf/store.hpp"
@@ -89,6 +83,16 @@
 extern char** environ;
 
 namespace {
+
+using sheaf_bench::cached_fraction;
+using sheaf_bench::cell;
+using sheaf_bench::chunk_buffer;
+using sheaf_bench::fail;
+using sheaf_bench::Fd;
+using sheaf_bench::guarded;
+using sheaf_bench::read_file;
+using sheaf_bench::ready_or_skip;
+using sheaf_bench::set_path;
 
 constexpr std::uint64_t kDefaultBytes = std::uint64_t{1} << 30;
 constexpr std::size_t kDefaultObjects = 100000;
@@ -114,59 +118,10 @@ char g_top[4096];                          // the run's directory (mkdtemp), rem
 char g_store[4096];                        // TOP/store
 char g_plain[4096];                        // TOP/plain: g_objects empty files
 char g_mnt[4096];                          // TOP/mnt: the mount point
-volatile std::sig_atomic_t g_child = 0;    // a running ls, killed on a fatal signal
 volatile std::sig_atomic_t g_mounted = 0;  // g_mnt has our mount on it
 
-bool set_path(char (&out)[4096], const std::string& path) {
-  if (path.size() >= sizeof out) return false;
-  std::memcpy(out, path.c_str(), path.size() + 1);
-  return true;
-}
-
-// Removes `name` under the directory `parent`, recursively, with only async-signal-safe calls
-// (getdents64 rather than readdir). Never descends into another filesystem (st_dev != dev):
-// removing a file through the mount would remove it from the store, one FUSE request at a
-// time, and a mount point whose daemon is gone cannot even be read.
-void remove_tree_at(int parent, const char* name, dev_t dev) noexcept {
-  struct stat st {};
-  if (::fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
-  if (!S_ISDIR(st.st_mode)) {
-    ::unlinkat(parent, name, 0);
-    return;
-  }
-  if (st.st_dev != dev) {
-    ::unlinkat(parent, name, AT_REMOVEDIR);  // fails, harmlessly, while still mounted
-    return;
-  }
-  const int fd = ::openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return;
-  alignas(8) char buf[4096];
-  for (bool removed = true; removed;) {  // again from the start while entries go away
-    removed = false;
-    ::lseek(fd, 0, SEEK_SET);
-    for (;;) {
-      const ssize_t n = getdents64(fd, buf, sizeof buf);
-      if (n <= 0) break;
-      for (ssize_t off = 0; off < n;) {
-        unsigned short reclen = 0;
-        std::memcpy(&reclen, buf + off + offsetof(struct dirent64, d_reclen), sizeof reclen);
-        const char* entry = buf + off + offsetof(struct dirent64, d_name);
-        off += reclen;
-        if (std::strcmp(entry, ".") == 0 || std::strcmp(entry, "..") == 0) continue;
-        remove_tree_at(fd, entry, dev);
-        // Only what went counts: an entry that stays (a mount point) must not loop forever.
-        struct stat gone {};
-        removed = removed || ::fstatat(fd, entry, &gone, AT_SYMLINK_NOFOLLOW) != 0;
-      }
-    }
-  }
-  ::close(fd);
-  ::unlinkat(parent, name, AT_REMOVEDIR);
-}
-
 void remove_files() noexcept {
-  struct stat st {};
-  if (g_top[0] != '\0' && ::lstat(g_top, &st) == 0) remove_tree_at(AT_FDCWD, g_top, st.st_dev);
+  if (g_top[0] != '\0') sheaf_bench::remove_tree(g_top);
 }
 
 // Takes the mount out of the namespace without waiting for anyone (for the signal handler):
@@ -184,64 +139,13 @@ void detach_mount() noexcept {
   if (pid > 0) ::waitpid(pid, nullptr, 0);
 }
 
-extern "C" void on_fatal_signal(int sig) {
-  const pid_t child = g_child;
-  if (child > 0) {
-    ::kill(child, SIGKILL);
-    ::waitpid(child, nullptr, 0);
-  }
+// What a fatal signal leaves to clean up once the running ls is killed.
+void clean_up_after_signal() noexcept {
   if (g_mounted != 0) detach_mount();
   remove_files();
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
 }
 
 // --- Helpers ---------------------------------------------------------------------------------
-[[noreturn]] void fail(const std::string& what) {
-  throw std::system_error(errno, std::generic_category(), what);
-}
-
-class Fd {
- public:
-  Fd(const char* path, int flags, mode_t mode = 0) : fd_(::open(path, flags | O_CLOEXEC, mode)) {
-    if (fd_ < 0) fail(std::string("open ") + path);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { ::close(fd_); }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-// One 1 MiB buffer, page-aligned, for every read() and write() the benchmarks make.
-char* buffer() {
-  static char* const buf = [] {
-    void* p = std::aligned_alloc(4096, kChunk);
-    if (p == nullptr) throw std::bad_alloc();
-    return static_cast<char*>(p);
-  }();
-  return buf;
-}
-
-// Opens, reads to the end in kChunk read()s, closes; returns the bytes read.
-std::uint64_t read_file(const char* path) {
-  Fd fd(path, O_RDONLY);
-  std::uint64_t total = 0;
-  for (;;) {
-    const ssize_t got = ::read(fd.get(), buffer(), kChunk);
-    if (got == 0) break;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      fail(std::string("read ") + path);
-    }
-    total += static_cast<std::uint64_t>(got);
-  }
-  benchmark::DoNotOptimize(buffer()[0]);
-  return total;
-}
-
 std::uint64_t file_size(const char* path) {
   struct stat st {};
   if (::stat(path, &st) != 0) fail(std::string("stat ") + path);
@@ -252,31 +156,7 @@ std::uint64_t file_size(const char* path) {
 // copy only; the store's file that the daemon reads from keeps its own.
 void drop_cached(const char* path) {
   Fd fd(path, O_RDONLY);
-  const int err = ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
-  if (err != 0) {
-    errno = err;
-    fail(std::string("posix_fadvise ") + path);
-  }
-}
-
-// The fraction of the file's pages in the page cache; nothing when the file cannot be mapped
-// (a FUSE file opened with direct I/O, which has no page cache to speak of).
-std::optional<double> cached_fraction(const char* path) {
-  Fd fd(path, O_RDONLY);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) fail(std::string("stat ") + path);
-  const auto size = static_cast<std::size_t>(st.st_size);
-  if (size == 0) return 1.0;
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (map == MAP_FAILED) return std::nullopt;
-  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> resident((size + page - 1) / page);
-  const int rc = ::mincore(map, size, resident.data());
-  ::munmap(map, size);
-  if (rc != 0) return std::nullopt;
-  const auto in =
-      std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return (r & 1) != 0; });
-  return static_cast<double>(in) / static_cast<double>(resident.size());
+  sheaf_bench::drop_cached(fd.get(), path);
 }
 
 std::size_t count_entries(const std::string& dir) {
@@ -305,31 +185,7 @@ std::string object_name(std::size_t i) {
 
 // Runs `/bin/ls -l DIR > /dev/null` and waits for it; throws unless it exits with 0.
 void run_ls(const std::string& dir) {
-  posix_spawn_file_actions_t actions;
-  if (const int err = ::posix_spawn_file_actions_init(&actions); err != 0) {
-    errno = err;
-    fail("posix_spawn_file_actions_init");
-  }
-  std::string arg0 = "ls", arg1 = "-l", arg2 = dir;
-  char* argv[] = {arg0.data(), arg1.data(), arg2.data(), nullptr};
-  pid_t pid = 0;
-  int err = ::posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  if (err == 0) err = ::posix_spawn(&pid, kLs, &actions, nullptr, argv, environ);
-  ::posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) {
-    errno = err;
-    fail(std::string("posix_spawn ") + kLs);
-  }
-  g_child = pid;
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) fail("waitpid");
-  }
-  g_child = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw std::runtime_error(std::string(kLs) + " -l " + dir + " failed (status " +
-                             std::to_string(status) + ")");
-  }
+  sheaf_bench::run_program(kLs, {"ls", "-l", dir}, sheaf_bench::Stdout::kDevNull);
 }
 
 // --- What the benchmarks work on ----------------------------------------------------------------
@@ -425,21 +281,15 @@ class World {
     g_mounted = 1;
   }
 
-  // g_bytes of random bytes (splitmix64 from a random seed: incompressible, no holes, and
-  // different in every run), streamed in 1 MiB writes.
+  // g_bytes of random bytes (sheaf_bench::RandomWords), streamed in kChunk writes.
   void make_bag() {
     sheaf::BagWriter writer = store().create_bag(kBag);
-    std::uint64_t x = (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+    sheaf_bench::RandomWords random;
+    char* const buffer = chunk_buffer<kChunk>();
     for (std::uint64_t left = g_bytes; left > 0;) {
       const auto step = static_cast<std::size_t>(std::min<std::uint64_t>(left, kChunk));
-      auto* words = reinterpret_cast<std::uint64_t*>(buffer());
-      for (std::size_t i = 0; i < (step + 7) / 8; ++i) {
-        std::uint64_t z = (x += 0x9e3779b97f4a7c15u);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-        words[i] = z ^ (z >> 31);
-      }
-      writer.write({reinterpret_cast<const std::byte*>(buffer()), step});
+      random.fill(buffer, step);
+      writer.write({reinterpret_cast<const std::byte*>(buffer), step});
       left -= step;
     }
     if (writer.commit().size != g_bytes) throw std::runtime_error("bag: short payload");
@@ -500,23 +350,6 @@ void setup_plain(const benchmark::State&) {
   g_world->plain();
 }
 
-bool ready_or_skip(benchmark::State& state, const std::string& error) {
-  if (error.empty()) return true;
-  const std::string why = "setup failed: " + error;
-  state.SkipWithError(why.c_str());
-  return false;
-}
-
-// Runs the benchmark body; an exception ends the run with an error instead of the program.
-template <class F>
-void guarded(benchmark::State& state, F&& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
-}
-
 // The mean of a fraction over the iterations, as a counter; absent if never measured.
 struct Average {
   double sum = 0;
@@ -532,8 +365,8 @@ struct Average {
 };
 
 // --- Bag reads --------------------------------------------------------------------------------
-// prepare() runs untimed before each iteration; the timed part is read_file(path), which must
-// return `expect` bytes.
+// prepare() runs untimed before each iteration; the timed part is read_file<kChunk>(path),
+// which must return `expect` bytes.
 template <class Prepare>
 void read_loop(benchmark::State& state, const std::string& path, std::uint64_t expect,
                Prepare&& prepare) {
@@ -543,7 +376,7 @@ void read_loop(benchmark::State& state, const std::string& path, std::uint64_t e
       state.PauseTiming();
       prepare();
       state.ResumeTiming();
-      const std::uint64_t got = read_file(path.c_str());
+      const std::uint64_t got = read_file<kChunk>(path.c_str());
       if (got != expect) {
         throw std::runtime_error(path + ": read " + std::to_string(got) + " bytes, want " +
                                  std::to_string(expect));
@@ -560,7 +393,7 @@ void BM_Fs_BagRead(benchmark::State& state) {
   const std::string store_path = g_world->store_bag_path();
   Average cached, store_cached;
   read_loop(state, path, g_bytes, [&] {
-    read_file(path.c_str());  // the warm-up pass, through the mount
+    read_file<kChunk>(path.c_str());  // the warm-up pass, through the mount
     cached.add(cached_fraction(path.c_str()));
     store_cached.add(cached_fraction(store_path.c_str()));
   });
@@ -574,7 +407,8 @@ void BM_Fs_BagRead_Cold(benchmark::State& state) {
   const std::string store_path = g_world->store_bag_path();
   Average cached, store_cached;
   read_loop(state, path, g_bytes, [&] {
-    read_file(store_path.c_str());  // the daemon's source in memory: FUSE is timed, not the disk
+    // The daemon's source in memory: FUSE is timed, not the disk.
+    read_file<kChunk>(store_path.c_str());
     drop_cached(path.c_str());
     cached.add(cached_fraction(path.c_str()));
     store_cached.add(cached_fraction(store_path.c_str()));
@@ -591,7 +425,7 @@ void BM_Direct_BagRead(benchmark::State& state) {
   guarded(state, [&] { size = file_size(path.c_str()); });
   if (size == 0) return;
   read_loop(state, path, size, [&] {
-    read_file(path.c_str());  // the warm-up pass
+    read_file<kChunk>(path.c_str());  // the warm-up pass
     cached.add(cached_fraction(path.c_str()));
   });
   cached.report(state, "cached");
@@ -673,13 +507,6 @@ class RatioReporter : public sheaf_bench::TableReporter {
     return it == cells_.end() ? -1 : it->second.value();
   }
 
-  static std::string num(double v, const char* fmt) {
-    if (v < 0) return "-";
-    char buf[32];
-    std::snprintf(buf, sizeof buf, fmt, v);
-    return buf;
-  }
-
   void print_table(std::ostream& out) const override {
     if (cells_.empty()) return;
     constexpr double kMiB = 1024.0 * 1024.0;
@@ -699,7 +526,7 @@ class RatioReporter : public sheaf_bench::TableReporter {
     const double direct = value("BM_Direct_BagRead");
     if (direct >= 0 || value("BM_Fs_BagRead") >= 0 || value("BM_Fs_BagRead_Cold") >= 0) {
       const std::string title =
-          "Bag read, " + num(static_cast<double>(g_bytes) / kMiB, "%.0f") + " MiB (MiB/s)";
+          "Bag read, " + cell(static_cast<double>(g_bytes) / kMiB, "%.0f") + " MiB (MiB/s)";
       std::snprintf(line, sizeof line, "%-48s %9s %12s %9s  %s\n", title.c_str(), "Fs", "Direct",
                     "Fs/Direct", "Target");
       out << line << std::string(96, '-') << "\n";
@@ -713,9 +540,9 @@ class RatioReporter : public sheaf_bench::TableReporter {
         verdict = std::string(r.target) + (ratio < 0 ? " -" : ratio >= 0.5 ? " met" : " NOT met");
       }
       std::snprintf(line, sizeof line, "%-48s %9s %12s %9s  %s\n", r.label,
-                    num(fs < 0 ? -1 : fs / kMiB, "%.0f").c_str(),
-                    num(direct < 0 ? -1 : direct / kMiB, "%.0f").c_str(),
-                    num(ratio, "%.2f").c_str(), verdict.c_str());
+                    cell(fs < 0 ? -1 : fs / kMiB, "%.0f").c_str(),
+                    cell(direct < 0 ? -1 : direct / kMiB, "%.0f").c_str(),
+                    cell(ratio, "%.2f").c_str(), verdict.c_str());
       out << line;
     }
 
@@ -729,13 +556,13 @@ class RatioReporter : public sheaf_bench::TableReporter {
       const double ratio = fs_ls > 0 && direct_ls > 0 ? fs_ls / direct_ls : -1;
       std::snprintf(line, sizeof line, "%-48s %9s %12s %9s\n",
                     "mount's heap objects / plain dir of empty files",
-                    num(fs_ls < 0 ? -1 : fs_ls * 1e3, "%.0f").c_str(),
-                    num(direct_ls < 0 ? -1 : direct_ls * 1e3, "%.0f").c_str(),
-                    num(ratio, "%.2f").c_str());
+                    cell(fs_ls < 0 ? -1 : fs_ls * 1e3, "%.0f").c_str(),
+                    cell(direct_ls < 0 ? -1 : direct_ls * 1e3, "%.0f").c_str(),
+                    cell(ratio, "%.2f").c_str());
       out << line;
       out << "Target: ls -l of the mount's " << g_objects << " objects in < 1 s: "
           << (fs_ls < 0 ? "not measured"
-                        : (fs_ls < 1.0 ? "met (" : "NOT met (") + num(fs_ls, "%.3f") + " s)")
+                        : (fs_ls < 1.0 ? "met (" : "NOT met (") + cell(fs_ls, "%.3f") + " s)")
           << "\n";
     }
     if (value("BM_Fs_BagRead_Cold") >= 0) {
@@ -753,35 +580,7 @@ class RatioReporter : public sheaf_bench::TableReporter {
   std::map<std::string, sheaf_bench::Median> cells_;
 };
 
-benchmark::ConsoleReporter::OutputOptions console_options() {
-  const char* term = std::getenv("TERM");
-  bool color = ::isatty(STDOUT_FILENO) != 0 && std::getenv("NO_COLOR") == nullptr &&
-               term != nullptr && std::string_view(term) != "dumb";
-  return color ? benchmark::ConsoleReporter::OO_Color : benchmark::ConsoleReporter::OO_None;
-}
-
 // --- Configuration ------------------------------------------------------------------------------
-// "1073741824", "64M", "1G": bytes, with an optional binary suffix; nullopt if malformed or 0.
-std::optional<std::uint64_t> parse_bytes(const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long n = std::strtoull(text, &end, 10);
-  if (errno != 0 || end == text) return std::nullopt;
-  std::uint64_t scale = 1;
-  const std::string_view suffix(end);
-  if (suffix == "K" || suffix == "k") {
-    scale = std::uint64_t{1} << 10;
-  } else if (suffix == "M" || suffix == "m") {
-    scale = std::uint64_t{1} << 20;
-  } else if (suffix == "G" || suffix == "g") {
-    scale = std::uint64_t{1} << 30;
-  } else if (!suffix.empty()) {
-    return std::nullopt;
-  }
-  if (n == 0 || n > (std::uint64_t{1} << 40) / scale) return std::nullopt;
-  return n * scale;
-}
-
 // A count from 1 to kMaxObjects, digits only.
 std::optional<std::size_t> parse_count(const char* text) {
   char* end = nullptr;
@@ -791,66 +590,9 @@ std::optional<std::size_t> parse_count(const char* text) {
   return static_cast<std::size_t>(n);
 }
 
-// "DIR: ext4 on /dev/vda (mounted on /)", from the longest mount point above DIR.
-std::string describe_filesystem(const std::string& dir) {
-  std::error_code ec;
-  const std::string real = std::filesystem::canonical(dir, ec).string();
-  if (ec) return dir + ": " + ec.message();
-  std::ifstream mounts("/proc/self/mountinfo");
-  std::string line, best_point, best_type, best_source;
-  auto unescape = [](const std::string& s) {  // mountinfo writes ' ' as \040 and so on
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      if (s[i] == '\\' && i + 3 < s.size()) {
-        out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
-        i += 3;
-      } else {
-        out += s[i];
-      }
-    }
-    return out;
-  };
-  while (std::getline(mounts, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, device, root, point, field;
-    fields >> id >> parent >> device >> root >> point;
-    while (fields >> field && field != "-") {
-    }
-    std::string type, source;
-    fields >> type >> source;
-    point = unescape(point);
-    const bool above = point == "/" || real == point ||
-                       (real.compare(0, point.size(), point) == 0 && real[point.size()] == '/');
-    if (above && point.size() >= best_point.size()) {
-      best_point = point;
-      best_type = type;
-      best_source = source;
-    }
-  }
-  if (best_type.empty()) return real + ": filesystem unknown";
-  return real + ": " + best_type + " on " + best_source + " (mounted on " + best_point + ")";
-}
-
 int run(int argc, char** argv) {
-  // Repetitions of all rows run interleaved in a random order unless the command line says
-  // otherwise (a later flag wins), so that load that comes and goes on a shared machine falls
-  // on both sides of a ratio alike.
-  std::string interleave = "--benchmark_enable_random_interleaving=true";
-  std::vector<char*> args(argv, argv + argc);
-  args.insert(args.begin() + 1, interleave.data());
-  int count = static_cast<int>(args.size());
-  args.push_back(nullptr);
-  benchmark::Initialize(&count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
-  if (const char* env = std::getenv("SHEAF_FS_BENCH_BYTES"); env != nullptr && env[0] != '\0') {
-    const std::optional<std::uint64_t> bytes = parse_bytes(env);
-    if (!bytes) {
-      std::cerr << "sheaf_fs_bench: SHEAF_FS_BENCH_BYTES=" << env
-                << ": want a byte count such as 1073741824, 256M or 1G\n";
-      return 1;
-    }
-    g_bytes = *bytes;
-  }
+  if (!sheaf_bench::initialize_interleaved(argc, argv)) return 1;
+  if (!sheaf_bench::bytes_from_env("sheaf_fs_bench", "SHEAF_FS_BENCH_BYTES", g_bytes)) return 1;
   if (const char* env = std::getenv("SHEAF_FS_BENCH_OBJECTS"); env != nullptr && env[0] != '\0') {
     const std::optional<std::size_t> objects = parse_count(env);
     if (!objects) {
@@ -860,9 +602,7 @@ int run(int argc, char** argv) {
     }
     g_objects = *objects;
   }
-  const char* env_dir = std::getenv("SHEAF_BENCH_DIR");
-  const std::string dir = env_dir != nullptr && env_dir[0] != '\0' ? env_dir : "/var/tmp";
-  std::string top = dir + "/sheaf_fs_bench.XXXXXX";
+  std::string top = sheaf_bench::bench_dir("/var/tmp") + "/sheaf_fs_bench.XXXXXX";
   if (::mkdtemp(top.data()) == nullptr) {
     std::cerr << "sheaf_fs_bench: mkdtemp " << top << ": " << std::strerror(errno) << "\n";
     return 1;
@@ -880,9 +620,7 @@ int run(int argc, char** argv) {
   // before the mount: libfuse installs its own only where a signal still has the default.
   World world;
   g_world = &world;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE}) {
-    std::signal(sig, on_fatal_signal);
-  }
+  sheaf_bench::clean_up_on_fatal_signals(clean_up_after_signal);
   if (::mkdir(g_mnt, 0755) != 0) {
     std::cerr << "sheaf_fs_bench: mkdir " << g_mnt << ": " << std::strerror(errno) << "\n";
     return 1;
@@ -890,14 +628,14 @@ int run(int argc, char** argv) {
 
   struct utsname uts {};
   ::uname(&uts);
-  benchmark::AddCustomContext("bench_dir", describe_filesystem(g_top));
+  benchmark::AddCustomContext("bench_dir", sheaf_bench::describe_filesystem(g_top));
   benchmark::AddCustomContext("kernel", uts.release);
   benchmark::AddCustomContext("bag_bytes", std::to_string(g_bytes));
   benchmark::AddCustomContext("objects", std::to_string(g_objects));
   benchmark::AddCustomContext("read_size", std::to_string(kChunk));
 
   register_benchmarks();
-  RatioReporter reporter(console_options());
+  RatioReporter reporter(sheaf_bench::console_options());
   benchmark::RunSpecifiedBenchmarks(&reporter);
   const bool ok = world.ok();
   world.shut_down();

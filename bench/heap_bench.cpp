@@ -37,12 +37,16 @@
 #include <string_view>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "sheaf/heap.hpp"
 #include "table_reporter.hpp"
 
 namespace {
 
 namespace bip = boost::interprocess;
+
+using sheaf_bench::cell;
+using sheaf_bench::guarded;
 
 constexpr std::uint64_t kHeapBytes = std::uint64_t{1} << 30;
 constexpr int kNames = 10'000;
@@ -58,16 +62,9 @@ void remove_files() noexcept {
   }
 }
 
-extern "C" void on_fatal_signal(int sig) {
-  remove_files();
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
-}
-
 bool set_paths() {
-  const char* env = std::getenv("SHEAF_BENCH_DIR");
-  std::string dir = env != nullptr && env[0] != '\0' ? env : "/dev/shm";
-  std::string stem = dir + "/sheaf_bench_" + std::to_string(::getpid());
+  std::string stem =
+      sheaf_bench::bench_dir("/dev/shm") + "/sheaf_bench_" + std::to_string(::getpid());
   const char* suffixes[kHeapKinds] = {"_sheaf_alloc.heap", "_sheaf_names.heap", "_boost_alloc.heap",
                                       "_boost_names.heap"};
   for (int kind = 0; kind < kHeapKinds; ++kind) {
@@ -205,16 +202,6 @@ bool close_heaps() {
   for (auto& segment : g_boost) segment.reset();
   remove_files();
   return sound;
-}
-
-// Runs the benchmark body; an exception ends the run with an error instead of the program.
-template <class F>
-void guarded(benchmark::State& state, F&& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
 }
 
 inline void touch(void* p) {
@@ -435,12 +422,6 @@ class RatioReporter : public sheaf_bench::TableReporter {
     std::snprintf(line, sizeof line, "%-28s %10s %10s %10s %12s %13s\n", "Operation", "Sheaf",
                   "BoostIpc", "malloc", "Sheaf/Boost", "Sheaf/malloc");
     out << line << std::string(88, '-') << "\n";
-    auto num = [](double v, const char* fmt) {
-      char buf[32];
-      if (v < 0) return std::string("-");
-      std::snprintf(buf, sizeof buf, fmt, v);
-      return std::string(buf);
-    };
     for (const std::string& key : order_) {
       const Row& row = rows_.at(key);
       double sheaf = row.cells[kSheaf].value();
@@ -449,9 +430,9 @@ class RatioReporter : public sheaf_bench::TableReporter {
       double to_boost = sheaf > 0 && boost > 0 ? sheaf / boost : -1;
       double to_malloc = sheaf > 0 && malloc > 0 ? sheaf / malloc : -1;
       std::snprintf(line, sizeof line, "%-28s %10s %10s %10s %12s %13s\n", key.c_str(),
-                    num(sheaf, "%.1f").c_str(), num(boost, "%.1f").c_str(),
-                    num(malloc, "%.1f").c_str(), num(to_boost, "%.2fx").c_str(),
-                    num(to_malloc, "%.1fx").c_str());
+                    cell(sheaf, "%.1f").c_str(), cell(boost, "%.1f").c_str(),
+                    cell(malloc, "%.1f").c_str(), cell(to_boost, "%.2fx").c_str(),
+                    cell(to_malloc, "%.1fx").c_str());
       out << line;
     }
     out << std::flush;
@@ -460,13 +441,6 @@ class RatioReporter : public sheaf_bench::TableReporter {
   std::map<std::string, Row> rows_;
   std::vector<std::string> order_;
 };
-
-benchmark::ConsoleReporter::OutputOptions console_options() {
-  const char* term = std::getenv("TERM");
-  bool color = ::isatty(STDOUT_FILENO) != 0 && std::getenv("NO_COLOR") == nullptr &&
-               term != nullptr && std::string_view(term) != "dumb";
-  return color ? benchmark::ConsoleReporter::OO_Color : benchmark::ConsoleReporter::OO_None;
-}
 
 }  // namespace
 
@@ -478,11 +452,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   // Remove the heap files however the run ends, a crash in the code under test included.
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE}) {
-    std::signal(sig, on_fatal_signal);
-  }
+  sheaf_bench::clean_up_on_fatal_signals(remove_files);
 
-  RatioReporter reporter(console_options());
+  RatioReporter reporter(sheaf_bench::console_options());
   benchmark::RunSpecifiedBenchmarks(&reporter);
   bool sound = close_heaps();
   benchmark::Shutdown();

@@ -1,7 +1,8 @@
 // heap_test_util.hpp: what the heap tests share: temporary directories,
-// file fingerprints and child processes.
+// file fingerprints, child processes and pipes.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -104,5 +105,30 @@ class Child {
 inline int run_in_child(const std::function<void()>& body) {
   return Child(body).wait_code();
 }
+
+// A pipe whose ends close with it (close-on-exec, so spawned commands do not
+// hold them open).
+struct Pipe {
+  Pipe() {
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+  }
+  ~Pipe() {
+    close_read();
+    close_write();
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  int read_end() const { return fds[0]; }
+  int write_end() const { return fds[1]; }
+  void close_read() {
+    if (fds[0] >= 0) ::close(fds[0]);
+    fds[0] = -1;
+  }
+  void close_write() {
+    if (fds[1] >= 0) ::close(fds[1]);
+    fds[1] = -1;
+  }
+  int fds[2] = {-1, -1};
+};
 
 }  // namespace sheaf::testing

@@ -31,6 +31,7 @@ namespace sheaf {
 namespace {
 
 using testing::Child;
+using testing::Pipe;
 using testing::read_file;
 using testing::run_in_child;
 using testing::TempDir;
@@ -134,28 +135,6 @@ char read_byte(int fd) {
   if (!read_full(fd, &c, 1)) throw std::runtime_error("pipe closed");
   return c;
 }
-
-// A pipe whose ends close with it.
-struct Pipe {
-  Pipe() {
-    if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
-  }
-  ~Pipe() {
-    close_read();
-    close_write();
-  }
-  int read_end() const { return fds[0]; }
-  int write_end() const { return fds[1]; }
-  void close_read() {
-    if (fds[0] >= 0) ::close(fds[0]);
-    fds[0] = -1;
-  }
-  void close_write() {
-    if (fds[1] >= 0) ::close(fds[1]);
-    fds[1] = -1;
-  }
-  int fds[2] = {-1, -1};
-};
 
 // A tmpfs of the given size mounted on dir (created if needed) for as long as
 // the guard lives; unmounted however the test ends. ok() is false (and why()

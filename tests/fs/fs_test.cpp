@@ -205,31 +205,6 @@ inline bool read_byte(int fd, char* c) {
   }
 }
 
-// A pipe whose ends close with it (close-on-exec, so spawned commands do not
-// hold them open).
-struct Pipe {
-  Pipe() {
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
-  }
-  ~Pipe() {
-    close_read();
-    close_write();
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  int read_end() const { return fds[0]; }
-  int write_end() const { return fds[1]; }
-  void close_read() {
-    if (fds[0] >= 0) ::close(fds[0]);
-    fds[0] = -1;
-  }
-  void close_write() {
-    if (fds[1] >= 0) ::close(fds[1]);
-    fds[1] = -1;
-  }
-  int fds[2] = {-1, -1};
-};
-
 // --- Extended attributes -------------------------------------------------------
 
 struct Xattr {
@@ -689,6 +664,10 @@ class FsTest : public ::testing::Test {
     return dir_names((store.empty() ? store_dir_ : store) + "/tmp");
   }
 
+  // Writes bag "x" in two halves, `meanwhile` between them (defined with the
+  // tests that use it).
+  void write_bag_around(const std::string& what, const std::function<void()>& meanwhile);
+
   TempDir dir_;
   std::string store_dir_;
   std::string mp_;
@@ -1055,50 +1034,48 @@ TEST_F(FsTest, BagBeingWrittenIsInvisibleUntilClosed) {
   EXPECT_EQ(sh("ls " + q(bags_dir())).out, "pending\n");
 }
 
-// A writer that runs another program while its bag is open: exec closes the
-// program's copy of the close-on-exec descriptor, which the mount sees as a
-// flush of the same open file. That must neither hang nor publish the bag
-// early: the writer goes on writing, and its own close publishes every byte.
-TEST_F(FsTest, WriterThatRunsAProgramKeepsWritingItsBag) {
-  start_mount();
+// Writes bag "x" in two 64 KiB halves through one open file, with `meanwhile`
+// between them: another process closes its copy of the descriptor (`what`, in
+// the failure message), which the mount sees as a flush of the same open file.
+// That must neither hang nor publish the bag early: the writer goes on
+// writing, and its own close publishes every byte.
+void FsTest::write_bag_around(const std::string& what, const std::function<void()>& meanwhile) {
   const std::string first(64 * kKiB, 'a');
   const std::string second(64 * kKiB, 'b');
   Fd fd(::open(bag("x").c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644));
   ASSERT_TRUE(fd.ok()) << std::strerror(errno);
   ASSERT_EQ(write_all(fd.get(), first.data(), first.size()), first.size()) << std::strerror(errno);
-
-  // Bounded: should the flush hang, the connection is aborted.
-  auto spawned = std::async(std::launch::async, [] { return sh("true"); });
-  if (spawned.wait_for(10s) != std::future_status::ready) {
-    ADD_FAILURE() << "running a program while a bag is open for writing hung (the flush "
-                     "made by its exec got no answer); aborting the mount";
-    abort_mounts();
-  }
-  EXPECT_EQ(spawned.get().status, 0);
-  EXPECT_EQ(store_->bag_names(), std::vector<std::string>{}) << "published by a program's exec";
+  meanwhile();
+  EXPECT_EQ(store_->bag_names(), std::vector<std::string>{}) << "published by " << what;
   EXPECT_EQ(write_all(fd.get(), second.data(), second.size()), second.size())
       << std::strerror(errno);
   EXPECT_EQ(fd.close(), 0) << std::strerror(errno);
   EXPECT_TRUE(bag_holds("x", first + second));
 }
 
-// The same for a forked child that just exits, closing its inherited copy.
+// A writer that runs another program while its bag is open: exec closes the
+// program's copy of the close-on-exec descriptor.
+TEST_F(FsTest, WriterThatRunsAProgramKeepsWritingItsBag) {
+  start_mount();
+  write_bag_around("a program's exec", [this] {
+    // Bounded: should the flush hang, the connection is aborted.
+    auto spawned = std::async(std::launch::async, [] { return sh("true"); });
+    if (spawned.wait_for(10s) != std::future_status::ready) {
+      ADD_FAILURE() << "running a program while a bag is open for writing hung (the flush "
+                       "made by its exec got no answer); aborting the mount";
+      abort_mounts();
+    }
+    EXPECT_EQ(spawned.get().status, 0);
+  });
+}
+
+// A writer that forks a child that just exits, closing its inherited copy.
 TEST_F(FsTest, WriterThatForksKeepsWritingItsBag) {
   start_mount();
-  const std::string first(64 * kKiB, 'a');
-  const std::string second(64 * kKiB, 'b');
-  Fd fd(::open(bag("x").c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644));
-  ASSERT_TRUE(fd.ok()) << std::strerror(errno);
-  ASSERT_EQ(write_all(fd.get(), first.data(), first.size()), first.size()) << std::strerror(errno);
-  {
+  write_bag_around("a child's exit", [] {
     Child child([] { _exit(0); });
     EXPECT_EQ(child.wait_code(), 0);
-  }
-  EXPECT_EQ(store_->bag_names(), std::vector<std::string>{}) << "published by a child's exit";
-  EXPECT_EQ(write_all(fd.get(), second.data(), second.size()), second.size())
-      << std::strerror(errno);
-  EXPECT_EQ(fd.close(), 0) << std::strerror(errno);
-  EXPECT_TRUE(bag_holds("x", first + second));
+  });
 }
 
 TEST_F(FsTest, WriterKilledBeforeCloseLeavesNoBag) {
