@@ -912,6 +912,63 @@ TEST_F(FsTest, ListingAttributesExpireAfterListingTtl) {
   EXPECT_EQ(sh("ls " + q(objects_dir("h"))).out, "");
 }
 
+// A listing's attributes live for listing_ttl, but the watcher re-checks the
+// listed directory and invalidates what changed long before that ends.
+TEST_F(FsTest, ListedAttributesAreRefreshedSoonAfterAChange) {
+  Heap h = make_heap("h");
+  put_object(h, "x", "xxxx");
+  store_->put_bag("b", as_bytes(std::string(4096, 'a')));
+  MountOptions options;
+  options.listing_ttl = 60;
+  start_mount(options);
+  ASSERT_EQ(sh("ls -l " + q(objects_dir("h")) + " " + q(bags_dir())).status, 0);
+  ASSERT_EQ(sh("stat -c %s " + q(obj("h", "x"))).out, "4\n");
+
+  // Replaced by another process, with another size.
+  ASSERT_EQ(sh(sheaf_cmd("heap rm " + q(store_dir_ + "/h") + " x")).status, 0);
+  const std::string src = dir_ / "x.bin";
+  write_string(src, "a longer x");
+  ASSERT_EQ(sh(sheaf_cmd("heap put " + q(store_dir_ + "/h") + " x " + q(src))).status, 0);
+  const std::string bigger = dir_ / "bigger.bin";
+  write_string(bigger, std::string(12288, 'c'));
+  ASSERT_EQ(sh(sheaf_cmd("bag put " + q(store_dir_) + " b " + q(bigger))).status, 0);
+
+  // Within a second (the watcher's period is 20 ms), not within 60.
+  const auto deadline = std::chrono::steady_clock::now() + 1s;
+  std::string object_size, bag_size;
+  while (std::chrono::steady_clock::now() < deadline) {
+    object_size = sh("stat -c %s " + q(obj("h", "x"))).out;
+    bag_size = sh("stat -c %s " + q(bag("b"))).out;
+    if (object_size == "10\n" && bag_size == "12288\n") break;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(object_size, "10\n") << "a listed object's old size outlived its replacement";
+  EXPECT_EQ(bag_size, "12288\n") << "a listed bag's old size outlived its replacement";
+}
+
+// Object names may hold '/', '%' or be "."; file names cannot. See
+// fs/src/object_names.hpp for the spelling.
+TEST_F(FsTest, ObjectNamesAreEscapedAsFileNames) {
+  Heap h = make_heap("h");
+  put_object(h, "readings/1/42", "r");
+  put_object(h, "100%", "p");
+  put_object(h, ".", "d");
+  start_mount();
+
+  EXPECT_EQ(sh("LC_ALL=C ls " + q(objects_dir("h"))).out, "%2E\n100%25\nreadings%2F1%2F42\n");
+  EXPECT_EQ(sh("cat " + q(obj("h", "readings%2F1%2F42"))).out, "r");
+  EXPECT_EQ(sh("cat " + q(obj("h", "100%25"))).out, "p");
+  EXPECT_EQ(sh("cat " + q(obj("h", "%2E"))).out, "d");
+  // One spelling per object: other spellings and broken escapes name nothing.
+  EXPECT_EQ(error_of(::access(obj("h", "readings%2f1%2f42").c_str(), F_OK)), ENOENT);
+  EXPECT_EQ(error_of(::access(obj("h", "100%").c_str(), F_OK)), ENOENT);
+  EXPECT_EQ(error_of(::access(obj("h", "100%2").c_str(), F_OK)), ENOENT);
+
+  ASSERT_EQ(sh("rm " + q(obj("h", "readings%2F1%2F42"))).status, 0);
+  EXPECT_FALSE(h.object("readings/1/42").has_value());
+  EXPECT_TRUE(h.object("100%").has_value());
+}
+
 // --- Bag attributes ---------------------------------------------------------------
 
 TEST_F(FsTest, BagXattrsAreItsInfo) {
