@@ -34,8 +34,16 @@ std::string escape_option(const std::string& value) {
   return out;
 }
 
+// The path as /proc/self/mountinfo spells a mount point: absolute, without
+// a trailing slash, symbolic links resolved in its parent (the mount point
+// itself is not resolved: a dead mount answers ENOTCONN).
 std::string absolute(const std::string& path) {
-  return std::filesystem::absolute(path).lexically_normal().string();
+  std::filesystem::path p = std::filesystem::absolute(path).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  std::error_code ec;
+  const std::filesystem::path parent = std::filesystem::canonical(p.parent_path(), ec);
+  if (!ec && p.has_filename()) p = parent / p.filename();
+  return p.string();
 }
 
 // The "major:minor" device of the Sheaf filesystem mounted at `mountpoint`,

@@ -19,6 +19,7 @@ fuse_ino_t hash_of(const Node& node) {
   XXH64_update(state, node.heap.data(), node.heap.size());
   XXH64_update(state, node.name.data(), node.name.size());
   XXH64_update(state, &node.identity, sizeof(node.identity));
+  XXH64_update(state, &node.upload, sizeof(node.upload));
   const fuse_ino_t hash = XXH64_digest(state);
   XXH64_freeState(state);
   return hash < kFirstHashedIno ? hash + kFirstHashedIno : hash;

@@ -39,8 +39,11 @@ struct Node {
   std::string heap;  // the heap's name, for kinds under heaps/<heap>
   std::string name;  // the object's or the bag's name
   // The heap file's inode (heap kinds), the object's offset (kObject) or the
-  // bag file's inode (kBag): what makes "the same name" the same thing.
+  // bag file's version (kBag): what makes "the same name" the same thing.
   std::uint64_t identity = 0;
+  // Nonzero for a bag being written through this mount: the upload's serial
+  // number (each create is a file of its own until it is published).
+  std::uint64_t upload = 0;
 
   bool operator==(const Node&) const = default;
 };

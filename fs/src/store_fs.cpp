@@ -165,24 +165,23 @@ struct TextFile {
   std::string text;
 };
 
-// A bag being written. Published by the close (FLUSH) of the thread that
-// opened it, so that `cp` returns once the bag is there and close() reports
-// a failure (ENOSPC); or, when other threads or processes hold it (a
-// multi-threaded writer, a fork), by the last close (RELEASE). Abandoned, and
-// never published, if any holder dies of a signal.
+// A bag being written (task_fate.hpp says which close publishes it). Every
+// field is guarded by `mutex`; the upload is shared by its handle and by the
+// mount's table of uploads, so either may outlive the other.
 struct BagUpload {
   std::mutex mutex;
   std::string name;
-  pid_t opener = 0;                 // the thread that created or opened it
-  std::optional<BagWriter> writer;  // empty once committed or abandoned
-  bool committed = false;
-  bool abandoned = false;
+  std::uint64_t serial = 0;         // Node::upload: its own inode until published
+  pid_t opener = 0;                 // the process that created or opened it
+  std::optional<BagWriter> writer;  // empty once published or abandoned
+  bool published = false;
+  int error = 0;  // why it was abandoned (0: not abandoned)
   mode_t mode = 0644;
   struct timespec created {};
 };
 
 struct StoreFs::Handle {
-  std::variant<ObjectFile, TextFile, std::unique_ptr<BagFile>, std::unique_ptr<BagUpload>> file;
+  std::variant<ObjectFile, TextFile, std::unique_ptr<BagFile>, std::shared_ptr<BagUpload>> file;
 };
 
 struct StoreFs::DirHandle {
@@ -207,8 +206,13 @@ T* file_as(fuse_file_info* fi) {
   if constexpr (std::is_same_v<T, ObjectFile> || std::is_same_v<T, TextFile>) {
     return std::get_if<T>(&file);
   } else {
-    auto* p = std::get_if<std::unique_ptr<T>>(&file);
-    return p ? p->get() : nullptr;
+    if constexpr (std::is_same_v<T, BagUpload>) {
+      auto* p = std::get_if<std::shared_ptr<T>>(&file);
+      return p ? p->get() : nullptr;
+    } else {
+      auto* p = std::get_if<std::unique_ptr<T>>(&file);
+      return p ? p->get() : nullptr;
+    }
   }
 }
 
@@ -289,7 +293,7 @@ StoreFs::Lifetimes StoreFs::lifetimes(const Node& node) const {
     case NodeKind::kInfoJson:
       return {0, 0};
     case NodeKind::kBag:
-      return {0, node.identity == 0 ? 0 : options_.listing_ttl};
+      return {0, node.upload != 0 ? 0 : options_.listing_ttl};
     default:
       return {options_.listing_ttl, options_.listing_ttl};
   }
@@ -376,7 +380,7 @@ struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
       break;
     }
     case NodeKind::kBag: {
-      if (node.identity == 0) fail(ESTALE);  // was being written; look it up again
+      if (node.upload != 0) fail(ESTALE);  // was being written; look it up again
       std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
       if (bag->identity() != node.identity) fail(ESTALE);
       attr = file_attr(bag->st, bag->info.size, bag->st.st_mode & 0666 & ~no_write);
@@ -403,16 +407,16 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
     case NodeKind::kHeapsDir: {
       if (!valid_name(name)) fail(ENOENT);
       const struct stat heap_stat = stat_path(store_.heap_path(name));
-      node = Node{NodeKind::kHeapDir, name, {}, static_cast<std::uint64_t>(heap_stat.st_ino)};
+      node = Node{NodeKind::kHeapDir, name, {}, static_cast<std::uint64_t>(heap_stat.st_ino), 0};
       break;
     }
     case NodeKind::kHeapDir:
       if (name == "objects") {
-        node = Node{NodeKind::kObjectsDir, parent.heap, {}, parent.identity};
+        node = Node{NodeKind::kObjectsDir, parent.heap, {}, parent.identity, 0};
       } else if (name == "info") {
-        node = Node{NodeKind::kInfoText, parent.heap, {}, parent.identity};
+        node = Node{NodeKind::kInfoText, parent.heap, {}, parent.identity, 0};
       } else if (name == "info.json") {
-        node = Node{NodeKind::kInfoJson, parent.heap, {}, parent.identity};
+        node = Node{NodeKind::kInfoJson, parent.heap, {}, parent.identity, 0};
       } else {
         fail(ENOENT);
       }
@@ -423,13 +427,13 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
       std::shared_ptr<Heap> heap = heaps_.get(parent.heap);
       std::optional<ObjectInfo> object = heap->object(*object_name);
       if (!object) fail(ENOENT);
-      node = Node{NodeKind::kObject, parent.heap, *object_name, object->offset};
+      node = Node{NodeKind::kObject, parent.heap, *object_name, object->offset, 0};
       break;
     }
     case NodeKind::kBagsDir: {
       if (!valid_name(name)) fail(ENOENT);
       std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
-      node = Node{NodeKind::kBag, {}, name, bag->identity()};
+      node = Node{NodeKind::kBag, {}, name, bag->identity(), 0};
       break;
     }
     default:
@@ -471,20 +475,26 @@ void StoreFs::forget(fuse_ino_t ino, std::uint64_t lookups) {
 
 void StoreFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
-    if (BagUpload* upload = upload_for(ino, fi); upload && !upload->committed) {
+    if (std::shared_ptr<BagUpload> upload = upload_for(ino, fi)) {
+      // Being written, or written through this mount and published since.
       const struct stat attr = upload_attributes(*upload, ino);
       fuse_reply_attr(req, &attr, 0);
       return;
     }
-    const Node node = node_of(ino);
-    if (node.kind == NodeKind::kBag && node.identity == 0) {
-      // A bag written through this mount, asked about after it was published.
-      struct stat attr {};
-      child(plain_node(NodeKind::kBagsDir), node.name, &attr);
+    if (BagFile* bag = file_as<BagFile>(fi)) {
+      // An open bag is the version that was opened, removed or replaced since
+      // or not (st_nlink tells).
+      struct stat now {};
+      if (::fstat(bag->fd, &now) != 0) fail(errno);
+      struct stat attr =
+          file_attr(now, bag->info.size, now.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
+      attr.st_blocks = now.st_blocks;
+      attr.st_nlink = now.st_nlink;
       attr.st_ino = ino;
       fuse_reply_attr(req, &attr, 0);
       return;
     }
+    const Node node = node_of(ino);
     const struct stat attr = attributes(node, ino);
     fuse_reply_attr(req, &attr, lifetimes(node).attributes);
   });
@@ -497,7 +507,7 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
     // Only a size can be set, and only where it changes nothing that
     // cannot be honoured: an object truncated to its own size, or a bag
     // being written extended with zeros (cp of a sparse file does that).
-    if (BagUpload* upload = upload_for(ino, fi)) {
+    if (std::shared_ptr<BagUpload> upload = upload_for(ino, fi)) {
       // A new bag takes its times when it is published, so "now" is what
       // `touch` asks for; a size may only extend it with zeros.
       constexpr int kNow = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME |
@@ -505,22 +515,9 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
       if ((to_set & ~(kNow | FUSE_SET_ATTR_SIZE)) != 0) fail(EPERM);
       if ((to_set & FUSE_SET_ATTR_ATIME) && !(to_set & FUSE_SET_ATTR_ATIME_NOW)) fail(EPERM);
       if ((to_set & FUSE_SET_ATTR_MTIME) && !(to_set & FUSE_SET_ATTR_MTIME_NOW)) fail(EPERM);
-      if (upload->committed) {
-        // Published by the close of a duplicate descriptor (touch does
-        // that): it has its times already, and its size is final.
-        if (to_set & FUSE_SET_ATTR_SIZE) fail(EPERM);
-        struct stat attr {};
-        child(plain_node(NodeKind::kBagsDir), upload->name, &attr);
-        attr.st_ino = ino;
-        fuse_reply_attr(req, &attr, 0);
-        return;
-      }
       if (to_set & FUSE_SET_ATTR_SIZE) {
         std::lock_guard lock(upload->mutex);
-        if (!upload->writer) fail(EPERM);
-        const auto size = static_cast<std::uint64_t>(wanted->st_size);
-        if (size < upload->writer->written()) fail(EPERM);
-        upload->writer->skip_zeros(size - upload->writer->written());
+        extend(req, *upload, static_cast<std::uint64_t>(wanted->st_size));
       }
       const struct stat attr = upload_attributes(*upload, ino);
       fuse_reply_attr(req, &attr, 0);
@@ -535,13 +532,15 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
   });
 }
 
-void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
+void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
   auto add = [&](const std::string& name, const Node& child_node, const struct stat& attr) {
     dir.entries.push_back({name, child_node, attr});
   };
-  const struct stat self_attr = attributes(node, 0);
+  // Both need an inode number: readdir(3) skips entries without one. The
+  // kernel knows the real parent; ".." is only shown.
+  const struct stat self_attr = attributes(node, ino);
   add(".", node, self_attr);
-  add("..", node, self_attr);  // the kernel knows the real parent; this entry is not used
+  add("..", node, self_attr);
   switch (node.kind) {
     case NodeKind::kRoot:
       add("heaps", plain_node(NodeKind::kHeapsDir),
@@ -554,7 +553,8 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
         struct stat heap_stat {};
         if (::stat(store_.heap_path(heap.name).c_str(), &heap_stat) != 0) continue;  // just removed
         add(heap.name,
-            Node{NodeKind::kHeapDir, heap.name, {}, static_cast<std::uint64_t>(heap_stat.st_ino)},
+            Node{
+                NodeKind::kHeapDir, heap.name, {}, static_cast<std::uint64_t>(heap_stat.st_ino), 0},
             directory_attr(heap_stat, options_.read_only));
       }
       break;
@@ -577,7 +577,7 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
       for (const ObjectInfo& object : objects) {
         std::string file_name = file_name_of(object.name);
         if (file_name.size() > kMaxFileName) continue;  // see object_names.hpp
-        add(std::move(file_name), Node{NodeKind::kObject, node.heap, object.name, object.offset},
+        add(std::move(file_name), Node{NodeKind::kObject, node.heap, object.name, object.offset, 0},
             file_attr(heap_stat, object.size, permissions));
       }
       break;
@@ -589,7 +589,7 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node) {
           struct stat attr = file_attr(bag->st, bag->info.size,
                                        bag->st.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
           attr.st_blocks = bag->st.st_blocks;
-          add(name, Node{NodeKind::kBag, {}, name, bag->identity()}, attr);
+          add(name, Node{NodeKind::kBag, {}, name, bag->identity(), 0}, attr);
         } catch (const Errno&) {
           // removed between the listing and the open
         } catch (const Error& e) {
@@ -630,7 +630,7 @@ void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     const Node node = node_of(ino);
     const bool watched = node.kind == NodeKind::kObjectsDir || node.kind == NodeKind::kBagsDir;
     const std::uint64_t version = watched ? directory_version(node) : 0;
-    fill_directory(*dir, node);
+    fill_directory(*dir, node, ino);
     if (watched && options_.listing_ttl > 0) {
       std::vector<ListingWatch::Entry> entries;
       entries.reserve(dir->entries.size());
@@ -685,26 +685,77 @@ void StoreFs::releasedir(fuse_req_t req, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-std::unique_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode,
-                                                 pid_t opener) {
-  auto upload = std::make_unique<BagUpload>();
+std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode,
+                                                 pid_t opener_thread) {
+  auto upload = std::make_shared<BagUpload>();
   upload->name = name;
-  upload->opener = opener;
+  upload->serial = next_upload_.fetch_add(1) + 1;
+  upload->opener = process_of(opener_thread);  // it is in open(): no exec can block this
   upload->writer.emplace(store_.create_bag(name));
   upload->mode = mode;
   ::clock_gettime(CLOCK_REALTIME, &upload->created);
   std::lock_guard lock(uploads_mutex_);
-  uploads_.emplace(name, upload.get());
+  uploads_[upload->serial] = upload;
   return upload;
 }
 
+// While being written: its size so far. Once published: the bag's.
 struct stat StoreFs::upload_attributes(BagUpload& upload, fuse_ino_t ino) {
-  std::lock_guard lock(upload.mutex);
+  std::unique_lock lock(upload.mutex);
+  if (upload.published) {
+    const std::string name = upload.name;
+    lock.unlock();
+    struct stat attr {};
+    child(plain_node(NodeKind::kBagsDir), name, &attr);
+    attr.st_ino = ino;
+    return attr;
+  }
   struct stat attr =
       file_attr(store_stat_, upload.writer ? upload.writer->written() : 0, upload.mode & 0666);
   attr.st_mtim = attr.st_ctim = attr.st_atim = upload.created;
   attr.st_ino = ino;
   return attr;
+}
+
+namespace {
+
+// Abandons the upload for good: nothing of it is ever published, and every
+// later write and close reports `error`. Called with its mutex held.
+void abandon(BagUpload& upload, int error) {
+  upload.writer.reset();  // removes the temporary file
+  if (upload.error == 0) upload.error = error;
+}
+
+}  // namespace
+
+// Extends the upload with zeros to `size` bytes (a hole where the filesystem
+// has them). Hashing zeros runs at memory speed, so the hole is bounded by
+// the store filesystem's size, and hashed a slice at a time so that a killed
+// caller (the kernel interrupts the request) is not kept waiting.
+void StoreFs::extend(fuse_req_t req, BagUpload& upload, std::uint64_t size) {
+  if (upload.error != 0) fail(upload.error);
+  if (!upload.writer) fail(EPERM);  // published already
+  const std::uint64_t written = upload.writer->written();
+  if (size < written) fail(ESPIPE);  // written front to back
+  if (size == written) return;
+  struct statvfs fs {};
+  if (::statvfs(store_.path().c_str(), &fs) == 0 &&
+      size / fs.f_frsize > static_cast<std::uint64_t>(fs.f_blocks)) {
+    fail(EFBIG);
+  }
+  constexpr std::uint64_t kSlice = 256 << 20;
+  try {
+    for (std::uint64_t at = written; at < size; at += std::min(kSlice, size - at)) {
+      if (fuse_req_interrupted(req)) fail(EINTR);
+      upload.writer->skip_zeros(std::min(kSlice, size - at));
+    }
+  } catch (const Errno& e) {
+    abandon(upload, e.value);
+    throw;
+  } catch (const Error& e) {
+    abandon(upload, errno_for(e));
+    throw;
+  }
 }
 
 void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -740,7 +791,7 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
           fi->direct_io = 1;
           break;
         }
-        if (node.identity == 0) fail(ESTALE);
+        if (node.upload != 0) fail(ESTALE);
         std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
         if (bag->identity() != node.identity) fail(ESTALE);  // replaced: look it up again
         handle->file = std::move(bag);
@@ -769,13 +820,14 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid);
     struct stat attr = file_attr(store_stat_, 0, mode & 0666);
     attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
+    const std::uint64_t serial = upload->serial;
     handle->file = std::move(upload);
     // Not cached: until it is committed, nobody else can look the bag up.
-    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0}, attr, {0, 0});
+    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0, serial}, attr, {0, 0});
     fi->direct_io = 1;
     set_handle(fi, std::move(handle));
     if (fuse_reply_create(req, &e, fi) != 0) {
-      forget_upload(file_as<BagUpload>(fi));
+      forget_upload(*file_as<BagUpload>(fi));
       delete &handle_of(fi);  // the creator is gone: no release will come
     }
   });
@@ -834,14 +886,17 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
   guarded(*this, req, [&] {
     const auto at = static_cast<std::uint64_t>(offset);
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
-      std::lock_guard lock(upload->mutex);
-      if (upload->abandoned) fail(EIO);  // a holder died mid-write: it will never be published
-      if (!upload->writer) fail(EPERM);  // already published
-      // A bag is checksummed as it is written, so it is written front to
-      // back; skipping ahead leaves a hole of zeros.
-      if (at < upload->writer->written()) fail(ESPIPE);
-      upload->writer->skip_zeros(at - upload->writer->written());
-      upload->writer->write({reinterpret_cast<const std::byte*>(data), size});
+      {
+        std::lock_guard lock(upload->mutex);
+        extend(req, *upload, at);  // a hole of zeros if it skips ahead
+        try {
+          upload->writer->write({reinterpret_cast<const std::byte*>(data), size});
+        } catch (const Error& e) {
+          // The bag is not what its writer wrote, so it must never be published.
+          abandon(*upload, errno_for(e));
+          throw;
+        }
+      }
       fuse_reply_write(req, size);
     } else if (ObjectFile* object = file_as<ObjectFile>(fi)) {
       std::shared_ptr<Heap> heap = heaps_.get(object->heap);
@@ -862,34 +917,37 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
 namespace {
 
 // Writes the header, fsyncs and renames into place; on failure the upload is
-// abandoned (its temporary file removed) and the error rethrown.
+// abandoned and the error rethrown. Called with its mutex held.
 void publish(BagUpload& upload) {
   try {
     upload.writer->commit();
-    upload.committed = true;
-  } catch (...) {
-    upload.abandoned = true;
-    upload.writer.reset();
+  } catch (const Error& e) {
+    abandon(upload, errno_for(e));
     throw;
   }
+  upload.published = true;
   upload.writer.reset();
 }
 
 }  // namespace
 
-void StoreFs::flush(fuse_req_t req, fuse_file_info* fi) {
+void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
-      const pid_t closer = fuse_req_ctx(req)->pid;
-      const TaskFate fate = task_fate(closer, std::chrono::milliseconds(100));
+      const Closer closer =
+          inspect_closer(fuse_req_ctx(req)->pid, ino, std::chrono::milliseconds(100));
       std::lock_guard lock(upload->mutex);
+      if (upload->error != 0) fail(upload->error);  // close() reports what went wrong
       if (upload->writer) {
-        if (fate == TaskFate::kDyingOfSignal) {
-          upload->abandoned = true;  // killed mid-write: nothing is published
-          upload->writer.reset();
-        } else if (closer == upload->opener) {
+        if (closer.dying_of_signal) {
+          abandon(*upload, EIO);  // killed mid-write: nothing is published
+        } else if (closer.answered && closer.process == upload->opener && !closer.holds_another) {
+          // The opener's last descriptor: publish now, so that `cp` returns
+          // once the bag is there, and close() reports a failure (ENOSPC).
           publish(*upload);
         }
+        // Otherwise a dup, a forked child or an exec closed a copy; the
+        // opener's last close, or the release after the last one, publishes.
       }
     }
     fuse_reply_err(req, 0);
@@ -898,10 +956,11 @@ void StoreFs::flush(fuse_req_t req, fuse_file_info* fi) {
 
 void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
   if (BagUpload* upload = file_as<BagUpload>(fi)) {
-    forget_upload(upload);
-    // The opener never closed it itself (another thread or process did):
-    // the last close publishes. Nobody can be told of a failure now.
-    if (upload->writer && !upload->abandoned) {
+    forget_upload(*upload);
+    std::lock_guard lock(upload->mutex);
+    // The opener never closed it last itself (another thread or process
+    // did): the last close publishes. Nobody can be told of a failure now.
+    if (upload->writer) {
       try {
         publish(*upload);
       } catch (const std::exception& e) {
@@ -913,29 +972,22 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-// The upload behind a request: its handle, or (the kernel asks by inode
-// number too) one of this mount's open uploads of that bag name, preferring
-// one still unpublished.
-BagUpload* StoreFs::upload_for(fuse_ino_t ino, fuse_file_info* fi) {
-  if (BagUpload* upload = file_as<BagUpload>(fi)) return upload;
-  const std::optional<Node> node = nodes_.get(ino);
-  if (!node || node->kind != NodeKind::kBag || node->identity != 0) return nullptr;
-  std::lock_guard lock(uploads_mutex_);
-  BagUpload* found = nullptr;
-  for (auto [it, end] = uploads_.equal_range(node->name); it != end; ++it) {
-    if (!found || !it->second->committed) found = it->second;
+// The upload behind a request: its handle's, or (the kernel asks by inode
+// number too) the one the inode was made for, if it is still open.
+std::shared_ptr<BagUpload> StoreFs::upload_for(fuse_ino_t ino, fuse_file_info* fi) {
+  if (fi != nullptr && fi->fh != 0) {
+    if (auto* p = std::get_if<std::shared_ptr<BagUpload>>(&handle_of(fi).file)) return *p;
   }
-  return found;
+  const std::optional<Node> node = nodes_.get(ino);
+  if (!node || node->kind != NodeKind::kBag || node->upload == 0) return nullptr;
+  std::lock_guard lock(uploads_mutex_);
+  auto it = uploads_.find(node->upload);
+  return it == uploads_.end() ? nullptr : it->second;
 }
 
-void StoreFs::forget_upload(BagUpload* upload) {
+void StoreFs::forget_upload(const BagUpload& upload) {
   std::lock_guard lock(uploads_mutex_);
-  for (auto [it, end] = uploads_.equal_range(upload->name); it != end; ++it) {
-    if (it->second == upload) {
-      uploads_.erase(it);
-      return;
-    }
-  }
+  uploads_.erase(upload.serial);
 }
 
 void StoreFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -997,7 +1049,7 @@ void StoreFs::statfs(fuse_req_t req) {
 
 std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
   std::map<std::string, std::string> attrs;
-  if (node.kind == NodeKind::kBag && node.identity != 0) {
+  if (node.kind == NodeKind::kBag && node.upload == 0) {
     std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
     if (bag->identity() != node.identity) fail(ESTALE);
     const BagInfo& info = bag->info;
@@ -1117,7 +1169,9 @@ const fuse_lowlevel_ops kOperations = [] {
   };
   ops.write = [](fuse_req_t req, fuse_ino_t, const char* data, std::size_t size, off_t offset,
                  fuse_file_info* fi) { self(req).write(req, data, size, offset, fi); };
-  ops.flush = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) { self(req).flush(req, fi); };
+  ops.flush = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    self(req).flush(req, ino, fi);
+  };
   ops.release = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) { self(req).release(req, fi); };
   // Bags are durable once closed; until then there is nothing to sync.
   ops.fsync = [](fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); };

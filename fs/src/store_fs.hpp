@@ -15,6 +15,7 @@
 #include <fuse3/fuse_lowlevel.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,7 +82,7 @@ class StoreFs {
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi);
   void read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_info* fi);
   void write(fuse_req_t req, const char* data, std::size_t size, off_t offset, fuse_file_info* fi);
-  void flush(fuse_req_t req, fuse_file_info* fi);
+  void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_file_info* fi);
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name);
   void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
@@ -106,14 +107,16 @@ class StoreFs {
   };
   Lifetimes lifetimes(const Node& node) const;
   fuse_entry_param entry(const Node& node, struct stat attr, Lifetimes lifetimes);
-  void fill_directory(DirHandle& dir, const Node& node);
+  void fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino);
   std::uint64_t directory_version(const Node& dir);
   bool still_true(const ListingWatch::Entry& entry);
   std::map<std::string, std::string> xattrs(const Node& node);
-  std::unique_ptr<BagUpload> start_upload(const std::string& name, mode_t mode, pid_t opener);
+  std::shared_ptr<BagUpload> start_upload(const std::string& name, mode_t mode,
+                                          pid_t opener_thread);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
-  void forget_upload(BagUpload* upload);
-  BagUpload* upload_for(fuse_ino_t ino, fuse_file_info* fi);
+  void extend(fuse_req_t req, BagUpload& upload, std::uint64_t size);
+  void forget_upload(const BagUpload& upload);
+  std::shared_ptr<BagUpload> upload_for(fuse_ino_t ino, fuse_file_info* fi);
 
   Store store_;
   MountOptions options_;
@@ -121,10 +124,12 @@ class StoreFs {
   HeapCache heaps_;
   struct stat store_stat_ {};
   bool syslog_ = false;
-  // Bags being written through this mount, by name: the kernel asks for
-  // their attributes by inode number before they exist in the store.
+  // Bags being written through this mount, by serial (Node::upload): the
+  // kernel asks for their attributes by inode number before they exist in
+  // the store.
   std::mutex uploads_mutex_;
-  std::multimap<std::string, BagUpload*> uploads_;
+  std::map<std::uint64_t, std::shared_ptr<BagUpload>> uploads_;
+  std::atomic<std::uint64_t> next_upload_{0};
   ListingWatch watch_;
 };
 

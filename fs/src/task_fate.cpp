@@ -1,5 +1,7 @@
 #include "task_fate.hpp"
 
+#include <dirent.h>
+
 #include <condition_variable>
 #include <fstream>
 #include <memory>
@@ -12,50 +14,87 @@
 namespace sheaf::fs {
 namespace {
 
-TaskFate read_fate(pid_t tid) {
+// Field 9 (flags) and 52 (exit code) of /proc/TID/stat.
+bool read_dying(pid_t tid, bool* dying) {
   std::ifstream in("/proc/" + std::to_string(tid) + "/stat");
   std::string line;
-  if (!std::getline(in, line)) return TaskFate::kUnknown;
+  if (!std::getline(in, line)) return false;
   const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
-  if (name_end == std::string::npos || name_end + 2 > line.size()) return TaskFate::kUnknown;
+  if (name_end == std::string::npos || name_end + 2 > line.size()) return false;
   std::istringstream fields(line.substr(name_end + 2));
   std::vector<std::string> field;  // field[0] is field 3, the state
   for (std::string f; fields >> f;) field.push_back(f);
-  if (field.size() < 52 - 2) return TaskFate::kUnknown;
+  if (field.size() < 52 - 2) return false;
   try {
     constexpr unsigned long kPfExiting = 0x4;
     const unsigned long flags = std::stoul(field[9 - 3]);
     const long exit_code = std::stol(field[52 - 3]);
-    const bool signalled = (flags & kPfExiting) != 0 && (exit_code & 0x7f) != 0;
-    return signalled ? TaskFate::kDyingOfSignal : TaskFate::kLiving;
+    *dying = (flags & kPfExiting) != 0 && (exit_code & 0x7f) != 0;
+    return true;
   } catch (const std::exception&) {
-    return TaskFate::kUnknown;
+    return false;
   }
+}
+
+// Whether a descriptor of the process of `tid` names `inode` (fdinfo's
+// "ino:" line, in decimal). Reading fdinfo never calls into the file's
+// filesystem, so this cannot wait on this server.
+bool holds_inode(pid_t tid, std::uint64_t inode) {
+  const std::string dir = "/proc/" + std::to_string(tid) + "/fdinfo";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return true;  // cannot tell: assume it does
+  bool found = false;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(dir + "/" + e->d_name);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("ino:", 0) == 0) {
+        found = std::strtoull(line.c_str() + 4, nullptr, 10) == inode;
+        break;
+      }
+    }
+    if (found) break;
+  }
+  ::closedir(d);
+  return found;
 }
 
 }  // namespace
 
-TaskFate task_fate(pid_t tid, std::chrono::milliseconds wait) {
-  if (tid <= 0) return TaskFate::kUnknown;
+pid_t process_of(pid_t tid) {
+  std::ifstream in("/proc/" + std::to_string(tid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Tgid:", 0) == 0) return static_cast<pid_t>(std::atol(line.c_str() + 5));
+  }
+  return 0;
+}
+
+Closer inspect_closer(pid_t tid, std::uint64_t inode, std::chrono::milliseconds wait) {
+  if (tid <= 0) return {};
   struct Answer {
     std::mutex mutex;
     std::condition_variable ready;
     bool done = false;
-    TaskFate fate = TaskFate::kUnknown;
+    Closer closer;
   };
   auto answer = std::make_shared<Answer>();
-  // Detached: if the read blocks (an exec), it finishes once the exec does,
+  // Detached: if a read blocks (an exec), it finishes once the exec does,
   // after this request was answered, and only its shared answer remains.
-  std::thread([answer, tid] {
-    const TaskFate fate = read_fate(tid);
+  std::thread([answer, tid, inode] {
+    Closer closer;
+    if (read_dying(tid, &closer.dying_of_signal)) {
+      closer.process = process_of(tid);
+      closer.holds_another = holds_inode(tid, inode);
+      closer.answered = closer.process != 0;
+    }
     std::lock_guard lock(answer->mutex);
-    answer->fate = fate;
+    answer->closer = closer;
     answer->done = true;
     answer->ready.notify_all();
   }).detach();
   std::unique_lock lock(answer->mutex);
-  if (!answer->ready.wait_for(lock, wait, [&] { return answer->done; })) return TaskFate::kUnknown;
-  return answer->fate;
+  if (!answer->ready.wait_for(lock, wait, [&] { return answer->done; })) return {};
+  return answer->closer;
 }
 
 }  // namespace sheaf::fs

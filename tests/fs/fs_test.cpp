@@ -946,6 +946,23 @@ TEST_F(FsTest, ListedAttributesAreRefreshedSoonAfterAChange) {
   EXPECT_EQ(bag_size, "12288\n") << "a listed bag's old size outlived its replacement";
 }
 
+// Shells open the target, dup it onto standard output and close the first
+// descriptor: only the last close by the writer publishes the bag.
+TEST_F(FsTest, ShellRedirectionsIntoBagsPublishWhatWasWritten) {
+  start_mount();
+  EXPECT_EQ(sh("echo hi > " + q(bag("builtin"))).status, 0);
+  EXPECT_EQ(sh("seq 3 > " + q(bag("program"))).status, 0);
+  EXPECT_EQ(sh("exec 3>" + q(bag("kept")) + "; echo a >&3; echo b >&3; exec 3>&-").status, 0);
+  EXPECT_EQ(sh("{ echo one; echo two; } > " + q(bag("group"))).status, 0);
+  const std::map<std::string, std::string> want = {
+      {"builtin", "hi\n"}, {"program", "1\n2\n3\n"}, {"kept", "a\nb\n"}, {"group", "one\ntwo\n"}};
+  for (const auto& [name, bytes] : want) {
+    Result<Bag> opened = store_->open_bag(name);  // verifies the checksum too
+    ASSERT_TRUE(opened.ok()) << name << ": " << opened.error().what();
+    EXPECT_EQ(to_string(opened.value().bytes()), bytes) << name;
+  }
+}
+
 // Object names may hold '/', '%' or be "."; file names cannot. See
 // fs/src/object_names.hpp for the spelling.
 TEST_F(FsTest, ObjectNamesAreEscapedAsFileNames) {
