@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -86,6 +87,37 @@ void widen_readahead(const std::string& mountpoint) {
   std::ofstream("/sys/class/bdi/" + *device + "/read_ahead_kb") << "4096\n";
 }
 
+// SIGINT, SIGTERM and SIGHUP stop a server that owns its process. The
+// handler only writes to a pipe; a thread of the server reads it and stops
+// in an order that cannot hang: first the listing watcher (its kernel calls
+// may wait for a lookup that only a serving thread can answer), then it
+// detaches the mount, and the serving threads end when the kernel closes the
+// session (at once, or when the last open file is closed).
+int g_signal_pipe[2] = {-1, -1};
+constexpr char kStopServing = 's';
+constexpr char kServingEnded = 'e';
+
+extern "C" void on_stop_signal(int) {
+  const char byte = kStopServing;
+  [[maybe_unused]] const ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);
+}
+
+bool catch_signals() {
+  if (g_signal_pipe[0] < 0 && ::pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    if (::sigaction(sig, &action, nullptr) != 0) return false;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  return true;
+}
+
+void restore_signals() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
+}
+
 // A session on the store, mounted at `mountpoint` and not yet serving.
 struct Session {
   std::unique_ptr<StoreFs> fs;
@@ -99,7 +131,7 @@ struct Session {
   ~Session() {
     if (fs) fs->stop_watching();
     if (session) {
-      if (handles_signals) fuse_remove_signal_handlers(session);
+      if (handles_signals) restore_signals();
       fuse_session_destroy(session);
     }
   }
@@ -146,8 +178,8 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
       return Error(Errc::kSystem, "mount " + mountpoint + ": cannot start a FUSE session");
     }
     if (signals == Signals::kHandle) {
-      if (fuse_set_signal_handlers(result->session) != 0) {
-        return Error(Errc::kSystem, "mount " + mountpoint + ": cannot install signal handlers");
+      if (!catch_signals()) {
+        return Error::from_errno(errno, "mount " + mountpoint + ": cannot install signal handlers");
       }
       result->handles_signals = true;
     }
@@ -164,13 +196,30 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
 }
 
 // Serves requests until the filesystem is unmounted or fuse_session_exit.
+// Serves requests until the kernel ends the session (an unmount).
 int serve(Session& s, const MountOptions& options) {
   s.fs->start_watching(s.session);
+  std::thread stopper;
+  if (s.handles_signals) {
+    stopper = std::thread([&s] {
+      char byte = 0;
+      while (::read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+      }
+      if (byte != kStopServing) return;
+      s.fs->stop_watching();
+      ::umount2(s.mountpoint.c_str(), MNT_DETACH);
+    });
+  }
   fuse_loop_config* config = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(config, options.max_threads);
   fuse_loop_cfg_set_idle_threads(config, std::min(options.max_threads, 4u));
   const int rc = fuse_session_loop_mt(s.session, config);
   fuse_loop_cfg_destroy(config);
+  if (stopper.joinable()) {
+    const char byte = kServingEnded;
+    [[maybe_unused]] const ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);
+    stopper.join();
+  }
   s.fs->stop_watching();
   return rc;
 }
@@ -208,10 +257,9 @@ Result<void> serve_mount(const std::string& store, const std::string& mountpoint
   fuse_session_unmount(s.session);
   if (daemonize) {
     mounted.value().reset();
-    _exit(rc < 0 ? 1 : 0);
+    _exit(rc == 0 ? 0 : 1);
   }
-  // A positive status is the signal that asked the server to stop: a clean end.
-  if (rc < 0) return Error(Errc::kSystem, "mount " + mountpoint + ": serving stopped on an error");
+  if (rc != 0) return Error(Errc::kSystem, "mount " + mountpoint + ": serving stopped on an error");
   return {};
 }
 
