@@ -233,14 +233,22 @@ std::shared_ptr<Heap> HeapCache::get(const std::string& name, struct stat* file_
     throw Error(Errc::kNotFound, "no heap named '" + name + "'", ENOENT);
   }
   if (file_stat) *file_stat = st;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = heaps_.find(name);
+    if (it != heaps_.end() && it->second.dev == st.st_dev && it->second.ino == st.st_ino) {
+      return it->second.heap;
+    }
+  }
+  // Opened outside the mutex: an open may repair the heap or wait for its
+  // lock, and requests for other heaps must not wait for that.
+  auto heap = std::make_shared<Heap>(Heap::open(path).value());
   std::lock_guard lock(mutex_);
   Entry& entry = heaps_[name];
   if (!entry.heap || entry.dev != st.st_dev || entry.ino != st.st_ino) {
-    entry.heap = std::make_shared<Heap>(Heap::open(path).value());
-    entry.dev = st.st_dev;
-    entry.ino = st.st_ino;
+    entry = Entry{std::move(heap), st.st_dev, st.st_ino};
   }
-  return entry.heap;
+  return entry.heap;  // another thread's open may have won; this one closes
 }
 
 void HeapCache::clear() {
@@ -642,7 +650,9 @@ void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
                     std::chrono::duration<double>(options_.listing_ttl));
     }
     fi->fh = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(dir.release()));
-    fuse_reply_open(req, fi);
+    if (fuse_reply_open(req, fi) != 0) {  // no releasedir will come
+      delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+    }
   });
 }
 
@@ -686,12 +696,14 @@ void StoreFs::releasedir(fuse_req_t req, fuse_file_info* fi) {
 }
 
 std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode,
-                                                 pid_t opener_thread) {
+                                                 pid_t opener_thread, bool replace) {
   auto upload = std::make_shared<BagUpload>();
   upload->name = name;
   upload->serial = next_upload_.fetch_add(1) + 1;
   upload->opener = process_of(opener_thread);  // it is in open(): no exec can block this
-  upload->writer.emplace(store_.create_bag(name));
+  BagWriteOptions write_options;
+  write_options.replace = replace;  // O_EXCL: the publishing rename must not replace
+  upload->writer.emplace(store_.create_bag(name, write_options));
   upload->mode = mode;
   ::clock_gettime(CLOCK_REALTIME, &upload->created);
   std::lock_guard lock(uploads_mutex_);
@@ -787,7 +799,7 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
           // Bags are immutable: only a whole new bag (O_TRUNC) may replace one.
           if (!(fi->flags & O_TRUNC)) fail(EPERM);
           const struct stat attr = attributes(node, ino);
-          handle->file = start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid);
+          handle->file = start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid, true);
           fi->direct_io = 1;
           break;
         }
@@ -804,7 +816,10 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         fail(EISDIR);
     }
     set_handle(fi, std::move(handle));
-    fuse_reply_open(req, fi);
+    if (fuse_reply_open(req, fi) != 0) {  // the opener is gone: no release will come
+      if (BagUpload* upload = file_as<BagUpload>(fi)) forget_upload(*upload);
+      delete &handle_of(fi);
+    }
   });
 }
 
@@ -817,7 +832,7 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     if (!valid_name(name)) fail(EINVAL);
     if ((fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) fail(EEXIST);
     auto handle = std::make_unique<Handle>();
-    auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid);
+    auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid, !(fi->flags & O_EXCL));
     struct stat attr = file_attr(store_stat_, 0, mode & 0666);
     attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
     const std::uint64_t serial = upload->serial;

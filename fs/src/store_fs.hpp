@@ -111,8 +111,8 @@ class StoreFs {
   std::uint64_t directory_version(const Node& dir);
   bool still_true(const ListingWatch::Entry& entry);
   std::map<std::string, std::string> xattrs(const Node& node);
-  std::shared_ptr<BagUpload> start_upload(const std::string& name, mode_t mode,
-                                          pid_t opener_thread);
+  std::shared_ptr<BagUpload> start_upload(const std::string& name, mode_t mode, pid_t opener_thread,
+                                          bool replace);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
   void extend(fuse_req_t req, BagUpload& upload, std::uint64_t size);
   void forget_upload(const BagUpload& upload);
