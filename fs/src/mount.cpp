@@ -1,12 +1,14 @@
 // mount.cpp: mounting and unmounting a store (sheaf/mount.hpp).
 #include "sheaf/mount.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -15,6 +17,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "store_fs.hpp"
 
@@ -116,6 +119,21 @@ bool catch_signals() {
 
 void restore_signals() {
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
+}
+
+// A daemon keeps nothing its caller had open (a make jobserver's pipes, a
+// terminal, a lock) but standard input, output and error and `keep`.
+void close_inherited_descriptors(std::initializer_list<int> keep) {
+  std::vector<int> open;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(dir)) {
+      if (e->d_name[0] != '.') open.push_back(std::atoi(e->d_name));
+    }
+    ::closedir(dir);  // its own descriptor is in the list, closed already: harmless
+  }
+  for (int fd : open) {
+    if (fd > 2 && std::find(keep.begin(), keep.end(), fd) == keep.end()) ::close(fd);
+  }
 }
 
 // A session on the store, mounted at `mountpoint` and not yet serving.
@@ -251,6 +269,7 @@ Result<void> serve_mount(const std::string& store, const std::string& mountpoint
       ::dup2(null, 2);
       if (null > 2) ::close(null);
     }
+    close_inherited_descriptors({fuse_session_fd(s.session), g_signal_pipe[0], g_signal_pipe[1]});
     s.fs->log_to_syslog(true);
   }
   const int rc = serve(s, options);
