@@ -16,6 +16,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -298,8 +299,12 @@ Result<void> unmount(const std::string& mountpoint, bool lazy) {
   }
   if (error != EPERM) return Error::from_errno(error, "unmount " + mountpoint);
   // Not root: fusermount3 is setuid and unmounts what this user mounted.
+  // Its message (on standard error) says why it failed.
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) return Error::from_errno(errno, "unmount " + mountpoint);
   const pid_t child = ::fork();
   if (child == 0) {
+    ::dup2(out[1], 2);
     if (lazy) {
       ::execlp("fusermount3", "fusermount3", "-u", "-z", "--", point.c_str(), nullptr);
     } else {
@@ -307,14 +312,31 @@ Result<void> unmount(const std::string& mountpoint, bool lazy) {
     }
     _exit(127);
   }
+  ::close(out[1]);
+  std::string message;
+  char chunk[256];
+  for (ssize_t n; (n = ::read(out[0], chunk, sizeof chunk)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    message.append(chunk, static_cast<std::size_t>(n));
+  }
+  ::close(out[0]);
   int status = 0;
   if (child < 0 || ::waitpid(child, &status, 0) != child) {
     return Error::from_errno(errno, "unmount " + mountpoint + ": fusermount3");
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return Error(Errc::kSystem, "unmount " + mountpoint + ": fusermount3 failed", EPERM);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  while (!message.empty() && message.back() == '\n') message.pop_back();
+  if (message.find("busy") != std::string::npos) {
+    return Error(Errc::kBusy,
+                 mountpoint +
+                     ": busy: files under it are open (unmount --lazy detaches it now "
+                     "and finishes when they are closed)",
+                 EBUSY);
   }
-  return {};
+  return Error(Errc::kSystem,
+               "unmount " + mountpoint + ": " + (message.empty() ? "fusermount3 failed" : message),
+               EPERM);
 }
 
 // --- Mount: served by threads of this process ----------------------------------------
