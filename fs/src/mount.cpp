@@ -102,12 +102,17 @@ constexpr char kStopServing = 's';
 constexpr char kServingEnded = 'e';
 
 extern "C" void on_stop_signal(int) {
+  const int saved = errno;
   const char byte = kStopServing;
-  [[maybe_unused]] const ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);
+  [[maybe_unused]] const ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);  // never blocks
+  errno = saved;
 }
 
 bool catch_signals() {
-  if (g_signal_pipe[0] < 0 && ::pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
+  if (g_signal_pipe[0] < 0) {
+    if (::pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
+    ::fcntl(g_signal_pipe[1], F_SETFL, O_NONBLOCK);
+  }
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
@@ -226,7 +231,9 @@ int serve(Session& s, const MountOptions& options) {
       }
       if (byte != kStopServing) return;
       s.fs->stop_watching();
-      ::umount2(s.mountpoint.c_str(), MNT_DETACH);
+      if (::umount2(s.mountpoint.c_str(), MNT_DETACH) != 0) {
+        fuse_session_unmount(s.session);  // not root: through fusermount3 -u -z
+      }
     });
   }
   fuse_loop_config* config = fuse_loop_cfg_create();

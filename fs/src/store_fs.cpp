@@ -172,6 +172,7 @@ struct BagUpload {
   std::mutex mutex;
   std::string name;
   std::uint64_t serial = 0;         // Node::upload: its own inode until published
+  fuse_ino_t ino = 0;               // the inode the kernel knows it by (set once, at open)
   pid_t opener = 0;                 // the process that created or opened it
   std::optional<BagWriter> writer;  // empty once published or abandoned
   bool published = false;
@@ -799,7 +800,10 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
           // Bags are immutable: only a whole new bag (O_TRUNC) may replace one.
           if (!(fi->flags & O_TRUNC)) fail(EPERM);
           const struct stat attr = attributes(node, ino);
-          handle->file = start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid, true);
+          std::shared_ptr<BagUpload> upload =
+              start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid, true);
+          set_upload_inode(*upload, ino);
+          handle->file = std::move(upload);
           fi->direct_io = 1;
           break;
         }
@@ -835,10 +839,11 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid, !(fi->flags & O_EXCL));
     struct stat attr = file_attr(store_stat_, 0, mode & 0666);
     attr.st_atim = attr.st_mtim = attr.st_ctim = upload->created;
-    const std::uint64_t serial = upload->serial;
-    handle->file = std::move(upload);
     // Not cached: until it is committed, nobody else can look the bag up.
-    const fuse_entry_param e = entry(Node{NodeKind::kBag, {}, name, 0, serial}, attr, {0, 0});
+    const fuse_entry_param e =
+        entry(Node{NodeKind::kBag, {}, name, 0, upload->serial}, attr, {0, 0});
+    set_upload_inode(*upload, e.ino);
+    handle->file = std::move(upload);
     fi->direct_io = 1;
     set_handle(fi, std::move(handle));
     if (fuse_reply_create(req, &e, fi) != 0) {
@@ -910,6 +915,9 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
           // The bag is not what its writer wrote, so it must never be published.
           abandon(*upload, errno_for(e));
           throw;
+        } catch (...) {
+          abandon(*upload, EIO);
+          throw;
         }
       }
       fuse_reply_write(req, size);
@@ -954,8 +962,8 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       std::lock_guard lock(upload->mutex);
       if (upload->error != 0) fail(upload->error);  // close() reports what went wrong
       if (upload->writer) {
-        if (closer.dying_of_signal) {
-          abandon(*upload, EIO);  // killed mid-write: nothing is published
+        if (closer.dying_of_signal && closer.process == upload->opener) {
+          abandon(*upload, EIO);  // the writer was killed mid-write: nothing is published
         } else if (closer.answered && closer.process == upload->opener && !closer.holds_another) {
           // The opener's last descriptor: publish now, so that `cp` returns
           // once the bag is there, and close() reports a failure (ENOSPC).
@@ -993,11 +1001,21 @@ std::shared_ptr<BagUpload> StoreFs::upload_for(fuse_ino_t ino, fuse_file_info* f
   if (fi != nullptr && fi->fh != 0) {
     if (auto* p = std::get_if<std::shared_ptr<BagUpload>>(&handle_of(fi).file)) return *p;
   }
-  const std::optional<Node> node = nodes_.get(ino);
-  if (!node || node->kind != NodeKind::kBag || node->upload == 0) return nullptr;
+  // By inode: a new bag's own, or an existing bag's that is being rewritten
+  // (open with O_TRUNC); an unpublished upload first. Few are ever open.
   std::lock_guard lock(uploads_mutex_);
-  auto it = uploads_.find(node->upload);
-  return it == uploads_.end() ? nullptr : it->second;
+  std::shared_ptr<BagUpload> found;
+  for (const auto& [serial, upload] : uploads_) {
+    if (upload->ino != ino) continue;
+    std::lock_guard upload_lock(upload->mutex);
+    if (!found || !upload->published) found = upload;
+  }
+  return found;
+}
+
+void StoreFs::set_upload_inode(BagUpload& upload, fuse_ino_t ino) {
+  std::lock_guard lock(uploads_mutex_);
+  upload.ino = ino;
 }
 
 void StoreFs::forget_upload(const BagUpload& upload) {

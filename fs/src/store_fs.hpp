@@ -116,6 +116,7 @@ class StoreFs {
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
   void extend(fuse_req_t req, BagUpload& upload, std::uint64_t size);
   void forget_upload(const BagUpload& upload);
+  void set_upload_inode(BagUpload& upload, fuse_ino_t ino);
   std::shared_ptr<BagUpload> upload_for(fuse_ino_t ino, fuse_file_info* fi);
 
   Store store_;

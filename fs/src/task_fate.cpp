@@ -1,11 +1,13 @@
 #include "task_fate.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 
 #include <condition_variable>
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -36,24 +38,34 @@ bool read_dying(pid_t tid, bool* dying) {
   }
 }
 
-// Whether a descriptor of the process of `tid` names `inode` (fdinfo's
-// "ino:" line, in decimal). Reading fdinfo never calls into the file's
-// filesystem, so this cannot wait on this server.
-bool holds_inode(pid_t tid, std::uint64_t inode) {
+// Whether a descriptor of the process of `tid` open for writing names
+// `inode` (fdinfo's "flags:" line, in octal, and "ino:" line, in decimal;
+// readers of the old version of a bag being rewritten share its inode and do
+// not count). Reading fdinfo never calls into the file's filesystem, so this
+// cannot wait on this server. Without an "ino:" line (kernels before 5.14)
+// it cannot tell, and says yes.
+bool holds_inode_for_writing(pid_t tid, std::uint64_t inode) {
   const std::string dir = "/proc/" + std::to_string(tid) + "/fdinfo";
   DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return true;  // cannot tell: assume it does
+  if (d == nullptr) return true;
   bool found = false;
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.') continue;
     std::ifstream in(dir + "/" + e->d_name);
+    std::optional<unsigned long> flags;
+    std::optional<std::uint64_t> ino;
     for (std::string line; std::getline(in, line);) {
-      if (line.rfind("ino:", 0) == 0) {
-        found = std::strtoull(line.c_str() + 4, nullptr, 10) == inode;
-        break;
-      }
+      if (line.rfind("flags:", 0) == 0) flags = std::strtoul(line.c_str() + 6, nullptr, 8);
+      if (line.rfind("ino:", 0) == 0) ino = std::strtoull(line.c_str() + 4, nullptr, 10);
     }
-    if (found) break;
+    if (!ino) {
+      found = true;
+      break;
+    }
+    if (*ino == inode && (!flags || (*flags & O_ACCMODE) != O_RDONLY)) {
+      found = true;
+      break;
+    }
   }
   ::closedir(d);
   return found;
@@ -84,7 +96,7 @@ Closer inspect_closer(pid_t tid, std::uint64_t inode, std::chrono::milliseconds 
     Closer closer;
     if (read_dying(tid, &closer.dying_of_signal)) {
       closer.process = process_of(tid);
-      closer.holds_another = holds_inode(tid, inode);
+      closer.holds_another = holds_inode_for_writing(tid, inode);
       closer.answered = closer.process != 0;
     }
     std::lock_guard lock(answer->mutex);

@@ -963,6 +963,35 @@ TEST_F(FsTest, ShellRedirectionsIntoBagsPublishWhatWasWritten) {
   }
 }
 
+// Only the writer's own death abandons a bag: a helper it forked (and that
+// inherited the descriptor) may be killed without losing the writer's work.
+TEST_F(FsTest, AKilledHelperOfTheWriterDoesNotAbandonTheBag) {
+  start_mount();
+  const ShellResult run = sh("sh -c 'sleep 100 & echo hello; kill -9 $!; wait' > " + q(bag("k")));
+  EXPECT_EQ(run.status, 0) << run;
+  Result<Bag> opened = store_->open_bag("k");
+  ASSERT_TRUE(opened.ok()) << opened.error().what();
+  EXPECT_EQ(to_string(opened.value().bytes()), "hello\n");
+}
+
+// Rewriting a bag in place (O_TRUNC) shows the new bag's size from the start.
+TEST_F(FsTest, ARewrittenBagShowsItsNewSizeWhileBeingWritten) {
+  store_->put_bag("t", as_bytes(std::string(50000, 'o')));
+  start_mount();
+  const int fd = ::open(bag("t").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  struct stat st {};
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 0) << "fstat shows the old bag's size";
+  ASSERT_EQ(::write(fd, "hello", 5), 5);
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 5);
+  ASSERT_EQ(::close(fd), 0);
+  Result<Bag> opened = store_->open_bag("t");
+  ASSERT_TRUE(opened.ok()) << opened.error().what();
+  EXPECT_EQ(to_string(opened.value().bytes()), "hello");
+}
+
 // Object names may hold '/', '%' or be "."; file names cannot. See
 // fs/src/object_names.hpp for the spelling.
 TEST_F(FsTest, ObjectNamesAreEscapedAsFileNames) {
