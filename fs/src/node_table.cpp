@@ -77,9 +77,4 @@ void NodeTable::forget(fuse_ino_t ino, std::uint64_t lookups) {
   }
 }
 
-std::size_t NodeTable::size() const {
-  std::lock_guard lock(mutex_);
-  return entries_.size();
-}
-
 }  // namespace sheaf::fs

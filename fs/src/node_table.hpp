@@ -70,8 +70,6 @@ class NodeTable {
   std::optional<Node> get(fuse_ino_t ino) const;
   // The kernel dropped `lookups` of its references to ino.
   void forget(fuse_ino_t ino, std::uint64_t lookups);
-  // Nodes currently known (for tests and statistics).
-  std::size_t size() const;
 
  private:
   struct Entry {

@@ -145,12 +145,6 @@ std::unique_ptr<BagFile> open_bag_file(const std::string& path) {
   return bag;
 }
 
-std::string hex64(std::uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016" PRIx64, value);
-  return text;
-}
-
 }  // namespace
 
 // --- Handles -------------------------------------------------------------------
@@ -252,11 +246,6 @@ std::shared_ptr<Heap> HeapCache::get(const std::string& name, struct stat* file_
   return entry.heap;  // another thread's open may have won; this one closes
 }
 
-void HeapCache::clear() {
-  std::lock_guard lock(mutex_);
-  heaps_.clear();
-}
-
 // --- StoreFs ---------------------------------------------------------------------
 
 StoreFs::StoreFs(Store store, MountOptions options)
@@ -350,11 +339,24 @@ struct stat file_attr(const struct stat& from, std::uint64_t size, mode_t permis
 
 }  // namespace
 
+// An object's attributes: its size, its heap file's owner, mode and times.
+struct stat StoreFs::object_attr(const struct stat& heap_file, std::uint64_t size) const {
+  return file_attr(heap_file, size, heap_file.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
+}
+
+// A bag's attributes: its payload's size, its file's owner, mode, times and
+// blocks (what the file really holds: bags may be sparse).
+struct stat StoreFs::bag_attr(const struct stat& bag_file, std::uint64_t payload) const {
+  struct stat attr =
+      file_attr(bag_file, payload, bag_file.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
+  attr.st_blocks = bag_file.st_blocks;
+  return attr;
+}
+
 // The attributes of a node as the store has it now; ESTALE when the name
 // now means something else (a replaced bag, a recreated heap).
 struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
   const bool ro = options_.read_only;
-  const mode_t no_write = ro ? 0222 : 0;
   struct stat attr {};
   switch (node.kind) {
     case NodeKind::kRoot:
@@ -379,7 +381,7 @@ struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
       } else if (node.kind == NodeKind::kObject) {
         std::optional<ObjectInfo> object = heap->object(node.name);
         if (!object || object->offset != node.identity) fail(ESTALE);
-        attr = file_attr(heap_stat, object->size, heap_stat.st_mode & 0666 & ~no_write);
+        attr = object_attr(heap_stat, object->size);
       } else {
         const HeapInfo info = heap->info();
         const std::string text =
@@ -392,8 +394,7 @@ struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
       if (node.upload != 0) fail(ESTALE);  // was being written; look it up again
       std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
       if (bag->identity() != node.identity) fail(ESTALE);
-      attr = file_attr(bag->st, bag->info.size, bag->st.st_mode & 0666 & ~no_write);
-      attr.st_blocks = bag->st.st_blocks;  // what the file really holds (bags may be sparse)
+      attr = bag_attr(bag->st, bag->info.size);
       break;
     }
   }
@@ -433,22 +434,23 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
     case NodeKind::kObjectsDir: {
       const std::optional<std::string> object_name = object_name_of(name);
       if (!object_name) fail(ENOENT);
-      std::shared_ptr<Heap> heap = heaps_.get(parent.heap);
+      struct stat heap_stat {};
+      std::shared_ptr<Heap> heap = heaps_.get(parent.heap, &heap_stat);
       std::optional<ObjectInfo> object = heap->object(*object_name);
       if (!object) fail(ENOENT);
-      node = Node{NodeKind::kObject, parent.heap, *object_name, object->offset, 0};
-      break;
+      *attr = object_attr(heap_stat, object->size);
+      return Node{NodeKind::kObject, parent.heap, *object_name, object->offset, 0};
     }
     case NodeKind::kBagsDir: {
       if (!valid_name(name)) fail(ENOENT);
       std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
-      node = Node{NodeKind::kBag, {}, name, bag->identity(), 0};
-      break;
+      *attr = bag_attr(bag->st, bag->info.size);
+      return Node{NodeKind::kBag, {}, name, bag->identity(), 0};
     }
     default:
       fail(ENOTDIR);
   }
-  *attr = attributes(node, 0);
+  *attr = attributes(node, 0);  // the directories and info files
   return node;
 }
 
@@ -495,9 +497,7 @@ void StoreFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       // or not (st_nlink tells).
       struct stat now {};
       if (::fstat(bag->fd, &now) != 0) fail(errno);
-      struct stat attr =
-          file_attr(now, bag->info.size, now.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
-      attr.st_blocks = now.st_blocks;
+      struct stat attr = bag_attr(now, bag->info.size);
       attr.st_nlink = now.st_nlink;
       attr.st_ino = ino;
       fuse_reply_attr(req, &attr, 0);
@@ -581,13 +581,12 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
       std::vector<ObjectInfo> objects = heap->objects();
       std::sort(objects.begin(), objects.end(),
                 [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
-      const mode_t permissions = heap_stat.st_mode & 0666 & ~(options_.read_only ? 0222 : 0);
       dir.entries.reserve(dir.entries.size() + objects.size());
       for (const ObjectInfo& object : objects) {
         std::string file_name = file_name_of(object.name);
         if (file_name.size() > kMaxFileName) continue;  // see object_names.hpp
         add(std::move(file_name), Node{NodeKind::kObject, node.heap, object.name, object.offset, 0},
-            file_attr(heap_stat, object.size, permissions));
+            object_attr(heap_stat, object.size));
       }
       break;
     }
@@ -595,10 +594,8 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
       for (const std::string& name : store_.bag_names()) {
         try {
           std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
-          struct stat attr = file_attr(bag->st, bag->info.size,
-                                       bag->st.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
-          attr.st_blocks = bag->st.st_blocks;
-          add(name, Node{NodeKind::kBag, {}, name, bag->identity(), 0}, attr);
+          add(name, Node{NodeKind::kBag, {}, name, bag->identity(), 0},
+              bag_attr(bag->st, bag->info.size));
         } catch (const Errno&) {
           // removed between the listing and the open
         } catch (const Error& e) {
@@ -1086,7 +1083,7 @@ std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
     std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
     if (bag->identity() != node.identity) fail(ESTALE);
     const BagInfo& info = bag->info;
-    attrs["user.sheaf.xxh64"] = hex64(info.checksum);
+    attrs["user.sheaf.xxh64"] = checksum_hex(info.checksum);
     attrs["user.sheaf.created"] = std::to_string(info.created_ns);
     if (!info.element_type.empty()) {
       attrs["user.sheaf.type"] = info.element_type;

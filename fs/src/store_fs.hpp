@@ -36,7 +36,6 @@ class HeapCache {
   // The heap `name`, with its file's current stat. Throws Error(kNotFound)
   // when the store has no such heap.
   std::shared_ptr<Heap> get(const std::string& name, struct stat* file_stat = nullptr);
-  void clear();
 
  private:
   struct Entry {
@@ -101,6 +100,8 @@ class StoreFs {
   // errno (ENOENT) when there is none.
   Node child(const Node& parent, const std::string& name, struct stat* attr);
   struct stat attributes(const Node& node, fuse_ino_t ino);
+  struct stat object_attr(const struct stat& heap_file, std::uint64_t size) const;
+  struct stat bag_attr(const struct stat& bag_file, std::uint64_t payload) const;
   struct Lifetimes {
     double name = 0;        // seconds the kernel may keep the name -> inode binding
     double attributes = 0;  // seconds it may keep the attributes
