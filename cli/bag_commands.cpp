@@ -43,13 +43,6 @@ std::string problem_text(const std::string& name, const std::string& message) {
   return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
 }
 
-// "0123456789abcdef".
-std::string checksum_hex(std::uint64_t checksum) {
-  std::array<char, 17> text{};
-  std::snprintf(text.data(), text.size(), "%016llx", static_cast<unsigned long long>(checksum));
-  return text.data();
-}
-
 // --- Element types ---------------------------------------------------------------
 
 struct ElementType {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <vector>
@@ -126,6 +127,12 @@ std::uint64_t bag_header_bytes(const BagInfo& info) {
   std::uint64_t bytes = sizeof(Fixed) + info.element_type.size() + 8;
   for (const auto& [key, value] : info.tags) bytes += 6 + key.size() + value.size();
   return (bytes + kPage - 1) / kPage * kPage;
+}
+
+std::string checksum_hex(std::uint64_t checksum) {
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(checksum));
+  return text;
 }
 
 BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_size,

@@ -125,6 +125,11 @@ class BagWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// A checksum as every tool spells it: 16 lowercase hex digits
+// ("0123456789abcdef"), as in `sheaf bag info` and the user.sheaf.xxh64
+// attribute of a mounted bag.
+std::string checksum_hex(std::uint64_t checksum);
+
 // Validates a bag file's header bytes (at least the first page of the file),
 // for a file of `file_size` bytes; throws Error(kCorrupted/kUnsupported) naming
 // what is wrong. Exposed for tools and the fuzzer.
