@@ -426,10 +426,6 @@ void add_name_argument(CLI::App& verb, std::string& name) {
   verb.add_option("NAME", name, "The bag's name")->required()->type_name("");
 }
 
-void add_json_flag(CLI::App& verb, bool& json) {
-  verb.add_flag("--json", json, "Print JSON on standard output");
-}
-
 }  // namespace
 
 std::vector<BagEntry> list_bags(const Store& store) {

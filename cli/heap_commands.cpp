@@ -202,10 +202,6 @@ void add_heap_argument(CLI::App& verb, std::string& heap) {
       ->type_name("");
 }
 
-void add_json_flag(CLI::App& verb, bool& json) {
-  verb.add_flag("--json", json, "Print JSON on standard output");
-}
-
 }  // namespace
 
 void register_heap_commands(CLI::App& app) {

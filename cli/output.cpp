@@ -1,5 +1,7 @@
 #include "output.hpp"
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <array>
 #include <ctime>
@@ -22,6 +24,10 @@ std::string format_time(std::uint64_t ns, bool utc, const char* format) {
 }
 
 }  // namespace
+
+void add_json_flag(CLI::App& verb, bool& json) {
+  verb.add_flag("--json", json, "Print JSON on standard output");
+}
 
 void print_json(const Json& json) {
   std::cout << json.dump(2) << '\n';

@@ -7,6 +7,10 @@
 #include <utility>
 #include <vector>
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace sheaf::cli {
 
 // Keys stay in the order the verb writes them.
@@ -14,6 +18,8 @@ using Json = nlohmann::ordered_json;
 
 // The JSON on standard output, indented, with a final newline.
 void print_json(const Json& json);
+// The --json flag every read command has.
+void add_json_flag(CLI::App& verb, bool& json);
 
 // Prints "key: value" lines with the values lined up.
 void print_fields(const std::vector<std::pair<std::string, std::string>>& fields);

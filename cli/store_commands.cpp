@@ -74,7 +74,7 @@ void register_store_commands(CLI::App& app) {
   auto ls = std::make_shared<LsArgs>();
   verb = store->add_subcommand("ls", "List a store's heaps and bags, with their sizes");
   verb->add_option("STORE", ls->store, "The store directory")->required()->type_name("");
-  verb->add_flag("--json", ls->json, "Print JSON on standard output");
+  add_json_flag(*verb, ls->json);
   verb->callback([ls] { store_ls(*ls); });
 }
 
