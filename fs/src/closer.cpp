@@ -1,4 +1,4 @@
-#include "task_fate.hpp"
+#include "closer.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// task_fate.hpp: who is closing a bag being written, and what that close means.
+// closer.hpp: who is closing a bag being written, and what that close means.
 //
 // The kernel sends the server a FLUSH for every close() of a descriptor of an
 // open file (dups and forked copies included), and one RELEASE, later and

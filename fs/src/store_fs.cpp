@@ -20,7 +20,7 @@
 #include "object_names.hpp"
 #include "sheaf/bag.hpp"
 #include "sheaf/heap_report.hpp"
-#include "task_fate.hpp"
+#include "closer.hpp"
 
 namespace sheaf::fs {
 namespace {
@@ -159,7 +159,7 @@ struct TextFile {
   std::string text;
 };
 
-// A bag being written (task_fate.hpp says which close publishes it). Every
+// A bag being written (closer.hpp says which close publishes it). Every
 // field is guarded by `mutex`; the upload is shared by its handle and by the
 // mount's table of uploads, so either may outlive the other.
 struct BagUpload {
