@@ -16,8 +16,8 @@ enum ExitCode : int {
   kExitAlreadyExists = 4,  // the file or the name is taken
   kExitBadFile = 5,        // corrupted, unsupported, or an object of another type
   kExitOutOfSpace = 6,     // the heap or the filesystem is full
-  kExitBusy = 7,           // the file is in use in a way that forbids the operation
-  kExitSystem = 8,         // any other refusal by the operating system
+  kExitBusy = 7,    // the file is in use in a way that forbids the operation, or its lock timed out
+  kExitSystem = 8,  // any other refusal by the operating system
 };
 
 // The exit status for a library error of this category.
@@ -36,6 +36,7 @@ constexpr int exit_code_for(Errc code) noexcept {
     case Errc::kOutOfSpace:
       return kExitOutOfSpace;
     case Errc::kBusy:
+    case Errc::kTimedOut:
       return kExitBusy;
     case Errc::kSystem:
       return kExitSystem;
@@ -55,7 +56,7 @@ inline constexpr const char* kExitStatusHelp =
     "  4  already exists (file, object or bag name)\n"
     "  5  bad file (corrupted, unsupported format, or type mismatch)\n"
     "  6  out of space\n"
-    "  7  busy\n"
+    "  7  busy (or a lock not granted in time)\n"
     "  8  other operating-system error";
 
 }  // namespace sheaf::cli

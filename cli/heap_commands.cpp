@@ -90,7 +90,8 @@ void heap_ls(const LsArgs& args) {
                       {"type", object.type},
                       {"size", object.size},
                       {"count", object.count},
-                      {"offset", object.offset}});
+                      {"offset", object.offset},
+                      {"serial", object.serial}});
     }
     print_json(list);
     return;
@@ -193,6 +194,37 @@ void heap_check(const CheckArgs& args) {
   if (!report.ok()) throw CLI::RuntimeError(kExitFailure);
 }
 
+struct UpgradeArgs {
+  std::string heap;
+  bool json = false;
+};
+
+void heap_upgrade(const UpgradeArgs& args) {
+  Heap heap = open_heap(args.heap);
+  const std::uint32_t before = heap.info().format_version;
+  const bool changed = heap.upgrade().value();
+  const HeapInfo after = heap.info();
+  if (args.json) {
+    print_json({{"path", after.path},
+                {"upgraded", changed},
+                {"format_version_before", before},
+                {"format_version", after.format_version},
+                {"features", after.features}});
+    return;
+  }
+  std::string features;
+  for (const std::string& feature : after.features) {
+    features += (features.empty() ? "" : ", ") + feature;
+  }
+  if (changed) {
+    std::cout << "upgraded " << after.path << " from format " << before << " to "
+              << after.format_version << " (features: " << features << ")\n";
+  } else {
+    std::cout << after.path << " is already at format " << after.format_version
+              << " (features: " << features << ")\n";
+  }
+}
+
 // --- Registration ------------------------------------------------------------------
 
 // The heap argument every verb takes first.
@@ -266,6 +298,15 @@ void register_heap_commands(CLI::App& app) {
   add_heap_argument(*verb, check->heap);
   add_json_flag(*verb, check->json);
   verb->callback([check] { heap_check(*check); });
+
+  auto upgrade = std::make_shared<UpgradeArgs>();
+  verb = heap->add_subcommand(
+      "upgrade",
+      "Bring a heap made by an older Sheaf to this Sheaf's format (no other process "
+      "may have it open)");
+  add_heap_argument(*verb, upgrade->heap);
+  add_json_flag(*verb, upgrade->json);
+  verb->callback([upgrade] { heap_upgrade(*upgrade); });
 }
 
 }  // namespace sheaf::cli

@@ -47,7 +47,7 @@ TEST(HeapFile, CreateGivesPrivateFileAndRefusesToReplace) {
   {
     Heap heap = make_heap(path);
     HeapInfo info = heap.info();
-    EXPECT_EQ(info.format_version, 1u);
+    EXPECT_EQ(info.format_version, 2u);
     EXPECT_EQ(info.objects, 0u);
     EXPECT_EQ(info.sessions, 1u);
     EXPECT_EQ(info.mode, LockMode::kLocal);
@@ -142,7 +142,7 @@ TEST_F(BadFile, NewerVersionAndOtherByteOrder) {
   expect_refused(patched(8, 7), Errc::kUnsupported, "version 7 is newer");
   expect_refused(patched(12, 0x04030201), Errc::kUnsupported, "other byte order");
   std::vector<char> bare = good_heap();
-  bare[8] = 2;  // an edit without a new checksum is corruption
+  bare[8] = 3;  // an edit without a new checksum is corruption
   expect_refused(bare, Errc::kCorrupted, "checksum");
 }
 
@@ -181,7 +181,7 @@ TEST(HeapAlloc, AllocateWriteFreeReuse) {
   for (auto& [p, bytes] : blocks) heap.deallocate(p);
   expect_sound(heap);
   // Freed small blocks may wait in this thread's cache; closing returns them.
-  heap.close();
+  ASSERT_TRUE(heap.close().ok());
   heap = Heap::open(dir / "h").value();
   EXPECT_EQ(heap.info().used, 0u);
   EXPECT_EQ(heap.info().free + 16384, heap.info().size);

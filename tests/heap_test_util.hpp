@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -129,6 +131,36 @@ struct Pipe {
     fds[1] = -1;
   }
   int fds[2] = {-1, -1};
+};
+
+// A tmpfs of the given size mounted on dir (created if needed) for as long as
+// the guard lives; unmounted however the test ends. ok() is false (and why()
+// says why) when the mount failed.
+class TmpfsMount {
+ public:
+  TmpfsMount(const std::string& dir, const std::string& size) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    const std::string options = "size=" + size + ",mode=0755";
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) == 0) {
+      mounted_ = true;
+    } else {
+      error_ = errno;
+    }
+  }
+  ~TmpfsMount() {
+    if (!mounted_) return;
+    if (::umount(dir_.c_str()) != 0) ::umount2(dir_.c_str(), MNT_DETACH);  // busy: detach
+  }
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool ok() const { return mounted_; }
+  int error() const { return error_; }
+  std::string why() const { return "mount tmpfs on " + dir_ + ": " + std::strerror(error_); }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+  int error_ = 0;
 };
 
 }  // namespace sheaf::testing

@@ -35,6 +35,7 @@ using testing::Pipe;
 using testing::read_file;
 using testing::run_in_child;
 using testing::TempDir;
+using testing::TmpfsMount;
 using testing::write_file;
 
 constexpr std::uint64_t kGiB = std::uint64_t{1} << 30;
@@ -135,36 +136,6 @@ char read_byte(int fd) {
   if (!read_full(fd, &c, 1)) throw std::runtime_error("pipe closed");
   return c;
 }
-
-// A tmpfs of the given size mounted on dir (created if needed) for as long as
-// the guard lives; unmounted however the test ends. ok() is false (and why()
-// says why) when the mount failed.
-class TmpfsMount {
- public:
-  TmpfsMount(const std::string& dir, const std::string& size) : dir_(dir) {
-    std::filesystem::create_directories(dir);
-    const std::string options = "size=" + size + ",mode=0755";
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) == 0) {
-      mounted_ = true;
-    } else {
-      error_ = errno;
-    }
-  }
-  ~TmpfsMount() {
-    if (!mounted_) return;
-    if (::umount(dir_.c_str()) != 0) ::umount2(dir_.c_str(), MNT_DETACH);  // busy: detach
-  }
-  TmpfsMount(const TmpfsMount&) = delete;
-  TmpfsMount& operator=(const TmpfsMount&) = delete;
-  bool ok() const { return mounted_; }
-  int error() const { return error_; }
-  std::string why() const { return "mount tmpfs on " + dir_ + ": " + std::strerror(error_); }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-  int error_ = 0;
-};
 
 std::uint64_t file_size(const std::string& path) {
   return std::filesystem::file_size(path);

@@ -28,6 +28,13 @@ std::string size_field(std::uint64_t bytes) {
   return std::to_string(bytes) + " (" + human + ")";
 }
 
+std::string features_text(const std::vector<std::string>& features) {
+  if (features.empty()) return "none";
+  std::string text;
+  for (const std::string& feature : features) text += (text.empty() ? "" : ", ") + feature;
+  return text;
+}
+
 }  // namespace
 
 std::string heap_info_text(const HeapInfo& info) {
@@ -35,6 +42,7 @@ std::string heap_info_text(const HeapInfo& info) {
       {"path", info.path},
       {"uuid", info.uuid},
       {"format version", std::to_string(info.format_version)},
+      {"features", features_text(info.features)},
       {"mode", lock_mode_name(info.mode)},
       {"size", size_field(info.size)},
       {"max size", size_field(info.max_size)},
@@ -59,6 +67,7 @@ std::string heap_info_json(const HeapInfo& info) {
   const nlohmann::ordered_json json = {{"path", info.path},
                                        {"uuid", info.uuid},
                                        {"format_version", info.format_version},
+                                       {"features", info.features},
                                        {"mode", lock_mode_name(info.mode)},
                                        {"size", info.size},
                                        {"max_size", info.max_size},

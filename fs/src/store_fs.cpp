@@ -17,10 +17,10 @@
 #include <variant>
 #include <vector>
 
+#include "closer.hpp"
 #include "object_names.hpp"
 #include "sheaf/bag.hpp"
 #include "sheaf/heap_report.hpp"
-#include "closer.hpp"
 
 namespace sheaf::fs {
 namespace {
@@ -1096,6 +1096,7 @@ std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
     attrs["user.sheaf.type"] = object->type;
     attrs["user.sheaf.count"] = std::to_string(object->count);
     attrs["user.sheaf.offset"] = std::to_string(object->offset);
+    attrs["user.sheaf.serial"] = std::to_string(object->serial);
   }
   return attrs;
 }

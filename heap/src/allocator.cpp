@@ -3,7 +3,7 @@
 // Every function here runs under the exclusive heap lock.
 //
 // Shape (after dlmalloc and mimalloc, simplified for crash safety):
-// - Blocks up to 1 KiB live in 63 exact-size bins. Freeing one is a push and
+// - Blocks up to 1040 bytes live in 64 exact-size bins. Freeing one is a push and
 //   allocating one is a pop: no search, no merging. Their neighbours are
 //   merged lazily, by a sweep over the chain when an allocation would
 //   otherwise grow the file.
@@ -11,8 +11,9 @@
 //   one merges it with the free blocks that follow it.
 // - A bitmap of non-empty bins finds the next bin with a block that fits in a
 //   few instructions.
-// - When nothing fits, the file grows (by the request, at least by its own
-//   size up to 1 GiB) under the same mapping; nothing moves.
+// - When nothing fits, the file grows (by the request, and by its own size
+//   up to 1 GiB where the limit and the disk allow) under the same mapping;
+//   nothing moves.
 //
 // Crash safety: see format.hpp. A block being allocated is unlinked from its
 // bin first, while its header still says kFree; recovery rebuilds the bins,
@@ -26,6 +27,7 @@
 #include <bit>
 
 #include "impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
@@ -148,7 +150,7 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
     if (gap != 0) {
       const std::uint64_t aligned = offset + gap;
       block(aligned)->size_and_state = (whole - gap) | kFree;
-      block(aligned)->owner = 0;
+      block(aligned)->tag = 0;
       publish(block(offset)->size_and_state, gap | kFree);
       push_free(offset);
       offset = aligned;
@@ -156,11 +158,11 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
   }
 
   const std::uint64_t whole = block(offset)->size();
-  block(offset)->owner = 0;  // before the block is published as anything but free
+  block(offset)->tag = 0;  // before the block is published as anything but free
   if (whole - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (whole - size) | kFree;
-    block(tail)->owner = 0;
+    block(tail)->tag = 0;
     publish(block(offset)->size_and_state, size | final_state);
     push_free(tail);
   } else {
@@ -200,7 +202,7 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
     if (current - size >= kMinBlock) {  // give the tail back
       const std::uint64_t tail = offset + size;
       block(tail)->size_and_state = (current - size) | kUsed;
-      block(tail)->owner = 0;
+      block(tail)->tag = 0;
       publish(header->size_and_state, size | state_bits);
       free_block(tail);  // merges it with what follows and accounts for it
     }
@@ -214,7 +216,7 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
   if (total - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (total - size) | kFree;
-    block(tail)->owner = 0;
+    block(tail)->tag = 0;
     publish(header->size_and_state, size | state_bits);
     push_free(tail);
     s.used_bytes += size - current;
@@ -225,39 +227,39 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
   return true;
 }
 
+// Grows by the request, and when it can by the heap's own size (up to
+// 1 GiB) so that a growing heap grows rarely. The larger step is a wish: if
+// the limit or the disk refuses it, growth falls back to what the request
+// needs.
 void Heap::Impl::grow(std::uint64_t bytes) {
   State& s = state();
   const std::uint64_t old_size = s.size;
   const std::uint64_t limit = growth_limit();
-  std::uint64_t new_size =
+  const std::uint64_t needed = align_up(old_size + bytes, kPageSize);
+  const std::uint64_t wished =
       align_up(old_size + std::max(bytes, std::min(old_size, kMaxGrowthStep)), kPageSize);
-  if (new_size > limit) new_size = align_up(old_size + bytes, kPageSize);
-  if (new_size > limit || new_size < old_size) {
+  if (needed > limit || needed < old_size) {
     throw Error(Errc::kOutOfSpace, "heap " + path + " is full: it needs " + std::to_string(bytes) +
                                        " more bytes but may grow to at most " +
                                        std::to_string(limit) +
                                        " (its maximum size or this process's reservation)");
   }
-  struct stat st {};
-  if (fstat(fd, &st) != 0) throw Error::from_errno(errno, "heap " + path + ": stat");
-  if (static_cast<std::uint64_t>(st.st_size) < new_size) {
-    // fallocate claims the disk now (ENOSPC here, not SIGBUS later);
-    // filesystems without it get a sparse extension.
-    if (fallocate(fd, 0, static_cast<off_t>(old_size), static_cast<off_t>(new_size - old_size)) !=
-        0) {
-      if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
-        throw Error::from_errno(
-            errno, "heap " + path + ": cannot grow to " + std::to_string(new_size) + " bytes");
-      }
-      if (ftruncate(fd, static_cast<off_t>(new_size)) != 0) {
-        throw Error::from_errno(
-            errno, "heap " + path + ": cannot grow to " + std::to_string(new_size) + " bytes");
-      }
+  std::uint64_t new_size = wished <= limit ? wished : needed;
+  const std::uint64_t file_bytes = posix::file_size(fd, "heap " + path);
+  if (file_bytes < new_size) {
+    int error = posix::allocate_range(fd, old_size, new_size - old_size);
+    if (error == ENOSPC && new_size > needed) {
+      new_size = needed;
+      error = file_bytes < new_size ? posix::allocate_range(fd, old_size, new_size - old_size) : 0;
+    }
+    if (error != 0) {
+      throw Error::from_errno(
+          error, "heap " + path + ": cannot grow to " + std::to_string(new_size) + " bytes");
     }
   }
   known_file_size = std::max<std::uint64_t>(known_file_size, new_size);
   block(old_size)->size_and_state = (new_size - old_size) | kFree;
-  block(old_size)->owner = 0;
+  block(old_size)->tag = 0;
   publish(s.size, new_size);
   push_free(old_size);
 }

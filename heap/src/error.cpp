@@ -25,6 +25,8 @@ const char* errc_name(Errc code) noexcept {
       return "out of space";
     case Errc::kBusy:
       return "busy";
+    case Errc::kTimedOut:
+      return "timed out";
     case Errc::kSystem:
       return "system error";
   }
@@ -52,6 +54,9 @@ Error Error::from_errno(int sys_errno, const std::string& what) {
       break;
     case EINVAL:
       code = Errc::kInvalidArgument;
+      break;
+    case ETIMEDOUT:
+      code = Errc::kTimedOut;
       break;
     default:
       break;

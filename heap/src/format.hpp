@@ -26,8 +26,32 @@
 namespace sheaf::format {
 
 inline constexpr char kMagic[8] = {'S', 'H', 'E', 'A', 'F', 'H', 'P', '\0'};
-inline constexpr std::uint32_t kVersion = 1;
-inline constexpr std::uint32_t kEndianMark = 0x01020304;
+// Version 1: the first format, with no feature words (they were reserved,
+// zero). Version 2: version 1 whose three feature words (Identity) say what
+// the file uses. A newer Sheaf opens both; one that reads only version 1
+// refuses version 2 by its number. From version 2 on, the format evolves by
+// feature bits, not by version numbers.
+inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kOldestVersion = 1;
+
+// Feature bits, after ext4 and PMDK. An opener that finds a bit it does not
+// know in
+//   compat_features     opens the heap anyway (the feature asks nothing of it);
+//   ro_compat_features  may read but must not write it, so refuses to open it
+//                       (this Sheaf has no read-only open yet);
+//   incompat_features   refuses to open it.
+// A refusal names the unknown bits. `sheaf heap upgrade` (Heap::upgrade)
+// turns on every feature this Sheaf knows in an older heap.
+enum Feature : std::uint64_t {
+  // Every named object carries a creation serial (in its block header's
+  // `tag`), never reused in the heap, so an object destroyed and rebuilt at
+  // the same offset is told apart. State::next_serial is the next one.
+  // An older writer would create objects without serials: ro_compat.
+  kFeatureObjectSerials = std::uint64_t{1} << 0,
+};
+inline constexpr std::uint64_t kKnownCompat = 0;
+inline constexpr std::uint64_t kKnownRoCompat = kFeatureObjectSerials;
+inline constexpr std::uint64_t kKnownIncompat = 0;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
 
@@ -52,16 +76,20 @@ enum BlockState : std::uint64_t {
   kNamed = 2,    // payload holds a NamedRecord, then the names, then the object
   kPending = 3,  // a named object whose constructor had not returned; freed by recovery
   kIndex = 4,    // the name table; every one but State::name_table is freed by recovery
-  kCached = 5,   // in a thread's cache (thread_cache.cpp); `owner` names its session
+  kCached = 5,   // in a thread's cache (thread_cache.cpp); `tag` names its session
 };
 inline constexpr std::uint64_t kLastState = kCached;
 inline constexpr std::uint64_t kStateMask = 0xF;
 
 struct BlockHeader {
   std::uint64_t size_and_state;  // size (multiple of 16, header included) | BlockState
-  // The session whose thread cache holds or held the block (thread_cache.cpp);
-  // zero for blocks that never went through a cache.
-  std::uint64_t owner;
+  // What the block's state makes it mean:
+  //   kCached           the session whose thread cache holds it (thread_cache.cpp);
+  //   kNamed, kPending  the object's creation serial (kFeatureObjectSerials; 0 in
+  //                     heaps without the feature);
+  //   otherwise         nothing (zero, or left over from a previous state).
+  // Written before the block is published in the state that gives it meaning.
+  std::uint64_t tag;
 
   // Read atomically: a thread may flip its own cached block between kCached
   // and kUsed without the heap lock while a walk reads the chain.
@@ -134,7 +162,11 @@ struct Identity {
   std::uint8_t uuid[16];
   std::uint64_t created_ns;
   std::uint64_t max_size;  // 0: no limit but the reservation
-  std::uint64_t reserved[8];
+  // Version 2 on (zero in version 1): see Feature.
+  std::uint64_t compat_features;
+  std::uint64_t ro_compat_features;
+  std::uint64_t incompat_features;
+  std::uint64_t reserved[5];
   std::uint64_t checksum;  // XXH64 of every byte above
 };
 
@@ -159,6 +191,15 @@ struct State {
   std::uint64_t bin_bitmap[4];
   std::uint64_t bins[kBinCount];
   Session sessions[kMaxSessions];
+  // kFeatureObjectSerials: the serial the next named object gets (from 1).
+  std::uint64_t next_serial;
+  // An Identity being rewritten (Heap::upgrade): the new one is written here
+  // whole, then identity_staged is published as 1, then it is copied over
+  // Identity and identity_staged is published as 0. An opener that finds
+  // identity_staged set finishes the copy, so a kill at any instant leaves
+  // the old identity or the new one, never a torn one.
+  alignas(64) Identity staged_identity;
+  std::uint64_t identity_staged;
 };
 
 struct Header {

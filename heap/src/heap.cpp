@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "impl.hpp"
+#include "registry.hpp"
 #include "sheaf/containers.hpp"
 
 namespace sheaf {
@@ -13,51 +14,12 @@ namespace {
 
 using namespace format;
 
-// The heaps this process has open, by base address, so an Allocator living
-// inside a heap (which cannot hold a pointer to this process's Heap) can find
-// its heap's lock and allocator. Lookups read without locking.
-struct OpenHeap {
-  std::atomic<const void*> base{nullptr};
-  std::atomic<Heap::Impl*> impl{nullptr};
-};
-constexpr int kMaxOpenHeaps = 256;
-std::array<OpenHeap, kMaxOpenHeaps> open_heaps;
-std::mutex open_heaps_mutex;
-
-void remember(Heap::Impl* impl) {
-  std::lock_guard guard(open_heaps_mutex);
-  for (auto& entry : open_heaps) {
-    if (entry.base.load() == nullptr) {
-      entry.impl.store(impl);
-      entry.base.store(impl->base, std::memory_order_release);
-      return;
-    }
-  }
-  throw Error(Errc::kBusy, "heap " + impl->path + ": this process has " +
-                               std::to_string(kMaxOpenHeaps) + " heaps open already");
-}
-
-void forget(const Heap::Impl* impl) {
-  std::lock_guard guard(open_heaps_mutex);
-  for (auto& entry : open_heaps) {
-    if (entry.base.load() == impl->base) entry.base.store(nullptr);
-  }
-}
-
-Heap::Impl& heap_at_base(const void* base) {
-  for (auto& entry : open_heaps) {
-    if (entry.base.load(std::memory_order_acquire) == base) return *entry.impl.load();
-  }
-  throw Error(Errc::kInvalidArgument, "sheaf::Allocator: its heap is not open in this process");
-}
-
 // The block an allocate()d pointer belongs to, after checking it is one.
 std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* what) {
   const std::uint64_t offset = impl.offset_of(p);
   const std::uint64_t block = offset - kBlockHeaderBytes;
   if (!impl.base || p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes ||
-      offset >= __atomic_load_n(&impl.state().size, __ATOMIC_ACQUIRE) || offset % kAlign != 0 ||
-      impl.block(block)->state() != kUsed) {
+      offset >= impl.heap_size() || offset % kAlign != 0 || impl.block(block)->state() != kUsed) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
   }
@@ -105,17 +67,33 @@ Heap::Impl::~Impl() {
   if (direct_fd >= 0) ::close(direct_fd);
 }
 
+bool Heap::Impl::forked() const {
+  return fork_epoch != registry::fork_epoch();
+}
+
 Heap::Heap(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Heap::Heap(Heap&&) noexcept = default;
 Heap& Heap::operator=(Heap&& other) noexcept {
   if (this != &other) {
-    close();
+    (void)close();
     impl_ = std::move(other.impl_);
   }
   return *this;
 }
 Heap::~Heap() {
-  close();
+  (void)close();
+}
+
+Heap::Impl& Heap::live() const {
+  if (!impl_) {
+    throw Error(Errc::kInvalidArgument, "heap: used after close() or after being moved from");
+  }
+  if (impl_->forked()) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl_->path +
+                    ": opened before this process was forked; open it again in the child");
+  }
+  return *impl_;
 }
 
 Result<Heap> Heap::create(const std::string& path, const CreateOptions& options) {
@@ -130,29 +108,43 @@ Result<Heap> Heap::create(const std::string& path, const CreateOptions& options)
 Result<Heap> Heap::open(const std::string& path, const OpenOptions& options) {
   try {
     std::shared_ptr<Impl> impl(Impl::open_file(path, options));
-    remember(impl.get());
+    registry::add(impl);
     return Heap(std::move(impl));
   } catch (const Error& e) {
     return e;
   }
 }
 
-void Heap::close() noexcept {
-  if (!impl_) return;
-  forget(impl_.get());
-  impl_->close_file();
+Result<void> Heap::close() noexcept {
+  if (!impl_) return {};
+  registry::remove(impl_.get());
+  const int error = impl_->close_file();
+  const std::string path = impl_->path;
   impl_.reset();
+  if (error != 0) {
+    return Error::from_errno(error, "heap " + path + ": closing: cannot write to the server");
+  }
+  return {};
 }
 
-Heap::LockScope::LockScope(Heap& heap, bool exclusive) : impl_(heap.impl_.get()) {
-  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
-  impl_->acquire(exclusive);
+Heap::LockScope::LockScope(Impl& impl, bool exclusive, std::chrono::nanoseconds timeout)
+    : impl_(&impl) {
+  impl.acquire(exclusive, timeout.count());
+}
+
+int Heap::LockScope::release() noexcept {
+  if (impl_ == nullptr) return 0;
+  const int error = impl_->release();
+  impl_ = nullptr;
+  return error;
 }
 
 Heap::LockScope::~LockScope() noexcept(false) {
-  const int error = impl_->release();
+  if (impl_ == nullptr) return;
+  const std::string& path = impl_->path;
+  const int error = release();
   if (error != 0 && std::uncaught_exceptions() == 0) {
-    throw Error::from_errno(error, "heap " + impl_->path + ": cannot write to the server");
+    throw Error::from_errno(error, "heap " + path + ": cannot write to the server");
   }
 }
 
@@ -170,7 +162,7 @@ void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
   if (use_cache(impl) && alignment <= kAlign && bytes <= kCacheMax - kBlockHeaderBytes) {
     return impl.at(impl.cached_allocate(Heap::Impl::block_size_for(bytes)) + kBlockHeaderBytes);
   }
-  Locked lock(impl, true);
+  LockScope lock(impl, true);
   return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
 }
 
@@ -179,54 +171,62 @@ void deallocate_in(Heap::Impl& impl, void* p) {
     const std::uint64_t block = used_block_of(impl, p, "deallocate");
     if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
   }
-  Locked lock(impl, true);
+  LockScope lock(impl, true);
   impl.free_block(used_block_of(impl, p, "deallocate"));
+}
+
+// The alignment a block's payload has: its offset's lowest set bit (the
+// mapping is page-aligned), up to a page. reallocate() keeps at least it.
+std::uint64_t alignment_of(std::uint64_t payload_offset) {
+  return std::min<std::uint64_t>(kPageSize, payload_offset & (~payload_offset + 1));
 }
 
 }  // namespace
 
 void* Heap::allocate(std::size_t bytes, std::size_t alignment) {
-  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
-  return allocate_in(*impl_, bytes, alignment);
+  return allocate_in(live(), bytes, alignment);
 }
 
 void Heap::deallocate(void* p) {
+  Impl& impl = live();
   if (p == nullptr) return;
-  if (!impl_) throw Error(Errc::kInvalidArgument, "heap: not open");
-  deallocate_in(*impl_, p);
+  deallocate_in(impl, p);
 }
 
 void* Heap::reallocate(void* p, std::size_t bytes) {
+  Impl& impl = live();
   if (p == nullptr) return allocate(bytes);
-  LockScope lock(*this, true);
-  const std::uint64_t block = used_block_of(*impl_, p, "reallocate");
-  if (impl_->resize_in_place(block, bytes)) return p;
-  const std::uint64_t old_bytes = impl_->block(block)->size() - kBlockHeaderBytes;
-  const std::uint64_t fresh = impl_->allocate_block(bytes, kAlign);
-  void* moved = impl_->at(fresh + kBlockHeaderBytes);
+  LockScope lock(impl, true);
+  const std::uint64_t block = used_block_of(impl, p, "reallocate");
+  if (impl.resize_in_place(block, bytes)) return p;
+  const std::uint64_t old_bytes = impl.block(block)->size() - kBlockHeaderBytes;
+  const std::uint64_t alignment = std::max(kAlign, alignment_of(block + kBlockHeaderBytes));
+  const std::uint64_t fresh = impl.allocate_block(bytes, alignment);
+  void* moved = impl.at(fresh + kBlockHeaderBytes);
   std::memcpy(moved, p, std::min<std::uint64_t>(old_bytes, bytes));
-  impl_->free_block(block);
+  impl.free_block(block);
   return moved;
 }
 
 std::size_t Heap::usable_size(const void* p) const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  return impl_->block(used_block_of(*impl_, p, "usable_size"))->size() - kBlockHeaderBytes;
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  return impl.block(used_block_of(impl, p, "usable_size"))->size() - kBlockHeaderBytes;
 }
 
 void* Heap::construct_named(std::string_view name, const TypeTag& type, std::size_t count,
                             bool or_find, detail::InitFn init, void* context) {
-  check_name(*impl_, name);
+  Impl& impl = live();
+  check_name(impl, name);
   if (type.name.size() > kMaxTypeLength || type.alignment > kPageSize) {
-    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": type " + std::string(type.name) +
+    throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": type " + std::string(type.name) +
                                             " cannot be stored by name");
   }
-  if (type.size != 0 && count > impl_->growth_limit() / type.size) {
-    throw Error(Errc::kOutOfSpace, "heap " + impl_->path + ": " + std::to_string(count) + " " +
+  if (type.size != 0 && count > impl.growth_limit() / type.size) {
+    throw Error(Errc::kOutOfSpace, "heap " + impl.path + ": " + std::to_string(count) + " " +
                                        std::string(type.name) + " objects do not fit");
   }
-  LockScope lock(*this, true);
-  Impl& impl = *impl_;
+  LockScope lock(impl, true);
   if (std::uint64_t existing = impl.lookup(name); existing != 0) {
     if (!or_find) {
       throw Error(Errc::kAlreadyExists,
@@ -241,6 +241,13 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   const std::uint64_t bytes = std::uint64_t{type.size} * count;
   const std::uint64_t block =
       impl.allocate_block(align_up(head, kAlign) + (alignment - kAlign) + bytes, kAlign, kPending);
+  // Pending blocks carry their serial too: a serial is never reused, even
+  // when the object is never finished.
+  if (impl.has_feature(kFeatureObjectSerials)) {
+    State& s = impl.state();
+    if (s.next_serial == 0) s.next_serial = 1;
+    impl.block(block)->tag = s.next_serial++;
+  }
   NamedRecord* r = impl.record(block);
   r->name_hash = hash_name(name);
   r->element_size = type.size;
@@ -275,17 +282,18 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
 }
 
 void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* count) const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  const std::uint64_t block = impl_->lookup(name);
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  const std::uint64_t block = impl.lookup(name);
   if (block == 0) return nullptr;
-  check_type(*impl_, block, type);
-  *count = impl_->record(block)->count;
-  return impl_->at(impl_->record(block)->object_offset);
+  check_type(impl, block, type);
+  *count = impl.record(block)->count;
+  return impl.at(impl.record(block)->object_offset);
 }
 
 bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy) {
-  LockScope lock(*this, true);
-  Impl& impl = *impl_;
+  Impl& impl = live();
+  LockScope lock(impl, true);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) return false;
   check_type(impl, block, type);
@@ -298,8 +306,8 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
 }
 
 bool Heap::erase(std::string_view name) {
-  LockScope lock(*this, true);
-  Impl& impl = *impl_;
+  Impl& impl = live();
+  LockScope lock(impl, true);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) return false;
   impl.remove_name(block);
@@ -309,50 +317,55 @@ bool Heap::erase(std::string_view name) {
 }
 
 std::optional<ObjectInfo> Heap::object(std::string_view name) const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  const std::uint64_t block = impl_->lookup(name);
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  const std::uint64_t block = impl.lookup(name);
   if (block == 0) return std::nullopt;
-  return impl_->describe(block);
+  return impl.describe(block);
 }
 
 std::vector<ObjectInfo> Heap::objects() const {
-  LockScope lock(const_cast<Heap&>(*this), false);
+  Impl& impl = live();
+  LockScope lock(impl, false);
   std::vector<ObjectInfo> found;
-  const State& s = impl_->state();
+  const State& s = impl.state();
   if (s.name_table == 0) return found;
-  const auto* table = impl_->at<NameTable>(s.name_table + kBlockHeaderBytes);
+  const auto* table = impl.at<NameTable>(s.name_table + kBlockHeaderBytes);
   found.reserve(table->count);
   for (std::uint64_t i = 0; i < table->capacity; ++i) {
     const std::uint64_t slot = table->slots()[i];
-    if (slot != kEmptySlot && slot != kTombstone) found.push_back(impl_->describe(slot));
+    if (slot != kEmptySlot && slot != kTombstone) found.push_back(impl.describe(slot));
   }
   return found;
 }
 
 std::span<const std::byte> Heap::object_bytes(std::string_view name) const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  const std::uint64_t block = impl_->lookup(name);
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  const std::uint64_t block = impl.lookup(name);
   if (block == 0) {
     throw Error(Errc::kNotFound,
-                "heap " + impl_->path + ": no object named '" + std::string(name) + "'");
+                "heap " + impl.path + ": no object named '" + std::string(name) + "'");
   }
-  const NamedRecord* r = impl_->record(block);
-  return {impl_->at<const std::byte>(r->object_offset), r->element_size * r->count};
+  const NamedRecord* r = impl.record(block);
+  return {impl.at<const std::byte>(r->object_offset), r->element_size * r->count};
 }
 
 std::uint64_t Heap::offset_of(const void* p) const {
+  Impl& impl = live();
   if (!contains(p)) {
-    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": pointer outside the heap");
+    throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": pointer outside the heap");
   }
-  return impl_->offset_of(p);
+  return impl.offset_of(p);
 }
 
 void* Heap::pointer_at(std::uint64_t offset) const {
-  if (offset < kHeaderBytes || offset >= impl_->state().size) {
-    throw Error(Errc::kInvalidArgument, "heap " + impl_->path + ": offset " +
-                                            std::to_string(offset) + " is outside the heap");
+  Impl& impl = live();
+  if (offset < kHeaderBytes || offset >= impl.heap_size()) {
+    throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": offset " + std::to_string(offset) +
+                                            " is outside the heap");
   }
-  return impl_->at(offset);
+  return impl.at(offset);
 }
 
 void* Heap::base() const noexcept {
@@ -362,12 +375,12 @@ void* Heap::base() const noexcept {
 bool Heap::contains(const void* p) const noexcept {
   if (!impl_) return false;
   const auto* byte = static_cast<const std::uint8_t*>(p);
-  return byte >= impl_->base + kHeaderBytes && byte < impl_->base + impl_->state().size;
+  return byte >= impl_->base + kHeaderBytes && byte < impl_->base + impl_->heap_size();
 }
 
 HeapInfo Heap::info() const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  const Impl& impl = *impl_;
+  Impl& impl = live();
+  LockScope lock(impl, false);
   const State& s = impl.state();
   const Identity& id = impl.header()->identity;
   HeapInfo info;
@@ -380,6 +393,7 @@ HeapInfo Heap::info() const {
                 u[15]);
   info.uuid = uuid;
   info.format_version = id.version;
+  if (impl.has_feature(kFeatureObjectSerials)) info.features.push_back("object-serials");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;
@@ -394,9 +408,24 @@ HeapInfo Heap::info() const {
   return info;
 }
 
+Result<bool> Heap::upgrade() {
+  try {
+    Impl& impl = live();
+    LockScope lock(impl, true);
+    const bool changed = impl.upgrade();
+    if (const int error = lock.release(); error != 0) {
+      throw Error::from_errno(error, "heap " + impl.path + ": cannot write to the server");
+    }
+    return changed;
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
 CheckReport Heap::check() const {
-  LockScope lock(const_cast<Heap&>(*this), false);
-  return impl_->check(true);
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  return impl.check(true);
 }
 
 const std::string& Heap::path() const noexcept {
@@ -411,11 +440,11 @@ LockMode Heap::mode() const noexcept {
 namespace detail {
 
 void* allocate_at_base(const void* base, std::size_t bytes, std::size_t alignment) {
-  return allocate_in(heap_at_base(base), bytes, alignment);
+  return allocate_in(registry::at_base(base), bytes, alignment);
 }
 
 void deallocate_at_base(const void* base, void* p) {
-  deallocate_in(heap_at_base(base), p);
+  deallocate_in(registry::at_base(base), p);
 }
 
 }  // namespace detail

@@ -20,6 +20,8 @@
 #include <ctime>
 
 #include "impl.hpp"
+#include "posix.hpp"
+#include "registry.hpp"
 
 namespace sheaf {
 namespace {
@@ -65,11 +67,19 @@ LockMode resolve_mode(LockMode requested, int fd, const std::string& path) {
   return is_network_filesystem(fs.f_type) ? LockMode::kNetwork : LockMode::kLocal;
 }
 
-std::uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
+// "incompatible bit 5, read-only compatible bit 9" for the bits of `id` this
+// Sheaf does not know and must refuse the heap for, or "".
+std::string unknown_features(const Identity& id) {
+  std::string text;
+  const auto name = [&](std::uint64_t bits, const char* kind) {
+    for (int bit = 0; bit < 64; ++bit) {
+      if (!((bits >> bit) & 1)) continue;
+      text += (text.empty() ? "" : ", ") + std::string(kind) + " bit " + std::to_string(bit);
+    }
+  };
+  name(id.incompat_features & ~kKnownIncompat, "incompatible");
+  name(id.ro_compat_features & ~kKnownRoCompat, "read-only compatible");
+  return text;
 }
 
 // Throws a clear Error unless `header`, read from a file of `file_size` bytes,
@@ -85,8 +95,8 @@ void validate_header(const Header& header, std::uint64_t file_size, const std::s
                                       " bytes, shorter than a heap header (" +
                                       std::to_string(kHeaderBytes) + ")");
   }
-  if (id.endian != kEndianMark) {
-    if (id.endian == __builtin_bswap32(kEndianMark)) {
+  if (id.endian != posix::kEndianMark) {
+    if (id.endian == posix::kEndianMarkSwapped) {
       throw Error(Errc::kUnsupported, where + "written on a machine of the other byte order");
     }
     throw Error(Errc::kCorrupted, where + "corrupted header (bad byte-order mark)");
@@ -99,8 +109,15 @@ void validate_header(const Header& header, std::uint64_t file_size, const std::s
                                         " is newer than this Sheaf reads (" +
                                         std::to_string(kVersion) + ")");
   }
-  if (id.version == 0 || id.header_bytes != kHeaderBytes) {
+  if (id.version < kOldestVersion || id.header_bytes != kHeaderBytes) {
     throw Error(Errc::kCorrupted, where + "corrupted header (version or header size)");
+  }
+  if (id.version == 1 && (id.compat_features | id.ro_compat_features | id.incompat_features)) {
+    throw Error(Errc::kCorrupted, where + "corrupted header (feature bits in a version 1 heap)");
+  }
+  if (std::string unknown = unknown_features(id); !unknown.empty()) {
+    throw Error(Errc::kUnsupported, where + "uses features this Sheaf does not know (" + unknown +
+                                        "); open it with a newer Sheaf");
   }
   if (id.page_size != kPageSize || sysconf(_SC_PAGESIZE) != kPageSize) {
     throw Error(Errc::kUnsupported, where + "made for " + std::to_string(id.page_size) +
@@ -119,35 +136,13 @@ void validate_header(const Header& header, std::uint64_t file_size, const std::s
   }
 }
 
-bool ofd_lock(int fd, short type, off_t start, off_t length, bool wait) {
-  struct flock lock {};
-  lock.l_type = type;
-  lock.l_whence = SEEK_SET;
-  lock.l_start = start;
-  lock.l_len = length;
-  for (;;) {
-    if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &lock) == 0) return true;
-    if (errno == EINTR) continue;
-    if (!wait && (errno == EAGAIN || errno == EACCES)) return false;
-    throw Error::from_errno(errno, "heap: byte-range lock");
-  }
-}
-
-// Closes fd and unlinks path on scope exit unless released.
-struct TempFile {
+// Unlinks a temporary file on scope exit unless it was given its name.
+struct TempName {
   std::string path;
-  int fd = -1;
-  ~TempFile() {
-    if (fd >= 0) ::close(fd);
+  ~TempName() {
     if (!path.empty()) ::unlink(path.c_str());
   }
 };
-
-std::string directory_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
 
 }  // namespace
 
@@ -157,10 +152,6 @@ std::uint64_t hash_name(std::string_view name) {
 
 std::uint64_t checksum_identity(const Identity& identity) {
   return XXH64(&identity, offsetof(Identity, checksum), 0);
-}
-
-bool lock_range(int fd, short type, off_t start, off_t length, bool wait) {
-  return ofd_lock(fd, type, start, length, wait);
 }
 
 void Heap::Impl::create_file(const std::string& path, const CreateOptions& options) {
@@ -182,31 +173,20 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
     throw Error(Errc::kAlreadyExists, where + ": already exists", EEXIST);
   }
 
-  TempFile temp;
   char suffix[17];
   std::snprintf(suffix, sizeof(suffix), "%02x%02x%02x%02x%02x%02x%02x%02x", uuid[0], uuid[1],
                 uuid[2], uuid[3], uuid[4], uuid[5], uuid[9], uuid[10]);
-  std::string name = path.substr(path.rfind('/') + 1);
-  temp.path = directory_of(path) + "/." + name + ".creating-" + suffix;
-  temp.fd = ::open(temp.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, options.file_mode);
-  if (temp.fd < 0) {
-    int err = errno;
-    temp.path.clear();
-    throw Error::from_errno(err, where + ": cannot create");
-  }
-  if (fchmod(temp.fd, options.file_mode) != 0) throw Error::from_errno(errno, where + ": chmod");
-  // Claim the blocks now, so a full disk is an error here rather than SIGBUS
-  // later; filesystems without fallocate get a sparse file.
-  if (fallocate(temp.fd, 0, 0, static_cast<off_t>(size)) != 0) {
-    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
-      throw Error::from_errno(errno, where + ": cannot reserve " + std::to_string(size) + " bytes");
-    }
-    if (ftruncate(temp.fd, static_cast<off_t>(size)) != 0) {
-      throw Error::from_errno(errno, where + ": cannot size the file");
-    }
+  const std::string name = path.substr(path.rfind('/') + 1);
+  const std::string temp_path = posix::directory_of(path) + "/." + name + ".creating-" + suffix;
+  posix::Fd fd = posix::open_file(temp_path, O_RDWR | O_CREAT | O_EXCL, where + ": cannot create",
+                                  options.file_mode);
+  TempName temp{temp_path};
+  if (fchmod(fd.get(), options.file_mode) != 0) throw Error::from_errno(errno, where + ": chmod");
+  if (const int error = posix::allocate_range(fd.get(), 0, size); error != 0) {
+    throw Error::from_errno(error, where + ": cannot reserve " + std::to_string(size) + " bytes");
   }
 
-  void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, temp.fd, 0);
+  void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (map == MAP_FAILED) throw Error::from_errno(errno, where + ": mmap");
   {
     Impl builder;
@@ -216,12 +196,15 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
     Identity& id = header->identity;
     std::memcpy(id.magic, kMagic, sizeof(kMagic));
     id.version = kVersion;
-    id.endian = kEndianMark;
+    id.endian = posix::kEndianMark;
     id.page_size = kPageSize;
     id.header_bytes = kHeaderBytes;
     std::memcpy(id.uuid, uuid, sizeof(uuid));
-    id.created_ns = now_ns();
+    id.created_ns = posix::realtime_ns();
     id.max_size = options.max_size;
+    id.compat_features = kKnownCompat;
+    id.ro_compat_features = kKnownRoCompat;
+    id.incompat_features = kKnownIncompat;
     id.checksum = checksum_identity(id);
 
     State& state = header->state;
@@ -229,24 +212,16 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
     state.generation = 1;
     state.clean = 1;
     state.next_session_id = 1;
+    state.next_serial = 1;
     // One free block spans everything after the header.
     builder.block(kHeaderBytes)->size_and_state = (size - kHeaderBytes) | kFree;
     builder.push_free(kHeaderBytes);
     builder.base = nullptr;  // ~Impl must not unmap
   }
-  int sync_error = msync(map, size, MS_SYNC) == 0 ? 0 : errno;
+  const int sync_error = posix::msync(map, size);
   munmap(map, size);
-  if (sync_error != 0 || fsync(temp.fd) != 0) {
-    throw Error::from_errno(sync_error ? sync_error : errno, where + ": cannot write");
-  }
-  if (::link(temp.path.c_str(), path.c_str()) != 0) {
-    throw Error::from_errno(errno, where + ": cannot create");
-  }
-  int dir = ::open(directory_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    fsync(dir);  // make the new name durable; best effort on filesystems that refuse
-    ::close(dir);
-  }
+  if (sync_error != 0) throw Error::from_errno(sync_error, where + ": cannot write");
+  posix::publish_file(fd.get(), temp_path, path, /*replace=*/false, where);
 }
 
 std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
@@ -254,12 +229,15 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   const std::string where = "heap " + path;
   auto impl = std::make_shared<Impl>();
   impl->path = path;
-  impl->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (impl->fd < 0) throw Error::from_errno(errno, where);
+  impl->fork_epoch = registry::fork_epoch();
+  impl->lock_timeout_ns =
+      options.lock_timeout.count() > 0
+          ? std::chrono::duration_cast<std::chrono::nanoseconds>(options.lock_timeout).count()
+          : -1;
+  impl->fd = posix::open_file(path, O_RDWR, where).release();
   struct stat st {};
   if (fstat(impl->fd, &st) != 0) throw Error::from_errno(errno, where + ": stat");
   if (!S_ISREG(st.st_mode)) throw Error(Errc::kInvalidArgument, where + ": not a regular file");
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
 
   impl->mode = resolve_mode(options.mode, impl->fd, path);
   if (impl->mode == LockMode::kNetwork) {
@@ -270,16 +248,32 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
     posix_fadvise(impl->fd, 0, 0, POSIX_FADV_RANDOM);
     // Reads that bypass this host's cache, to check what it keeps (see
     // refresh_range); a filesystem without O_DIRECT relies on eviction alone.
-    impl->direct_fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    impl->direct_fd = posix::try_open(path, O_RDONLY | O_DIRECT).release();
     // Our host may cache pages another host has since rewritten.
     posix_fadvise(impl->fd, 0, 0, POSIX_FADV_DONTNEED);
-    impl->known_file_size = file_size;
   }
+  std::uint64_t file_size = 0;
   {
+    // The header first, then the file's size: a grower extends the file
+    // before it publishes the heap's new size, so read in this order the
+    // file always covers the size the header states.
     auto header = std::make_unique<Header>();
-    std::memset(header.get(), 0, sizeof(Header));
-    ssize_t got = pread(impl->fd, header.get(), sizeof(Header), 0);
-    if (got < 0) throw Error::from_errno(errno, where + ": read");
+    std::memset(static_cast<void*>(header.get()), 0, sizeof(Header));
+    posix::pread_all(impl->fd, std::as_writable_bytes(std::span(header.get(), 1)), 0, where);
+    file_size = posix::file_size(impl->fd, where);
+    // A kill inside an upgrade may have left the new identity staged but
+    // not yet copied: judge the heap by what it is about to be.
+    if (header->state.identity_staged == 1 && checksum_identity(header->state.staged_identity) ==
+                                                  header->state.staged_identity.checksum) {
+      header->identity = header->state.staged_identity;
+    }
+    if (impl->mode == LockMode::kNetwork) {
+      struct statx fresh {};  // the server's size, not what this host last knew
+      if (statx(impl->fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE, &fresh) == 0) {
+        file_size = fresh.stx_size;
+      }
+      impl->known_file_size = file_size;
+    }
     validate_header(*header, file_size, path);
   }
 
@@ -301,7 +295,8 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // resets the lock, which a crashed machine may have left looking held, and
   // repairs the caches if the heap was not closed cleanly. Later openers
   // wait for it on the presence lock.
-  bool first = ofd_lock(impl->fd, F_WRLCK, kPresenceLock, 1, false);
+  const bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
+  bool repair = false;
   if (first) {
     bool chain_sound = false;
     CheckReport report = impl->check(true, &chain_sound);
@@ -315,52 +310,114 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
     }
-    const bool repair = !report.ok() || state.clean != 1;
+    repair = !report.ok() || state.clean != 1;
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
-    ofd_lock(impl->fd, F_RDLCK, kPresenceLock, 1, false);       // downgrade: others may come in
-    // From here on others may be in the heap: write State only under the lock
-    // (on a network filesystem a page written outside it can overwrite what
-    // another host wrote under it).
-    impl->acquire(true);
-    if (repair) impl->rebuild(Rebuild::kRecover);
-    impl->state().clean = 0;
-  } else {
-    ofd_lock(impl->fd, F_RDLCK, kPresenceLock, 1, true);
-    impl->acquire(true);
+    // Downgrade: others may come in.
+    posix::try_lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, where);
+  } else if (!posix::lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, impl->lock_timeout_ns,
+                                where)) {
+    throw Error(Errc::kTimedOut,
+                where + ": another process is still opening it (waited " +
+                    std::to_string(impl->lock_timeout_ns / 1000000) + " ms)",
+                ETIMEDOUT);
   }
-  try {
-    impl->register_session();
-  } catch (...) {
-    impl->release();
-    throw;
+  // From here on others may be in the heap: write State only under the lock
+  // (on a network filesystem a page written outside it can overwrite what
+  // another host wrote under it).
+  LockScope lock(*impl, true);
+  impl->finish_identity_update();
+  if (repair) impl->rebuild(Rebuild::kRecover);
+  if (first) impl->state().clean = 0;
+  impl->register_session();
+  if (const int error = lock.release(); error != 0) {
+    throw Error::from_errno(error, where + ": cannot write to the server");
   }
-  impl->release();
   return impl;
 }
 
-void Heap::Impl::close_file() noexcept {
-  if (base == nullptr) return;
-  retire_all_caches();
-  if (session_slot >= 0) {
-    try {
-      // Under the heap lock, like every write to State: leave the session
-      // table, and if no other process has the heap open (we get the
-      // presence lock exclusively), mark it clean so the next first opener
-      // can skip repairing it.
-      acquire(true);
-      unregister_session();
-      if (lock_range(fd, F_WRLCK, kPresenceLock, 1, false)) state().clean = 1;
-      release();
-    } catch (...) {
-      // A heap that cannot be locked any more is left for the next opener to repair.
+int Heap::Impl::close_file() noexcept {
+  if (base == nullptr) return 0;
+  int error = 0;
+  if (!forked()) {  // a forked child leaves the parent's session, caches and locks alone
+    retire_all_caches();
+    if (session_slot >= 0) {
+      try {
+        // Under the heap lock, like every write to State: leave the session
+        // table, and if no other process has the heap open (we get the
+        // presence lock exclusively), mark it clean so the next first opener
+        // can skip repairing it.
+        LockScope lock(*this, true);
+        unregister_session();
+        if (posix::try_lock_range(fd, F_WRLCK, kPresenceLock, 1, "heap " + path)) {
+          state().clean = 1;
+        }
+        error = lock.release();
+      } catch (const Error& e) {
+        // The scope released the lock. A heap left unclean is repaired by
+        // its next first opener.
+        error = e.sys_errno() ? e.sys_errno() : EIO;
+      }
     }
   }
   munmap(base, reserve);
   base = nullptr;
-  ::close(fd);  // releases every byte-range lock we held
+  ::close(fd);  // releases every byte-range lock we held (not a forked child's: shared)
   fd = -1;
   if (direct_fd >= 0) ::close(direct_fd);
   direct_fd = -1;
+  return error;
+}
+
+// See State::staged_identity. Under the exclusive lock.
+void Heap::Impl::finish_identity_update() {
+  State& s = state();
+  if (s.identity_staged != 1) return;
+  if (checksum_identity(s.staged_identity) == s.staged_identity.checksum) {
+    std::memcpy(&header()->identity, &s.staged_identity, sizeof(Identity));
+    if (const int error = posix::msync(base, kPageSize); error != 0) {
+      throw Error::from_errno(error, "heap " + path + ": cannot write its header");
+    }
+  }
+  publish(s.identity_staged, 0);
+}
+
+bool Heap::Impl::upgrade() {
+  require_exclusive();
+  if (live_sessions() > 1) {
+    throw Error(Errc::kBusy, "heap " + path +
+                                 ": other processes have it open; close it everywhere else "
+                                 "before upgrading it");
+  }
+  const Identity& id = header()->identity;
+  if (id.version == kVersion && id.compat_features == kKnownCompat &&
+      id.ro_compat_features == kKnownRoCompat && id.incompat_features == kKnownIncompat) {
+    return false;
+  }
+  State& s = state();
+  // 1. What the features need in the file, while the identity still says
+  //    they are off (so nothing reads it yet): serials for existing objects.
+  if (!(id.ro_compat_features & kFeatureObjectSerials)) {
+    std::uint64_t serial = 1;
+    for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
+      const std::uint64_t state_bits = block(offset)->state();
+      if (state_bits == kNamed || state_bits == kPending) block(offset)->tag = serial++;
+    }
+    s.next_serial = serial;
+  }
+  // 2. The new identity, staged whole; 3. published; 4. copied into place.
+  Identity fresh = id;
+  fresh.version = kVersion;
+  fresh.compat_features |= kKnownCompat;
+  fresh.ro_compat_features |= kKnownRoCompat;
+  fresh.incompat_features |= kKnownIncompat;
+  fresh.checksum = checksum_identity(fresh);
+  std::memcpy(&s.staged_identity, &fresh, sizeof(Identity));
+  if (const int error = posix::msync(base, kHeaderBytes); error != 0) {
+    throw Error::from_errno(error, "heap " + path + ": cannot write its header");
+  }
+  publish(s.identity_staged, 1);
+  finish_identity_update();
+  return true;
 }
 
 std::uint64_t Heap::Impl::growth_limit() const {

@@ -23,12 +23,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
+#include <span>
 #include <vector>
 
 #include "impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
@@ -56,7 +62,7 @@ void Heap::Impl::require_exclusive() const {
 // Sections are short (tens of nanoseconds), so a contended lock is usually
 // free again within a few hundred cycles: spin a little before sleeping in the
 // kernel, which costs microseconds per hand-off.
-int Heap::Impl::lock_local_mutex() {
+int Heap::Impl::lock_local_mutex(std::int64_t timeout_ns) {
   constexpr int kSpins = 200;
   for (int spin = 0; spin < kSpins; ++spin) {
     const int rc = pthread_mutex_trylock(&state().mutex);
@@ -65,38 +71,72 @@ int Heap::Impl::lock_local_mutex() {
     __builtin_ia32_pause();
 #endif
   }
-  return pthread_mutex_lock(&state().mutex);
+  if (timeout_ns < 0) return pthread_mutex_lock(&state().mutex);
+  const std::uint64_t deadline = posix::monotonic_ns() + static_cast<std::uint64_t>(timeout_ns);
+  const timespec until{static_cast<time_t>(deadline / 1000000000u),
+                       static_cast<long>(deadline % 1000000000u)};
+  return pthread_mutex_clocklock(&state().mutex, CLOCK_MONOTONIC, &until);
 }
 
-void Heap::Impl::acquire(bool exclusive) {
+// Network mode. The server's lock is only ever asked for without blocking,
+// with backed-off retries (posix::lock_range): a blocking F_OFD_SETLKW on
+// GlusterFS was seen to wait 12-20 s for a lock long free, until a signal
+// made it ask again (a wake-up lost in the lock server). A try costs one
+// round trip; the back-off caps the cost of a lost wake-up at 5 ms.
+void Heap::Impl::lock_network(bool exclusive, std::int64_t timeout_ns) {
+  const std::uint64_t started = posix::monotonic_ns();
+  if (timeout_ns < 0) {
+    network_mutex.lock();
+  } else if (!network_mutex.try_lock_for(std::chrono::nanoseconds(timeout_ns))) {
+    throw_timed_out(timeout_ns);
+  }
+  try {
+    std::int64_t left = -1;
+    if (timeout_ns >= 0) {
+      const auto spent = static_cast<std::int64_t>(posix::monotonic_ns() - started);
+      left = std::max<std::int64_t>(0, timeout_ns - spent);
+    }
+    if (!posix::lock_range(fd, exclusive ? F_WRLCK : F_RDLCK, kHeapLock, kHeapLockLength, left,
+                           "heap " + path)) {
+      throw_timed_out(timeout_ns);
+    }
+    try {
+      refresh_from_server();
+    } catch (...) {
+      posix::unlock_range(fd, kHeapLock, kHeapLockLength);
+      throw;
+    }
+  } catch (...) {
+    network_mutex.unlock();
+    throw;
+  }
+}
+
+void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   if (held_by_this_thread()) {
     if (exclusive && !outer_exclusive) require_exclusive();
     ++depth;
     return;
   }
+  if (timeout_ns < 0) timeout_ns = lock_timeout_ns;
   bool holder_died = false;
   if (mode == LockMode::kLocal) {
-    int rc = lock_local_mutex();
+    const int rc = lock_local_mutex(timeout_ns);
     if (rc == EOWNERDEAD) {
-      pthread_mutex_consistent(&state().mutex);
+      if (const int consistent = pthread_mutex_consistent(&state().mutex); consistent != 0) {
+        pthread_mutex_unlock(&state().mutex);
+        throw Error::from_errno(consistent, "heap " + path +
+                                                ": lock: cannot take over the "
+                                                "lock of a process that died");
+      }
       holder_died = true;
+    } else if (rc == ETIMEDOUT) {
+      throw_timed_out(timeout_ns);
     } else if (rc != 0) {
       throw Error::from_errno(rc, "heap " + path + ": lock");
     }
   } else {
-    network_mutex.lock();
-    try {
-      lock_range(fd, exclusive ? F_WRLCK : F_RDLCK, kHeapLock, kHeapLockLength, true);
-      try {
-        refresh_from_server();
-      } catch (...) {
-        lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
-        throw;
-      }
-    } catch (...) {
-      network_mutex.unlock();
-      throw;
-    }
+    lock_network(exclusive, timeout_ns);
   }
   owner_tid.store(this_thread_id(), std::memory_order_relaxed);
   depth = 1;
@@ -117,6 +157,49 @@ void Heap::Impl::acquire(bool exclusive) {
   if (exclusive) publish(state().lock_holder, holder_token());
 }
 
+// Who holds the lock, as far as State tells without taking it. Only for
+// messages: the answer may be out of date by the time it is read.
+std::string Heap::Impl::describe_holder() const {
+  auto copy = std::make_unique<State>();
+  if (mode == LockMode::kNetwork) {
+    // Our mapping may be stale, and nothing may be written outside the lock:
+    // read the server's copy, bypassing this host's cache where we can.
+    std::unique_ptr<std::uint8_t, FreeBuffer> header(
+        static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kHeaderBytes)));
+    try {
+      posix::pread_all(direct_fd >= 0 ? direct_fd : fd,
+                       std::as_writable_bytes(std::span(header.get(), kHeaderBytes)), 0, path);
+    } catch (const Error&) {
+      return "an unknown process (the heap's header cannot be read)";
+    }
+    std::memcpy(static_cast<void*>(copy.get()), header.get() + offsetof(Header, state),
+                sizeof(State));
+  } else {
+    std::memcpy(static_cast<void*>(copy.get()), &state(), sizeof(State));
+  }
+  const auto who = [](const Session& s) {
+    return "pid " + std::to_string(s.pid) + " on host " +
+           std::string(s.host, strnlen(s.host, sizeof(s.host)));
+  };
+  const std::uint64_t holder = copy->lock_holder;
+  std::string others;
+  for (int i = 0; i < kMaxSessions; ++i) {
+    const Session& s = copy->sessions[i];
+    if (s.id == 0 || i == session_slot) continue;
+    if (holder != 0 && s.id == holder) return who(s) + " (in an exclusive section)";
+    if (session_alive(i)) others += (others.empty() ? "" : ", ") + who(s);
+  }
+  if (others.empty()) return "no other open session (a process between opening and registering)";
+  return "a reader or a process between sections; the heap is open in " + others;
+}
+
+void Heap::Impl::throw_timed_out(std::int64_t timeout_ns) const {
+  throw Error(Errc::kTimedOut,
+              "heap " + path + ": lock not granted within " + std::to_string(timeout_ns / 1000000) +
+                  " ms; held by " + describe_holder(),
+              ETIMEDOUT);
+}
+
 // Another process may have grown the heap beyond what this one mapped.
 void Heap::Impl::check_reservation() const {
   const std::uint64_t size = __atomic_load_n(&state().size, __ATOMIC_ACQUIRE);
@@ -133,8 +216,8 @@ void Heap::Impl::check_reservation() const {
 void Heap::Impl::recover_after_death() {
   const bool upgrade = mode == LockMode::kNetwork && !outer_exclusive;
   if (upgrade) {  // a read lock may not write: trade it for a write lock
-    lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
-    lock_range(fd, F_WRLCK, kHeapLock, kHeapLockLength, true);
+    posix::unlock_range(fd, kHeapLock, kHeapLockLength);
+    posix::lock_range(fd, F_WRLCK, kHeapLock, kHeapLockLength, -1, "heap " + path);
     refresh_from_server();
   }
   if (mode == LockMode::kNetwork) {
@@ -149,11 +232,13 @@ void Heap::Impl::recover_after_death() {
     ++state().recoveries;
     ++state().generation;
     publish(state().lock_holder, 0);
-    if (mode == LockMode::kNetwork && flush_to_server() != 0) {
-      throw Error::from_errno(errno, "heap " + path + ": cannot write the repaired heap");
+    if (mode == LockMode::kNetwork) {
+      if (const int error = flush_to_server(); error != 0) {
+        throw Error::from_errno(error, "heap " + path + ": cannot write the repaired heap");
+      }
     }
   }
-  if (upgrade) lock_range(fd, F_RDLCK, kHeapLock, kHeapLockLength, true);
+  if (upgrade) posix::lock_range(fd, F_RDLCK, kHeapLock, kHeapLockLength, -1, "heap " + path);
 }
 
 int Heap::Impl::release() noexcept {
@@ -172,10 +257,8 @@ int Heap::Impl::release() noexcept {
   if (outer_exclusive) error = flush_to_server();
   seen_generation = s.generation;
   unmap_pages();
-  try {
-    lock_range(fd, F_UNLCK, kHeapLock, kHeapLockLength, true);
-  } catch (const Error& e) {
-    error = e.sys_errno() ? e.sys_errno() : EIO;
+  if (const int unlocked = posix::unlock_range(fd, kHeapLock, kHeapLockLength); error == 0) {
+    error = unlocked;
   }
   network_mutex.unlock();
   return error;
@@ -246,9 +329,8 @@ void Heap::Impl::refresh_range(std::uint64_t offset, std::uint64_t length) {
 }
 
 int Heap::Impl::flush_to_server() noexcept {
-  if (msync(base, state().size, MS_SYNC) != 0) return errno;
-  if (fdatasync(fd) != 0) return errno;
-  return 0;
+  if (const int error = posix::msync(base, heap_size()); error != 0) return error;
+  return posix::fdatasync(fd);
 }
 
 // Network mode, just before releasing the lock: drop this process's mappings
@@ -260,13 +342,8 @@ void Heap::Impl::unmap_pages() noexcept {
 }
 
 bool Heap::Impl::session_alive(int slot) const {
-  struct flock probe {};
-  probe.l_type = F_WRLCK;
-  probe.l_whence = SEEK_SET;
-  probe.l_start = kSessionLockBase + slot;
-  probe.l_len = 1;
-  if (fcntl(fd, F_OFD_GETLK, &probe) != 0) return true;  // cannot tell: assume alive
-  return probe.l_type != F_UNLCK;
+  // When the probe fails we cannot tell: assume alive.
+  return posix::range_locked_by_other(fd, F_WRLCK, kSessionLockBase + slot, 1, true);
 }
 
 std::uint32_t Heap::Impl::live_sessions() const {
@@ -282,15 +359,12 @@ std::uint32_t Heap::Impl::live_sessions() const {
 // different lock). Every open heap read-holds its mode's byte; an opener
 // refuses while another mode's byte is held, before it locks or writes anything.
 void Heap::Impl::claim_mode() {
-  lock_range(fd, F_RDLCK, kModeLockBase + static_cast<int>(mode), 1, false);
+  // A read lock on our own byte conflicts only with a writer, and none exists.
+  posix::try_lock_range(fd, F_RDLCK, kModeLockBase + static_cast<int>(mode), 1, "heap " + path);
   for (LockMode other : {LockMode::kLocal, LockMode::kNetwork}) {
     if (other == mode) continue;
-    struct flock probe {};
-    probe.l_type = F_WRLCK;
-    probe.l_whence = SEEK_SET;
-    probe.l_start = kModeLockBase + static_cast<int>(other);
-    probe.l_len = 1;
-    if (fcntl(fd, F_OFD_GETLK, &probe) == 0 && probe.l_type != F_UNLCK) {
+    if (posix::range_locked_by_other(fd, F_WRLCK, kModeLockBase + static_cast<int>(other), 1,
+                                     false)) {
       throw Error(Errc::kBusy, "heap " + path + ": open in " + lock_mode_name(other) +
                                    " mode by another process; every process must use the same "
                                    "mode (see SHEAF_HEAP_MODE)");
@@ -309,7 +383,8 @@ void Heap::Impl::register_session() {
       other = Session{};
       found_dead = true;
     }
-    if (other.id == 0 && chosen < 0 && lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, false)) {
+    if (other.id == 0 && chosen < 0 &&
+        posix::try_lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, "heap " + path)) {
       chosen = i;
     }
   }
@@ -321,10 +396,7 @@ void Heap::Impl::register_session() {
   mine = Session{};
   mine.pid = static_cast<std::uint32_t>(getpid());
   mine.mode = static_cast<std::uint32_t>(mode);
-  timespec now{};
-  clock_gettime(CLOCK_REALTIME, &now);
-  mine.opened_ns = static_cast<std::uint64_t>(now.tv_sec) * 1000000000u +
-                   static_cast<std::uint64_t>(now.tv_nsec);
+  mine.opened_ns = posix::realtime_ns();
   gethostname(mine.host, sizeof(mine.host) - 1);
   if (s.next_session_id == 0) s.next_session_id = 1;  // 0 means "no session"
   mine.id = s.next_session_id++;
@@ -338,10 +410,7 @@ void Heap::Impl::register_session() {
 void Heap::Impl::unregister_session() noexcept {
   if (session_slot < 0) return;
   state().sessions[session_slot] = format::Session{};
-  try {
-    lock_range(fd, F_UNLCK, kSessionLockBase + session_slot, 1, false);
-  } catch (...) {
-  }
+  posix::unlock_range(fd, kSessionLockBase + session_slot, 1);
   session_slot = -1;
 }
 

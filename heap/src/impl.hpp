@@ -29,7 +29,9 @@ inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
 
 // One thread's cache of free blocks of one heap (thread_cache.cpp), by bin.
 struct ThreadCache {
-  Heap::Impl* heap = nullptr;       // for lookup; nullptr once retired
+  // For lookup by this thread; nullptr once retired (by this thread at its
+  // exit, or by the thread that closes the heap: hence atomic).
+  std::atomic<Heap::Impl*> heap{nullptr};
   std::weak_ptr<Heap::Impl> owner;  // keeps a closing heap's Impl alive while we retire
   std::array<std::vector<std::uint64_t>, format::bin_of(kCacheMax) + 1> blocks;
   std::uint64_t bytes = 0;  // in all of them
@@ -47,11 +49,18 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::uint8_t* base = nullptr;  // the mapping: `reserve` bytes, the file under it
   std::uint64_t reserve = 0;
   LockMode mode = LockMode::kLocal;
+  std::int64_t lock_timeout_ns = -1;  // OpenOptions::lock_timeout; < 0: none
   std::uint64_t session_id = 0;
   int session_slot = -1;
+  std::uint64_t fork_epoch = 0;  // fork_epoch() when opened (fork.cpp)
 
   format::Header* header() const { return reinterpret_cast<format::Header*>(base); }
   format::State& state() const { return header()->state; }
+  // State::size read atomically: growth publishes it while others read.
+  std::uint64_t heap_size() const { return __atomic_load_n(&state().size, __ATOMIC_ACQUIRE); }
+  // True in a child process forked after this heap was opened: nothing of
+  // the parent's lock state, sessions or caches is ours to touch there.
+  bool forked() const;
 
   template <class T = void>
   T* at(std::uint64_t offset) const {
@@ -65,16 +74,27 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // --- heap_file.cpp ---
   static void create_file(const std::string& path, const CreateOptions& options);  // never opens it
   static std::shared_ptr<Impl> open_file(const std::string& path, const OpenOptions& options);
-  void close_file() noexcept;
+  int close_file() noexcept;  // 0, or the errno of a failed flush
   std::uint64_t growth_limit() const;
+  void finish_identity_update();  // see State::staged_identity
+  bool upgrade();                 // Heap::upgrade, under the exclusive lock
+  bool has_feature(format::Feature feature) const {
+    const format::Identity& id = header()->identity;
+    return ((id.compat_features | id.ro_compat_features | id.incompat_features) & feature) != 0;
+  }
 
   // --- heap_lock.cpp ---
   // Outermost acquire takes the process-shared lock and makes the heap
   // current (network mode: invalidates what other hosts changed), repairing
   // it first if the previous holder died; nested acquires only count depth.
-  void acquire(bool exclusive);
-  int lock_local_mutex();  // local mode: spin briefly, then sleep
+  // Waits at most timeout_ns (< 0: for ever), then throws kTimedOut naming
+  // the holder. Only Heap::LockScope calls these two.
+  void acquire(bool exclusive, std::int64_t timeout_ns);
   int release() noexcept;  // 0, or the errno of a failed flush (network mode)
+  int lock_local_mutex(std::int64_t timeout_ns);  // local mode: spin briefly, then sleep
+  void lock_network(bool exclusive, std::int64_t timeout_ns);
+  [[noreturn]] void throw_timed_out(std::int64_t timeout_ns) const;
+  std::string describe_holder() const;  // "pid 12 on host h" or what is known
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
   bool held_by_this_thread() const;
   void recover_after_death();
@@ -139,7 +159,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::vector<ThreadCache*> all_caches;
 
   // --- process-local lock state ---
-  std::mutex network_mutex;                // network mode: threads of this process
+  std::timed_mutex network_mutex;          // network mode: threads of this process
   std::atomic<std::int64_t> owner_tid{0};  // thread inside the lock, 0 if none
   int depth = 0;
   bool outer_exclusive = false;
@@ -152,21 +172,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::unique_ptr<std::uint8_t, FreeBuffer> bounce;  // page-aligned, for O_DIRECT reads
 };
 
-// RAII over acquire/release for internal use.
-class Locked {
- public:
-  Locked(Heap::Impl& impl, bool exclusive) : impl_(impl) { impl_.acquire(exclusive); }
-  ~Locked() { impl_.release(); }
-  Locked(const Locked&) = delete;
-  Locked& operator=(const Locked&) = delete;
-
- private:
-  Heap::Impl& impl_;
-};
-
-// An OFD byte-range lock: F_RDLCK, F_WRLCK or F_UNLCK. Without `wait`,
-// returns false when another open file holds a conflicting lock.
-bool lock_range(int fd, short type, off_t start, off_t length, bool wait);
+using LockScope = Heap::LockScope;
 
 // The one way block headers and State::size change: a single aligned store
 // that a process killed at any instant has either made or not.

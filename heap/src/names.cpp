@@ -111,6 +111,7 @@ ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
   info.count = r->count;
   info.size = r->element_size * r->count;
   info.offset = r->object_offset;
+  info.serial = has_feature(kFeatureObjectSerials) ? block(block_offset)->tag : 0;
   return info;
 }
 

@@ -142,7 +142,7 @@ void Heap::Impl::rebuild(Rebuild kind) {
   }
   const auto owner_gone = [&](const BlockHeader* header) {
     const std::uint64_t before = header->word();
-    const std::uint64_t owner = __atomic_load_n(&header->owner, __ATOMIC_ACQUIRE);
+    const std::uint64_t owner = __atomic_load_n(&header->tag, __ATOMIC_ACQUIRE);
     // A header that changed under us belongs to a thread that is running.
     if (header->word() != before) return false;
     return std::find(live.begin(), live.end(), owner) == live.end();
@@ -280,6 +280,21 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
     problem(std::to_string(summary.free_blocks -
                            std::min<std::uint64_t>(listed.size(), summary.free_blocks)) +
             " free blocks are in no bin");
+  }
+
+  // Serials: every named object has one, none is reused, all are below the next.
+  if (has_feature(kFeatureObjectSerials)) {
+    std::unordered_set<std::uint64_t> serials;
+    for (std::uint64_t offset : starts) {
+      if (block(offset)->state() != kNamed) continue;
+      const std::uint64_t serial = block(offset)->tag;
+      if (serial == 0 || serial >= s.next_serial) {
+        problem(at_offset(offset) + ": object serial " + std::to_string(serial) + " outside 1.." +
+                std::to_string(s.next_serial - 1));
+      } else if (!serials.insert(serial).second) {
+        problem(at_offset(offset) + ": object serial " + std::to_string(serial) + " used twice");
+      }
+    }
   }
 
   // Every name-table entry a named block, every named block found by its name.

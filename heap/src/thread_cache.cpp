@@ -7,14 +7,14 @@
 // allocates and frees them without the lock.
 //
 // Crash safety: a block in a cache is marked kCached in the file, and its
-// header's `owner` word names the session (the process's open heap) whose
+// header's `tag` word names the session (the process's open heap) whose
 // thread holds it. The chain walk counts such blocks as allocated. Whoever
 // next finds that session dead (recovery, or the next process to open the
 // heap and find its slot stale) frees every kCached block it owned, so a
 // process killed with full caches loses nothing.
 //
 // The rule that keeps this sound without the lock: while a block is kCached,
-// only the thread whose cache holds it changes its header, and `owner` is
+// only the thread whose cache holds it changes its header, and `tag` is
 // written before the block becomes kCached and left alone while it is. Moving
 // a block between the cache and its user is one publish() (kCached <-> kUsed).
 //
@@ -55,11 +55,11 @@ thread_local ThreadCaches this_thread_caches;
 ThreadCache* Heap::Impl::thread_cache() {
   auto& caches = this_thread_caches.caches;
   for (auto& cache : caches) {
-    if (cache->heap == this) return cache.get();
+    if (cache->heap.load(std::memory_order_acquire) == this) return cache.get();
   }
-  std::erase_if(caches, [](const auto& cache) { return cache->heap == nullptr; });
+  std::erase_if(caches, [](const auto& cache) { return cache->heap.load() == nullptr; });
   auto cache = std::make_unique<ThreadCache>();
-  cache->heap = this;
+  cache->heap.store(this);
   cache->owner = weak_from_this();
   {
     std::lock_guard guard(caches_mutex);
@@ -81,7 +81,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
     }
   }
   if (fit == blocks.end()) {
-    Locked lock(*this, true);
+    LockScope lock(*this, true);
     const std::size_t count = size <= kSmallMax ? kRefill : 1;
     for (std::size_t i = 0; i < count; ++i) {
       std::uint64_t offset = 0;
@@ -93,7 +93,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
       }
       // A kill before this store leaves a kCached block owned by session 0,
       // which no live session is: it is reclaimed like any dead one's.
-      std::atomic_ref<std::uint64_t>(block(offset)->owner).store(session_id);
+      std::atomic_ref<std::uint64_t>(block(offset)->tag).store(session_id);
       blocks.push_back(offset);
       cache->bytes += block(offset)->size();
     }
@@ -115,14 +115,14 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
   BlockHeader* header = block(offset);
   const std::uint64_t size = header->size();
   std::vector<std::uint64_t>& blocks = cache->blocks[bin_of(size)];
-  std::atomic_ref<std::uint64_t>(header->owner).store(session_id);
+  std::atomic_ref<std::uint64_t>(header->tag).store(session_id);
   publish(header->size_and_state, size | kCached);
   blocks.push_back(offset);
   cache->bytes += size;
   const std::size_t depth = size <= kSmallMax ? kSmallDepth : kLargeDepth;
   if (blocks.size() > depth || cache->bytes > kBudget) {
     // Give the older half of this bin back to the heap (at least one block).
-    Locked lock(*this, true);
+    LockScope lock(*this, true);
     const auto give = static_cast<std::ptrdiff_t>(std::max<std::size_t>(1, blocks.size() / 2));
     for (auto it = blocks.begin(); it != blocks.begin() + give; ++it) {
       cache->bytes -= block(*it)->size();
@@ -140,27 +140,33 @@ void Heap::Impl::empty_cache(ThreadCache* cache) {
   cache->bytes = 0;
 }
 
+// Thread caches exist only in local mode, where releasing the lock cannot
+// fail (there is no flush), so these two lose no error by being noexcept.
 void Heap::Impl::retire_cache(ThreadCache* cache) noexcept {
+  if (forked()) return;  // the parent's blocks: its own threads retire them
   std::lock_guard guard(caches_mutex);
-  if (cache->heap == nullptr) return;  // the heap was closed first
+  if (cache->heap.load() == nullptr) return;  // the heap was closed first
   std::erase(all_caches, cache);
   try {
-    Locked lock(*this, true);
+    LockScope lock(*this, true);
     empty_cache(cache);
+    lock.release();
   } catch (...) {
     // The blocks stay kCached; the next process to find this session gone frees them.
   }
-  cache->heap = nullptr;
+  cache->heap.store(nullptr);
 }
 
 void Heap::Impl::retire_all_caches() noexcept {
   std::lock_guard guard(caches_mutex);
+  if (all_caches.empty()) return;
   try {
-    Locked lock(*this, true);
+    LockScope lock(*this, true);
     for (ThreadCache* cache : all_caches) empty_cache(cache);
+    lock.release();
   } catch (...) {
   }
-  for (ThreadCache* cache : all_caches) cache->heap = nullptr;
+  for (ThreadCache* cache : all_caches) cache->heap.store(nullptr);
   all_caches.clear();
 }
 

@@ -220,6 +220,30 @@ TEST_F(CliTest, RoundTripCreateInfoPutLsCatRm) {
   EXPECT_EQ(ok({"heap", "ls", heap}), "");
 }
 
+// A heap of the first format (tests/data) is read as it is, and upgraded.
+TEST_F(CliTest, UpgradeBringsAnOldHeapToTheCurrentFormat) {
+  const std::string heap = path("old.heap");
+  fs::copy_file(SHEAF_TEST_DATA "/heap-format-1.heap", heap);
+  Json info = ok_json({"heap", "info", heap, "--json"});
+  EXPECT_EQ(info["format_version"], 1);
+  EXPECT_EQ(info["features"], Json::array());
+  EXPECT_EQ(ok({"heap", "cat", heap, "greeting"}), "hello, sheaf\n");
+  EXPECT_EQ(ok_json({"heap", "ls", heap, "--json"})[0]["serial"], 0);
+
+  EXPECT_EQ(ok({"heap", "upgrade", heap}),
+            "upgraded " + heap + " from format 1 to 2 (features: object-serials)\n");
+  info = ok_json({"heap", "info", heap, "--json"});
+  EXPECT_EQ(info["format_version"], 2);
+  EXPECT_EQ(info["features"], Json::array({"object-serials"}));
+  Json list = ok_json({"heap", "ls", heap, "--json"});
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_NE(list[0]["serial"], list[1]["serial"]);
+  EXPECT_GT(list[0]["serial"].get<std::uint64_t>(), 0u);
+  Json again = ok_json({"heap", "upgrade", heap, "--json"});
+  EXPECT_EQ(again["upgraded"], false);
+  ok({"heap", "check", heap});
+}
+
 TEST_F(CliTest, InfoHumanOutputIsAlignedWithUnits) {
   const std::string heap = make_heap();
   const std::string out = ok({"heap", "info", heap});

@@ -55,6 +55,23 @@ total=$((workers_per_host * 2))
 "$here/cluster.sh" exec "$state" 2 "$sheaf" heap info "$MOUNT2/shared.heap"
 echo "PASS: $total workers on 2 hosts, $((total * rounds)) locked updates, none lost"
 
+# --- Strict turns between hosts, with an observer -----------------------------------
+# Two processes on different hosts take turns through a counter (each loops on
+# exclusive() until it is its turn, and reads 1 MiB in it); a third reads the
+# counter under the lock once a second. Blocking lock requests once stalled
+# this for 12-20 s; a wait over 5 s fails it.
+turns=${SHEAF_CROSS_HOST_TURNS:-150}
+"$here/cluster.sh" exec "$state" 1 "$worker" observe "$MOUNT1/shared.heap" 8 &
+observer=$!
+"$here/cluster.sh" exec "$state" 1 "$worker" turns "$MOUNT1/shared.heap" 0 2 "$turns" &
+turn1=$!
+"$here/cluster.sh" exec "$state" 2 "$worker" turns "$MOUNT2/shared.heap" 1 2 "$turns" &
+turn2=$!
+status=0
+for pid in "$turn1" "$turn2" "$observer"; do wait "$pid" || status=1; done
+[[ $status -eq 0 ]] || { echo "FAIL: strict turns between hosts stalled"; exit 1; }
+echo "PASS: $((turns * 2)) strict turns between 2 hosts with an observer, no stall"
+
 # --- The FUSE view on host 1 of what host 2 changes -------------------------------
 # The server runs in the root namespaces but reads the store through host 1's
 # GlusterFS mount (its own page cache); host 2 changes it through its own.

@@ -6,10 +6,19 @@
 //                                             counter, append ID*1000000+i to the log
 //   sheaf_gluster_worker verify HEAP WORKERS ROUNDS
 //                                             every update is there exactly once
+//   sheaf_gluster_worker turns HEAP ID PARTIES TURNS
+//                                             strict turns: loop on exclusive()
+//                                             until turn % PARTIES == ID, read the
+//                                             1 MiB blob, take the turn; TURNS times.
+//                                             Fails if one wait lasts over 5 s.
+//   sheaf_gluster_worker observe HEAP SECONDS once a second, read the turn under
+//                                             the lock, allowed 5 s; fail on a stall
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "sheaf/containers.hpp"
 #include "sheaf/heap.hpp"
@@ -33,6 +42,8 @@ int main(int argc, char** argv) {
       sheaf::Heap heap = sheaf::Heap::create(path).value();
       heap.construct<std::int64_t>("counter")(0);
       heap.construct<Log>("log")(heap);
+      heap.construct<std::int64_t>("turn")(0);
+      heap.construct<char>("blob")[std::size_t{1} << 20]('b');
       std::printf("created %s in %s mode\n", path.c_str(), sheaf::lock_mode_name(heap.mode()));
       return 0;
     }
@@ -81,7 +92,56 @@ int main(int argc, char** argv) {
         return 0;
       });
     }
-    return fail("usage: init HEAP | add HEAP ID ROUNDS | verify HEAP WORKERS ROUNDS");
+    if (verb == "turns" && argc == 6) {
+      // Strict turns between processes on different hosts: the pattern that
+      // once left every process waiting in F_OFD_SETLKW for 12-20 s.
+      using Clock = std::chrono::steady_clock;
+      const int id = std::atoi(argv[3]);
+      const int parties = std::atoi(argv[4]);
+      const int turns = std::atoi(argv[5]);
+      sheaf::Heap heap = sheaf::Heap::open(path).value();
+      auto* turn = heap.find<std::int64_t>("turn");
+      const auto blob = heap.find_array<char>("blob");
+      long checksum = 0;
+      auto last = Clock::now();
+      double longest = 0;
+      for (int taken = 0; taken < turns;) {
+        const bool mine = heap.exclusive([&] {
+          if (*turn % parties != id) return false;
+          for (std::size_t i = 0; i < blob.size(); i += 4096) checksum += blob[i];
+          ++*turn;
+          return true;
+        });
+        const double waited = std::chrono::duration<double>(Clock::now() - last).count();
+        if (mine) {
+          ++taken;
+          longest = std::max(longest, waited);
+          last = Clock::now();
+        }
+        if (waited > 5)
+          return fail("worker " + std::to_string(id) + " waited " + std::to_string(waited) +
+                      " s for its turn");
+      }
+      std::printf("worker %d: %d turns, longest wait %.3f s (checksum %ld)\n", id, turns, longest,
+                  checksum);
+      return 0;
+    }
+    if (verb == "observe" && argc == 4) {
+      const int seconds = std::atoi(argv[3]);
+      sheaf::Heap heap = sheaf::Heap::open(path).value();
+      auto* turn = heap.find<std::int64_t>("turn");
+      std::int64_t seen = -1;
+      for (int i = 0; i < seconds; ++i) {
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        const std::int64_t now = heap.exclusive_for(std::chrono::seconds(5), [&] { return *turn; });
+        std::printf("observer: turn %lld\n", static_cast<long long>(now));
+        seen = now;
+      }
+      return seen >= 0 ? 0 : fail("observer saw nothing");
+    }
+    return fail(
+        "usage: init HEAP | add HEAP ID ROUNDS | verify HEAP WORKERS ROUNDS | "
+        "turns HEAP ID PARTIES TURNS | observe HEAP SECONDS");
   } catch (const std::exception& e) {
     return fail(e.what());
   }

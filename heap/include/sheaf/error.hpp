@@ -26,6 +26,7 @@ enum class Errc {
   kUnsupported,      // a foreign, newer or otherwise unreadable file format
   kOutOfSpace,       // the heap, its reservation or the filesystem is full
   kBusy,             // the file is in use in a way that forbids the operation
+  kTimedOut,         // a lock was not granted in the time allowed (the message names its holder)
   kSystem,           // the operating system refused (see sys_errno())
 };
 

@@ -18,6 +18,10 @@
 // - All calls are safe from any number of threads and processes at once; each
 //   takes the heap's lock. The lock is recursive per thread, so a callback
 //   passed to exclusive() may allocate, construct and find.
+// - A Heap belongs to the process that opened it. After fork() the child
+//   gets a clear Error from every call on the parent's Heap objects (open the
+//   heap again in the child); the parent is unaffected.
+// - Every call on a closed or moved-from Heap throws Error(kInvalidArgument).
 // - A process killed at any instant, even inside the lock, leaves a heap that
 //   the next locker repairs before it goes on (see docs/heap.md): every object
 //   whose construct() returned is intact, and the allocator is consistent.
@@ -29,6 +33,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -61,6 +66,10 @@ struct OpenOptions {
   // beyond it while mapped. 0: 64 GiB or the file's size if larger.
   std::uint64_t reserve = 0;
   LockMode mode = LockMode::kAuto;
+  // How long any call may wait for the heap's lock before it throws
+  // Error(kTimedOut) naming the holder; zero waits for as long as it takes.
+  // exclusive_for() sets its own limit for one section.
+  std::chrono::milliseconds lock_timeout{0};
 };
 
 struct CreateOptions {
@@ -74,6 +83,7 @@ struct HeapInfo {
   std::string path;
   std::string uuid;
   std::uint32_t format_version = 0;
+  std::vector<std::string> features;  // the file's format features ("object-serials")
   std::uint32_t page_size = 0;
   std::uint64_t size = 0;          // bytes in the file that the heap uses
   std::uint64_t used = 0;          // bytes in allocated blocks, headers included
@@ -93,6 +103,10 @@ struct ObjectInfo {
   std::uint64_t size = 0;    // bytes: element size * count
   std::uint64_t count = 0;   // elements (1 unless constructed as an array)
   std::uint64_t offset = 0;  // from the heap's base, the same in every process
+  // Unique in the heap for ever: an object destroyed and built again under the
+  // same name, even at the same offset, has another serial. 0 in heaps made
+  // before serials existed, until `sheaf heap upgrade`.
+  std::uint64_t serial = 0;
 };
 
 struct CheckReport {
@@ -144,7 +158,7 @@ class Constructor {
   T* construct(std::size_t count, Args&&... args);
 
   Heap& heap_;
-  std::string_view name_;
+  std::string name_;  // a copy: the caller's string may be gone when the Constructor is called
   bool or_find_;
 };
 
@@ -158,9 +172,11 @@ class Heap {
 
   Heap(Heap&&) noexcept;
   Heap& operator=(Heap&&) noexcept;
-  ~Heap();
-  // Unmaps and closes. Pointers into the heap are invalid afterwards.
-  void close() noexcept;
+  ~Heap();  // closes; an error closing is lost there, so call close() to see it
+  // Unmaps and closes. Pointers into the heap are invalid afterwards. The
+  // heap is closed even when this reports an error (a failed flush to the
+  // server in network mode).
+  Result<void> close() noexcept;
   bool is_open() const noexcept { return impl_ != nullptr; }
 
   // --- Anonymous blocks -------------------------------------------------------
@@ -235,14 +251,22 @@ class Heap {
   // Runs fn under the heap's lock. exclusive(): writers; on a network
   // filesystem its writes reach the server before the lock is released.
   // shared(): readers (still exclusive between processes on one host).
+  // A section that reports an error (a failed flush) throws it when it ends.
   template <class F>
   decltype(auto) exclusive(F&& fn) {
-    LockScope scope(*this, true);
+    LockScope scope(live(), true);
     return std::forward<F>(fn)();
   }
   template <class F>
   decltype(auto) shared(F&& fn) const {
-    LockScope scope(const_cast<Heap&>(*this), false);
+    LockScope scope(live(), false);
+    return std::forward<F>(fn)();
+  }
+  // exclusive(), but if the lock is not granted within `timeout` it throws
+  // Error(kTimedOut) naming the holder's pid and host, and fn does not run.
+  template <class F>
+  decltype(auto) exclusive_for(std::chrono::nanoseconds timeout, F&& fn) {
+    LockScope scope(live(), true, timeout);
     return std::forward<F>(fn)();
   }
 
@@ -257,26 +281,42 @@ class Heap {
   HeapInfo info() const;
   // Verifies every invariant of the file (see docs/heap.md); changes nothing.
   CheckReport check() const;
+  // Brings a heap made by an older Sheaf to this Sheaf's format (every
+  // feature it knows; see docs/heap.md). True if anything changed. Refused
+  // with kBusy while other processes have the heap open. Crash-safe: a kill
+  // leaves the old format or the new one.
+  Result<bool> upgrade();
   const std::string& path() const noexcept;
   LockMode mode() const noexcept;
 
   struct Impl;
 
- private:
-  template <class T>
-  friend class Constructor;
-  explicit Heap(std::shared_ptr<Impl> impl);
-
+  // The heap's lock for the length of a scope: the one guard every path
+  // uses (exclusive(), shared(), each call, and inside the library opening,
+  // closing and the thread caches). Its destructor throws a failed flush to
+  // the server unless an exception is already on its way out; code that must
+  // not throw calls release() and reports the errno another way.
   class LockScope {
    public:
-    LockScope(Heap& heap, bool exclusive);
-    ~LockScope() noexcept(false);  // reports a failed flush to the server
+    // A negative timeout uses the heap's OpenOptions::lock_timeout.
+    LockScope(Impl& impl, bool exclusive,
+              std::chrono::nanoseconds timeout = std::chrono::nanoseconds(-1));
+    ~LockScope() noexcept(false);
     LockScope(const LockScope&) = delete;
     LockScope& operator=(const LockScope&) = delete;
+    // Releases now: 0, or the errno of a failed flush. Idempotent.
+    int release() noexcept;
 
    private:
     Impl* impl_;
   };
+
+ private:
+  template <class T>
+  friend class Constructor;
+  explicit Heap(std::shared_ptr<Impl> impl);
+  // The open heap, or throws: closed, moved from, or opened before a fork().
+  Impl& live() const;
 
   void* construct_named(std::string_view name, const TypeTag& type, std::size_t count, bool or_find,
                         detail::InitFn init, void* context);

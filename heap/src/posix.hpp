@@ -1,0 +1,131 @@
+// posix.hpp: every system call the heap and the store make on files, in one
+// place. Internal; never in public headers.
+//
+// After LevelDB's Env: one layer between Sheaf and the operating system, so
+// that (1) each call's retry on EINTR, short reads and writes, and the shape of
+// its error message are written once, and (2) tests can make any of them fail
+// (inject_fault) to prove that every error path reports and loses nothing.
+//
+// Functions that cannot go on without the call succeeding throw sheaf::Error
+// naming `what` (a file, usually "heap PATH: step"); the few whose failure a
+// caller must weigh return the errno instead (0 for success).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace sheaf::posix {
+
+// The calls a test can make fail.
+enum class Op {
+  kOpen,
+  kRead,
+  kWrite,
+  kFsync,  // fsync and fdatasync
+  kMsync,
+  kFallocate,  // fallocate and ftruncate
+  kLock,       // OFD byte-range locks (set, not probe)
+  kLink,       // link and rename
+  kStat,
+  kCount
+};
+
+// Test hook: after `skip` more calls of `op` succeed, the next `count` fail
+// with `error` (EIO, ENOSPC, EINTR...). An injected EINTR is retried like a
+// real one, so it proves the retry rather than an error path.
+void inject_fault(Op op, int error, int count = 1, int skip = 0);
+void clear_faults();
+// Zero if the call goes ahead; else the injected errno (already counted).
+int injected(Op op);
+
+// An owned file descriptor, closed on destruction.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(other.release()) {}
+  Fd& operator=(Fd&& other) noexcept;
+  ~Fd() { reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+// open(2) with O_CLOEXEC added; throws Error naming `what` on failure.
+Fd open_file(const std::string& path, int flags, const std::string& what, mode_t mode = 0600);
+// Like open_file but returns an invalid Fd with errno set instead of throwing.
+Fd try_open(const std::string& path, int flags, mode_t mode = 0600);
+
+// Reads until `bytes` is full or the file ends; returns the bytes read.
+std::size_t pread_all(int fd, std::span<std::byte> bytes, std::uint64_t offset,
+                      const std::string& what);
+void pwrite_all(int fd, std::span<const std::byte> bytes, std::uint64_t offset,
+                const std::string& what);
+void write_all(int fd, std::span<const std::byte> bytes, const std::string& what);
+
+std::uint64_t file_size(int fd, const std::string& what);
+
+// fsync / fdatasync / msync(MS_SYNC): 0 or the errno.
+int fsync(int fd) noexcept;
+int fdatasync(int fd) noexcept;
+int msync(void* address, std::size_t length) noexcept;
+
+// Claims [offset, offset + length) on disk now (a full disk is ENOSPC here,
+// not SIGBUS later), falling back to a sparse extension where the filesystem
+// has no fallocate. 0 or the errno.
+int allocate_range(int fd, std::uint64_t offset, std::uint64_t length) noexcept;
+
+// fsync of a directory, so a name made in it survives a crash. Best effort:
+// some filesystems refuse to fsync directories.
+void fsync_directory(const std::string& directory) noexcept;
+std::string directory_of(const std::string& path);
+
+// Atomic publication of a file written under a temporary name in the same
+// directory: fsync it, give it its final name, fsync the directory. With
+// `replace` the final name is renamed over (readers see the old file or the
+// new one); without it, link() fails with kAlreadyExists if the name is taken.
+void publish_file(int fd, const std::string& temp_path, const std::string& final_path, bool replace,
+                  const std::string& what);
+
+// OFD byte-range locks (per open file description, so threads and forked
+// children holding the same description share them).
+// Takes the lock without waiting: false when another holder conflicts.
+bool try_lock_range(int fd, short type, off_t start, off_t length, const std::string& what);
+// Takes the lock, waiting at most `timeout_ns` (< 0: for ever). The wait is
+// a sleep that backs off from 50 us to 5 ms between non-blocking tries, never a
+// blocking F_OFD_SETLKW, so a lost wake-up in a network filesystem's lock
+// server costs at most one back-off step. False when the time ran out.
+bool lock_range(int fd, short type, off_t start, off_t length, std::int64_t timeout_ns,
+                const std::string& what);
+// Unlocks; 0 or the errno.
+int unlock_range(int fd, off_t start, off_t length) noexcept;
+// Whether any other open file description holds a lock conflicting with
+// `type` on the range. When the probe itself fails, reports `if_unknown`.
+bool range_locked_by_other(int fd, short type, off_t start, off_t length, bool if_unknown);
+
+// Clocks.
+std::uint64_t monotonic_ns() noexcept;
+std::uint64_t realtime_ns() noexcept;
+
+// The byte-order mark every Sheaf file stores, read back swapped on a
+// machine of the other byte order.
+inline constexpr std::uint32_t kEndianMark = 0x01020304;
+inline constexpr std::uint32_t kEndianMarkSwapped = 0x04030201;
+
+}  // namespace sheaf::posix
