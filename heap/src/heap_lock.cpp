@@ -31,6 +31,7 @@
 #include <ctime>
 #include <memory>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "impl.hpp"
@@ -72,10 +73,13 @@ int Heap::Impl::lock_local_mutex(std::int64_t timeout_ns) {
 #endif
   }
   if (timeout_ns < 0) return pthread_mutex_lock(&state().mutex);
-  const std::uint64_t deadline = posix::monotonic_ns() + static_cast<std::uint64_t>(timeout_ns);
+  // pthread_mutex_timedlock takes a CLOCK_REALTIME deadline (a clock step
+  // stretches or shortens the wait); pthread_mutex_clocklock would take a
+  // monotonic one, but ThreadSanitizer does not see it lock.
+  const std::uint64_t deadline = posix::realtime_ns() + static_cast<std::uint64_t>(timeout_ns);
   const timespec until{static_cast<time_t>(deadline / 1000000000u),
                        static_cast<long>(deadline % 1000000000u)};
-  return pthread_mutex_clocklock(&state().mutex, CLOCK_MONOTONIC, &until);
+  return pthread_mutex_timedlock(&state().mutex, &until);
 }
 
 // Network mode. The server's lock is only ever asked for without blocking,
@@ -87,8 +91,16 @@ void Heap::Impl::lock_network(bool exclusive, std::int64_t timeout_ns) {
   const std::uint64_t started = posix::monotonic_ns();
   if (timeout_ns < 0) {
     network_mutex.lock();
-  } else if (!network_mutex.try_lock_for(std::chrono::nanoseconds(timeout_ns))) {
-    throw_timed_out(timeout_ns);
+  } else {
+    // Another thread of this process holds the heap: wait for it in short
+    // naps (a section on a network filesystem lasts milliseconds).
+    for (auto nap = std::chrono::microseconds(20); !network_mutex.try_lock();
+         nap = std::min(nap * 2, std::chrono::microseconds(2000))) {
+      if (posix::monotonic_ns() - started >= static_cast<std::uint64_t>(timeout_ns)) {
+        throw_timed_out(timeout_ns);
+      }
+      std::this_thread::sleep_for(nap);
+    }
   }
   try {
     std::int64_t left = -1;

@@ -7,6 +7,8 @@
 //   names.cpp      named objects and the name table
 //   recovery.cpp   walking the block chain: rebuild after a crash, check
 //   heap.cpp       the public Heap class, gluing the above together
+//   registry.cpp   the heaps this process has open; fork detection
+//   posix.cpp      every system call on files, locks and clocks (faults injectable)
 #pragma once
 
 #include <array>
@@ -159,7 +161,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::vector<ThreadCache*> all_caches;
 
   // --- process-local lock state ---
-  std::timed_mutex network_mutex;          // network mode: threads of this process
+  std::mutex network_mutex;                // network mode: threads of this process
   std::atomic<std::int64_t> owner_tid{0};  // thread inside the lock, 0 if none
   int depth = 0;
   bool outer_exclusive = false;
