@@ -23,7 +23,6 @@ struct Entry {
 std::array<Entry, kMaxOpenHeaps> entries;
 std::mutex mutex;
 
-std::atomic<std::uint64_t> epoch{0};
 std::once_flag fork_handler_installed;
 
 // The registry's mutex is held across fork(), so a child never inherits it
@@ -35,15 +34,13 @@ void after_fork_in_parent() {
   mutex.unlock();
 }
 void after_fork_in_child() {
-  epoch.fetch_add(1, std::memory_order_relaxed);
+  fork_epoch_counter.fetch_add(1, std::memory_order_relaxed);
   mutex.unlock();
 }
 
 }  // namespace
 
-std::uint64_t fork_epoch() noexcept {
-  return epoch.load(std::memory_order_relaxed);
-}
+std::atomic<std::uint64_t> fork_epoch_counter{0};
 
 void add(const std::shared_ptr<Heap::Impl>& impl) {
   std::call_once(fork_handler_installed,

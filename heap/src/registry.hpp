@@ -11,6 +11,7 @@
 // belong to the parent.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -30,7 +31,11 @@ Heap::Impl& at_base(const void* base);
 std::shared_ptr<Heap::Impl> by_uuid(const std::uint8_t (&uuid)[16]);
 std::vector<std::shared_ptr<Heap::Impl>> all();
 
-// Bumped in every child at fork(); a heap remembers the value it was opened at.
-std::uint64_t fork_epoch() noexcept;
+// Bumped in every child at fork(); a heap remembers the value it was opened
+// at. Read on every call (Heap::Impl::forked), so inline: one relaxed load.
+extern std::atomic<std::uint64_t> fork_epoch_counter;
+inline std::uint64_t fork_epoch() noexcept {
+  return fork_epoch_counter.load(std::memory_order_relaxed);
+}
 
 }  // namespace sheaf::registry
