@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -31,8 +32,16 @@ std::string heap_location(const std::string& spec) {
 }
 
 // Opens the heap an argument names; throws sheaf::Error (caught in main).
-Heap open_heap(const std::string& spec) {
-  return Heap::open(heap_location(spec)).value();
+// The verbs that only read open it read-only: they write nothing, and work
+// on a heap file the user may only read.
+Heap open_heap(const std::string& spec, const OpenOptions& options = {}) {
+  return Heap::open(heap_location(spec), options).value();
+}
+
+Heap open_heap_to_read(const std::string& spec) {
+  OpenOptions options;
+  options.read_only = true;
+  return open_heap(spec, options);
 }
 
 // --- Errors ----------------------------------------------------------------------
@@ -69,7 +78,7 @@ struct InfoArgs {
 
 void heap_info(const InfoArgs& args) {
   // The same words as the info and info.json files of a mounted store.
-  const HeapInfo info = open_heap(args.heap).info();
+  const HeapInfo info = open_heap_to_read(args.heap).info();
   std::cout << (args.json ? heap_info_json(info) : heap_info_text(info));
 }
 
@@ -80,7 +89,7 @@ struct LsArgs {
 };
 
 void heap_ls(const LsArgs& args) {
-  std::vector<ObjectInfo> objects = open_heap(args.heap).objects();
+  std::vector<ObjectInfo> objects = open_heap_to_read(args.heap).objects();
   std::sort(objects.begin(), objects.end(),
             [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
   if (args.json) {
@@ -143,15 +152,10 @@ struct CatArgs {
 };
 
 void heap_cat(const CatArgs& args) {
-  const Heap heap = open_heap(args.heap);
-  // Copy under the lock (a concurrent rm cannot free the bytes under us),
-  // write outside it (a slow reader of stdout does not hold up the heap).
-  std::vector<std::byte> bytes = heap.shared([&] {
-    if (!heap.object(args.name)) throw no_such_object(heap, args.name);
-    std::span<const std::byte> object = heap.object_bytes(args.name);
-    return std::vector<std::byte>(object.begin(), object.end());
-  });
-  write_output(bytes);
+  const Heap heap = open_heap_to_read(args.heap);
+  // A consistent copy (under the lock, or retried without it), written
+  // outside it: a slow reader of stdout does not hold up the heap.
+  write_output(heap.copy_object(args.name));
 }
 
 struct RmArgs {
@@ -167,29 +171,65 @@ void heap_rm(const RmArgs& args) {
 struct CheckArgs {
   std::string heap;
   bool json = false;
+  bool repair = false;
 };
 
-void heap_check(const CheckArgs& args) {
-  // Opening repairs what a crash left behind (that is not a problem, it is
-  // recovery working); a heap too damaged to open is reported like any other
-  // problem, with exit 1.
-  CheckReport report;
+// A heap whose header cannot even be validated is reported like any other
+// problem, with exit 1.
+CheckReport checked(const std::function<CheckReport()>& check) {
   try {
-    report = open_heap(args.heap).check();
+    return check();
   } catch (const Error& e) {
     if (e.code() != Errc::kCorrupted) throw;
+    CheckReport report;
     report.problems.push_back(e.message());
+    return report;
+  }
+}
+
+void heap_check(const CheckArgs& args) {
+  // Read-only: checking writes nothing and repairs nothing. What a crash
+  // left is listed as what the next writer will repair; damage no crash
+  // explains makes the exit status 1.
+  CheckReport report = checked([&] { return open_heap_to_read(args.heap).check(); });
+  std::vector<std::string> repaired;
+  if (args.repair && (!report.ok() || !report.repairs.empty())) {
+    // The first process to open a heap repairs it; repair_damage lets it
+    // rebuild past damage too. Then look again.
+    repaired = report.problems;
+    repaired.insert(repaired.end(), report.repairs.begin(), report.repairs.end());
+    report = checked([&] {
+      OpenOptions options;
+      options.repair_damage = true;
+      Heap heap = open_heap(args.heap, options);
+      CheckReport after = heap.check();
+      heap.close().value();
+      return after;
+    });
   }
   if (args.json) {
     print_json({{"ok", report.ok()},
                 {"blocks", report.blocks},
                 {"free_blocks", report.free_blocks},
                 {"objects", report.named_objects},
-                {"problems", report.problems}});
-  } else if (report.ok()) {
-    std::cout << "ok: " << report.blocks << " blocks, " << report.named_objects << " objects\n";
+                {"problems", report.problems},
+                {"repairs", report.repairs},
+                {"repaired", repaired}});
   } else {
-    for (const std::string& problem : report.problems) std::cout << problem << '\n';
+    for (const std::string& line : repaired) std::cout << "repaired: " << line << '\n';
+    for (const std::string& problem : report.problems) std::cout << "damaged: " << problem << '\n';
+    for (const std::string& repair : report.repairs) {
+      std::cout << "repair due (the next writer to open or lock it does it): " << repair << '\n';
+    }
+    if (report.ok()) {
+      std::cout << "ok: " << report.blocks << " blocks, " << report.named_objects << " objects\n";
+    } else if (!args.repair) {
+      std::cout << "`sheaf heap check --repair` rebuilds the heap from its blocks, dropping "
+                   "what the damage took\n";
+    } else {
+      std::cout << "damage remains: other processes have the heap open (only the first to open "
+                   "it repairs it); close them and run again\n";
+    }
   }
   if (!report.ok()) throw CLI::RuntimeError(kExitFailure);
 }
@@ -294,9 +334,13 @@ void register_heap_commands(CLI::App& app) {
   verb->callback([rm] { heap_rm(*rm); });
 
   auto check = std::make_shared<CheckArgs>();
-  verb = heap->add_subcommand("check", "Verify a heap file's invariants (exit 1 on problems)");
+  verb = heap->add_subcommand("check",
+                              "Verify a heap file's invariants, read-only (exit 1 on damage)");
   add_heap_argument(*verb, check->heap);
   add_json_flag(*verb, check->json);
+  verb->add_flag("--repair", check->repair,
+                 "Repair what is found: what a crash left, and damage (rebuilt from the "
+                 "block chain; what the damage took is lost)");
   verb->callback([check] { heap_check(*check); });
 
   auto upgrade = std::make_shared<UpgradeArgs>();

@@ -20,7 +20,9 @@ using testing::Pipe;
 using testing::TempDir;
 
 void expect_sound(const Heap& heap) {
-  for (const auto& problem : heap.check().problems) ADD_FAILURE() << problem;
+  const CheckReport report = heap.check();
+  for (const auto& problem : report.problems) ADD_FAILURE() << problem;
+  for (const auto& repair : report.repairs) ADD_FAILURE() << "repair due: " << repair;
 }
 
 std::string text_of(std::span<const std::byte> bytes) {

@@ -41,7 +41,9 @@ Heap network_heap(const std::string& path) {
 }
 
 void expect_sound(const Heap& heap) {
-  for (const auto& problem : heap.check().problems) ADD_FAILURE() << problem;
+  const CheckReport report = heap.check();
+  for (const auto& problem : report.problems) ADD_FAILURE() << problem;
+  for (const auto& repair : report.repairs) ADD_FAILURE() << "repair due: " << repair;
 }
 
 // In network mode every call flushes to the server when it leaves the lock;
@@ -407,6 +409,182 @@ TEST(HeapLocking, GrowthWhileAnotherThreadResolvesOffsets) {
   for (int i = 0; i < 200; ++i) heap.allocate(64 << 10);  // grows many times
   done = true;
   resolver.join();
+}
+
+}  // namespace
+}  // namespace sheaf
+
+namespace sheaf {
+namespace {
+
+using testing::read_file;
+using testing::run_in_child;
+using testing::TempDir;
+
+// Drops root for the rest of a child process: file permissions then apply.
+void become_nobody() {
+  if (::setgid(65534) != 0 || ::setuid(65534) != 0) std::_Exit(90);
+}
+
+// A user who may only read a heap file can still look at it, and a writer
+// working meanwhile never shows that reader a half-done section.
+TEST(HeapReadOnly, AReaderWithoutWritePermissionSeesConsistentSnapshots) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to switch to another user";
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);
+  const std::string path = dir / "h";
+  CreateOptions options;
+  options.file_mode = 0644;
+  Heap heap = Heap::create(path, options).value();
+  heap.construct<std::int64_t>("a")(1);
+  heap.construct<std::int64_t>("b")(2);
+
+  Pipe started, finished;
+  Child reader([&] {
+    become_nobody();
+    if (Heap::open(path).ok()) std::_Exit(91);  // no write permission: refused
+    OpenOptions read_only;
+    read_only.read_only = true;
+    Heap mine = Heap::open(path, read_only).value();
+    char byte = 1;
+    if (::write(started.write_end(), &byte, 1) != 1) std::_Exit(92);
+    // Every section of the writer leaves an even number of objects.
+    for (int i = 0; i < 3000; ++i) {
+      const std::size_t count = mine.objects().size();
+      if (count % 2 != 0) std::_Exit(93);
+      if (mine.info().objects % 2 != 0) std::_Exit(94);
+    }
+    if (!mine.check().ok()) std::_Exit(95);
+    const auto bytes = mine.copy_object("a");
+    std::int64_t value = 0;
+    std::memcpy(&value, bytes.data(), sizeof(value));
+    if (value != 1) std::_Exit(96);
+    try {
+      mine.allocate(8);
+      std::_Exit(97);
+    } catch (const Error& e) {
+      if (e.code() != Errc::kInvalidArgument) std::_Exit(98);
+    }
+    try {
+      mine.shared([] {});
+      std::_Exit(99);
+    } catch (const Error& e) {
+      if (e.code() != Errc::kUnsupported) std::_Exit(100);
+    }
+    if (::write(finished.write_end(), &byte, 1) != 1) std::_Exit(101);
+  });
+  finished.close_write();
+  char byte = 0;
+  ASSERT_EQ(::read(started.read_end(), &byte, 1), 1);
+  ASSERT_EQ(::fcntl(finished.read_end(), F_SETFL, O_NONBLOCK), 0);
+  int sections = 0;
+  for (int i = 0; i < 200000 && ::read(finished.read_end(), &byte, 1) < 0; ++i) {  // bounded
+    sections += 2;
+    heap.exclusive([&] {
+      heap.construct<std::int64_t>("x" + std::to_string(i))(i);
+      heap.construct<std::int64_t>("y" + std::to_string(i))(i);
+    });
+    heap.exclusive([&] {
+      heap.destroy<std::int64_t>("x" + std::to_string(i));
+      heap.destroy<std::int64_t>("y" + std::to_string(i));
+    });
+  }
+  EXPECT_EQ(reader.wait_code(), 0);
+  EXPECT_GT(sections, 100) << "the writer barely ran while the reader read";
+  expect_sound(heap);
+}
+
+// On a file it may write, a read-only open in local mode locks the heap's
+// mutex as a reader does, and still writes nothing else.
+TEST(HeapReadOnly, AReadOnlyOpenWritesNothing) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  {
+    CreateOptions small;
+    small.initial_size = 64 << 10;
+    Heap heap = Heap::create(path, small).value();
+    heap.construct<std::int64_t>("n")(5);
+    ASSERT_TRUE(heap.close().ok());
+  }
+  // The mutex lives in the header's first page; compare the rest.
+  const auto strip_lock = [](std::vector<char> bytes) {
+    std::fill(bytes.begin() + offsetof(format::Header, state),
+              bytes.begin() + offsetof(format::Header, state) + sizeof(pthread_mutex_t), 0);
+    return bytes;
+  };
+  const auto before = strip_lock(testing::read_file(path));
+  {
+    OpenOptions options;
+    options.read_only = true;
+    Heap reader = Heap::open(path, options).value();
+    EXPECT_EQ(*reader.find<std::int64_t>("n"), 5);
+    EXPECT_EQ(reader.objects().size(), 1u);
+    EXPECT_EQ(reader.info().sessions, 0u);  // a reader registers no session
+    reader.shared([] {});
+    EXPECT_THROW(reader.exclusive([] {}), Error);
+    EXPECT_THROW(reader.construct<int>("m")(1), Error);
+    EXPECT_THROW(reader.upgrade().value(), Error);
+    expect_sound(reader);
+  }
+  EXPECT_EQ(strip_lock(testing::read_file(path)), before);
+}
+
+// The outside test that found it: a free block's size rewritten to swallow
+// the named object after it. Opening once "repaired" that by forgetting the
+// object and called the heap sound.
+TEST(HeapDamage, ASwallowedObjectIsRefusedUntouchedThenRepairedOnRequest) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  std::uint64_t hole = 0;
+  {
+    CreateOptions small;
+    small.initial_size = 64 << 10;
+    Heap heap = Heap::create(path, small).value();
+    void* p = nullptr;
+    heap.exclusive([&] { p = heap.allocate(1000); });  // under the lock: no thread cache
+    heap.construct<std::int64_t>("victim")(7);
+    heap.construct<std::int64_t>("bystander")(8);
+    hole = heap.offset_of(p) - format::kBlockHeaderBytes;
+    heap.exclusive([&] { heap.deallocate(p); });
+    ASSERT_TRUE(heap.close().ok());
+  }
+  {
+    posix::Fd fd = posix::open_file(path, O_RDWR, path);
+    format::BlockHeader free_block{}, victim{};
+    posix::pread_all(fd.get(), std::as_writable_bytes(std::span(&free_block, 1)), hole, path);
+    ASSERT_EQ(free_block.state(), format::kFree);
+    posix::pread_all(fd.get(), std::as_writable_bytes(std::span(&victim, 1)),
+                     hole + free_block.size(), path);
+    ASSERT_EQ(victim.state(), format::kNamed);
+    free_block.size_and_state = (free_block.size() + victim.size()) | format::kFree;
+    posix::pwrite_all(fd.get(), std::as_bytes(std::span(&free_block, 1)), hole, path);
+  }
+  const auto damaged = testing::read_file(path);
+  auto refused = Heap::open(path);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), Errc::kCorrupted);
+  EXPECT_NE(refused.error().message().find("damaged: "), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(testing::read_file(path), damaged) << "refusing changed the file";
+
+  OpenOptions read_only;
+  read_only.read_only = true;
+  const CheckReport report = Heap::open(path, read_only).value().check();
+  EXPECT_FALSE(report.ok());
+  bool named = false;
+  for (const std::string& problem : report.problems) {
+    named |= problem.find("name table entry") != std::string::npos &&
+             problem.find("middle of a block") != std::string::npos;
+  }
+  EXPECT_TRUE(named) << "the swallowed object's name is not reported";
+  EXPECT_EQ(testing::read_file(path), damaged) << "checking changed the file";
+
+  OpenOptions repair;
+  repair.repair_damage = true;
+  Heap repaired = Heap::open(path, repair).value();
+  EXPECT_EQ(repaired.find<std::int64_t>("victim"), nullptr);  // what the damage took
+  EXPECT_EQ(*repaired.find<std::int64_t>("bystander"), 8);
+  expect_sound(repaired);
 }
 
 }  // namespace

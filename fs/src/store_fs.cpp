@@ -237,7 +237,15 @@ std::shared_ptr<Heap> HeapCache::get(const std::string& name, struct stat* file_
   }
   // Opened outside the mutex: an open may repair the heap or wait for its
   // lock, and requests for other heaps must not wait for that.
-  auto heap = std::make_shared<Heap>(Heap::open(path).value());
+  // A heap file the server may only read is served read-only (its objects
+  // then refuse writes with the heap's own error).
+  Result<Heap> opened = Heap::open(path);
+  if (!opened.ok() && opened.error().sys_errno() == EACCES) {
+    OpenOptions options;
+    options.read_only = true;
+    opened = Heap::open(path, options);
+  }
+  auto heap = std::make_shared<Heap>(std::move(opened).value());
   std::lock_guard lock(mutex_);
   Entry& entry = heaps_[name];
   if (!entry.heap || entry.dev != st.st_dev || entry.ino != st.st_ino) {

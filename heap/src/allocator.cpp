@@ -264,16 +264,25 @@ void Heap::Impl::grow(std::uint64_t bytes) {
   push_free(old_size);
 }
 
+// Follows only offsets inside the heap, and at most as many links as the
+// heap has room for blocks: a reader without the lock may meet a list being
+// changed (heap.cpp retries on kCorrupted).
 std::uint64_t Heap::Impl::largest_free() const {
   const State& s = state();
+  const std::uint64_t size = heap_size();
   for (int bin = kBinCount - 1; bin >= 0; --bin) {
-    if (s.bins[bin] == 0) continue;
+    std::uint64_t offset = __atomic_load_n(&s.bins[bin], __ATOMIC_ACQUIRE);
+    if (offset == 0) continue;
     std::uint64_t largest = 0;
-    for (std::uint64_t offset = s.bins[bin]; offset != 0;
-         offset = at<FreeLinks>(offset + kBlockHeaderBytes)->next) {
+    for (std::uint64_t steps = 0; offset != 0; ++steps) {
+      if (offset < kHeaderBytes || offset + kMinBlock > size || steps > size / kMinBlock) {
+        throw Error(Errc::kCorrupted,
+                    "heap " + path + ": bin " + std::to_string(bin) + " leads outside the heap");
+      }
       largest = std::max(largest, block(offset)->size());
+      offset = at<FreeLinks>(offset + kBlockHeaderBytes)->next;
     }
-    return largest - kBlockHeaderBytes;
+    return largest > kBlockHeaderBytes ? largest - kBlockHeaderBytes : 0;
   }
   return 0;
 }

@@ -3,7 +3,11 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <optional>
+#include <thread>
 
 #include "impl.hpp"
 #include "registry.hpp"
@@ -63,6 +67,7 @@ const char* lock_mode_name(LockMode mode) noexcept {
 
 Heap::Impl::~Impl() {
   if (base != nullptr) munmap(base, reserve);
+  if (lock_page != nullptr) munmap(lock_page, kPageSize);
   if (fd >= 0) ::close(fd);
   if (direct_fd >= 0) ::close(direct_fd);
 }
@@ -173,6 +178,46 @@ void deallocate_in(Heap::Impl& impl, void* p) {
   }
   LockScope lock(impl, true);
   impl.free_block(used_block_of(impl, p, "deallocate"));
+}
+
+// Runs `read` (which only reads) under the lock as a reader; or, on a heap
+// opened read-only that cannot be locked (Impl::lockless), without the
+// lock, again until no exclusive section began or ended while it ran: every
+// section sets State::lock_holder first and bumps State::generation last.
+// Reads meeting a half-changed heap throw kCorrupted from their bounds
+// checks, which here only means "try again".
+template <class Read>
+auto read_consistently(Heap::Impl& impl, Read&& read) -> decltype(read()) {
+  if (!impl.lockless) {
+    LockScope lock(impl, false);
+    return read();
+  }
+  constexpr int kAttempts = 2000;  // about 2 s of naps
+  const State& s = impl.state();
+  const auto generation = [&] { return __atomic_load_n(&s.generation, __ATOMIC_ACQUIRE); };
+  const auto holder = [&] { return __atomic_load_n(&s.lock_holder, __ATOMIC_ACQUIRE); };
+  std::string last;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    if (attempt >= 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const std::uint64_t before = generation();
+    if (holder() != 0) {
+      last = "a process is inside the lock (or died there and awaits a writer's repair)";
+      continue;
+    }
+    try {
+      auto result = read();
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (holder() == 0 && generation() == before) return result;
+      last = "writers changed it while it was read";
+    } catch (const Error& e) {
+      if (e.code() != Errc::kCorrupted) throw;
+      last = e.message();
+    }
+  }
+  throw Error(Errc::kBusy, "heap " + impl.path +
+                               ": no consistent read without the lock (read-only, local mode) "
+                               "in 2 s: " +
+                               last);
 }
 
 // The alignment a block's payload has: its offset's lowest set bit (the
@@ -318,25 +363,44 @@ bool Heap::erase(std::string_view name) {
 
 std::optional<ObjectInfo> Heap::object(std::string_view name) const {
   Impl& impl = live();
-  LockScope lock(impl, false);
-  const std::uint64_t block = impl.lookup(name);
-  if (block == 0) return std::nullopt;
-  return impl.describe(block);
+  return read_consistently(impl, [&]() -> std::optional<ObjectInfo> {
+    const std::uint64_t block = impl.lookup(name);
+    if (block == 0) return std::nullopt;
+    return impl.describe(block);
+  });
 }
 
 std::vector<ObjectInfo> Heap::objects() const {
   Impl& impl = live();
-  LockScope lock(impl, false);
-  std::vector<ObjectInfo> found;
-  const State& s = impl.state();
-  if (s.name_table == 0) return found;
-  const auto* table = impl.at<NameTable>(s.name_table + kBlockHeaderBytes);
-  found.reserve(table->count);
-  for (std::uint64_t i = 0; i < table->capacity; ++i) {
-    const std::uint64_t slot = table->slots()[i];
-    if (slot != kEmptySlot && slot != kTombstone) found.push_back(impl.describe(slot));
-  }
-  return found;
+  return read_consistently(impl, [&] {
+    std::vector<ObjectInfo> found;
+    const NameTable* table = impl.name_table();
+    if (table == nullptr) return found;
+    found.reserve(std::min(table->count, table->capacity));
+    for (std::uint64_t i = 0; i < table->capacity; ++i) {
+      const std::uint64_t slot = table->slots()[i];
+      if (slot == kEmptySlot || slot == kTombstone) continue;
+      // A constructor still running: not an object yet.
+      impl.require_record_inside(slot, 0);
+      if (impl.block(slot)->state() != kNamed) continue;
+      found.push_back(impl.describe(slot));
+    }
+    return found;
+  });
+}
+
+std::vector<std::byte> Heap::copy_object(std::string_view name) const {
+  Impl& impl = live();
+  return read_consistently(impl, [&] {
+    const std::uint64_t block = impl.lookup(name);
+    if (block == 0) {
+      throw Error(Errc::kNotFound,
+                  "heap " + impl.path + ": no object named '" + std::string(name) + "'");
+    }
+    const ObjectInfo info = impl.describe(block);  // checks the bytes lie inside the block
+    const auto* first = impl.at<const std::byte>(info.offset);
+    return std::vector<std::byte>(first, first + info.size);
+  });
 }
 
 std::span<const std::byte> Heap::object_bytes(std::string_view name) const {
@@ -380,7 +444,11 @@ bool Heap::contains(const void* p) const noexcept {
 
 HeapInfo Heap::info() const {
   Impl& impl = live();
-  LockScope lock(impl, false);
+  return read_consistently(impl, [&] { return impl.info(); });
+}
+
+HeapInfo Heap::Impl::info() const {
+  const Impl& impl = *this;
   const State& s = impl.state();
   const Identity& id = impl.header()->identity;
   HeapInfo info;
@@ -424,8 +492,7 @@ Result<bool> Heap::upgrade() {
 
 CheckReport Heap::check() const {
   Impl& impl = live();
-  LockScope lock(impl, false);
-  return impl.check(true);
+  return read_consistently(impl, [&] { return impl.check(true); });
 }
 
 const std::string& Heap::path() const noexcept {

@@ -234,9 +234,11 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       options.lock_timeout.count() > 0
           ? std::chrono::duration_cast<std::chrono::nanoseconds>(options.lock_timeout).count()
           : -1;
-  impl->fd = posix::open_file(path, O_RDWR, where).release();
+  impl->read_only = options.read_only;
+  impl->fd = posix::open_file(path, options.read_only ? O_RDONLY : O_RDWR, where).release();
   struct stat st {};
   if (fstat(impl->fd, &st) != 0) throw Error::from_errno(errno, where + ": stat");
+  if (S_ISDIR(st.st_mode)) throw Error::from_errno(EISDIR, where);  // what O_RDWR would say
   if (!S_ISREG(st.st_mode)) throw Error(Errc::kInvalidArgument, where + ": not a regular file");
 
   impl->mode = resolve_mode(options.mode, impl->fd, path);
@@ -279,8 +281,8 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
 
   impl->reserve =
       align_up(std::max(options.reserve ? options.reserve : kDefaultReserve, file_size), kPageSize);
-  void* map =
-      mmap(nullptr, impl->reserve, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, impl->fd, 0);
+  const int protection = options.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* map = mmap(nullptr, impl->reserve, protection, MAP_SHARED | MAP_NORESERVE, impl->fd, 0);
   if (map == MAP_FAILED) {
     throw Error::from_errno(
         errno, where + ": cannot map " + std::to_string(impl->reserve) + " bytes of address space");
@@ -289,6 +291,28 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   if (impl->mode == LockMode::kNetwork) madvise(map, impl->reserve, MADV_RANDOM);  // see above
 
   impl->claim_mode();
+
+  if (options.read_only) {
+    // Nothing is written: no session, no repair, no first-opener duties
+    // (only a writer can take the presence lock exclusively). In local mode
+    // the lock is the mutex in the header's first page: map that page
+    // writable if the file lets us, else read without the lock (lockless).
+    if (impl->mode == LockMode::kLocal) {
+      posix::Fd writable = posix::try_open(path, O_RDWR);
+      void* page = writable.valid() ? mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                           writable.get(), 0)
+                                    : MAP_FAILED;
+      if (page != MAP_FAILED) {
+        impl->lock_page = static_cast<std::uint8_t*>(page);
+      } else {
+        impl->lockless = true;
+      }
+    }
+    if (!posix::lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, impl->lock_timeout_ns, where)) {
+      throw Error(Errc::kTimedOut, where + ": another process is still opening it", ETIMEDOUT);
+    }
+    return impl;
+  }
 
   // The first process to open the heap is alone with it: it verifies the
   // whole block chain (refusing, untouched, a heap whose chain is broken),
@@ -301,6 +325,19 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
     bool chain_sound = false;
     CheckReport report = impl->check(true, &chain_sound);
     if (!chain_sound) throw Error(Errc::kCorrupted, where + ": " + report.problems.front());
+    // Damage no crash explains is refused untouched: repairing it would
+    // silently drop what it took (an object swallowed by a rewritten size).
+    if (!report.ok() && !options.repair_damage) {
+      std::string more;
+      if (report.problems.size() > 1) {
+        more = " (and " + std::to_string(report.problems.size() - 1) + " more)";
+      }
+      throw Error(Errc::kCorrupted,
+                  where + ": damaged: " + report.problems.front() + more +
+                      "; no crash leaves this. `sheaf heap check` lists the damage; "
+                      "`sheaf heap check --repair` rebuilds the heap from its blocks, "
+                      "dropping what the damage took");
+    }
     State& state = impl->state();
     if (impl->mode == LockMode::kLocal) {
       pthread_mutexattr_t attributes;
@@ -310,7 +347,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
     }
-    repair = !report.ok() || state.clean != 1;
+    repair = !report.ok() || !report.repairs.empty() || state.clean != 1;
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
     // Downgrade: others may come in.
     posix::try_lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, where);
@@ -361,6 +398,8 @@ int Heap::Impl::close_file() noexcept {
   }
   munmap(base, reserve);
   base = nullptr;
+  if (lock_page != nullptr) munmap(lock_page, kPageSize);
+  lock_page = nullptr;
   ::close(fd);  // releases every byte-range lock we held (not a forked child's: shared)
   fd = -1;
   if (direct_fd >= 0) ::close(direct_fd);

@@ -66,20 +66,20 @@ void Heap::Impl::require_exclusive() const {
 int Heap::Impl::lock_local_mutex(std::int64_t timeout_ns) {
   constexpr int kSpins = 200;
   for (int spin = 0; spin < kSpins; ++spin) {
-    const int rc = pthread_mutex_trylock(&state().mutex);
+    const int rc = pthread_mutex_trylock(mutex());
     if (rc != EBUSY) return rc;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
   }
-  if (timeout_ns < 0) return pthread_mutex_lock(&state().mutex);
+  if (timeout_ns < 0) return pthread_mutex_lock(mutex());
   // pthread_mutex_timedlock takes a CLOCK_REALTIME deadline (a clock step
   // stretches or shortens the wait); pthread_mutex_clocklock would take a
   // monotonic one, but ThreadSanitizer does not see it lock.
   const std::uint64_t deadline = posix::realtime_ns() + static_cast<std::uint64_t>(timeout_ns);
   const timespec until{static_cast<time_t>(deadline / 1000000000u),
                        static_cast<long>(deadline % 1000000000u)};
-  return pthread_mutex_timedlock(&state().mutex, &until);
+  return pthread_mutex_timedlock(mutex(), &until);
 }
 
 // Network mode. The server's lock is only ever asked for without blocking,
@@ -130,13 +130,24 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     ++depth;
     return;
   }
+  if (read_only && exclusive) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + path + ": opened read-only, and this call would change it");
+  }
+  if (lockless) {
+    throw Error(Errc::kUnsupported,
+                "heap " + path +
+                    ": opened read-only on a file this process cannot write, in local mode, "
+                    "where the lock is a mutex inside the file: only info(), objects(), "
+                    "object(), copy_object() and check() work (they retry instead of locking)");
+  }
   if (timeout_ns < 0) timeout_ns = lock_timeout_ns;
   bool holder_died = false;
   if (mode == LockMode::kLocal) {
     const int rc = lock_local_mutex(timeout_ns);
     if (rc == EOWNERDEAD) {
-      if (const int consistent = pthread_mutex_consistent(&state().mutex); consistent != 0) {
-        pthread_mutex_unlock(&state().mutex);
+      if (const int consistent = pthread_mutex_consistent(mutex()); consistent != 0) {
+        pthread_mutex_unlock(mutex());
         throw Error::from_errno(consistent, "heap " + path +
                                                 ": lock: cannot take over the "
                                                 "lock of a process that died");
@@ -156,7 +167,9 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
 
   try {
     check_reservation();
-    if (holder_died || state().lock_holder != 0) recover_after_death();
+    // A reader that may not write leaves the repair to the next writer,
+    // which finds lock_holder still set.
+    if (!read_only && (holder_died || state().lock_holder != 0)) recover_after_death();
   } catch (...) {
     // Leave lock_holder as it is: if the repair failed, the next locker must
     // try again. What the repair wrote is a walkable chain; on a network
@@ -263,7 +276,7 @@ int Heap::Impl::release() noexcept {
   }
   owner_tid.store(0, std::memory_order_relaxed);
   if (mode == LockMode::kLocal) {
-    pthread_mutex_unlock(&s.mutex);
+    pthread_mutex_unlock(mutex());
     return 0;
   }
   if (outer_exclusive) error = flush_to_server();
@@ -305,7 +318,9 @@ void Heap::Impl::refresh_range(std::uint64_t offset, std::uint64_t length) {
   if (length == 0) return;
   madvise(base + offset, length, MADV_DONTNEED);
   posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
-  if (direct_fd < 0) return;
+  // A read-only mapping cannot be corrected in place: read-only readers rely
+  // on eviction alone (exact with one process per host).
+  if (direct_fd < 0 || read_only) return;
   const std::uint64_t pages = (length + kPageSize - 1) / kPageSize;
   std::vector<unsigned char> cached(pages);
   if (mincore(base + offset, length, cached.data()) != 0) return;

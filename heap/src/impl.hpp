@@ -54,10 +54,24 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::int64_t lock_timeout_ns = -1;  // OpenOptions::lock_timeout; < 0: none
   std::uint64_t session_id = 0;
   int session_slot = -1;
-  std::uint64_t fork_epoch = 0;  // fork_epoch() when opened (fork.cpp)
+  std::uint64_t fork_epoch = 0;  // registry::fork_epoch() when opened
+  // OpenOptions::read_only: the mapping is PROT_READ and nothing is written.
+  bool read_only = false;
+  // Read-only in local mode, where the lock is a mutex in the file: a
+  // writable mapping of the page that holds it, when the file is writable.
+  std::uint8_t* lock_page = nullptr;
+  // Read-only in local mode without write permission: no lock can be taken,
+  // so reads are retried until no writer ran meanwhile (heap.cpp).
+  bool lockless = false;
 
   format::Header* header() const { return reinterpret_cast<format::Header*>(base); }
   format::State& state() const { return header()->state; }
+  // Local mode's lock (through lock_page when the heap is mapped read-only).
+  pthread_mutex_t* mutex() const {
+    if (lock_page == nullptr) return &state().mutex;
+    return reinterpret_cast<pthread_mutex_t*>(lock_page + offsetof(format::Header, state) +
+                                              offsetof(format::State, mutex));
+  }
   // State::size read atomically: growth publishes it while others read.
   std::uint64_t heap_size() const { return __atomic_load_n(&state().size, __ATOMIC_ACQUIRE); }
   // True in a child process forked after this heap was opened: nothing of
@@ -129,7 +143,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::uint64_t largest_free() const;
 
   // --- thread_cache.cpp (local mode; no lock needed) ---
-  bool thread_caching() const { return mode == LockMode::kLocal; }
+  bool thread_caching() const { return mode == LockMode::kLocal && !read_only; }
   std::uint64_t cached_allocate(std::uint64_t block_size);  // a block <= kCacheMax
   void cached_free(std::uint64_t block_offset);
   ThreadCache* thread_cache();
@@ -142,10 +156,14 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     return at<format::NamedRecord>(block_offset + format::kBlockHeaderBytes);
   }
   std::uint64_t lookup(std::string_view name) const;  // block offset or 0
+  const format::NameTable* name_table() const;        // bounds-checked; nullptr if none
+  void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
+  std::string record_problem(std::uint64_t block_offset, std::uint64_t size) const;
   void insert_name(std::uint64_t block_offset);
   void remove_name(std::uint64_t block_offset);
   void build_name_table(std::uint64_t named_count);
-  ObjectInfo describe(std::uint64_t block_offset) const;
+  ObjectInfo describe(std::uint64_t block_offset) const;  // throws kCorrupted if unsound
+  HeapInfo info() const;                                  // under the lock
 
   // --- recovery.cpp ---
   enum class Rebuild { kSweep, kRecover };

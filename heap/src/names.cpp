@@ -22,10 +22,39 @@ NameTable* table_at(const Heap::Impl& impl, std::uint64_t block_offset) {
 
 }  // namespace
 
-std::uint64_t Heap::Impl::lookup(std::string_view name) const {
+// The name table, or nullptr when there is none. Throws kCorrupted when
+// State points it outside the heap: readers must never follow an offset out
+// of the file (a read-only reader without the lock can meet a half-made
+// table; heap.cpp retries it).
+const NameTable* Heap::Impl::name_table() const {
   const State& s = state();
-  if (s.name_table == 0) return 0;
-  const NameTable* table = table_at(*this, s.name_table);
+  const std::uint64_t at = __atomic_load_n(&s.name_table, __ATOMIC_ACQUIRE);
+  if (at == 0) return nullptr;
+  const std::uint64_t size = heap_size();
+  const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
+  if (at < kHeaderBytes || head > size) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
+  }
+  const NameTable* table = table_at(*this, at);
+  const std::uint64_t capacity = table->capacity;
+  if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
+  }
+  return table;
+}
+
+// Throws kCorrupted unless a record of `name_bytes` name bytes at `slot` lies
+// inside the heap.
+void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const {
+  if (slot < kHeaderBytes ||
+      slot + kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes > heap_size()) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
+  }
+}
+
+std::uint64_t Heap::Impl::lookup(std::string_view name) const {
+  const NameTable* table = name_table();
+  if (table == nullptr) return 0;
   const std::uint64_t hash = hash_name(name);
   const std::uint64_t mask = table->capacity - 1;
   for (std::uint64_t i = hash & mask, probes = 0; probes < table->capacity;
@@ -33,6 +62,7 @@ std::uint64_t Heap::Impl::lookup(std::string_view name) const {
     const std::uint64_t slot = table->slots()[i];
     if (slot == kEmptySlot) return 0;
     if (slot == kTombstone) continue;
+    require_record_inside(slot, name.size());
     const NamedRecord* found = record(slot);
     if (found->name_hash == hash && found->name_length == name.size() &&
         std::memcmp(found->name(), name.data(), name.size()) == 0) {
@@ -104,6 +134,15 @@ void Heap::Impl::remove_name(std::uint64_t block_offset) {
 }
 
 ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
+  require_record_inside(block_offset, 0);
+  const std::uint64_t size = block(block_offset)->size();
+  if (size > heap_size() - block_offset) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": named block runs past the heap's end");
+  }
+  if (std::string why = record_problem(block_offset, size); !why.empty()) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": block at offset " +
+                                      std::to_string(block_offset) + ": named record: " + why);
+  }
   const NamedRecord* r = record(block_offset);
   ObjectInfo info;
   info.name.assign(r->name(), r->name_length);

@@ -36,8 +36,12 @@ std::string at_offset(std::uint64_t offset) {
   return "block at offset " + std::to_string(offset);
 }
 
-// Why the named record of the block at `offset` is unsound, or "".
-std::string record_problem(const Heap::Impl& impl, std::uint64_t offset, std::uint64_t size) {
+}  // namespace
+
+// Why the named record of the block at `offset` (of `size` bytes, inside the
+// heap) is unsound, or "".
+std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size) const {
+  const Heap::Impl& impl = *this;
   if (sizeof(NamedRecord) + kBlockHeaderBytes > size) return "too small for a named record";
   const NamedRecord* r = impl.record(offset);
   const std::uint64_t payload_end = offset + size;
@@ -62,6 +66,8 @@ std::string record_problem(const Heap::Impl& impl, std::uint64_t offset, std::ui
   return "";
 }
 
+namespace {
+
 // Walks the chain; returns the first structural problem, or "".
 std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
                        std::vector<std::uint64_t>* starts) {
@@ -80,7 +86,7 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
     // A pending block's record may be half written (its constructor had not
     // returned); recovery frees it whatever it says, so only named ones count.
     if (state == kNamed) {
-      if (std::string why = record_problem(impl, offset, size); !why.empty()) {
+      if (std::string why = impl.record_problem(offset, size); !why.empty()) {
         return at_offset(offset) + ": named record: " + why;
       }
     }
@@ -214,32 +220,45 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
   report.blocks = summary.blocks;
   report.free_blocks = summary.free_blocks;
   report.named_objects = summary.named;
+  // Each finding is either damage (problem) or what a crash of Sheaf's can
+  // leave (repair): invariants 2 and 3 of format.hpp say which. A crash
+  // leaves caches (counters, bins, links, the name table's counts) half
+  // updated and pending or cached blocks behind; it never leaves a list or
+  // table entry pointing into the middle of a block or at a block of the
+  // wrong kind, nor a reused serial.
   auto problem = [&](std::string text) { report.problems.push_back(std::move(text)); };
+  auto repair = [&](std::string text) { report.repairs.push_back(std::move(text)); };
 
   const State& s = state();
   if (checksum_identity(header()->identity) != header()->identity.checksum) {
-    problem("header checksum mismatch");
+    if (s.identity_staged == 1 &&
+        checksum_identity(s.staged_identity) == s.staged_identity.checksum) {
+      repair("an upgrade was cut short while rewriting the header: to be finished");
+    } else {
+      problem("header checksum mismatch");
+    }
   }
   if (s.lock_holder != 0 && !(held_by_this_thread() && outer_exclusive)) {
-    problem("a process died inside the lock (the next lock repairs the heap)");
+    repair("a process died inside the lock: the next lock repairs the heap");
   }
   if (summary.pending != 0) {
-    problem(std::to_string(summary.pending) + " named objects were left half-constructed");
+    repair(std::to_string(summary.pending) +
+           " named objects left half-constructed by a process that died: to be freed");
   }
   if (s.used_bytes != summary.used_bytes) {
-    problem("used bytes recorded as " + std::to_string(s.used_bytes) + ", found " +
-            std::to_string(summary.used_bytes));
+    repair("used bytes recorded as " + std::to_string(s.used_bytes) + ", found " +
+           std::to_string(summary.used_bytes) + ": to be recounted");
   }
   if (s.free_bytes != summary.free_bytes) {
-    problem("free bytes recorded as " + std::to_string(s.free_bytes) + ", found " +
-            std::to_string(summary.free_bytes));
+    repair("free bytes recorded as " + std::to_string(s.free_bytes) + ", found " +
+           std::to_string(summary.free_bytes) + ": to be recounted");
   }
   if (s.named_count != summary.named) {
-    problem("object count recorded as " + std::to_string(s.named_count) + ", found " +
-            std::to_string(summary.named));
+    repair("object count recorded as " + std::to_string(s.named_count) + ", found " +
+           std::to_string(summary.named) + ": to be recounted");
   }
   const bool has_table = s.name_table != 0;
-  if (summary.named != 0 && !has_table) problem("named objects but no name table");
+  if (summary.named != 0 && !has_table) repair("named objects but no name table: to be rebuilt");
   if (has_table && !summary.table_found) {
     problem("name table offset " + std::to_string(s.name_table) + " is not a name table block");
     return report;
@@ -253,7 +272,9 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
   std::unordered_set<std::uint64_t> listed;
   for (int bin = 0; bin < kBinCount; ++bin) {
     const bool marked = (s.bin_bitmap[bin / 64] >> (bin % 64)) & 1;
-    if (marked != (s.bins[bin] != 0)) problem("bin " + std::to_string(bin) + ": bitmap disagrees");
+    if (marked != (s.bins[bin] != 0)) {
+      repair("bin " + std::to_string(bin) + ": bitmap disagrees: to be rebuilt");
+    }
     std::uint64_t previous = 0;
     for (std::uint64_t offset = s.bins[bin]; offset != 0;) {
       if (!is_block(offset) || block(offset)->state() != kFree) {
@@ -270,16 +291,34 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
       }
       const auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
       if (links->prev != previous) {
-        problem("free block at offset " + std::to_string(offset) + " has a wrong back link");
+        repair("free block at offset " + std::to_string(offset) +
+               " has a wrong back link: bins to be rebuilt");
       }
       previous = offset;
       offset = links->next;
     }
   }
-  if (listed.size() != summary.free_blocks) {
-    problem(std::to_string(summary.free_blocks -
-                           std::min<std::uint64_t>(listed.size(), summary.free_blocks)) +
-            " free blocks are in no bin");
+  if (listed.size() < summary.free_blocks) {
+    repair(std::to_string(summary.free_blocks - listed.size()) +
+           " free blocks are in no bin: bins to be rebuilt");
+  }
+  // Blocks in the thread caches of processes that are gone.
+  std::vector<std::uint64_t> live_sessions_ids;
+  for (int i = 0; i < kMaxSessions; ++i) {
+    const std::uint64_t id = s.sessions[i].id;
+    if (id != 0 && (i == session_slot || session_alive(i))) live_sessions_ids.push_back(id);
+  }
+  std::uint64_t orphans = 0;
+  for (std::uint64_t offset : starts) {
+    if (block(offset)->state() != kCached) continue;
+    const std::uint64_t owner = __atomic_load_n(&block(offset)->tag, __ATOMIC_ACQUIRE);
+    if (std::find(live_sessions_ids.begin(), live_sessions_ids.end(), owner) ==
+        live_sessions_ids.end()) {
+      ++orphans;
+    }
+  }
+  if (orphans != 0) {
+    repair(std::to_string(orphans) + " blocks cached by processes that are gone: to be freed");
   }
 
   // Serials: every named object has one, none is reused, all are below the next.
@@ -305,21 +344,28 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
       const std::uint64_t slot = table->slots()[i];
       if (slot == kEmptySlot || slot == kTombstone) continue;
       ++live;
-      if (!is_block(slot) || block(slot)->state() != kNamed) {
-        problem("name table entry " + std::to_string(i) + " is not a named object");
+      if (!is_block(slot)) {
+        problem("name table entry " + std::to_string(i) + " points into the middle of a block");
+      } else if (block(slot)->state() == kPending) {
+        --live;  // counted with the pending objects above
+      } else if (block(slot)->state() != kNamed) {
+        problem("name table entry " + std::to_string(i) +
+                " points at a block that is not a "
+                "named object");
       }
     }
     if (live != table->count || live != summary.named) {
-      problem("name table holds " + std::to_string(live) + " names for " +
-              std::to_string(summary.named) + " objects");
+      repair("name table holds " + std::to_string(live) + " names for " +
+             std::to_string(summary.named) + " objects: to be rebuilt");
     }
-    if (table->count * 2 > table->capacity) problem("name table overfull");
+    if (table->count * 2 > table->capacity) repair("name table overfull: to be rebuilt");
     if (report.ok()) {
       for (std::uint64_t offset : starts) {
         if (block(offset)->state() != kNamed) continue;
         const NamedRecord* r = record(offset);
         if (lookup(std::string_view(r->name(), r->name_length)) != offset) {
-          problem("object '" + std::string(r->name(), r->name_length) + "' cannot be found");
+          repair("object '" + std::string(r->name(), r->name_length) +
+                 "' cannot be found by its name: name table to be rebuilt");
         }
       }
     }

@@ -490,6 +490,60 @@ TEST_F(CliTest, CheckHealthyHeap) {
   EXPECT_GT(report["blocks"].get<std::uint64_t>(), 0u);
 }
 
+// Damage no crash explains (here: a freed block's size rewritten to swallow
+// the object after it): `heap check` reports it, exit 1, and changes nothing;
+// a verb that opens the heap to write refuses it (exit 5); `heap check
+// --repair` rebuilds the heap from its blocks.
+TEST_F(CliTest, CheckReportsDamageWithoutTouchingItAndRepairsOnRequest) {
+  const std::string heap = make_heap();
+  ok({"heap", "put", heap, "first", "-"}, "makes the name table");
+  ok({"heap", "put", heap, "a", "-"}, std::string(500, 'a'));
+  ok({"heap", "put", heap, "victim", "-"}, std::string(100, 'v'));
+  ok({"heap", "put", heap, "z", "-"}, std::string(100, 'z'));
+  // A byte array's block starts 16 + align16(48 + name + "byte") before it.
+  std::uint64_t block_a = 0;
+  for (const Json& object : ok_json({"heap", "ls", heap, "--json"})) {
+    if (object["name"] != "a") continue;
+    const std::uint64_t head = (48 + 1 + 4 + 15) / 16 * 16;
+    block_a = object["offset"].get<std::uint64_t>() - head - 16;
+  }
+  ASSERT_NE(block_a, 0u);
+  ok({"heap", "rm", heap, "a"});
+  {
+    std::fstream file(heap, std::ios::in | std::ios::out | std::ios::binary);
+    std::uint64_t words[2] = {0, 0};
+    file.seekg(static_cast<std::streamoff>(block_a));
+    file.read(reinterpret_cast<char*>(&words[0]), 8);
+    ASSERT_EQ(words[0] & 0xF, 0u) << "a's block is not free";
+    file.seekg(static_cast<std::streamoff>(block_a + (words[0] & ~std::uint64_t{0xF})));
+    file.read(reinterpret_cast<char*>(&words[1]), 8);
+    ASSERT_EQ(words[1] & 0xF, 2u) << "the next block is not the named victim";
+    const std::uint64_t swallowing =
+        (words[0] & ~std::uint64_t{0xF}) + (words[1] & ~std::uint64_t{0xF});
+    file.seekp(static_cast<std::streamoff>(block_a));
+    file.write(reinterpret_cast<const char*>(&swallowing), 8);
+  }
+  const std::string damaged = read_file(heap);
+
+  Output checked = run({"heap", "check", heap});
+  EXPECT_EQ(checked.status, 1) << checked.out << checked.err;
+  EXPECT_NE(checked.out.find("damaged: "), std::string::npos) << checked.out;
+  EXPECT_NE(checked.out.find("--repair"), std::string::npos) << checked.out;
+  EXPECT_TRUE(read_file(heap) == damaged) << "checking changed the file";
+
+  Output refused = run({"heap", "put", heap, "new", "-"}, "x");
+  EXPECT_EQ(refused.status, 5) << refused.err;
+  EXPECT_NE(refused.err.find("damaged"), std::string::npos) << refused.err;
+  EXPECT_TRUE(read_file(heap) == damaged) << "refusing changed the file";
+
+  Json repaired = ok_json({"heap", "check", heap, "--repair", "--json"});
+  EXPECT_EQ(repaired["ok"], true) << repaired.dump();
+  EXPECT_FALSE(repaired["repaired"].empty()) << repaired.dump();
+  EXPECT_EQ(ok({"heap", "ls", heap, "-1"}), "first\nz\n");
+  EXPECT_EQ(ok({"heap", "cat", heap, "z"}), std::string(100, 'z'));
+  EXPECT_EQ(ok({"heap", "check", heap}).rfind("ok: ", 0), 0u);
+}
+
 TEST_F(CliTest, ConcurrentPutsAllLand) {
   const std::string heap = make_heap();
   constexpr int kWriters = 4;

@@ -70,6 +70,21 @@ struct OpenOptions {
   // Error(kTimedOut) naming the holder; zero waits for as long as it takes.
   // exclusive_for() sets its own limit for one section.
   std::chrono::milliseconds lock_timeout{0};
+  // Open for reading only: nothing in the file is written (no session is
+  // registered, nothing is repaired), so it works on a file this process may
+  // only read. Calls that change the heap throw kInvalidArgument. Reads take
+  // the lock as a reader: a shared byte-range lock in network mode, the
+  // heap's mutex in local mode when the file is writable. In local mode on a
+  // file it cannot write, no lock can be taken: info(), objects(), object(),
+  // copy_object() and check() then read without it and retry until no
+  // writer ran meanwhile; the other reads throw kUnsupported.
+  bool read_only = false;
+  // Repair a heap whose damage no crash of Sheaf's can explain (a rewritten
+  // block size, a name table entry into the middle of a block...) by
+  // rebuilding it from its block chain, dropping what the damage took. Off,
+  // such a heap is refused with kCorrupted, untouched; `sheaf heap check
+  // --repair` turns it on. What a crash leaves is always repaired.
+  bool repair_damage = false;
 };
 
 struct CreateOptions {
@@ -110,7 +125,13 @@ struct ObjectInfo {
 };
 
 struct CheckReport {
-  std::vector<std::string> problems;  // empty when the heap is sound
+  // Damage: what no crash of Sheaf's can leave (bit rot, a stray write, a
+  // bad tool). Empty when the heap is sound. Opening refuses such a heap
+  // unless OpenOptions::repair_damage.
+  std::vector<std::string> problems;
+  // What a crashed process left, which the next process to open or lock the
+  // heap repairs by itself ("3 named objects left half-constructed: freed").
+  std::vector<std::string> repairs;
   std::uint64_t blocks = 0;
   std::uint64_t free_blocks = 0;
   std::uint64_t named_objects = 0;
@@ -246,6 +267,9 @@ class Heap {
   // (`sheaf heap cat`). Valid while the object exists. Throws
   // Error(kNotFound) if there is none by that name.
   std::span<const std::byte> object_bytes(std::string_view name) const;
+  // A copy of a named object's bytes, taken under the lock (or, read-only
+  // without it, retried until consistent). Throws kNotFound if absent.
+  std::vector<std::byte> copy_object(std::string_view name) const;
 
   // --- Locking -----------------------------------------------------------------
   // Runs fn under the heap's lock. exclusive(): writers; on a network
