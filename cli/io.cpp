@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "posix.hpp"
 #include "sheaf/error.hpp"
 
 namespace sheaf::cli {
@@ -21,14 +22,6 @@ bool all_zero(std::span<const std::byte> bytes) {
   // The first byte is zero and every byte equals the next: all are zero.
   return bytes.empty() || (bytes[0] == std::byte{0} &&
                            std::memcmp(bytes.data(), bytes.data() + 1, bytes.size() - 1) == 0);
-}
-
-// Flushes a directory's entries to disk, as far as the filesystem allows.
-void sync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
-  ::close(fd);
 }
 
 }  // namespace
@@ -85,19 +78,8 @@ std::vector<std::byte> read_input(const std::string& path) {
   return bytes;
 }
 
-void write_all(int fd, std::span<const std::byte> bytes, const std::string& what) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw Error::from_errno(errno, what);
-    }
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
-  }
-}
-
 void write_output(std::span<const std::byte> bytes) {
-  write_all(STDOUT_FILENO, bytes, "standard output");
+  posix::write_all(STDOUT_FILENO, bytes, "standard output");
 }
 
 void for_each_zero_run(std::span<const std::byte> bytes,
@@ -166,21 +148,11 @@ OutputFile::~OutputFile() {
 
 void OutputFile::write(std::span<const std::byte> bytes) {
   if (path_.empty()) {
-    write_all(fd_, bytes, what_);
+    posix::write_all(fd_, bytes, what_);
     return;
   }
   for_each_zero_run(bytes, [&](std::span<const std::byte> run, bool zero) {
-    if (!zero) {
-      for (std::size_t done = 0; done < run.size();) {
-        const ssize_t n =
-            ::pwrite(fd_, run.data() + done, run.size() - done, static_cast<off_t>(size_ + done));
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          throw Error::from_errno(errno, what_);
-        }
-        done += static_cast<std::size_t>(n);
-      }
-    }
+    if (!zero) posix::pwrite_all(fd_, run, size_, what_);
     size_ += run.size();  // a zero run is left as a hole
   });
 }
@@ -188,11 +160,8 @@ void OutputFile::write(std::span<const std::byte> bytes) {
 void OutputFile::commit() {
   if (path_.empty()) return;
   if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) throw Error::from_errno(errno, what_);
-  if (::fsync(fd_) != 0) throw Error::from_errno(errno, what_);
-  if (::rename(temp_.c_str(), path_.c_str()) != 0) throw Error::from_errno(errno, what_);
+  posix::publish_file(fd_, temp_, path_, /*replace=*/true, what_);
   temp_.clear();
-  const auto slash = path_.rfind('/');
-  sync_directory(slash == std::string::npos ? "." : path_.substr(0, slash + 1));
 }
 
 }  // namespace sheaf::cli

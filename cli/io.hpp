@@ -17,9 +17,6 @@ std::vector<std::byte> read_input(const std::string& path);
 // Writes every byte to standard output. Throws sheaf::Error.
 void write_output(std::span<const std::byte> bytes);
 
-// Writes every byte to fd; throws sheaf::Error naming `what`.
-void write_all(int fd, std::span<const std::byte> bytes, const std::string& what);
-
 // A file opened for reading, or standard input when path is "-"; closes what
 // it opened. Throws sheaf::Error naming the file.
 class InputFile {

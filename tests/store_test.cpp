@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "heap_test_util.hpp"
+#include "posix.hpp"
 #include "sheaf/heap.hpp"
 #include "sheaf/store.hpp"
 
@@ -1396,6 +1397,41 @@ TEST(BagReaders, KeepTheirMappingWhileTheBagIsReplacedAndRemoved) {
   EXPECT_EQ(version, 1u);
   EXPECT_FALSE(store.open_bag("r").ok());
   EXPECT_EQ(list_dir(root + "/tmp"), std::vector<std::string>{});
+}
+
+// Faults injected through the one POSIX layer: a failed write, fsync or
+// rename of a bag put is reported, leaves the old bag whole and nothing in
+// tmp/; an interrupted call (EINTR) is retried and the put succeeds.
+struct FaultsCleared {
+  ~FaultsCleared() { posix::clear_faults(); }
+};
+
+TEST(BagFaults, EveryFailedStepOfAPutIsReportedAndLosesNothing) {
+  TempDir dir;
+  FaultsCleared cleared;
+  Store store = Store::init(dir / "s").value();
+  const std::string old_bytes(100000, 'o');
+  store.put_bag("b", std::as_bytes(std::span(old_bytes)));
+  const std::string new_bytes(300000, 'n');
+  for (const auto& [op, error] :
+       {std::pair{posix::Op::kWrite, ENOSPC}, std::pair{posix::Op::kFsync, EIO},
+        std::pair{posix::Op::kLink, EIO}}) {
+    posix::inject_fault(op, error);
+    try {
+      store.put_bag("b", std::as_bytes(std::span(new_bytes)));
+      ADD_FAILURE() << "a put with an injected " << std::strerror(error) << " succeeded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sys_errno(), error) << e.message();
+      EXPECT_NE(e.message().find("bag b"), std::string::npos) << e.message();
+    }
+    posix::clear_faults();
+    Bag bag = store.open_bag("b").value();
+    EXPECT_EQ(bag.bytes().size(), old_bytes.size()) << "the old bag was not kept";
+    EXPECT_EQ(list_dir(dir / "s/tmp"), std::vector<std::string>{}) << "a temporary was left";
+  }
+  posix::inject_fault(posix::Op::kWrite, EINTR, 3);
+  store.put_bag("b", std::as_bytes(std::span(new_bytes)));
+  EXPECT_EQ(store.open_bag("b").value().bytes().size(), new_bytes.size());
 }
 
 }  // namespace

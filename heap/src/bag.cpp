@@ -20,13 +20,13 @@
 #include <vector>
 
 #include "bag_impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
 
 constexpr char kBagMagic[8] = {'S', 'H', 'E', 'A', 'F', 'B', 'A', 'G'};
 constexpr std::uint32_t kBagVersion = 1;
-constexpr std::uint32_t kEndianMark = 0x01020304;
 constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kMaxHeaderBytes = 1 << 20;
 constexpr std::size_t kMaxTypeLength = 256;
@@ -52,28 +52,6 @@ static_assert(sizeof(Fixed) == 56);
 template <class T>
 void append(std::string& out, const T& value) {
   out.append(reinterpret_cast<const char*>(&value), sizeof(value));
-}
-
-std::uint64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-void write_all(int fd, const void* data, std::size_t size, std::uint64_t offset,
-               const std::string& what) {
-  const auto* bytes = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t done = pwrite(fd, bytes, size, static_cast<off_t>(offset));
-    if (done < 0) {
-      if (errno == EINTR) continue;
-      throw Error::from_errno(errno, what);
-    }
-    bytes += done;
-    size -= static_cast<std::size_t>(done);
-    offset += static_cast<std::uint64_t>(done);
-  }
 }
 
 }  // namespace
@@ -107,7 +85,7 @@ std::string encode_bag_header(const BagInfo& info) {
   Fixed fixed{};
   std::memcpy(fixed.magic, kBagMagic, sizeof(kBagMagic));
   fixed.version = kBagVersion;
-  fixed.endian = kEndianMark;
+  fixed.endian = posix::kEndianMark;
   fixed.header_bytes = static_cast<std::uint32_t>(bag_header_bytes(info));
   fixed.element_size = info.element_size;
   fixed.payload_size = info.size;
@@ -147,12 +125,11 @@ BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_s
     throw Error(Errc::kCorrupted, where + "truncated: shorter than a bag header");
   }
   std::memcpy(&fixed, header.data(), sizeof(fixed));
-  if (fixed.endian != kEndianMark) {
-    throw Error(
-        fixed.endian == __builtin_bswap32(kEndianMark) ? Errc::kUnsupported : Errc::kCorrupted,
-        where + (fixed.endian == __builtin_bswap32(kEndianMark)
-                     ? "written on a machine of the other byte order"
-                     : "corrupted header (bad byte-order mark)"));
+  if (fixed.endian != posix::kEndianMark) {
+    throw Error(fixed.endian == posix::kEndianMarkSwapped ? Errc::kUnsupported : Errc::kCorrupted,
+                where + (fixed.endian == posix::kEndianMarkSwapped
+                             ? "written on a machine of the other byte order"
+                             : "corrupted header (bad byte-order mark)"));
   }
   const std::uint64_t checked = sizeof(Fixed) + std::uint64_t{fixed.extra_length};
   if (fixed.header_bytes % kPage != 0 || fixed.header_bytes == 0 ||
@@ -285,10 +262,10 @@ std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
       while (at < window_end) {
         const auto want =
             static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, window_end - at));
-        const ssize_t got = pread(fd, buffer.get(), want, static_cast<off_t>(at));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) throw Error::from_errno(got < 0 ? errno : EIO, what + ": read");
-        XXH64_update(state.get(), buffer.get(), static_cast<std::size_t>(got));
+        const std::size_t got =
+            posix::pread_all(fd, std::as_writable_bytes(std::span(buffer.get(), want)), at, what);
+        if (got == 0) throw Error::from_errno(EIO, what + ": read: the file ended early");
+        XXH64_update(state.get(), buffer.get(), got);
         at += static_cast<std::uint64_t>(got);
         if (progress) progress(at - offset, size);
       }
@@ -416,9 +393,9 @@ void BagWriter::Impl::flush_staging(bool final) {
   // that is not a whole number of pages.
   const bool small = final && flushed == 0;
   const std::uint64_t aligned = small || at % kPage != 0 ? 0 : staged / kPage * kPage;
-  if (aligned > 0) write_all(direct_fd, staging.get(), aligned, at, what);
+  if (aligned > 0) posix::pwrite_all(direct_fd, std::span(staging.get(), aligned), at, what);
   if (aligned < staged)
-    write_all(fd, staging.get() + aligned, staged - aligned, at + aligned, what);
+    posix::pwrite_all(fd, std::span(staging.get() + aligned, staged - aligned), at + aligned, what);
   flushed += staged;
   staged = 0;
 }
@@ -446,9 +423,8 @@ void BagWriter::write(std::span<const std::byte> bytes) {
   if (w.staging) {
     w.stage(bytes.data(), bytes.size());
   } else {
-    write_all(
-        w.fd, bytes.data(), bytes.size(), w.header_bytes + w.flushed,
-        "bag " + w.info.name + ": cannot write (after " + std::to_string(w.flushed) + " bytes)");
+    posix::pwrite_all(w.fd, bytes, w.header_bytes + w.flushed,
+                      "bag " + w.info.name + ": after " + std::to_string(w.flushed) + " bytes");
     w.flushed += bytes.size();
   }
   w.info.size += bytes.size();
@@ -478,41 +454,26 @@ BagInfo BagWriter::commit() {
   }
   w.flush_staging(true);
   w.info.checksum = XXH64_digest(w.state);
-  w.info.created_ns = now_ns();
+  w.info.created_ns = posix::realtime_ns();
   const std::string header = encode_bag_header(w.info);
   if (header.size() != w.header_bytes)
     throw Error(Errc::kCorrupted, what + ": header size changed");
   if (ftruncate(w.fd, static_cast<off_t>(w.header_bytes + w.info.size)) != 0) {
     throw Error::from_errno(errno, what + ": cannot size the file");
   }
-  write_all(w.fd, header.data(), header.size(), 0, what + ": cannot write the header");
-  if (fsync(w.fd) != 0) throw Error::from_errno(errno, what + ": cannot write to disk");
+  posix::pwrite_all(w.fd, std::as_bytes(std::span(header)), 0, what + ": cannot write the header");
   // Into place while the file is still open: its lock tells Store::open's
   // sweep that this temporary is alive until it has a name in bags/.
-  if (w.replace) {
-    if (::rename(w.temp_path.c_str(), w.final_path.c_str()) != 0) {
-      throw Error::from_errno(errno, what + ": cannot put it in place");
-    }
-  } else {
-    if (::link(w.temp_path.c_str(), w.final_path.c_str()) != 0) {
-      throw Error::from_errno(errno, what);
-    }
-    ::unlink(w.temp_path.c_str());
-  }
+  posix::publish_file(w.fd, w.temp_path, w.final_path, w.replace, what);
+  if (!w.replace) ::unlink(w.temp_path.c_str());  // linked: the name in tmp/ goes
   w.temp_path.clear();
   ::close(w.fd);
   w.fd = -1;
-  sync_directory(w.final_path);
   return w.info;
 }
 
 void sync_directory(const std::string& file_path) {
-  const auto slash = file_path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : file_path.substr(0, slash);
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  fsync(fd);  // best effort: some filesystems refuse fsync on directories
-  ::close(fd);
+  posix::fsync_directory(posix::directory_of(file_path));
 }
 
 }  // namespace sheaf

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "bag_impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
@@ -91,14 +92,13 @@ void sweep_temporaries(const std::string& tmp) {
   while (const dirent* entry = ::readdir(d)) {
     if (entry->d_name[0] == '.') continue;
     const std::string path = tmp + "/" + entry->d_name;
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd < 0) continue;
-    struct flock probe {};
-    probe.l_type = F_WRLCK;
-    probe.l_whence = SEEK_SET;
-    probe.l_len = 1;
-    if (fcntl(fd, F_OFD_SETLK, &probe) == 0) ::unlink(path.c_str());
-    ::close(fd);
+    posix::Fd fd = posix::try_open(path, O_RDWR);
+    if (!fd.valid()) continue;
+    try {
+      if (posix::try_lock_range(fd.get(), F_WRLCK, 0, 1, path)) ::unlink(path.c_str());
+    } catch (const Error&) {
+      // Cannot tell whether its writer lives: leave it.
+    }
   }
   ::closedir(d);
 }
@@ -164,17 +164,17 @@ Result<Store> Store::init(const std::string& dir) {
     // The marker last, durably, by rename: a directory is a store once it is there.
     const std::string temp = dir + "/tmp/marker-" + random_hex(8);
     const std::string text = std::string(kMarkerFirstLine) + "\nuuid " + random_hex(16) + "\n";
-    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    const bool written =
-        fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-        fsync(fd) == 0;
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    if (!written || ::rename(temp.c_str(), (dir + "/" + kMarker).c_str()) != 0) {
+    try {
+      posix::Fd fd = posix::open_file(temp, O_WRONLY | O_CREAT | O_TRUNC,
+                                      "store " + dir + ": cannot write the marker", 0644);
+      posix::write_all(fd.get(), std::as_bytes(std::span(text)),
+                       "store " + dir + ": cannot write the marker");
+      posix::publish_file(fd.get(), temp, dir + "/" + kMarker, /*replace=*/true,
+                          "store " + dir + ": the marker");
+    } catch (...) {
       ::unlink(temp.c_str());
-      throw Error::from_errno(written ? errno : err, "store " + dir + ": cannot write the marker");
+      throw;
     }
-    sync_directory(dir + "/" + kMarker);
     return Store(dir);
   } catch (const Error& e) {
     return e;
@@ -230,23 +230,19 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   }
   impl->temp_path = path_ + "/tmp/" + impl->info.name + "." + random_hex(8) + ".writing";
   TmpGuard creating(path_ + "/tmp", LOCK_SH);
-  impl->fd = ::open(impl->temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  impl->fd = posix::try_open(impl->temp_path, O_RDWR | O_CREAT | O_EXCL, 0644).release();
   if (impl->fd < 0) {
     const int err = errno;
     impl->temp_path.clear();
     throw Error::from_errno(err, "bag " + impl->info.name + ": cannot create");
   }
   // Held until the writer is gone: tells sweep_temporaries we are alive.
-  struct flock alive {};
-  alive.l_type = F_WRLCK;
-  alive.l_whence = SEEK_SET;
-  alive.l_len = 1;
-  if (fcntl(impl->fd, F_OFD_SETLK, &alive) != 0) {
-    throw Error::from_errno(errno, "bag " + impl->info.name + ": cannot lock its temporary file");
+  if (!posix::try_lock_range(impl->fd, F_WRLCK, 0, 1, "bag " + impl->info.name)) {
+    throw Error(Errc::kBusy, "bag " + impl->info.name + ": cannot lock its temporary file");
   }
   impl->state = XXH64_createState();
   XXH64_reset(impl->state, 0);
-  impl->direct_fd = ::open(impl->temp_path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  impl->direct_fd = posix::try_open(impl->temp_path, O_WRONLY | O_DIRECT).release();
   if (impl->direct_fd >= 0) {
     impl->staging.reset(static_cast<std::byte*>(std::aligned_alloc(4096, 16 << 20)));
     if (!impl->staging) {
