@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -585,6 +586,31 @@ TEST(HeapDamage, ASwallowedObjectIsRefusedUntouchedThenRepairedOnRequest) {
   EXPECT_EQ(repaired.find<std::int64_t>("victim"), nullptr);  // what the damage took
   EXPECT_EQ(*repaired.find<std::int64_t>("bystander"), 8);
   expect_sound(repaired);
+}
+
+TEST(HeapRegistry, ListsTheOpenHeapsEvenWhileOneIsLocked) {
+  TempDir dir;
+  Heap first = Heap::create(dir / "a").value();
+  OpenOptions read_only;
+  read_only.read_only = true;
+  Heap second = Heap::open(dir / "a", read_only).value();
+  Heap third = Heap::create(dir / "b").value();
+  std::vector<OpenHeap> listed;
+  first.exclusive([&] { listed = open_heaps(); });  // no lock is taken
+  ASSERT_EQ(listed.size(), 3u);
+  const auto find = [&](const void* base) {
+    auto it = std::find_if(listed.begin(), listed.end(),
+                           [&](const OpenHeap& heap) { return heap.base == base; });
+    return it == listed.end() ? OpenHeap{} : *it;
+  };
+  EXPECT_EQ(find(first.base()).path, dir / "a");
+  EXPECT_FALSE(find(first.base()).read_only);
+  EXPECT_EQ(find(first.base()).uuid, first.info().uuid);
+  EXPECT_TRUE(find(second.base()).read_only);
+  EXPECT_EQ(find(second.base()).uuid, first.info().uuid);
+  EXPECT_EQ(find(third.base()).path, dir / "b");
+  ASSERT_TRUE(third.close().ok());
+  EXPECT_EQ(open_heaps().size(), 2u);
 }
 
 }  // namespace

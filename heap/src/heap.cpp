@@ -453,13 +453,7 @@ HeapInfo Heap::Impl::info() const {
   const Identity& id = impl.header()->identity;
   HeapInfo info;
   info.path = impl.path;
-  char uuid[37];
-  const std::uint8_t* u = id.uuid;
-  std::snprintf(uuid, sizeof(uuid),
-                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-                u[15]);
-  info.uuid = uuid;
+  info.uuid = uuid_text(id.uuid);
   info.format_version = id.version;
   if (impl.has_feature(kFeatureObjectSerials)) info.features.push_back("object-serials");
   info.page_size = id.page_size;
@@ -502,6 +496,24 @@ const std::string& Heap::path() const noexcept {
 
 LockMode Heap::mode() const noexcept {
   return impl_ ? impl_->mode : LockMode::kAuto;
+}
+
+std::string Heap::Impl::uuid_text(const std::uint8_t (&u)[16]) {
+  char text[37];
+  std::snprintf(text, sizeof(text),
+                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+                u[15]);
+  return text;
+}
+
+std::vector<OpenHeap> open_heaps() {
+  std::vector<OpenHeap> found;
+  for (const std::shared_ptr<Heap::Impl>& impl : registry::all()) {
+    found.push_back(OpenHeap{impl->path, Heap::Impl::uuid_text(impl->header()->identity.uuid),
+                             impl->mode, impl->read_only, impl->heap_size(), impl->base});
+  }
+  return found;
 }
 
 namespace detail {

@@ -164,6 +164,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void build_name_table(std::uint64_t named_count);
   ObjectInfo describe(std::uint64_t block_offset) const;  // throws kCorrupted if unsound
   HeapInfo info() const;                                  // under the lock
+  static std::string uuid_text(const std::uint8_t (&uuid)[16]);
 
   // --- recovery.cpp ---
   enum class Rebuild { kSweep, kRecover };

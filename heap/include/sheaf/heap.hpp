@@ -140,6 +140,20 @@ struct CheckReport {
 
 class Heap;
 
+// A heap this process has open, as diagnostics list it (open_heaps()).
+struct OpenHeap {
+  std::string path;
+  std::string uuid;
+  LockMode mode = LockMode::kLocal;
+  bool read_only = false;
+  std::uint64_t size = 0;      // State::size as last seen, read without the lock
+  const void* base = nullptr;  // where this process maps it
+};
+
+// Every heap this process has open. Takes no heap's lock, so it answers
+// while this process's own threads hold them (PSRP's `heaps`).
+std::vector<OpenHeap> open_heaps();
+
 namespace detail {
 // Type-erased construction callback: builds `count` objects at `where`.
 using InitFn = void (*)(void* where, std::size_t count, void* context);
