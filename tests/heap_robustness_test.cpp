@@ -41,6 +41,13 @@ Heap network_heap(const std::string& path) {
   return Heap::create(path, options).value();
 }
 
+// A heap of 64 KiB that grows: small files keep byte-for-byte comparisons cheap.
+Heap small_heap(const std::string& path) {
+  CreateOptions options;
+  options.initial_size = 64 << 10;
+  return Heap::create(path, options).value();
+}
+
 void expect_sound(const Heap& heap) {
   const CheckReport report = heap.check();
   for (const auto& problem : report.problems) ADD_FAILURE() << problem;
@@ -340,9 +347,7 @@ TEST(HeapTimedLock, OpenOptionAppliesToEveryCall) {
 TEST(HeapGrowth, OpeningWhileAnotherProcessGrowsIt) {
   TempDir dir;
   const std::string path = dir / "h";
-  CreateOptions options;
-  options.initial_size = 64 << 10;
-  Heap heap = Heap::create(path, options).value();
+  Heap heap = small_heap(path);
   Child grower([&] {
     Heap mine = Heap::open(path).value();
     for (int i = 0; i < 4000; ++i) mine.allocate(std::size_t{64} << 10);  // bounded: 256 MiB
@@ -395,9 +400,7 @@ TEST(HeapLocking, CloseWhileAnotherThreadUsesItsCacheOfAnotherHeap) {
 
 TEST(HeapLocking, GrowthWhileAnotherThreadResolvesOffsets) {
   TempDir dir;
-  CreateOptions options;
-  options.initial_size = 64 << 10;
-  Heap heap = Heap::create(dir / "h", options).value();
+  Heap heap = small_heap(dir / "h");
   void* first = heap.allocate(64);
   const std::uint64_t offset = heap.offset_of(first);
   std::atomic<bool> done{false};
@@ -501,9 +504,7 @@ TEST(HeapReadOnly, AReadOnlyOpenWritesNothing) {
   TempDir dir;
   const std::string path = dir / "h";
   {
-    CreateOptions small;
-    small.initial_size = 64 << 10;
-    Heap heap = Heap::create(path, small).value();
+    Heap heap = small_heap(path);
     heap.construct<std::int64_t>("n")(5);
     ASSERT_TRUE(heap.close().ok());
   }
@@ -538,9 +539,7 @@ TEST(HeapDamage, ASwallowedObjectIsRefusedUntouchedThenRepairedOnRequest) {
   const std::string path = dir / "h";
   std::uint64_t hole = 0;
   {
-    CreateOptions small;
-    small.initial_size = 64 << 10;
-    Heap heap = Heap::create(path, small).value();
+    Heap heap = small_heap(path);
     void* p = nullptr;
     heap.exclusive([&] { p = heap.allocate(1000); });  // under the lock: no thread cache
     heap.construct<std::int64_t>("victim")(7);

@@ -472,8 +472,4 @@ BagInfo BagWriter::commit() {
   return w.info;
 }
 
-void sync_directory(const std::string& file_path) {
-  posix::fsync_directory(posix::directory_of(file_path));
-}
-
 }  // namespace sheaf

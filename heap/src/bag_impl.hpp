@@ -52,6 +52,5 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
 // XXH64 of `size` bytes at `offset` of fd, read in large sequential chunks.
 std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
                            const Progress& progress, const std::string& what);
-void sync_directory(const std::string& file_path);
 
 }  // namespace sheaf

@@ -278,7 +278,7 @@ bool Store::remove_bag(std::string_view name) {
     if (errno == ENOENT) return false;
     throw Error::from_errno(errno, "bag " + std::string(name) + ": cannot remove");
   }
-  sync_directory(path);
+  posix::fsync_directory(posix::directory_of(path));
   return true;
 }
 
