@@ -158,7 +158,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::uint64_t lookup(std::string_view name) const;  // block offset or 0
   const format::NameTable* name_table() const;        // bounds-checked; nullptr if none
   void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
-  std::string record_problem(std::uint64_t block_offset, std::uint64_t size) const;
+  std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash) const;
   void insert_name(std::uint64_t block_offset);
   void remove_name(std::uint64_t block_offset);
   void build_name_table(std::uint64_t named_count);

@@ -39,8 +39,10 @@ std::string at_offset(std::uint64_t offset) {
 }  // namespace
 
 // Why the named record of the block at `offset` (of `size` bytes, inside the
-// heap) is unsound, or "".
-std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size) const {
+// heap) is unsound, or "". Without `check_hash`, only whether every length
+// and offset in it stays inside the block (enough to read it safely).
+std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size,
+                                       bool check_hash) const {
   const Heap::Impl& impl = *this;
   if (sizeof(NamedRecord) + kBlockHeaderBytes > size) return "too small for a named record";
   const NamedRecord* r = impl.record(offset);
@@ -60,7 +62,7 @@ std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size)
   const std::uint64_t room = payload_end - r->object_offset;
   if (r->element_size != 0 && r->count > room / r->element_size)
     return "object larger than its block";
-  if (r->name_hash != hash_name(std::string_view(r->name(), r->name_length))) {
+  if (check_hash && r->name_hash != hash_name(std::string_view(r->name(), r->name_length))) {
     return "name hash mismatch";
   }
   return "";
@@ -86,7 +88,7 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
     // A pending block's record may be half written (its constructor had not
     // returned); recovery frees it whatever it says, so only named ones count.
     if (state == kNamed) {
-      if (std::string why = impl.record_problem(offset, size); !why.empty()) {
+      if (std::string why = impl.record_problem(offset, size, true); !why.empty()) {
         return at_offset(offset) + ": named record: " + why;
       }
     }
