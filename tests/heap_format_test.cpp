@@ -48,7 +48,7 @@ TEST(HeapFormat, NewHeapsAreCurrentWithSerials) {
   Heap heap = Heap::create(dir / "h").value();
   const HeapInfo info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, std::vector<std::string>{"object-serials"});
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
   EXPECT_FALSE(heap.upgrade().value());  // nothing to do
 }
 
@@ -119,7 +119,7 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
   ASSERT_TRUE(heap.upgrade().value());
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, std::vector<std::string>{"object-serials"});
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
   std::vector<std::uint64_t> serials;
   for (const ObjectInfo& object : heap.objects()) serials.push_back(object.serial);
   std::sort(serials.begin(), serials.end());

@@ -155,6 +155,13 @@ TEST(HeapLockGuard, LockIsReleasedWhenTheRepairAtOpenFails) {
     posix::pwrite_all(fd.get(), std::as_bytes(std::span(&header, 1)), table, path);
     const std::uint64_t none = 0;
     posix::pwrite_all(fd.get(), std::as_bytes(std::span(&none, 1)), where, path);
+    // Left unclean by a machine that restarted since: the first opener walks
+    // and repairs.
+    const std::uint64_t state = offsetof(format::Header, state);
+    posix::pwrite_all(fd.get(), std::as_bytes(std::span(&none, 1)),
+                      state + offsetof(format::State, clean), path);
+    posix::pwrite_all(fd.get(), std::as_bytes(std::span(&none, 1)),
+                      state + offsetof(format::State, boot_hash), path);
   }
   auto failed = Heap::open(path);
   ASSERT_FALSE(failed.ok());

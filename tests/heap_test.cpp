@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "format.hpp"
 #include "heap_test_util.hpp"
 #include "sheaf/containers.hpp"
 #include "sheaf/heap.hpp"
@@ -82,9 +83,10 @@ TEST(HeapFile, CreateHonoursRequestedMode) {
 // Opening a damaged or foreign file fails with the right error and changes nothing.
 class BadFile : public ::testing::Test {
  protected:
-  void expect_refused(const std::vector<char>& bytes, Errc code, const std::string& words) {
+  void expect_refused(const std::vector<char>& bytes, Errc code, const std::string& words,
+                      const OpenOptions& options = {}) {
     write_file(path_, bytes);
-    auto opened = Heap::open(path_);
+    auto opened = Heap::open(path_, options);
     ASSERT_FALSE(opened.ok());
     EXPECT_EQ(opened.error().code(), code) << opened.error().what();
     EXPECT_NE(opened.error().message().find(words), std::string::npos) << opened.error().what();
@@ -152,6 +154,28 @@ TEST_F(BadFile, BrokenBlockChain) {
   // The first block's header starts right after the 16 KiB file header.
   std::uint64_t nonsense = 24;  // smaller than any block
   std::memcpy(&bytes[16384], &nonsense, sizeof(nonsense));
+  OpenOptions verify;
+  verify.verify = true;
+  expect_refused(bytes, Errc::kCorrupted, "block at offset 16384", verify);
+
+  // A heap closed cleanly opens without a walk (the damage is in no bin's
+  // head), and check() finds what is wrong.
+  write_file(path_, bytes);
+  {
+    Heap heap = Heap::open(path_).value();
+    const CheckReport report = heap.check();
+    ASSERT_FALSE(report.ok());
+    EXPECT_NE(report.problems.front().find("block at offset 16384"), std::string::npos);
+  }
+
+  // One not closed cleanly, whose machine may have restarted since, is
+  // walked by its first opener, and refused.
+  const auto state_word = [](std::size_t field) {
+    return offsetof(format::Header, state) + field;
+  };
+  const std::uint64_t zero = 0;
+  std::memcpy(&bytes[state_word(offsetof(format::State, clean))], &zero, sizeof(zero));
+  std::memcpy(&bytes[state_word(offsetof(format::State, boot_hash))], &zero, sizeof(zero));
   expect_refused(bytes, Errc::kCorrupted, "block at offset 16384");
 }
 

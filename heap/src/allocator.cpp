@@ -16,9 +16,12 @@
 //   nothing moves.
 //
 // Crash safety: see format.hpp. A block being allocated is unlinked from its
-// bin first, while its header still says kFree; recovery rebuilds the bins,
+// bin first, while its header still says kFree; the walk rebuilds the bins,
 // so a kill there loses nothing. Its header then turns kUsed, and any tail
-// split off becomes reachable, in one publish().
+// split off becomes reachable, in one store. Every store to a word another
+// process can reach goes through store(), which saves the old value in the
+// undo log first (recovery.cpp, "Operations"), so that a kill inside an
+// operation is undone without a walk.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -57,12 +60,12 @@ void Heap::Impl::push_free(std::uint64_t offset) {
   State& s = state();
   const int bin = bin_of(block(offset)->size());
   auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
-  links->next = s.bins[bin];
-  links->prev = 0;
-  if (links->next != 0) at<FreeLinks>(links->next + kBlockHeaderBytes)->prev = offset;
-  s.bins[bin] = offset;
-  s.bin_bitmap[bin / 64] |= std::uint64_t{1} << (bin % 64);
-  s.free_bytes += block(offset)->size();
+  store(links->next, s.bins[bin]);
+  store(links->prev, 0);
+  if (links->next != 0) store(at<FreeLinks>(links->next + kBlockHeaderBytes)->prev, offset);
+  store(s.bins[bin], offset);
+  store(s.bin_bitmap[bin / 64], s.bin_bitmap[bin / 64] | std::uint64_t{1} << (bin % 64));
+  store(s.free_bytes, s.free_bytes + block(offset)->size());
 }
 
 void Heap::Impl::unlink_free(std::uint64_t offset) {
@@ -70,16 +73,21 @@ void Heap::Impl::unlink_free(std::uint64_t offset) {
   const int bin = bin_of(block(offset)->size());
   auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
   if (links->prev != 0) {
-    at<FreeLinks>(links->prev + kBlockHeaderBytes)->next = links->next;
+    store(at<FreeLinks>(links->prev + kBlockHeaderBytes)->next, links->next);
   } else {
-    s.bins[bin] = links->next;
+    store(s.bins[bin], links->next);
   }
-  if (links->next != 0) at<FreeLinks>(links->next + kBlockHeaderBytes)->prev = links->prev;
-  if (s.bins[bin] == 0) s.bin_bitmap[bin / 64] &= ~(std::uint64_t{1} << (bin % 64));
-  s.free_bytes -= block(offset)->size();
+  if (links->next != 0) store(at<FreeLinks>(links->next + kBlockHeaderBytes)->prev, links->prev);
+  if (s.bins[bin] == 0) {
+    store(s.bin_bitmap[bin / 64], s.bin_bitmap[bin / 64] & ~(std::uint64_t{1} << (bin % 64)));
+  }
+  store(s.free_bytes, s.free_bytes - block(offset)->size());
+  // Whoever took the block writes over its links; an undo must find them.
+  save(&links->next);
+  save(&links->prev);
 }
 
-void Heap::Impl::reset_bins() {
+void Heap::Impl::reset_bins() {  // only in rebuild(), which is not logged
   State& s = state();
   std::fill(std::begin(s.bins), std::end(s.bins), 0);
   std::fill(std::begin(s.bin_bitmap), std::end(s.bin_bitmap), 0);
@@ -149,26 +157,26 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
     if (gap != 0 && gap < kMinBlock) gap += alignment;
     if (gap != 0) {
       const std::uint64_t aligned = offset + gap;
-      block(aligned)->size_and_state = (whole - gap) | kFree;
+      block(aligned)->size_and_state = (whole - gap) | kFree;  // not reachable yet
       block(aligned)->tag = 0;
-      publish(block(offset)->size_and_state, gap | kFree);
+      store(block(offset)->size_and_state, gap | kFree);
       push_free(offset);
       offset = aligned;
     }
   }
 
   const std::uint64_t whole = block(offset)->size();
-  block(offset)->tag = 0;  // before the block is published as anything but free
+  store(block(offset)->tag, 0);  // before the block is published as anything but free
   if (whole - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
-    block(tail)->size_and_state = (whole - size) | kFree;
+    block(tail)->size_and_state = (whole - size) | kFree;  // not reachable yet
     block(tail)->tag = 0;
-    publish(block(offset)->size_and_state, size | final_state);
+    store(block(offset)->size_and_state, size | final_state);
     push_free(tail);
   } else {
-    publish(block(offset)->size_and_state, whole | final_state);
+    store(block(offset)->size_and_state, whole | final_state);
   }
-  s.used_bytes += block(offset)->size();
+  store(s.used_bytes, s.used_bytes + block(offset)->size());
   return offset;
 }
 
@@ -176,17 +184,17 @@ void Heap::Impl::free_block(std::uint64_t offset) {
   State& s = state();
   BlockHeader* header = block(offset);
   std::uint64_t size = header->size();
-  s.used_bytes -= size;
-  publish(header->size_and_state, size | kFree);
+  store(s.used_bytes, s.used_bytes - size);
+  store(header->size_and_state, size | kFree);
   if (size <= kSmallMax) {
-    s.small_freed += size;
+    store(s.small_freed, s.small_freed + size);
   } else {
-    // Merge with the free blocks that follow; each step is one publish().
+    // Merge with the free blocks that follow; each step is one store.
     for (std::uint64_t next = offset + size; next < s.size; next = offset + size) {
       if (block(next)->state() != kFree) break;
       unlink_free(next);
       size += block(next)->size();
-      publish(header->size_and_state, size | kFree);
+      store(header->size_and_state, size | kFree);
     }
   }
   push_free(offset);
@@ -201,9 +209,9 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
   if (size <= current) {
     if (current - size >= kMinBlock) {  // give the tail back
       const std::uint64_t tail = offset + size;
-      block(tail)->size_and_state = (current - size) | kUsed;
+      block(tail)->size_and_state = (current - size) | kUsed;  // not reachable yet
       block(tail)->tag = 0;
-      publish(header->size_and_state, size | state_bits);
+      store(header->size_and_state, size | state_bits);
       free_block(tail);  // merges it with what follows and accounts for it
     }
     return true;
@@ -215,14 +223,14 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
   unlink_free(next);
   if (total - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
-    block(tail)->size_and_state = (total - size) | kFree;
+    block(tail)->size_and_state = (total - size) | kFree;  // not reachable yet
     block(tail)->tag = 0;
-    publish(header->size_and_state, size | state_bits);
+    store(header->size_and_state, size | state_bits);
     push_free(tail);
-    s.used_bytes += size - current;
+    store(s.used_bytes, s.used_bytes + size - current);
   } else {
-    publish(header->size_and_state, total | state_bits);
-    s.used_bytes += total - current;
+    store(header->size_and_state, total | state_bits);
+    store(s.used_bytes, s.used_bytes + total - current);
   }
   return true;
 }
@@ -258,9 +266,9 @@ void Heap::Impl::grow(std::uint64_t bytes) {
     }
   }
   known_file_size = std::max<std::uint64_t>(known_file_size, new_size);
-  block(old_size)->size_and_state = (new_size - old_size) | kFree;
+  block(old_size)->size_and_state = (new_size - old_size) | kFree;  // not reachable yet
   block(old_size)->tag = 0;
-  publish(s.size, new_size);
+  store(s.size, new_size);
   push_free(old_size);
 }
 

@@ -48,9 +48,15 @@ enum Feature : std::uint64_t {
   // the same offset is told apart. State::next_serial is the next one.
   // An older writer would create objects without serials: ro_compat.
   kFeatureObjectSerials = std::uint64_t{1} << 0,
+  // Thread caches list their blocks in ledger blocks (CacheLedger), so a
+  // dead session's blocks are found without a walk; allocator operations
+  // keep an undo log (State::undo). An older writer would cache blocks
+  // without ledgers, which only a walk finds: ro_compat. Without the bit, a
+  // dead session is reclaimed by walking, as before.
+  kFeatureCacheLedgers = std::uint64_t{1} << 1,
 };
 inline constexpr std::uint64_t kKnownCompat = 0;
-inline constexpr std::uint64_t kKnownRoCompat = kFeatureObjectSerials;
+inline constexpr std::uint64_t kKnownRoCompat = kFeatureObjectSerials | kFeatureCacheLedgers;
 inline constexpr std::uint64_t kKnownIncompat = 0;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
@@ -142,7 +148,55 @@ inline constexpr int kSmallBins = 64;
 inline constexpr int kBinCount = kSmallBins + 4 * 38;  // up to 2^48-byte blocks
 static_assert(kSmallBins == (kSmallMax - kMinBlock) / kAlign + 1);
 
+// Bin of a free block of `size` bytes (size >= kMinBlock, a multiple of 16).
+constexpr int bin_of(std::uint64_t size) {
+  if (size <= kSmallMax) return static_cast<int>(size / kAlign) - 2;
+  int power = 63 - __builtin_clzll(size);  // >= 10
+  int quarter = static_cast<int>((size >> (power - 2)) & 3);
+  int bin = kSmallBins + (power - 10) * 4 + quarter;
+  return bin < kBinCount ? bin : kBinCount - 1;
+}
+
 inline constexpr int kMaxSessions = 128;
+inline constexpr int kUndoEntries = 256;
+
+// Thread caches (thread_cache.cpp) hold free blocks up to this size, header
+// included, in bins 0..kCacheBins-1: at most kSmallCacheSlots blocks of each
+// small size and kLargeCacheSlots of each larger bin.
+inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
+inline constexpr int kCacheBins = bin_of(kCacheMax) + 1;
+inline constexpr std::uint32_t kSmallCacheSlots = 65;  // a depth of 64, plus one being added
+inline constexpr std::uint32_t kLargeCacheSlots = 5;   // a depth of 4, plus one
+constexpr std::uint32_t cache_slots(int bin) {
+  return bin < kSmallBins ? kSmallCacheSlots : kLargeCacheSlots;
+}
+// Index of a bin's first slot in CacheLedger::slots.
+constexpr std::uint32_t cache_slot_base(int bin) {
+  return bin < kSmallBins ? static_cast<std::uint32_t>(bin) * kSmallCacheSlots
+                           : kSmallBins * kSmallCacheSlots +
+                                 static_cast<std::uint32_t>(bin - kSmallBins) * kLargeCacheSlots;
+}
+inline constexpr std::uint32_t kCacheLedgerSlots = cache_slot_base(kCacheBins);
+
+// The payload of a ledger block (a kUsed block): the record, in the file, of
+// one thread's cache of one heap, so that a session that dies is reclaimed
+// by reading its ledgers instead of walking the heap. Only the thread whose
+// cache it is writes it, without the lock, in an order that keeps this
+// invariant at every instant: every kCached block whose tag is `session` is
+// in slots[] (below its bin's count) or is in_flight. in_flight is the block
+// moving between the cache and its user; if it says kUsed, the user never
+// had it (in_flight is cleared before the block is handed over, and set
+// before a freed one is taken). Ledgers of one session are chained through
+// `next` from State::session_ledgers[slot]; the chain changes under the lock.
+inline constexpr std::uint64_t kLedgerMagic = 0x5245474445444c53;  // "SLDEDGER"
+struct CacheLedger {
+  std::uint64_t magic;      // kLedgerMagic
+  std::uint64_t session;    // the session whose thread's cache this is
+  std::uint64_t next;       // the session's next ledger block, 0 if none
+  std::uint64_t in_flight;  // block offset, 0 if none
+  std::uint32_t counts[kCacheBins];
+  std::uint64_t slots[kCacheLedgerSlots];  // block offsets, cache_slots(bin) per bin
+};
 
 struct Session {
   std::uint64_t id;  // 0: the slot is free
@@ -200,6 +254,37 @@ struct State {
   // the old identity or the new one, never a torn one.
   alignas(64) Identity staged_identity;
   std::uint64_t identity_staged;
+
+  // --- Fast recovery (local mode). Zero in files made before them; an older
+  // Sheaf never writes them, which is safe: see the replay rule below. ---
+
+  // The undo log of the allocator operation in flight (recovery.cpp,
+  // "Operations"). Each exclusive section makes it its own (undo_owner = the
+  // section's lock_holder token, undo_count = undo_overflow = 0); an
+  // operation saves each word's old value here before its first store to
+  // it, and empties the log when it ends. A process that dies inside an
+  // operation leaves the log for the next locker, which puts the words back
+  // in reverse order: the heap is then as it was before the operation began.
+  // Replay rule: only a log whose undo_owner equals the dead lock_holder is
+  // replayed; any other death (an older Sheaf, a log that overflowed) gets
+  // the full walk of rebuild().
+  alignas(64) std::uint64_t undo_owner;
+  std::uint64_t undo_count;     // entries in undo[] that are valid
+  std::uint64_t undo_overflow;  // 1: the operation outgrew undo[]; recovery must walk
+  struct UndoEntry {
+    std::uint64_t offset;  // of the word, from the heap's base
+    std::uint64_t old_value;
+  } undo[kUndoEntries];
+  // Hash of the kernel's boot id when the heap was first opened since a
+  // clean close. A first opener that finds the heap unclean trusts the undo
+  // log and the ledgers only if the machine has not restarted since (a
+  // restart may have lost pages the kernel had not written back).
+  std::uint64_t boot_hash;
+  // Per session slot: block offset of the first of that session's ledger
+  // blocks (CacheLedger), 0 if none. Written under the lock.
+  std::uint64_t session_ledgers[kMaxSessions];
+  // Recoveries (counted in `recoveries` too) that had to walk the heap.
+  std::uint64_t walked_recoveries;
 };
 
 struct Header {
@@ -208,13 +293,5 @@ struct Header {
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
 
-// Bin of a free block of `size` bytes (size >= kMinBlock, a multiple of 16).
-constexpr int bin_of(std::uint64_t size) {
-  if (size <= kSmallMax) return static_cast<int>(size / kAlign) - 2;
-  int power = 63 - __builtin_clzll(size);  // >= 10
-  int quarter = static_cast<int>((size >> (power - 2)) & 3);
-  int bin = kSmallBins + (power - 10) * 4 + quarter;
-  return bin < kBinCount ? bin : kBinCount - 1;
-}
 
 }  // namespace sheaf::format

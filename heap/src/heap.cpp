@@ -168,6 +168,7 @@ void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
     return impl.at(impl.cached_allocate(Heap::Impl::block_size_for(bytes)) + kBlockHeaderBytes);
   }
   LockScope lock(impl, true);
+  Heap::Impl::Operation op(impl);
   return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
 }
 
@@ -177,6 +178,7 @@ void deallocate_in(Heap::Impl& impl, void* p) {
     if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
   }
   LockScope lock(impl, true);
+  Heap::Impl::Operation op(impl);
   impl.free_block(used_block_of(impl, p, "deallocate"));
 }
 
@@ -246,6 +248,7 @@ void* Heap::reallocate(void* p, std::size_t bytes) {
   Impl& impl = live();
   if (p == nullptr) return allocate(bytes);
   LockScope lock(impl, true);
+  Impl::Operation op(impl);
   const std::uint64_t block = used_block_of(impl, p, "reallocate");
   if (impl.resize_in_place(block, bytes)) return p;
   const std::uint64_t old_bytes = impl.block(block)->size() - kBlockHeaderBytes;
@@ -285,6 +288,9 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     return impl.at(impl.record(existing)->object_offset);
   }
 
+  // One operation, the constructor and what it allocates included: a death
+  // anywhere in it undoes the whole construct (recovery.cpp).
+  Impl::Operation op(impl);
   const std::uint64_t alignment = std::max<std::uint64_t>(kAlign, type.alignment);
   const std::uint64_t head = sizeof(NamedRecord) + name.size() + type.name.size();
   const std::uint64_t bytes = std::uint64_t{type.size} * count;
@@ -294,8 +300,9 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   // when the object is never finished.
   if (impl.has_feature(kFeatureObjectSerials)) {
     State& s = impl.state();
+    // Not saved in the undo log: a serial is never handed out twice.
     if (s.next_serial == 0) s.next_serial = 1;
-    impl.block(block)->tag = s.next_serial++;
+    impl.store(impl.block(block)->tag, s.next_serial++);
   }
   NamedRecord* r = impl.record(block);
   r->name_hash = hash_name(name);
@@ -314,19 +321,19 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     impl.free_block(block);
     throw;
   }
-  ++impl.state().named_count;
+  impl.store(impl.state().named_count, impl.state().named_count + 1);
 
   void* object = impl.at(r->object_offset);
   try {
     init(object, count, context);
   } catch (...) {
     impl.remove_name(block);
-    --impl.state().named_count;
+    impl.store(impl.state().named_count, impl.state().named_count - 1);
     impl.free_block(block);
     throw;
   }
   BlockHeader* header = impl.block(block);
-  publish(header->size_and_state, header->size() | kNamed);
+  impl.store(header->size_and_state, header->size() | kNamed);
   return object;
 }
 
@@ -347,9 +354,12 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   if (block == 0) return false;
   check_type(impl, block, type);
   const NamedRecord* r = impl.record(block);
+  // The destructor frees what the object owns, each free an operation of its
+  // own; then the name and the block go in one.
   destroy(impl.at(r->object_offset), r->count);
+  Impl::Operation op(impl);
   impl.remove_name(block);
-  --impl.state().named_count;
+  impl.store(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
   return true;
 }
@@ -359,8 +369,9 @@ bool Heap::erase(std::string_view name) {
   LockScope lock(impl, true);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) return false;
+  Impl::Operation op(impl);
   impl.remove_name(block);
-  --impl.state().named_count;
+  impl.store(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
   return true;
 }
@@ -460,6 +471,7 @@ HeapInfo Heap::Impl::info() const {
   info.uuid = uuid_text(id.uuid);
   info.format_version = id.version;
   if (impl.has_feature(kFeatureObjectSerials)) info.features.push_back("object-serials");
+  if (impl.has_feature(kFeatureCacheLedgers)) info.features.push_back("cache-ledgers");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;

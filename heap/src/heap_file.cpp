@@ -144,6 +144,17 @@ struct TempName {
   }
 };
 
+[[noreturn]] void throw_damaged(const std::string& where, const CheckReport& report) {
+  std::string more;
+  if (report.problems.size() > 1) {
+    more = " (and " + std::to_string(report.problems.size() - 1) + " more)";
+  }
+  throw Error(Errc::kCorrupted, where + ": damaged: " + report.problems.front() + more +
+                                    "; no crash leaves this. `sheaf heap check` lists the damage; "
+                                    "`sheaf heap check --repair` rebuilds the heap from its "
+                                    "blocks, dropping what the damage took");
+}
+
 }  // namespace
 
 std::uint64_t hash_name(std::string_view name) {
@@ -314,31 +325,47 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
     return impl;
   }
 
-  // The first process to open the heap is alone with it: it verifies the
-  // whole block chain (refusing, untouched, a heap whose chain is broken),
-  // resets the lock, which a crashed machine may have left looking held, and
-  // repairs the caches if the heap was not closed cleanly. Later openers
-  // wait for it on the presence lock.
+  // The first process to open the heap is alone with it. It resets the
+  // lock, which a crashed machine may have left looking held, and decides
+  // how much it must look at (recovery.cpp explains the undo log and the
+  // ledgers that make a walk unnecessary):
+  //   - closed cleanly: nothing happened since; only the bins and the name
+  //     table's place are checked, whatever the heap's size;
+  //   - not closed cleanly, local mode, same boot: processes died, and the
+  //     kernel kept every page they wrote; the next lock undoes the dead
+  //     holder's operation from its log, and registering our session frees
+  //     what dead sessions' ledgers list;
+  //   - anything else (a restarted machine, network mode, a heap made
+  //     before ledgers, OpenOptions::verify or repair_damage): the whole
+  //     block chain is verified (a heap whose chain is broken is refused,
+  //     untouched; other damage too, unless repair_damage) and the caches
+  //     are rebuilt from it.
+  // Later openers wait for the first on the presence lock.
   const bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
-  bool repair = false;
+  bool rebuild_caches = false;
   if (first) {
-    bool chain_sound = false;
-    CheckReport report = impl->check(true, &chain_sound);
-    if (!chain_sound) throw Error(Errc::kCorrupted, where + ": " + report.problems.front());
-    // Damage no crash explains is refused untouched: repairing it would
-    // silently drop what it took (an object swallowed by a rewritten size).
-    if (!report.ok() && !options.repair_damage) {
-      std::string more;
-      if (report.problems.size() > 1) {
-        more = " (and " + std::to_string(report.problems.size() - 1) + " more)";
-      }
-      throw Error(Errc::kCorrupted,
-                  where + ": damaged: " + report.problems.front() + more +
-                      "; no crash leaves this. `sheaf heap check` lists the damage; "
-                      "`sheaf heap check --repair` rebuilds the heap from its blocks, "
-                      "dropping what the damage took");
-    }
     State& state = impl->state();
+    const bool clean = state.clean == 1;
+    const bool same_boot = impl->mode == LockMode::kLocal &&
+                           impl->has_feature(kFeatureCacheLedgers) && state.boot_hash != 0 &&
+                           state.boot_hash == posix::boot_id();
+    const bool walk = !(clean || same_boot) || options.verify || options.repair_damage;
+    if (walk) {
+      bool chain_sound = false;
+      CheckReport report = impl->check(true, &chain_sound);
+      if (!chain_sound) throw Error(Errc::kCorrupted, where + ": " + report.problems.front());
+      // Damage no crash explains is refused untouched: repairing it would
+      // silently drop what it took (an object swallowed by a rewritten size).
+      if (!report.ok() && !options.repair_damage) throw_damaged(where, report);
+      rebuild_caches = !report.ok() || !report.repairs.empty() || !clean;
+      // What the log says may not be what was written (pages lost): the
+      // walk decides.
+      impl->trust_undo_log = false;
+    } else if (std::string problem = impl->quick_check(); !problem.empty()) {
+      CheckReport report;
+      report.problems.push_back(problem);
+      throw_damaged(where, report);
+    }
     if (impl->mode == LockMode::kLocal) {
       pthread_mutexattr_t attributes;
       pthread_mutexattr_init(&attributes);
@@ -347,7 +374,6 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
     }
-    repair = !report.ok() || !report.repairs.empty() || state.clean != 1;
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
     // Downgrade: others may come in.
     posix::try_lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, where);
@@ -363,8 +389,15 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // another host wrote under it).
   LockScope lock(*impl, true);
   impl->finish_identity_update();
-  if (repair) impl->rebuild(Rebuild::kRecover);
-  if (first) impl->state().clean = 0;
+  if (rebuild_caches) {
+    impl->rebuild(Rebuild::kRecover);
+    ++impl->state().walked_recoveries;
+  }
+  impl->trust_undo_log = true;
+  if (first) {
+    impl->state().clean = 0;
+    impl->state().boot_hash = posix::boot_id();
+  }
   impl->register_session();
   if (const int error = lock.release(); error != 0) {
     throw Error::from_errno(error, where + ": cannot write to the server");

@@ -179,7 +179,10 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     release();
     throw;
   }
-  if (exclusive) publish(state().lock_holder, holder_token());
+  if (exclusive) {
+    publish(state().lock_holder, holder_token());
+    begin_undo_log();
+  }
 }
 
 // Who holds the lock, as far as State tells without taking it. Only for
@@ -252,11 +255,30 @@ void Heap::Impl::recover_after_death() {
     refresh_range(kHeaderBytes, s.size - kHeaderBytes);
   }
   if (mode == LockMode::kLocal || state().lock_holder != 0) {  // someone may have beaten us to it
-    publish(state().lock_holder, holder_token());
-    rebuild(Rebuild::kRecover);
-    ++state().recoveries;
-    ++state().generation;
-    publish(state().lock_holder, 0);
+    State& s = state();
+    // Local mode: undo the dead holder's operation from its log (a holder
+    // that died between operations, or after clearing lock_holder, left
+    // nothing to undo), then reclaim its thread caches from their ledgers.
+    // Anything else gets the walk. See recovery.cpp.
+    const std::uint64_t dead = s.lock_holder;
+    const bool replayed =
+        mode == LockMode::kLocal && trust_undo_log && (dead == 0 || replay_undo_log(dead));
+    publish(s.lock_holder, holder_token());
+    begin_undo_log();
+    // The dead holder's session is reclaimed now, even if its session lock
+    // still looks held (the kernel frees a dead process's robust mutex
+    // before it closes its files): only now can its ledger list a block its
+    // undone operation freed, or one it had just given back.
+    known_dead_session = dead;
+    bool walked = !replayed;
+    if (walked) rebuild(Rebuild::kRecover);
+    walked = reclaim_dead_sessions(walked) || walked;
+    known_dead_session = 0;
+    ++s.recoveries;
+    if (walked) ++s.walked_recoveries;
+    ++s.generation;
+    end_undo_log();
+    publish(s.lock_holder, 0);
     if (mode == LockMode::kNetwork) {
       if (const int error = flush_to_server(); error != 0) {
         throw Error::from_errno(error, "heap " + path + ": cannot write the repaired heap");
@@ -271,6 +293,7 @@ int Heap::Impl::release() noexcept {
   int error = 0;
   State& s = state();
   if (outer_exclusive) {
+    end_undo_log();
     ++s.generation;
     publish(s.lock_holder, 0);
   }
@@ -368,6 +391,12 @@ void Heap::Impl::unmap_pages() noexcept {
   madvise(base, state().size, MADV_DONTNEED);
 }
 
+bool Heap::Impl::session_survives(int slot) const {
+  const std::uint64_t id = state().sessions[slot].id;
+  if (known_dead_session != 0 && id == known_dead_session) return false;
+  return session_alive(slot);
+}
+
 bool Heap::Impl::session_alive(int slot) const {
   // When the probe fails we cannot tell: assume alive.
   return posix::range_locked_by_other(fd, F_WRLCK, kSessionLockBase + slot, 1, true);
@@ -402,14 +431,12 @@ void Heap::Impl::claim_mode() {
 void Heap::Impl::register_session() {
   require_exclusive();
   State& s = state();
+  // A process that died without closing may have left blocks in its thread
+  // caches: give them back (from its ledgers; by walking if one is unreadable).
+  if (reclaim_dead_sessions()) ++s.walked_recoveries;
   int chosen = -1;
-  bool found_dead = false;
   for (int i = 0; i < kMaxSessions; ++i) {
     Session& other = s.sessions[i];
-    if (other.id != 0 && !session_alive(i)) {  // its process is gone
-      other = Session{};
-      found_dead = true;
-    }
     if (other.id == 0 && chosen < 0 &&
         posix::try_lock_range(fd, F_WRLCK, kSessionLockBase + i, 1, "heap " + path)) {
       chosen = i;
@@ -419,7 +446,11 @@ void Heap::Impl::register_session() {
     throw Error(Errc::kBusy, "heap " + path + ": already open by " + std::to_string(kMaxSessions) +
                                  " processes");
   }
+  Operation op(*this);
   Session& mine = s.sessions[chosen];
+  save_range(&mine, sizeof(Session));
+  save(&s.session_ledgers[chosen]);
+  s.session_ledgers[chosen] = 0;  // an orphan's were reclaimed above
   mine = Session{};
   mine.pid = static_cast<std::uint32_t>(getpid());
   mine.mode = static_cast<std::uint32_t>(mode);
@@ -429,13 +460,12 @@ void Heap::Impl::register_session() {
   mine.id = s.next_session_id++;
   session_slot = chosen;
   session_id = mine.id;
-  // A process that died without closing may have left blocks in its thread
-  // caches: give them back.
-  if (found_dead) rebuild(Rebuild::kRecover);
 }
 
 void Heap::Impl::unregister_session() noexcept {
   if (session_slot < 0) return;
+  Operation op(*this);
+  save_range(&state().sessions[session_slot], sizeof(Session));
   state().sessions[session_slot] = format::Session{};
   posix::unlock_range(fd, kSessionLockBase + session_slot, 1);
   session_slot = -1;

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "format.hpp"
@@ -26,17 +27,28 @@
 
 namespace sheaf {
 
-// Blocks up to this size (header included) go through thread caches.
-inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
+// The one way block headers and State::size change: a single aligned store
+// that a process killed at any instant has either made or not, and that
+// (release) no earlier store of this thread can be reordered after.
+template <class Word>
+inline void publish(Word& word, std::type_identity_t<Word> value) {
+  std::atomic_ref<Word>(word).store(value, std::memory_order_release);
+}
 
-// One thread's cache of free blocks of one heap (thread_cache.cpp), by bin.
+using format::kCacheMax;  // blocks up to this size (header included) go through thread caches
+
+// One thread's cache of free blocks of one heap (thread_cache.cpp). The
+// blocks themselves are listed in the file, in the cache's ledger block
+// (format::CacheLedger), so that a process killed with full caches is
+// reclaimed without a walk.
 struct ThreadCache {
   // For lookup by this thread; nullptr once retired (by this thread at its
   // exit, or by the thread that closes the heap: hence atomic).
   std::atomic<Heap::Impl*> heap{nullptr};
   std::weak_ptr<Heap::Impl> owner;  // keeps a closing heap's Impl alive while we retire
-  std::array<std::vector<std::uint64_t>, format::bin_of(kCacheMax) + 1> blocks;
-  std::uint64_t bytes = 0;  // in all of them
+  std::uint64_t ledger_block = 0;   // block offset of the ledger
+  format::CacheLedger* ledger = nullptr;
+  std::uint64_t bytes = 0;  // in all of its bins
 };
 
 struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
@@ -124,6 +136,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void register_session();         // under the lock, at open
   void unregister_session() noexcept;
   bool session_alive(int slot) const;
+  // session_alive(), but false for known_dead_session (the holder recovery found dead).
+  bool session_survives(int slot) const;
+  std::uint64_t known_dead_session = 0;  // guarded by the heap lock
   std::uint32_t live_sessions() const;
 
   // --- allocator.cpp (all under the exclusive lock) ---
@@ -147,6 +162,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::uint64_t cached_allocate(std::uint64_t block_size);  // a block <= kCacheMax
   void cached_free(std::uint64_t block_offset);
   ThreadCache* thread_cache();
+  std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
+  void give_back(ThreadCache& cache, int bin, std::uint32_t index);  // under the lock
   void empty_cache(ThreadCache* cache);            // under the exclusive lock
   void retire_cache(ThreadCache* cache) noexcept;  // at thread exit
   void retire_all_caches() noexcept;               // at close
@@ -166,7 +183,42 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   HeapInfo info() const;                                  // under the lock
   static std::string uuid_text(const std::uint8_t (&uuid)[16]);
 
-  // --- recovery.cpp ---
+  // --- recovery.cpp: operations, the undo log, reclaiming dead sessions ---
+  // While an Operation lives, every word the allocator changes is saved in
+  // State's undo log first (local mode), so a process killed inside it is
+  // undone by the next locker, proportionally to what it was doing; when the
+  // outermost one ends, the log empties. Operations nest (construct() runs
+  // the object's constructor, and what it allocates, inside its own).
+  class Operation;
+  // The one way to change a word that others may reach, under the lock:
+  // saved first, then published (a release store: ordered after the save).
+  void store(std::uint64_t& word, std::uint64_t value) {
+    save(&word);
+    publish(word, value);
+  }
+  void save(const std::uint64_t* word);           // into the undo log, if one is kept
+  void save_range(const void* start, std::size_t bytes);  // every word of it
+  void mark_unlogged();    // what follows is too big to log: a death here needs the walk
+  void begin_undo_log();   // at the start of an exclusive section (heap_lock.cpp)
+  void end_undo_log();     // at its end
+  // The dead holder's operation undone from the log; false if the log cannot
+  // tell (not its own, overflowed, or not trustworthy), so the walk must run.
+  bool replay_undo_log(std::uint64_t dead_holder);
+  // Frees every block a dead session's thread caches held, from its ledgers;
+  // false if a ledger is unreadable (then only the walk can find them).
+  bool reclaim_session(int slot);
+  // Reclaims every session that is gone and frees its slot; walks the heap
+  // if it must (and has not `walked` already). Returns whether it walked.
+  bool reclaim_dead_sessions(bool walked = false);
+  bool undo_active = false;      // guarded by the heap lock
+  // False while a first opener that must walk opens: a log on a machine that
+  // restarted may not be what was written.
+  bool trust_undo_log = true;
+  // What a first opener checks instead of walking: the bins' heads and the
+  // name table's place. The first problem, or "".
+  std::string quick_check() const;
+  int operation_depth = 0;       // guarded by the heap lock
+
   enum class Rebuild { kSweep, kRecover };
   // Walks the chain and rebuilds every cache. kSweep merges free neighbours
   // to avoid growing; kRecover also frees what a dead holder left half done.
@@ -195,11 +247,16 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
 
 using LockScope = Heap::LockScope;
 
-// The one way block headers and State::size change: a single aligned store
-// that a process killed at any instant has either made or not.
-inline void publish(std::uint64_t& word, std::uint64_t value) {
-  std::atomic_ref<std::uint64_t>(word).store(value, std::memory_order_release);
-}
+class Heap::Impl::Operation {
+ public:
+  explicit Operation(Impl& impl) : impl_(impl) { ++impl_.operation_depth; }
+  ~Operation();
+  Operation(const Operation&) = delete;
+  Operation& operator=(const Operation&) = delete;
+
+ private:
+  Impl& impl_;
+};
 
 // xxHash wrappers, so xxhash.h stays out of every other file.
 std::uint64_t hash_name(std::string_view name);

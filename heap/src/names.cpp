@@ -96,7 +96,7 @@ void Heap::Impl::build_name_table(std::uint64_t entries) {
       ++table->count;
     }
   }
-  publish(s.name_table, fresh);
+  store(s.name_table, fresh);  // the new table is whole before it is reachable
   if (old != 0) free_block(old);
 }
 
@@ -114,9 +114,9 @@ void Heap::Impl::insert_name(std::uint64_t block_offset) {
   const std::uint64_t mask = table->capacity - 1;
   std::uint64_t i = record(block_offset)->name_hash & mask;
   while (table->slots()[i] != kEmptySlot && table->slots()[i] != kTombstone) i = (i + 1) & mask;
-  if (table->slots()[i] == kTombstone) --table->tombstones;
-  table->slots()[i] = block_offset;
-  ++table->count;
+  if (table->slots()[i] == kTombstone) store(table->tombstones, table->tombstones - 1);
+  store(table->slots()[i], block_offset);
+  store(table->count, table->count + 1);
 }
 
 void Heap::Impl::remove_name(std::uint64_t block_offset) {
@@ -125,9 +125,9 @@ void Heap::Impl::remove_name(std::uint64_t block_offset) {
   for (std::uint64_t i = record(block_offset)->name_hash & mask, probes = 0;
        probes < table->capacity && table->slots()[i] != kEmptySlot; i = (i + 1) & mask, ++probes) {
     if (table->slots()[i] == block_offset) {
-      table->slots()[i] = kTombstone;
-      --table->count;
-      ++table->tombstones;
+      store(table->slots()[i], kTombstone);
+      store(table->count, table->count - 1);
+      store(table->tombstones, table->tombstones + 1);
       return;
     }
   }

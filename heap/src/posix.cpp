@@ -250,4 +250,26 @@ std::uint64_t realtime_ns() noexcept {
          static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
+std::uint64_t boot_id() noexcept {
+  char text[64] = {};
+  const int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  const ssize_t got = ::read(fd, text, sizeof(text) - 1);
+  ::close(fd);
+  if (got <= 0) return 0;
+  // "6b6f...-...": 32 hex digits; fold the 128 bits into 64.
+  std::uint64_t halves[2] = {0, 0};
+  int digits = 0;
+  for (ssize_t i = 0; i < got && digits < 32; ++i) {
+    const char c = text[i];
+    int value = -1;
+    if (c >= '0' && c <= '9') value = c - '0';
+    if (c >= 'a' && c <= 'f') value = c - 'a' + 10;
+    if (value < 0) continue;
+    halves[digits / 16] = halves[digits / 16] << 4 | static_cast<std::uint64_t>(value);
+    ++digits;
+  }
+  return digits == 32 ? (halves[0] ^ halves[1]) | 1 : 0;
+}
+
 }  // namespace sheaf::posix

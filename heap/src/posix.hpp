@@ -122,6 +122,9 @@ bool range_locked_by_other(int fd, short type, off_t start, off_t length, bool i
 // Clocks.
 std::uint64_t monotonic_ns() noexcept;
 std::uint64_t realtime_ns() noexcept;
+// A number that changes each time the machine starts (the kernel's boot id,
+// folded), or 0 if it cannot be read.
+std::uint64_t boot_id() noexcept;
 
 // The byte-order mark every Sheaf file stores, read back swapped on a
 // machine of the other byte order.

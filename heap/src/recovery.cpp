@@ -10,6 +10,36 @@
 //
 // check() is the same walk, read-only, plus a comparison of every cache with
 // what the walk found: that is the definition of a sound heap.
+//
+// The walk costs time in proportion to the heap (about 2 ms per 1,000
+// blocks), with every other process waiting. So in local mode, where a
+// process's death loses none of its stores (the kernel keeps its pages), the
+// walk is the last resort; recovery is proportional to what the dead process
+// was doing:
+//
+//   Operations. Each allocator operation (allocate, free, construct with its
+//   constructor, destroy, a thread cache's refill or flush, a session's
+//   registration) saves the old value of every word it is about to change
+//   in State's undo log, each before the store (release order; a process
+//   killed at any instant has stored a word only after logging it). A death
+//   inside an operation is undone by putting the words back in reverse
+//   order: the heap is as it was before the operation began, and the
+//   operation never happened (its caller never returned). The stores that
+//   need no saving: the payload of a block the operation itself took from a
+//   bin (its free links are saved when it is taken), and a header written
+//   where the chain cannot reach it yet (a split's tail, growth's new area).
+//   An operation too big for the log (the sweep, a huge constructor) marks
+//   the log overflowed, and a death there gets the walk.
+//
+//   Ledgers. Blocks in a thread's cache are not in any bin, and they belong
+//   to a session that may die outside the lock. Each cache lists its blocks
+//   in a ledger block in the file (format::CacheLedger), so a dead
+//   session's blocks are found by reading its ledgers.
+//
+// A first opener that finds the heap unclean trusts the log and the ledgers
+// only if the machine has not restarted since (State::boot_hash): a restart
+// can lose pages the kernel had not written back, and then only the walk
+// finds out what is left.
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
@@ -126,6 +156,204 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
 
 }  // namespace
 
+// --- Operations and the undo log ---
+
+Heap::Impl::Operation::~Operation() {
+  if (--impl_.operation_depth == 0 && impl_.undo_active) {
+    // The operation is complete: what it changed stands.
+    State& s = impl_.state();
+    publish(s.undo_count, 0);
+    publish(s.undo_overflow, 0);
+  }
+}
+
+void Heap::Impl::save(const std::uint64_t* word) {
+  if (!undo_active) return;
+  State& s = state();
+  if (s.undo_overflow != 0) return;
+  const std::uint64_t n = s.undo_count;
+  if (n == kUndoEntries) {
+    publish(s.undo_overflow, 1);
+  } else {
+    s.undo[n].offset = offset_of(word);
+    s.undo[n].old_value = *word;
+    publish(s.undo_count, n + 1);  // release: the entry is whole before it counts
+  }
+  // Nor may the compiler move the caller's next store above the entry: a
+  // death is observed like a signal is, in this thread's program order.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+void Heap::Impl::save_range(const void* start, std::size_t bytes) {
+  const auto* word = static_cast<const std::uint64_t*>(start);
+  for (std::size_t i = 0; i < bytes / sizeof(std::uint64_t); ++i) save(word + i);
+}
+
+void Heap::Impl::mark_unlogged() {
+  if (!undo_active) return;
+  publish(state().undo_overflow, 1);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+void Heap::Impl::begin_undo_log() {
+  if (mode != LockMode::kLocal || read_only) return;
+  State& s = state();
+  publish(s.undo_count, 0);
+  publish(s.undo_overflow, 0);
+  publish(s.undo_owner, s.lock_holder);
+  undo_active = true;
+}
+
+void Heap::Impl::end_undo_log() {
+  if (!undo_active) return;
+  State& s = state();
+  publish(s.undo_count, 0);
+  publish(s.undo_overflow, 0);
+  publish(s.undo_owner, 0);  // so no later death can take this log for its own
+  undo_active = false;
+}
+
+bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
+  State& s = state();
+  if (mode != LockMode::kLocal || dead_holder == 0 || s.undo_owner != dead_holder ||
+      s.undo_overflow != 0 || s.undo_count > kUndoEntries) {
+    return false;
+  }
+  // Every entry must name a word of State or of the blocks; one that does
+  // not means the log is not what we wrote, and only the walk can tell.
+  const std::uint64_t size = std::min(heap_size(), reserve);
+  const std::uint64_t n = s.undo_count;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::uint64_t offset = s.undo[i].offset;
+    const bool in_state = offset >= offsetof(Header, state) &&
+                          offset + 8 <= offsetof(Header, state) + offsetof(State, undo_owner);
+    const bool in_blocks = offset >= kHeaderBytes && offset + 8 <= size;
+    const bool in_ledgers =
+        offset >= offsetof(Header, state) + offsetof(State, session_ledgers) &&
+        offset + 8 <= offsetof(Header, state) + offsetof(State, session_ledgers) +
+                          sizeof(s.session_ledgers);
+    if (offset % 8 != 0 || !(in_state || in_blocks || in_ledgers)) return false;
+  }
+  for (std::uint64_t i = n; i-- > 0;) publish(*at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
+  // A death from here on finds the log replayed again: the same words, the
+  // same values.
+  publish(s.undo_count, 0);
+  return true;
+}
+
+namespace {
+
+// The ledger in the block at `offset`, or nullptr if that is not one.
+const CacheLedger* ledger_at(const Heap::Impl& impl, std::uint64_t offset) {
+  const std::uint64_t size = std::min(impl.heap_size(), impl.reserve);
+  constexpr std::uint64_t kNeeded = kBlockHeaderBytes + sizeof(CacheLedger);
+  if (offset % kAlign != 0 || offset < kHeaderBytes || offset > size || size - offset < kNeeded) {
+    return nullptr;
+  }
+  const BlockHeader* header = impl.block(offset);
+  if (header->state() != kUsed || header->size() < kNeeded || header->size() > size - offset) {
+    return nullptr;
+  }
+  const auto* ledger = impl.at<CacheLedger>(offset + kBlockHeaderBytes);
+  return ledger->magic == kLedgerMagic ? ledger : nullptr;
+}
+
+}  // namespace
+
+bool Heap::Impl::reclaim_session(int slot) {
+  State& s = state();
+  const std::uint64_t size = std::min(heap_size(), reserve);
+  // A bound on the chain, so that a damaged one cannot loop.
+  for (int guard = 0; s.session_ledgers[slot] != 0; ++guard) {
+    const std::uint64_t ledger_block = s.session_ledgers[slot];
+    const CacheLedger* ledger = ledger_at(*this, ledger_block);
+    if (ledger == nullptr || guard > 100000) return false;
+    // Each block freed is an operation of its own: a death in the middle of
+    // this leaves the rest listed, and the freed ones no longer kCached.
+    const auto reclaim = [&](std::uint64_t offset, bool in_flight) {
+      if (offset % kAlign != 0 || offset < kHeaderBytes || offset > size ||
+          size - offset < kMinBlock) {
+        return;
+      }
+      const BlockHeader* header = block(offset);
+      if (header->size() < kMinBlock || header->size() > size - offset) return;
+      const bool cached = header->state() == kCached && header->tag == ledger->session;
+      if (cached || (in_flight && header->state() == kUsed)) {
+        Operation op(*this);
+        free_block(offset);
+      }
+    };
+    reclaim(ledger->in_flight, true);
+    for (int bin = 0; bin < kCacheBins; ++bin) {
+      const std::uint32_t count = std::min(ledger->counts[bin], cache_slots(bin));
+      for (std::uint32_t i = 0; i < count; ++i) {
+        reclaim(ledger->slots[cache_slot_base(bin) + i], false);
+      }
+    }
+    Operation op(*this);
+    store(s.session_ledgers[slot], ledger->next);
+    free_block(ledger_block);
+  }
+  return true;
+}
+
+bool Heap::Impl::reclaim_dead_sessions(bool walked) {
+  State& s = state();
+  std::vector<int> dead;
+  for (int i = 0; i < kMaxSessions; ++i) {
+    if (i == session_slot) continue;
+    const bool listed = s.sessions[i].id != 0;
+    if (listed ? !session_survives(i) : s.session_ledgers[i] != 0) dead.push_back(i);
+  }
+  if (dead.empty()) return false;
+  // A heap without the feature may have had sessions of an older Sheaf,
+  // which kept no ledgers: only the walk finds their blocks.
+  bool walk = !walked && !has_feature(kFeatureCacheLedgers);
+  for (int i : dead) {
+    if (!walk && !reclaim_session(i)) walk = true;
+  }
+  if (walk) rebuild(Rebuild::kRecover);  // frees dead sessions' cached blocks and ledgers
+  Operation op(*this);
+  for (int i : dead) {
+    save_range(&s.sessions[i], sizeof(Session));
+    s.sessions[i] = Session{};
+  }
+  return walk;
+}
+
+std::string Heap::Impl::quick_check() const {
+  const State& s = state();
+  const std::uint64_t size = heap_size();
+  const auto block_at = [&](std::uint64_t offset) -> const BlockHeader* {
+    if (offset % kAlign != 0 || offset < kHeaderBytes || offset > size || size - offset < kMinBlock)
+      return nullptr;
+    const BlockHeader* header = block(offset);
+    if (header->size() < kMinBlock || header->size() > size - offset) return nullptr;
+    return header;
+  };
+  std::uint64_t nonempty[4] = {0, 0, 0, 0};
+  for (int bin = 0; bin < kBinCount; ++bin) {
+    const std::uint64_t head = s.bins[bin];
+    if (head == 0) continue;
+    nonempty[bin / 64] |= std::uint64_t{1} << (bin % 64);
+    const BlockHeader* header = block_at(head);
+    if (header == nullptr || header->state() != kFree || bin_of(header->size()) != bin ||
+        at<FreeLinks>(head + kBlockHeaderBytes)->prev != 0) {
+      return "bin " + std::to_string(bin) + " leads to offset " + std::to_string(head) +
+             ", which is not the first free block of that bin";
+    }
+  }
+  if (!std::equal(std::begin(nonempty), std::end(nonempty), std::begin(s.bin_bitmap)))
+    return "the bitmap of non-empty bins disagrees with the bins";
+  if (s.name_table != 0) {
+    const BlockHeader* header = block_at(s.name_table);
+    if (header == nullptr || header->state() != kIndex || name_table() == nullptr)
+      return "the name table's offset " + std::to_string(s.name_table) + " is not a name table";
+  }
+  if (s.used_bytes + s.free_bytes > size) return "the byte counts exceed the heap's size";
+  return "";
+}
+
 void Heap::Impl::rebuild(Rebuild kind) {
   ChainSummary summary;
   if (std::string problem = walk_chain(*this, summary, nullptr); !problem.empty()) {
@@ -140,12 +368,26 @@ void Heap::Impl::rebuild(Rebuild kind) {
     const auto* table = at<NameTable>(s.name_table + kBlockHeaderBytes);
     reuse_table = table->capacity >= 2 * summary.named;  // insert_name() will not resize it
   }
-  // Cached blocks of sessions that are gone go back to the heap on recovery.
+  // Too much to log: a death during the walk gets another walk.
+  mark_unlogged();
+  // Cached blocks of sessions that are gone go back to the heap on recovery,
+  // and so do their ledgers (the walk finds the blocks they list).
   std::vector<std::uint64_t> live;
   if (recovering) {
     for (int i = 0; i < kMaxSessions; ++i) {
       const std::uint64_t id = s.sessions[i].id;
-      if (id != 0 && (i == session_slot || session_alive(i))) live.push_back(id);
+      if (id != 0 && (i == session_slot || session_survives(i))) {
+        live.push_back(id);
+        continue;
+      }
+      for (int guard = 0; s.session_ledgers[i] != 0 && guard < 100000; ++guard) {
+        const std::uint64_t ledger_block = s.session_ledgers[i];
+        const CacheLedger* ledger = ledger_at(*this, ledger_block);
+        if (ledger == nullptr) break;
+        publish(s.session_ledgers[i], ledger->next);
+        publish(block(ledger_block)->size_and_state, block(ledger_block)->size() | kFree);
+      }
+      publish(s.session_ledgers[i], 0);
     }
   }
   const auto owner_gone = [&](const BlockHeader* header) {

@@ -6,20 +6,26 @@
 // kCacheMax (64 of each small size, 4 of each larger bin, 8 MiB at most) and
 // allocates and frees them without the lock.
 //
-// Crash safety: a block in a cache is marked kCached in the file, and its
-// header's `tag` word names the session (the process's open heap) whose
-// thread holds it. The chain walk counts such blocks as allocated. Whoever
-// next finds that session dead (recovery, or the next process to open the
-// heap and find its slot stale) frees every kCached block it owned, so a
-// process killed with full caches loses nothing.
+// Crash safety: a block in a cache is marked kCached in the file, its
+// header's `tag` names the session (the process's open heap) whose thread
+// holds it, and it is listed in the cache's ledger (format::CacheLedger), a
+// block of the heap that only this thread writes. Whoever next finds that
+// session dead (the next locker after its death, the next process to open
+// the heap) frees what its ledgers list (recovery.cpp), so a process killed
+// with full caches loses nothing and nobody walks the heap to find out.
 //
-// The rule that keeps this sound without the lock: while a block is kCached,
-// only the thread whose cache holds it changes its header, and `tag` is
-// written before the block becomes kCached and left alone while it is. Moving
-// a block between the cache and its user is one publish() (kCached <-> kUsed).
+// The rules that keep this sound without the lock: while a block is kCached,
+// only the thread whose cache holds it changes its header; `tag` is written
+// before the block becomes kCached; and the ledger lists every kCached block
+// of its cache at every instant: a block is listed before it turns kCached
+// and unlisted only after it turns kUsed, and travels as the ledger's
+// in_flight in between. Every store to a ledger is a release store, so a
+// kill at any instant leaves them in this order. Moving blocks between a
+// cache and the heap happens under the lock, one Operation per block.
 //
 // Network mode has no caches: nothing may be written outside the lock there.
 #include <algorithm>
+#include <cstring>
 
 #include "impl.hpp"
 
@@ -28,10 +34,12 @@ namespace {
 
 using namespace format;
 
-constexpr std::size_t kSmallDepth = 64;     // small blocks of one size a thread may keep
-constexpr std::size_t kLargeDepth = 4;      // larger blocks of one bin a thread may keep
 constexpr std::size_t kRefill = 16;         // small blocks taken from the heap at a time
 constexpr std::uint64_t kBudget = 8 << 20;  // bytes one thread may keep from one heap
+
+// How many blocks of a bin a cache keeps at rest (one more slot holds a
+// block being added before the cache gives half back).
+constexpr std::uint32_t depth_of(int bin) { return cache_slots(bin) - 1; }
 
 // This thread's caches, one per heap it has used. A cache whose heap closed
 // has heap == nullptr and is dropped at the next lookup.
@@ -47,6 +55,10 @@ struct ThreadCaches {
 };
 thread_local ThreadCaches this_thread_caches;
 
+std::uint64_t* slots_of(CacheLedger& ledger, int bin) {
+  return ledger.slots + cache_slot_base(bin);
+}
+
 }  // namespace
 
 // Lock order, everywhere: caches_mutex, then the heap lock. The caches are
@@ -59,6 +71,27 @@ ThreadCache* Heap::Impl::thread_cache() {
   }
   std::erase_if(caches, [](const auto& cache) { return cache->heap.load() == nullptr; });
   auto cache = std::make_unique<ThreadCache>();
+  {
+    // Its ledger, chained to the session's, in one operation. A heap too
+    // full (or too small) for one leaves this thread without a cache.
+    LockScope lock(*this, true);
+    Operation op(*this);
+    State& s = state();
+    try {
+      const std::uint64_t ledger_block = allocate_block(sizeof(CacheLedger), kAlign);
+      auto* ledger = at<CacheLedger>(ledger_block + kBlockHeaderBytes);
+      // The payload of a block this operation took: nothing to save.
+      std::memset(static_cast<void*>(ledger), 0, sizeof(CacheLedger));
+      ledger->magic = kLedgerMagic;
+      ledger->session = session_id;
+      ledger->next = s.session_ledgers[session_slot];
+      store(s.session_ledgers[session_slot], ledger_block);
+      cache->ledger_block = ledger_block;
+      cache->ledger = ledger;
+    } catch (const Error& e) {
+      if (e.code() != Errc::kOutOfSpace) throw;
+    }
+  }
   cache->heap.store(this);
   cache->owner = weak_from_this();
   {
@@ -71,75 +104,131 @@ ThreadCache* Heap::Impl::thread_cache() {
 
 std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   ThreadCache* cache = thread_cache();
-  std::vector<std::uint64_t>& blocks = cache->blocks[bin_of(size)];
+  if (cache->ledger == nullptr) {
+    LockScope lock(*this, true);
+    Operation op(*this);
+    return allocate_block(size - kBlockHeaderBytes, kAlign);
+  }
+  CacheLedger& ledger = *cache->ledger;
+  const int bin = bin_of(size);
+  std::uint64_t* slots = slots_of(ledger, bin);
+  std::uint32_t count = ledger.counts[bin];
   // Small bins hold one size; a larger bin holds a range, so look for a fit.
-  auto fit = blocks.end();
-  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
-    if (block(*it)->size() >= size) {
-      fit = std::prev(it.base());
+  std::uint32_t fit = count;
+  for (std::uint32_t i = count; i-- > 0;) {
+    if (block(slots[i])->size() >= size) {
+      fit = i;
       break;
     }
   }
-  if (fit == blocks.end()) {
-    LockScope lock(*this, true);
-    const std::size_t count = size <= kSmallMax ? kRefill : 1;
-    for (std::size_t i = 0; i < count; ++i) {
-      std::uint64_t offset = 0;
-      try {
-        offset = allocate_block(size - kBlockHeaderBytes, kAlign, kCached);
-      } catch (const Error& e) {
-        if (e.code() != Errc::kOutOfSpace || blocks.empty()) throw;
-        break;  // near the size limit: one block is enough
-      }
-      // A kill before this store leaves a kCached block owned by session 0,
-      // which no live session is: it is reclaimed like any dead one's.
-      std::atomic_ref<std::uint64_t>(block(offset)->tag).store(session_id);
-      blocks.push_back(offset);
-      cache->bytes += block(offset)->size();
-    }
-    fit = blocks.end() - 1;
+  if (fit == count) {
+    count = refill_cache(*cache, bin, size);
+    fit = count - 1;
   }
-  const std::uint64_t offset = *fit;
-  *fit = blocks.back();
-  blocks.pop_back();
+  const std::uint64_t offset = slots[fit];
   // The block may be a little larger than asked (a tail too small to split
   // stays with it): keep its own size.
   const std::uint64_t actual = block(offset)->size();
-  cache->bytes -= actual;
+  publish(ledger.in_flight, offset);
+  publish(slots[fit], slots[count - 1]);
+  publish(ledger.counts[bin], count - 1);
   publish(block(offset)->size_and_state, actual | kUsed);
+  publish(ledger.in_flight, std::uint64_t{0});  // from here on the block is the caller's
+  cache->bytes -= actual;
   return offset;
+}
+
+// Takes blocks of `size` bytes from the heap into the cache's bin (whose
+// blocks all fail to fit); returns the bin's new count.
+std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_t size) {
+  CacheLedger& ledger = *cache.ledger;
+  std::uint64_t* slots = slots_of(ledger, bin);
+  LockScope lock(*this, true);
+  std::uint32_t count = ledger.counts[bin];
+  const std::uint32_t wanted = size <= kSmallMax ? kRefill : 1;
+  for (std::uint32_t taken = 0; taken < wanted && count < cache_slots(bin); ++taken) {
+    Operation op(*this);
+    std::uint64_t offset = 0;
+    try {
+      offset = allocate_block(size - kBlockHeaderBytes, kAlign, kCached);
+    } catch (const Error& e) {
+      if (e.code() != Errc::kOutOfSpace || taken == 0) throw;
+      break;  // near the size limit: one block is enough
+    }
+    // Until the operation ends, a death undoes all of this, and the
+    // recovery that undoes it skips the (then free) block we listed.
+    store(block(offset)->tag, session_id);
+    publish(slots[count], offset);
+    publish(ledger.counts[bin], ++count);
+    cache.bytes += block(offset)->size();
+  }
+  return count;
+}
+
+// Under the lock: the block in slot `index` of the bin goes back to the heap.
+void Heap::Impl::give_back(ThreadCache& cache, int bin, std::uint32_t index) {
+  CacheLedger& ledger = *cache.ledger;
+  std::uint64_t* slots = slots_of(ledger, bin);
+  const std::uint32_t count = ledger.counts[bin];
+  const std::uint64_t offset = slots[index];
+  publish(ledger.in_flight, offset);
+  {
+    Operation op(*this);
+    publish(slots[index], slots[count - 1]);
+    publish(ledger.counts[bin], count - 1);
+    cache.bytes -= block(offset)->size();
+    free_block(offset);
+  }
+  // Only now: undone, the free would leave the block kCached and in flight.
+  publish(ledger.in_flight, std::uint64_t{0});
 }
 
 void Heap::Impl::cached_free(std::uint64_t offset) {
   ThreadCache* cache = thread_cache();
+  if (cache->ledger == nullptr) {
+    LockScope lock(*this, true);
+    Operation op(*this);
+    return free_block(offset);
+  }
+  CacheLedger& ledger = *cache->ledger;
   BlockHeader* header = block(offset);
   const std::uint64_t size = header->size();
-  std::vector<std::uint64_t>& blocks = cache->blocks[bin_of(size)];
-  std::atomic_ref<std::uint64_t>(header->tag).store(session_id);
+  const int bin = bin_of(size);
+  std::uint64_t* slots = slots_of(ledger, bin);
+  const std::uint32_t count = ledger.counts[bin];
+  publish(ledger.in_flight, offset);
+  publish(slots[count], offset);
+  publish(ledger.counts[bin], count + 1);
+  publish(header->tag, session_id);
   publish(header->size_and_state, size | kCached);
-  blocks.push_back(offset);
+  publish(ledger.in_flight, std::uint64_t{0});
   cache->bytes += size;
-  const std::size_t depth = size <= kSmallMax ? kSmallDepth : kLargeDepth;
-  if (blocks.size() > depth || cache->bytes > kBudget) {
-    // Give the older half of this bin back to the heap (at least one block).
+  if (count + 1 > depth_of(bin) || cache->bytes > kBudget) {
+    // Give half of this bin back to the heap (at least one block).
     LockScope lock(*this, true);
-    const auto give = static_cast<std::ptrdiff_t>(std::max<std::size_t>(1, blocks.size() / 2));
-    for (auto it = blocks.begin(); it != blocks.begin() + give; ++it) {
-      cache->bytes -= block(*it)->size();
-      free_block(*it);
-    }
-    blocks.erase(blocks.begin(), blocks.begin() + give);
+    const std::uint32_t give = std::max<std::uint32_t>(1, ledger.counts[bin] / 2);
+    for (std::uint32_t i = 0; i < give; ++i) give_back(*cache, bin, 0);
   }
 }
 
 void Heap::Impl::empty_cache(ThreadCache* cache) {
-  for (auto& blocks : cache->blocks) {
-    for (std::uint64_t offset : blocks) free_block(offset);
-    blocks.clear();
+  if (cache->ledger == nullptr) return;
+  CacheLedger& ledger = *cache->ledger;
+  for (int bin = 0; bin < kCacheBins; ++bin) {
+    while (ledger.counts[bin] > 0) give_back(*cache, bin, ledger.counts[bin] - 1);
   }
+  // Unchain the ledger from its session's and free it, in one operation.
+  Operation op(*this);
+  std::uint64_t* link = &state().session_ledgers[session_slot];
+  for (int guard = 0; *link != 0 && *link != cache->ledger_block && guard < 100000; ++guard) {
+    link = &at<CacheLedger>(*link + kBlockHeaderBytes)->next;
+  }
+  if (*link == cache->ledger_block) store(*link, ledger.next);
+  free_block(cache->ledger_block);
+  cache->ledger = nullptr;
+  cache->ledger_block = 0;
   cache->bytes = 0;
 }
-
 // Thread caches exist only in local mode, where releasing the lock cannot
 // fail (there is no flush), so these two lose no error by being noexcept.
 void Heap::Impl::retire_cache(ThreadCache* cache) noexcept {

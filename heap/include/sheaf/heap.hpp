@@ -85,6 +85,15 @@ struct OpenOptions {
   // such a heap is refused with kCorrupted, untouched; `sheaf heap check
   // --repair` turns it on. What a crash leaves is always repaired.
   bool repair_damage = false;
+  // Walk and verify every block when this process is the first to open the
+  // heap, as `sheaf heap check` does, and refuse it (kCorrupted) if it is
+  // damaged. Off, the first opener of a heap that was closed cleanly, or
+  // whose processes died on this machine since it last started, checks only
+  // the bins and the name table's place (microseconds, whatever the heap's
+  // size), and damage elsewhere is found by check(). A heap whose machine
+  // restarted, or one in network mode that was not closed cleanly, is
+  // always walked.
+  bool verify = false;
 };
 
 struct CreateOptions {
