@@ -161,6 +161,15 @@ TEST(HeapFormat, UnknownFeaturesAreRefusedByName) {
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.error().message().find("read-only compatible bit 7"), std::string::npos)
       << refused.error().message();
+  // A reader may open it: the feature asks something only of writers.
+  OpenOptions read_only;
+  read_only.read_only = true;
+  EXPECT_TRUE(Heap::open(path, read_only).ok());
+  set_bits(std::uint64_t{1} << 40, 0);
+  refused = Heap::open(path, read_only);
+  ASSERT_FALSE(refused.ok());  // but not one whose layout it may not understand
+  EXPECT_NE(refused.error().message().find("incompatible bit 40"), std::string::npos)
+      << refused.error().message();
 
   // A compatible feature this Sheaf does not know changes nothing for it.
   testing::write_file(path, before);
@@ -169,6 +178,49 @@ TEST(HeapFormat, UnknownFeaturesAreRefusedByName) {
     header.identity.checksum = identity_checksum(header.identity);
   });
   EXPECT_TRUE(Heap::open(path).ok());
+}
+
+// A heap made before cache-ledgers (format 2 with object-serials only) may
+// have sessions of an older Sheaf, whose caches no ledger lists: a dead
+// session there is reclaimed by walking, until `upgrade` turns the feature on.
+TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  ASSERT_TRUE(Heap::create(path).value().close().ok());
+  edit_header(path, [&](format::Header& header) {
+    header.identity.ro_compat_features = format::kFeatureObjectSerials;
+    header.identity.checksum = identity_checksum(header.identity);
+  });
+  const auto die_with_a_full_cache = [&] {
+    Pipe ready;
+    Child holder([&] {
+      Heap heap = Heap::open(path).value();
+      std::vector<void*> blocks;
+      for (int i = 0; i < 20; ++i) blocks.push_back(heap.allocate(64));
+      for (void* p : blocks) heap.deallocate(p);
+      const char byte = 1;
+      if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
+      ::pause();
+    });
+    char byte = 0;
+    ASSERT_EQ(::read(ready.read_end(), &byte, 1), 1);
+    holder.kill();
+    holder.wait();
+  };
+  die_with_a_full_cache();
+  {
+    Heap heap = Heap::open(path).value();
+    EXPECT_EQ(heap.info().walked_recoveries, 1u);
+    const CheckReport report = heap.check();
+    EXPECT_TRUE(report.ok() && report.repairs.empty());
+    ASSERT_TRUE(heap.upgrade().value());
+    EXPECT_EQ(heap.info().features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
+  }
+  die_with_a_full_cache();
+  Heap heap = Heap::open(path).value();
+  EXPECT_EQ(heap.info().walked_recoveries, 1u);  // no new walk
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok() && report.repairs.empty());
 }
 
 // A kill inside upgrade() after the new identity was staged and while it

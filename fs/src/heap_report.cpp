@@ -53,7 +53,8 @@ std::string heap_info_text(const HeapInfo& info) {
       {"objects", std::to_string(info.objects)},
       {"generation", std::to_string(info.generation)},
       {"sessions", std::to_string(info.sessions)},
-      {"recoveries", std::to_string(info.recoveries)}};
+      {"recoveries", std::to_string(info.recoveries)},
+      {"walked recoveries", std::to_string(info.walked_recoveries)}};
   std::size_t width = 0;
   for (const auto& field : fields) width = std::max(width, field.first.size());
   std::string text;
@@ -78,7 +79,8 @@ std::string heap_info_json(const HeapInfo& info) {
                                        {"objects", info.objects},
                                        {"generation", info.generation},
                                        {"sessions", info.sessions},
-                                       {"recoveries", info.recoveries}};
+                                       {"recoveries", info.recoveries},
+                                       {"walked_recoveries", info.walked_recoveries}};
   return json.dump(2) + '\n';
 }
 

@@ -37,8 +37,8 @@ inline constexpr std::uint32_t kOldestVersion = 1;
 // Feature bits, after ext4 and PMDK. An opener that finds a bit it does not
 // know in
 //   compat_features     opens the heap anyway (the feature asks nothing of it);
-//   ro_compat_features  may read but must not write it, so refuses to open it
-//                       (this Sheaf has no read-only open yet);
+//   ro_compat_features  may read but must not write it, so opens it only
+//                       read-only (OpenOptions::read_only);
 //   incompat_features   refuses to open it.
 // A refusal names the unknown bits. `sheaf heap upgrade` (Heap::upgrade)
 // turns on every feature this Sheaf knows in an older heap.
@@ -173,8 +173,8 @@ constexpr std::uint32_t cache_slots(int bin) {
 // Index of a bin's first slot in CacheLedger::slots.
 constexpr std::uint32_t cache_slot_base(int bin) {
   return bin < kSmallBins ? static_cast<std::uint32_t>(bin) * kSmallCacheSlots
-                           : kSmallBins * kSmallCacheSlots +
-                                 static_cast<std::uint32_t>(bin - kSmallBins) * kLargeCacheSlots;
+                          : kSmallBins * kSmallCacheSlots +
+                                static_cast<std::uint32_t>(bin - kSmallBins) * kLargeCacheSlots;
 }
 inline constexpr std::uint32_t kCacheLedgerSlots = cache_slot_base(kCacheBins);
 
@@ -292,6 +292,5 @@ struct Header {
   alignas(64) State state;
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
-
 
 }  // namespace sheaf::format

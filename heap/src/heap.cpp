@@ -480,6 +480,7 @@ HeapInfo Heap::Impl::info() const {
   info.objects = s.named_count;
   info.generation = s.generation;
   info.recoveries = s.recoveries;
+  info.walked_recoveries = s.walked_recoveries;
   info.max_size = impl.growth_limit();
   info.sessions = impl.live_sessions();
   info.mode = impl.mode;

@@ -69,7 +69,7 @@ LockMode resolve_mode(LockMode requested, int fd, const std::string& path) {
 
 // "incompatible bit 5, read-only compatible bit 9" for the bits of `id` this
 // Sheaf does not know and must refuse the heap for, or "".
-std::string unknown_features(const Identity& id) {
+std::string unknown_features(const Identity& id, bool read_only) {
   std::string text;
   const auto name = [&](std::uint64_t bits, const char* kind) {
     for (int bit = 0; bit < 64; ++bit) {
@@ -78,13 +78,15 @@ std::string unknown_features(const Identity& id) {
     }
   };
   name(id.incompat_features & ~kKnownIncompat, "incompatible");
-  name(id.ro_compat_features & ~kKnownRoCompat, "read-only compatible");
+  // A reader may ignore what only a writer must know.
+  if (!read_only) name(id.ro_compat_features & ~kKnownRoCompat, "read-only compatible");
   return text;
 }
 
 // Throws a clear Error unless `header`, read from a file of `file_size` bytes,
 // is a heap this code can open.
-void validate_header(const Header& header, std::uint64_t file_size, const std::string& path) {
+void validate_header(const Header& header, std::uint64_t file_size, const std::string& path,
+                     bool read_only) {
   const std::string where = "heap " + path + ": ";
   const Identity& id = header.identity;
   if (file_size < sizeof(id.magic) || std::memcmp(id.magic, kMagic, sizeof(kMagic)) != 0) {
@@ -115,9 +117,10 @@ void validate_header(const Header& header, std::uint64_t file_size, const std::s
   if (id.version == 1 && (id.compat_features | id.ro_compat_features | id.incompat_features)) {
     throw Error(Errc::kCorrupted, where + "corrupted header (feature bits in a version 1 heap)");
   }
-  if (std::string unknown = unknown_features(id); !unknown.empty()) {
+  if (std::string unknown = unknown_features(id, read_only); !unknown.empty()) {
     throw Error(Errc::kUnsupported, where + "uses features this Sheaf does not know (" + unknown +
-                                        "); open it with a newer Sheaf");
+                                        "); open it with a newer Sheaf" +
+                                        (read_only ? "" : ", or read-only"));
   }
   if (id.page_size != kPageSize || sysconf(_SC_PAGESIZE) != kPageSize) {
     throw Error(Errc::kUnsupported, where + "made for " + std::to_string(id.page_size) +
@@ -287,7 +290,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       }
       impl->known_file_size = file_size;
     }
-    validate_header(*header, file_size, path);
+    validate_header(*header, file_size, path, options.read_only);
   }
 
   impl->reserve =
@@ -343,6 +346,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // Later openers wait for the first on the presence lock.
   const bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
   bool rebuild_caches = false;
+  bool quick_check = false;  // after the lock: see below
   if (first) {
     State& state = impl->state();
     const bool clean = state.clean == 1;
@@ -361,10 +365,15 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       // What the log says may not be what was written (pages lost): the
       // walk decides.
       impl->trust_undo_log = false;
-    } else if (std::string problem = impl->quick_check(); !problem.empty()) {
-      CheckReport report;
-      report.problems.push_back(problem);
-      throw_damaged(where, report);
+    } else if (clean) {
+      // Before anything is written, so that a refusal leaves the file as it was.
+      if (std::string problem = impl->quick_check(); !problem.empty()) {
+        CheckReport report;
+        report.problems.push_back(problem);
+        throw_damaged(where, report);
+      }
+    } else {
+      quick_check = true;  // once the dead holder's operation is undone
     }
     if (impl->mode == LockMode::kLocal) {
       pthread_mutexattr_t attributes;
@@ -387,8 +396,15 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // From here on others may be in the heap: write State only under the lock
   // (on a network filesystem a page written outside it can overwrite what
   // another host wrote under it).
-  LockScope lock(*impl, true);
+  LockScope lock(*impl, true);  // undoes a dead holder's operation first
   impl->finish_identity_update();
+  if (quick_check) {
+    if (std::string problem = impl->quick_check(); !problem.empty()) {
+      CheckReport report;
+      report.problems.push_back(problem);
+      throw_damaged(where, report);
+    }
+  }
   if (rebuild_caches) {
     impl->rebuild(Rebuild::kRecover);
     ++impl->state().walked_recoveries;
@@ -398,7 +414,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
     impl->state().clean = 0;
     impl->state().boot_hash = posix::boot_id();
   }
-  impl->register_session();
+  impl->register_session(rebuild_caches);
   if (const int error = lock.release(); error != 0) {
     throw Error::from_errno(error, where + ": cannot write to the server");
   }
@@ -466,6 +482,7 @@ bool Heap::Impl::upgrade() {
     return false;
   }
   State& s = state();
+  mark_unlogged();  // a walk: a death in it gets a walk too
   // 1. What the features need in the file, while the identity still says
   //    they are off (so nothing reads it yet): serials for existing objects.
   if (!(id.ro_compat_features & kFeatureObjectSerials)) {

@@ -428,12 +428,12 @@ void Heap::Impl::claim_mode() {
   }
 }
 
-void Heap::Impl::register_session() {
+void Heap::Impl::register_session(bool walked) {
   require_exclusive();
   State& s = state();
   // A process that died without closing may have left blocks in its thread
   // caches: give them back (from its ledgers; by walking if one is unreadable).
-  if (reclaim_dead_sessions()) ++s.walked_recoveries;
+  if (reclaim_dead_sessions(walked)) ++s.walked_recoveries;
   int chosen = -1;
   for (int i = 0; i < kMaxSessions; ++i) {
     Session& other = s.sessions[i];

@@ -128,12 +128,12 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void recover_after_death();
   void refresh_from_server();  // network mode: see what other hosts wrote
   void refresh_range(std::uint64_t offset, std::uint64_t length);
-  int flush_to_server() noexcept;  // network mode: msync + fdatasync
-  void unmap_pages() noexcept;     // network mode: drop our page mappings
-  void require_exclusive() const;  // throws unless inside an exclusive section
-  void claim_mode();               // at open, before anything else
-  void check_reservation() const;  // the heap has not outgrown our mapping
-  void register_session();         // under the lock, at open
+  int flush_to_server() noexcept;      // network mode: msync + fdatasync
+  void unmap_pages() noexcept;         // network mode: drop our page mappings
+  void require_exclusive() const;      // throws unless inside an exclusive section
+  void claim_mode();                   // at open, before anything else
+  void check_reservation() const;      // the heap has not outgrown our mapping
+  void register_session(bool walked);  // under the lock, at open; `walked`: the caller just did
   void unregister_session() noexcept;
   bool session_alive(int slot) const;
   // session_alive(), but false for known_dead_session (the holder recovery found dead).
@@ -164,9 +164,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   ThreadCache* thread_cache();
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
   void give_back(ThreadCache& cache, int bin, std::uint32_t index);  // under the lock
-  void empty_cache(ThreadCache* cache);            // under the exclusive lock
-  void retire_cache(ThreadCache* cache) noexcept;  // at thread exit
-  void retire_all_caches() noexcept;               // at close
+  void empty_cache(ThreadCache* cache);                              // under the exclusive lock
+  void retire_cache(ThreadCache* cache) noexcept;                    // at thread exit
+  void retire_all_caches() noexcept;                                 // at close
 
   // --- names.cpp ---
   format::NamedRecord* record(std::uint64_t block_offset) const {
@@ -196,11 +196,11 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     save(&word);
     publish(word, value);
   }
-  void save(const std::uint64_t* word);           // into the undo log, if one is kept
+  void save(const std::uint64_t* word);                   // into the undo log, if one is kept
   void save_range(const void* start, std::size_t bytes);  // every word of it
-  void mark_unlogged();    // what follows is too big to log: a death here needs the walk
-  void begin_undo_log();   // at the start of an exclusive section (heap_lock.cpp)
-  void end_undo_log();     // at its end
+  void mark_unlogged();   // what follows is too big to log: a death here needs the walk
+  void begin_undo_log();  // at the start of an exclusive section (heap_lock.cpp)
+  void end_undo_log();    // at its end
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
   bool replay_undo_log(std::uint64_t dead_holder);
@@ -210,14 +210,14 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Reclaims every session that is gone and frees its slot; walks the heap
   // if it must (and has not `walked` already). Returns whether it walked.
   bool reclaim_dead_sessions(bool walked = false);
-  bool undo_active = false;      // guarded by the heap lock
+  bool undo_active = false;  // guarded by the heap lock
   // False while a first opener that must walk opens: a log on a machine that
   // restarted may not be what was written.
   bool trust_undo_log = true;
   // What a first opener checks instead of walking: the bins' heads and the
   // name table's place. The first problem, or "".
   std::string quick_check() const;
-  int operation_depth = 0;       // guarded by the heap lock
+  int operation_depth = 0;  // guarded by the heap lock
 
   enum class Rebuild { kSweep, kRecover };
   // Walks the chain and rebuilds every cache. kSweep merges free neighbours

@@ -1,6 +1,7 @@
 // posix.cpp: the one layer between Sheaf's files and the operating system.
 #include "posix.hpp"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,6 +72,17 @@ void inject_fault(Op op, int error, int count, int skip) {
 void clear_faults() {
   for (Fault& fault : faults) fault.count.store(0);
   any_fault.store(false);
+}
+
+std::atomic<int> crash_countdown{-1};
+
+void inject_crash(int skip) {
+  crash_countdown.store(skip);
+}
+
+void crash_point() noexcept {
+  if (crash_countdown.load(std::memory_order_relaxed) < 0) return;
+  if (crash_countdown.fetch_sub(1) == 0) ::kill(::getpid(), SIGKILL);
 }
 
 int injected(Op op) {

@@ -43,6 +43,13 @@ void clear_faults();
 // Zero if the call goes ahead; else the injected errno (already counted).
 int injected(Op op);
 
+// Test hook for crash safety: the heap calls crash_point() before each store
+// a death could interrupt (an operation's logged stores, a ledger's stores).
+// After `skip` more calls, the process kills itself there with SIGKILL: a
+// real death, at an instant a test chose. Negative: never (the default).
+void inject_crash(int skip);
+void crash_point() noexcept;
+
 // An owned file descriptor, closed on destruction.
 class Fd {
  public:

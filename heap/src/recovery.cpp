@@ -41,10 +41,12 @@
 // can lose pages the kernel had not written back, and then only the walk
 // finds out what is left.
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <unordered_set>
 
 #include "impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
@@ -169,6 +171,7 @@ Heap::Impl::Operation::~Operation() {
 
 void Heap::Impl::save(const std::uint64_t* word) {
   if (!undo_active) return;
+  posix::crash_point();
   State& s = state();
   if (s.undo_overflow != 0) return;
   const std::uint64_t n = s.undo_count;
@@ -228,13 +231,14 @@ bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
     const bool in_state = offset >= offsetof(Header, state) &&
                           offset + 8 <= offsetof(Header, state) + offsetof(State, undo_owner);
     const bool in_blocks = offset >= kHeaderBytes && offset + 8 <= size;
-    const bool in_ledgers =
-        offset >= offsetof(Header, state) + offsetof(State, session_ledgers) &&
-        offset + 8 <= offsetof(Header, state) + offsetof(State, session_ledgers) +
-                          sizeof(s.session_ledgers);
+    const bool in_ledgers = offset >= offsetof(Header, state) + offsetof(State, session_ledgers) &&
+                            offset + 8 <= offsetof(Header, state) +
+                                              offsetof(State, session_ledgers) +
+                                              sizeof(s.session_ledgers);
     if (offset % 8 != 0 || !(in_state || in_blocks || in_ledgers)) return false;
   }
-  for (std::uint64_t i = n; i-- > 0;) publish(*at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
+  for (std::uint64_t i = n; i-- > 0;)
+    publish(*at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
   // A death from here on finds the log replayed again: the same words, the
   // same values.
   publish(s.undo_count, 0);
@@ -343,8 +347,13 @@ std::string Heap::Impl::quick_check() const {
              ", which is not the first free block of that bin";
     }
   }
-  if (!std::equal(std::begin(nonempty), std::end(nonempty), std::begin(s.bin_bitmap)))
-    return "the bitmap of non-empty bins disagrees with the bins";
+  for (int word = 0; word < 4; ++word) {
+    if (nonempty[word] != s.bin_bitmap[word]) {
+      const int bin = word * 64 + std::countr_zero(nonempty[word] ^ s.bin_bitmap[word]);
+      return "the bitmap of non-empty bins says bin " + std::to_string(bin) + " is " +
+             (nonempty[word] >> (bin % 64) & 1 ? "empty" : "not empty") + "; it is not";
+    }
+  }
   if (s.name_table != 0) {
     const BlockHeader* header = block_at(s.name_table);
     if (header == nullptr || header->state() != kIndex || name_table() == nullptr)
@@ -563,6 +572,61 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
   }
   if (orphans != 0) {
     repair(std::to_string(orphans) + " blocks cached by processes that are gone: to be freed");
+  }
+
+  // Ledgers: each slot's chain is made of ledgers of that slot's session,
+  // and every entry below a bin's count is a block. The blocks a session
+  // that is gone cached must all be listed (or in flight): recovery finds
+  // them only there. A live session's threads change their caches without
+  // the lock, so only the shape of its ledgers is checked.
+  if (has_feature(kFeatureCacheLedgers)) {
+    for (int i = 0; i < kMaxSessions; ++i) {
+      const std::uint64_t id = s.sessions[i].id;
+      const bool gone = id != 0 && i != session_slot && !session_alive(i);
+      std::unordered_set<std::uint64_t> listed_blocks;
+      std::uint64_t at_ledger = s.session_ledgers[i];
+      for (int guard = 0; at_ledger != 0; ++guard) {
+        const CacheLedger* ledger = ledger_at(*this, at_ledger);
+        const std::string where = "the ledger at offset " + std::to_string(at_ledger);
+        if (ledger == nullptr || !is_block(at_ledger) || guard > kMaxSessions * 1024) {
+          problem("session slot " + std::to_string(i) + ": its chain of ledgers leads to offset " +
+                  std::to_string(at_ledger) + ", which is not a ledger");
+          break;
+        }
+        if (id != 0 && ledger->session != id) {
+          problem(where + " belongs to session " + std::to_string(ledger->session) +
+                  ", not to slot " + std::to_string(i) + "'s session " + std::to_string(id));
+        }
+        listed_blocks.insert(ledger->in_flight);
+        for (int bin = 0; bin < kCacheBins; ++bin) {
+          if (ledger->counts[bin] > cache_slots(bin)) {
+            problem(where + ": bin " + std::to_string(bin) + " counts " +
+                    std::to_string(ledger->counts[bin]) + " blocks, more than it has room for");
+            continue;
+          }
+          for (std::uint32_t k = 0; k < ledger->counts[bin]; ++k) {
+            const std::uint64_t entry = ledger->slots[cache_slot_base(bin) + k];
+            listed_blocks.insert(entry);
+            if (!is_block(entry)) {
+              problem(where + " lists offset " + std::to_string(entry) + ", which is not a block");
+            }
+          }
+        }
+        at_ledger = ledger->next;
+      }
+      if (!gone) continue;
+      std::uint64_t unlisted = 0;
+      for (std::uint64_t offset : starts) {
+        if (block(offset)->state() == kCached && block(offset)->tag == id &&
+            listed_blocks.count(offset) == 0) {
+          ++unlisted;
+        }
+      }
+      if (unlisted != 0) {
+        problem(std::to_string(unlisted) + " blocks cached by session " + std::to_string(id) +
+                ", which is gone, are in none of its ledgers");
+      }
+    }
   }
 
   // Serials: every named object has one, none is reused, all are below the next.

@@ -28,6 +28,7 @@
 #include <cstring>
 
 #include "impl.hpp"
+#include "posix.hpp"
 
 namespace sheaf {
 namespace {
@@ -39,7 +40,9 @@ constexpr std::uint64_t kBudget = 8 << 20;  // bytes one thread may keep from on
 
 // How many blocks of a bin a cache keeps at rest (one more slot holds a
 // block being added before the cache gives half back).
-constexpr std::uint32_t depth_of(int bin) { return cache_slots(bin) - 1; }
+constexpr std::uint32_t depth_of(int bin) {
+  return cache_slots(bin) - 1;
+}
 
 // This thread's caches, one per heap it has used. A cache whose heap closed
 // has heap == nullptr and is dropped at the next lookup.
@@ -54,6 +57,14 @@ struct ThreadCaches {
   }
 };
 thread_local ThreadCaches this_thread_caches;
+
+// A store to a ledger or to a cached block's header: a release store, at
+// which a test may kill us (posix::inject_crash).
+template <class Word>
+void ledger_store(Word& word, std::type_identity_t<Word> value) {
+  posix::crash_point();
+  publish(word, value);
+}
 
 std::uint64_t* slots_of(CacheLedger& ledger, int bin) {
   return ledger.slots + cache_slot_base(bin);
@@ -129,11 +140,11 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   // The block may be a little larger than asked (a tail too small to split
   // stays with it): keep its own size.
   const std::uint64_t actual = block(offset)->size();
-  publish(ledger.in_flight, offset);
-  publish(slots[fit], slots[count - 1]);
-  publish(ledger.counts[bin], count - 1);
-  publish(block(offset)->size_and_state, actual | kUsed);
-  publish(ledger.in_flight, std::uint64_t{0});  // from here on the block is the caller's
+  ledger_store(ledger.in_flight, offset);
+  ledger_store(slots[fit], slots[count - 1]);
+  ledger_store(ledger.counts[bin], count - 1);
+  ledger_store(block(offset)->size_and_state, actual | kUsed);
+  ledger_store(ledger.in_flight, std::uint64_t{0});  // from here on the block is the caller's
   cache->bytes -= actual;
   return offset;
 }
@@ -158,8 +169,8 @@ std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_
     // Until the operation ends, a death undoes all of this, and the
     // recovery that undoes it skips the (then free) block we listed.
     store(block(offset)->tag, session_id);
-    publish(slots[count], offset);
-    publish(ledger.counts[bin], ++count);
+    ledger_store(slots[count], offset);
+    ledger_store(ledger.counts[bin], ++count);
     cache.bytes += block(offset)->size();
   }
   return count;
@@ -171,16 +182,16 @@ void Heap::Impl::give_back(ThreadCache& cache, int bin, std::uint32_t index) {
   std::uint64_t* slots = slots_of(ledger, bin);
   const std::uint32_t count = ledger.counts[bin];
   const std::uint64_t offset = slots[index];
-  publish(ledger.in_flight, offset);
+  ledger_store(ledger.in_flight, offset);
   {
     Operation op(*this);
-    publish(slots[index], slots[count - 1]);
-    publish(ledger.counts[bin], count - 1);
+    ledger_store(slots[index], slots[count - 1]);
+    ledger_store(ledger.counts[bin], count - 1);
     cache.bytes -= block(offset)->size();
     free_block(offset);
   }
   // Only now: undone, the free would leave the block kCached and in flight.
-  publish(ledger.in_flight, std::uint64_t{0});
+  ledger_store(ledger.in_flight, std::uint64_t{0});
 }
 
 void Heap::Impl::cached_free(std::uint64_t offset) {
@@ -196,12 +207,12 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
   const int bin = bin_of(size);
   std::uint64_t* slots = slots_of(ledger, bin);
   const std::uint32_t count = ledger.counts[bin];
-  publish(ledger.in_flight, offset);
-  publish(slots[count], offset);
-  publish(ledger.counts[bin], count + 1);
-  publish(header->tag, session_id);
-  publish(header->size_and_state, size | kCached);
-  publish(ledger.in_flight, std::uint64_t{0});
+  ledger_store(ledger.in_flight, offset);
+  ledger_store(slots[count], offset);
+  ledger_store(ledger.counts[bin], count + 1);
+  ledger_store(header->tag, session_id);
+  ledger_store(header->size_and_state, size | kCached);
+  ledger_store(ledger.in_flight, std::uint64_t{0});
   cache->bytes += size;
   if (count + 1 > depth_of(bin) || cache->bytes > kBudget) {
     // Give half of this bin back to the heap (at least one block).

@@ -188,9 +188,9 @@ TEST_F(CliTest, RoundTripCreateInfoPutLsCatRm) {
   const std::string heap = make_heap();
 
   Json info = ok_json({"heap", "info", heap, "--json"});
-  for (const char* field :
-       {"path", "uuid", "format_version", "mode", "size", "max_size", "used", "free",
-        "largest_free", "page_size", "objects", "generation", "sessions", "recoveries"}) {
+  for (const char* field : {"path", "uuid", "format_version", "mode", "size", "max_size", "used",
+                            "free", "largest_free", "page_size", "objects", "generation",
+                            "sessions", "recoveries", "walked_recoveries"}) {
     EXPECT_TRUE(info.contains(field)) << field << " missing from " << info.dump();
   }
   EXPECT_EQ(info["objects"], 0);

@@ -116,6 +116,10 @@ struct HeapInfo {
   std::uint64_t objects = 0;       // named objects
   std::uint64_t generation = 0;    // bumped by every exclusive section (opens and closes too)
   std::uint64_t recoveries = 0;    // repairs after a lock holder died
+  // Repairs that had to walk every block (the others undid the dead
+  // holder's operation from its log and read its ledgers): after a machine
+  // restart, in network mode, or when an operation was too big to log.
+  std::uint64_t walked_recoveries = 0;
   std::uint64_t max_size = 0;
   std::uint32_t sessions = 0;  // processes that have the heap open now
   LockMode mode = LockMode::kLocal;
