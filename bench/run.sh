@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all four:
+# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all six:
 # sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table),
 # sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost) and
 # sheaf_bag_bench (5 repetitions, medians, then Put/cp and Verify/read throughput ratios) and
 # sheaf_fs_bench (5 repetitions: a bag read and `ls -l` of 100,000 objects through a FUSE mount,
-# beside the same done directly; needs /dev/fuse and, to widen the mount's readahead, root).
+# beside the same done directly; needs /dev/fuse and, to widen the mount's readahead, root),
+# sheaf_recovery_bench (a 4 GiB heap's first open, clean and after a kill, beside the walk;
+# 5 rounds) and sheaf_holds_bench (a block handed between two processes, held beside plain).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
@@ -24,7 +26,8 @@ cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=OFF >/dev/null
-ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench sheaf_fs_bench
+ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench sheaf_fs_bench \
+  sheaf_recovery_bench sheaf_holds_bench
 
 flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 echo
@@ -40,3 +43,9 @@ read -r -a bag_flags <<<"${SHEAF_BAG_BENCH_FLAGS:-}"
 echo
 echo "== sheaf_fs_bench =="
 "$build/bench/sheaf_fs_bench" "${flags[@]}"
+echo
+echo "== sheaf_recovery_bench =="
+"$build/bench/sheaf_recovery_bench" "${flags[@]}"
+echo
+echo "== sheaf_holds_bench =="
+"$build/bench/sheaf_holds_bench" "${flags[@]}"

@@ -48,7 +48,7 @@ TEST(HeapFormat, NewHeapsAreCurrentWithSerials) {
   Heap heap = Heap::create(dir / "h").value();
   const HeapInfo info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
   EXPECT_FALSE(heap.upgrade().value());  // nothing to do
 }
 
@@ -119,7 +119,7 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
   ASSERT_TRUE(heap.upgrade().value());
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
   std::vector<std::uint64_t> serials;
   for (const ObjectInfo& object : heap.objects()) serials.push_back(object.serial);
   std::sort(serials.begin(), serials.end());
@@ -202,6 +202,7 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
       if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
       ::pause();
     });
+    ready.close_write();  // a child that dies early is an end of file, not a hang
     char byte = 0;
     ASSERT_EQ(::read(ready.read_end(), &byte, 1), 1);
     holder.kill();
@@ -214,7 +215,8 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
     const CheckReport report = heap.check();
     EXPECT_TRUE(report.ok() && report.repairs.empty());
     ASSERT_TRUE(heap.upgrade().value());
-    EXPECT_EQ(heap.info().features, (std::vector<std::string>{"object-serials", "cache-ledgers"}));
+    EXPECT_EQ(heap.info().features,
+              (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
   }
   die_with_a_full_cache();
   Heap heap = Heap::open(path).value();

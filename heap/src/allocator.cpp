@@ -56,16 +56,22 @@ std::uint64_t Heap::Impl::block_size_for(std::uint64_t payload) {
   return std::max(kMinBlock, align_up(payload + kBlockHeaderBytes, kAlign));
 }
 
-void Heap::Impl::push_free(std::uint64_t offset) {
+void Heap::Impl::push_free(std::uint64_t offset, bool fresh) {
   State& s = state();
   const int bin = bin_of(block(offset)->size());
   auto* links = at<FreeLinks>(offset + kBlockHeaderBytes);
-  store(links->next, s.bins[bin]);
-  store(links->prev, 0);
+  if (fresh) {  // nobody reached these bytes before this operation: nothing to undo
+    publish(links->next, s.bins[bin]);
+    publish(links->prev, std::uint64_t{0});
+  } else {
+    store(links->next, s.bins[bin]);
+    store(links->prev, 0);
+  }
   if (links->next != 0) store(at<FreeLinks>(links->next + kBlockHeaderBytes)->prev, offset);
   store(s.bins[bin], offset);
-  store(s.bin_bitmap[bin / 64], s.bin_bitmap[bin / 64] | std::uint64_t{1} << (bin % 64));
-  store(s.free_bytes, s.free_bytes + block(offset)->size());
+  const std::uint64_t bit = std::uint64_t{1} << (bin % 64);
+  if (!(s.bin_bitmap[bin / 64] & bit)) store(s.bin_bitmap[bin / 64], s.bin_bitmap[bin / 64] | bit);
+  store_counter(s.free_bytes, s.free_bytes + block(offset)->size());
 }
 
 void Heap::Impl::unlink_free(std::uint64_t offset) {
@@ -81,10 +87,12 @@ void Heap::Impl::unlink_free(std::uint64_t offset) {
   if (s.bins[bin] == 0) {
     store(s.bin_bitmap[bin / 64], s.bin_bitmap[bin / 64] & ~(std::uint64_t{1} << (bin % 64)));
   }
-  store(s.free_bytes, s.free_bytes - block(offset)->size());
-  // Whoever took the block writes over its links; an undo must find them.
+  store_counter(s.free_bytes, s.free_bytes - block(offset)->size());
+  // Whoever took the block writes over its links (plain stores, hence the
+  // fence); an undo must find them.
   save(&links->next);
   save(&links->prev);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 void Heap::Impl::reset_bins() {  // only in rebuild(), which is not logged
@@ -160,23 +168,25 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
       block(aligned)->size_and_state = (whole - gap) | kFree;  // not reachable yet
       block(aligned)->tag = 0;
       store(block(offset)->size_and_state, gap | kFree);
-      push_free(offset);
+      push_free(offset, true);  // its links were saved when it left its bin
       offset = aligned;
     }
   }
 
   const std::uint64_t whole = block(offset)->size();
-  store(block(offset)->tag, 0);  // before the block is published as anything but free
+  // Before the block is published as anything but free. Not saved: a free
+  // block's tag means nothing, so an undo need not restore it.
+  publish(block(offset)->tag, std::uint64_t{0});
   if (whole - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (whole - size) | kFree;  // not reachable yet
     block(tail)->tag = 0;
     store(block(offset)->size_and_state, size | final_state);
-    push_free(tail);
+    push_free(tail, true);
   } else {
     store(block(offset)->size_and_state, whole | final_state);
   }
-  store(s.used_bytes, s.used_bytes + block(offset)->size());
+  store_counter(s.used_bytes, s.used_bytes + block(offset)->size());
   return offset;
 }
 
@@ -184,10 +194,10 @@ void Heap::Impl::free_block(std::uint64_t offset) {
   State& s = state();
   BlockHeader* header = block(offset);
   std::uint64_t size = header->size();
-  store(s.used_bytes, s.used_bytes - size);
+  store_counter(s.used_bytes, s.used_bytes - size);
   store(header->size_and_state, size | kFree);
   if (size <= kSmallMax) {
-    store(s.small_freed, s.small_freed + size);
+    store_counter(s.small_freed, s.small_freed + size);
   } else {
     // Merge with the free blocks that follow; each step is one store.
     for (std::uint64_t next = offset + size; next < s.size; next = offset + size) {
@@ -226,11 +236,11 @@ bool Heap::Impl::resize_in_place(std::uint64_t offset, std::uint64_t payload) {
     block(tail)->size_and_state = (total - size) | kFree;  // not reachable yet
     block(tail)->tag = 0;
     store(header->size_and_state, size | state_bits);
-    push_free(tail);
-    store(s.used_bytes, s.used_bytes + size - current);
+    push_free(tail, true);
+    store_counter(s.used_bytes, s.used_bytes + size - current);
   } else {
     store(header->size_and_state, total | state_bits);
-    store(s.used_bytes, s.used_bytes + total - current);
+    store_counter(s.used_bytes, s.used_bytes + total - current);
   }
   return true;
 }
@@ -269,7 +279,7 @@ void Heap::Impl::grow(std::uint64_t bytes) {
   block(old_size)->size_and_state = (new_size - old_size) | kFree;  // not reachable yet
   block(old_size)->tag = 0;
   store(s.size, new_size);
-  push_free(old_size);
+  push_free(old_size, true);
 }
 
 // Follows only offsets inside the heap, and at most as many links as the

@@ -54,10 +54,14 @@ enum Feature : std::uint64_t {
   // without ledgers, which only a walk finds: ro_compat. Without the bit, a
   // dead session is reclaimed by walking, as before.
   kFeatureCacheLedgers = std::uint64_t{1} << 1,
+  // Blocks may be kHeld (holds.cpp), a state an older Sheaf cannot read:
+  // incompat. (Bits are numbered across the three words, so that each
+  // feature has one.)
+  kFeatureHolds = std::uint64_t{1} << 2,
 };
 inline constexpr std::uint64_t kKnownCompat = 0;
 inline constexpr std::uint64_t kKnownRoCompat = kFeatureObjectSerials | kFeatureCacheLedgers;
-inline constexpr std::uint64_t kKnownIncompat = 0;
+inline constexpr std::uint64_t kKnownIncompat = kFeatureHolds;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
 
@@ -83,14 +87,16 @@ enum BlockState : std::uint64_t {
   kPending = 3,  // a named object whose constructor had not returned; freed by recovery
   kIndex = 4,    // the name table; every one but State::name_table is freed by recovery
   kCached = 5,   // in a thread's cache (thread_cache.cpp); `tag` names its session
+  kHeld = 6,     // held by sessions (holds.cpp); `tag` counts the holds
 };
-inline constexpr std::uint64_t kLastState = kCached;
+inline constexpr std::uint64_t kLastState = kHeld;
 inline constexpr std::uint64_t kStateMask = 0xF;
 
 struct BlockHeader {
   std::uint64_t size_and_state;  // size (multiple of 16, header included) | BlockState
   // What the block's state makes it mean:
   //   kCached           the session whose thread cache holds it (thread_cache.cpp);
+  //   kHeld             how many holds it has (holds.cpp), at least 1;
   //   kNamed, kPending  the object's creation serial (kFeatureObjectSerials; 0 in
   //                     heaps without the feature);
   //   otherwise         nothing (zero, or left over from a previous state).
@@ -189,6 +195,12 @@ inline constexpr std::uint32_t kCacheLedgerSlots = cache_slot_base(kCacheBins);
 // before a freed one is taken). Ledgers of one session are chained through
 // `next` from State::session_ledgers[slot]; the chain changes under the lock.
 inline constexpr std::uint64_t kLedgerMagic = 0x5245474445444c53;  // "SLDEDGER"
+// What every ledger block of a session starts with, whatever its kind.
+struct LedgerHead {
+  std::uint64_t magic;    // kLedgerMagic or kHoldLedgerMagic
+  std::uint64_t session;  // whose
+  std::uint64_t next;     // the session's next ledger block, 0 if none
+};
 struct CacheLedger {
   std::uint64_t magic;      // kLedgerMagic
   std::uint64_t session;    // the session whose thread's cache this is
@@ -197,6 +209,29 @@ struct CacheLedger {
   std::uint32_t counts[kCacheBins];
   std::uint64_t slots[kCacheLedgerSlots];  // block offsets, cache_slots(bin) per bin
 };
+static_assert(offsetof(CacheLedger, magic) == offsetof(LedgerHead, magic) &&
+              offsetof(CacheLedger, session) == offsetof(LedgerHead, session) &&
+              offsetof(CacheLedger, next) == offsetof(LedgerHead, next));
+
+// The payload of a hold ledger block (a kUsed block): the holds one session
+// has (holds.cpp), one entry per hold, so a block held twice is listed
+// twice. Written under the lock, by operations (undo-logged), so at every
+// instant a kHeld block's `tag` equals the number of entries naming it in all
+// hold ledgers. A session has at most one; it grows by being copied into a
+// bigger block.
+inline constexpr std::uint64_t kHoldLedgerMagic = 0x53444c4f48444c53;  // "SLDHOLDS"
+struct HoldLedger {
+  std::uint64_t magic;  // kHoldLedgerMagic
+  std::uint64_t session;
+  std::uint64_t next;
+  std::uint64_t capacity;  // entries it has room for
+  std::uint64_t count;     // entries in use
+  std::uint64_t reserved;
+  // `capacity` entries follow: block offsets of held blocks.
+  std::uint64_t* entries() { return reinterpret_cast<std::uint64_t*>(this + 1); }
+  const std::uint64_t* entries() const { return reinterpret_cast<const std::uint64_t*>(this + 1); }
+};
+static_assert(offsetof(HoldLedger, next) == offsetof(LedgerHead, next));
 
 struct Session {
   std::uint64_t id;  // 0: the slot is free

@@ -300,9 +300,10 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   // when the object is never finished.
   if (impl.has_feature(kFeatureObjectSerials)) {
     State& s = impl.state();
-    // Not saved in the undo log: a serial is never handed out twice.
+    // Neither is saved in the undo log: a serial is never handed out twice,
+    // and the tag of a block this operation took means nothing once undone.
     if (s.next_serial == 0) s.next_serial = 1;
-    impl.store(impl.block(block)->tag, s.next_serial++);
+    publish(impl.block(block)->tag, s.next_serial++);
   }
   NamedRecord* r = impl.record(block);
   r->name_hash = hash_name(name);
@@ -321,14 +322,14 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     impl.free_block(block);
     throw;
   }
-  impl.store(impl.state().named_count, impl.state().named_count + 1);
+  impl.store_counter(impl.state().named_count, impl.state().named_count + 1);
 
   void* object = impl.at(r->object_offset);
   try {
     init(object, count, context);
   } catch (...) {
     impl.remove_name(block);
-    impl.store(impl.state().named_count, impl.state().named_count - 1);
+    impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
     impl.free_block(block);
     throw;
   }
@@ -359,7 +360,7 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   destroy(impl.at(r->object_offset), r->count);
   Impl::Operation op(impl);
   impl.remove_name(block);
-  impl.store(impl.state().named_count, impl.state().named_count - 1);
+  impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
   return true;
 }
@@ -371,7 +372,7 @@ bool Heap::erase(std::string_view name) {
   if (block == 0) return false;
   Impl::Operation op(impl);
   impl.remove_name(block);
-  impl.store(impl.state().named_count, impl.state().named_count - 1);
+  impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
   return true;
 }
@@ -472,6 +473,7 @@ HeapInfo Heap::Impl::info() const {
   info.format_version = id.version;
   if (impl.has_feature(kFeatureObjectSerials)) info.features.push_back("object-serials");
   if (impl.has_feature(kFeatureCacheLedgers)) info.features.push_back("cache-ledgers");
+  if (impl.has_feature(kFeatureHolds)) info.features.push_back("holds");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;

@@ -433,6 +433,9 @@ int Heap::Impl::close_file() noexcept {
         // presence lock exclusively), mark it clean so the next first opener
         // can skip repairing it.
         LockScope lock(*this, true);
+        // A process that closes the heap gives up its holds (the last one
+        // of a block frees it), as one that dies does.
+        reclaim_session(session_slot);
         unregister_session();
         if (posix::try_lock_range(fd, F_WRLCK, kPresenceLock, 1, "heap " + path)) {
           state().clean = 1;

@@ -5,6 +5,7 @@
 //   heap_lock.cpp  the heap lock (local and network modes) and sessions
 //   allocator.cpp  blocks: bins, split, merge, growth
 //   names.cpp      named objects and the name table
+//   holds.cpp      held blocks: holds per session, released for the dead
 //   recovery.cpp   walking the block chain: rebuild after a crash, check
 //   heap.cpp       the public Heap class, gluing the above together
 //   registry.cpp   the heaps this process has open; fork detection
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "format.hpp"
+#include "posix.hpp"
 #include "sheaf/heap.hpp"
 
 namespace sheaf {
@@ -152,10 +154,23 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void free_block(std::uint64_t block_offset);
   bool resize_in_place(std::uint64_t block_offset, std::uint64_t payload_bytes);
   std::uint64_t take_fit(std::uint64_t block_size);
-  void push_free(std::uint64_t block_offset);  // into its bin; header already says kFree
+  // Into its bin; its header already says kFree. `fresh`: its payload was
+  // reachable by nobody before this operation (a split's tail, growth).
+  void push_free(std::uint64_t block_offset, bool fresh = false);
   void unlink_free(std::uint64_t block_offset);
   void reset_bins();
   std::uint64_t largest_free() const;
+
+  // --- holds.cpp (under the exclusive lock, inside an Operation) ---
+  // The session's hold ledger (slot `slot`), made if `create`; nullptr if none.
+  format::HoldLedger* hold_ledger(int slot, std::uint64_t session, bool create);
+  void add_hold(int slot, std::uint64_t session, std::uint64_t block_offset);
+  bool drop_hold(int slot, std::uint64_t block_offset);  // false if it has none on it
+  void count_off_hold(std::uint64_t block_offset);       // one hold fewer; the last frees it
+  int live_slot_of(std::uint64_t session) const;         // -1 unless open and alive
+  // Releases every hold a dead session's hold ledger lists, one operation
+  // each; false if the ledger or an entry is unreadable (then walk).
+  bool release_holds_of(std::uint64_t ledger_block);
 
   // --- thread_cache.cpp (local mode; no lock needed) ---
   bool thread_caching() const { return mode == LockMode::kLocal && !read_only; }
@@ -196,7 +211,18 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     save(&word);
     publish(word, value);
   }
-  void save(const std::uint64_t* word);                   // into the undo log, if one is kept
+  void save(const std::uint64_t* word);  // into the undo log, if one is kept
+  // A counter of State's (used_bytes .. small_freed): saved once per
+  // operation, since the undo needs only its value before the operation.
+  void store_counter(std::uint64_t& counter, std::uint64_t value) {
+    const auto bit = 1u << (&counter - &state().used_bytes);
+    if (!(counters_saved & bit)) {
+      save(&counter);
+      counters_saved |= bit;
+    }
+    publish(counter, value);
+  }
+  std::uint32_t counters_saved = 0;  // guarded by the heap lock; cleared with the log
   void save_range(const void* start, std::size_t bytes);  // every word of it
   void mark_unlogged();   // what follows is too big to log: a death here needs the walk
   void begin_undo_log();  // at the start of an exclusive section (heap_lock.cpp)
@@ -249,7 +275,9 @@ using LockScope = Heap::LockScope;
 
 class Heap::Impl::Operation {
  public:
-  explicit Operation(Impl& impl) : impl_(impl) { ++impl_.operation_depth; }
+  explicit Operation(Impl& impl) : impl_(impl) {
+    if (impl_.operation_depth++ == 0) impl_.counters_saved = 0;
+  }
   ~Operation();
   Operation(const Operation&) = delete;
   Operation& operator=(const Operation&) = delete;
@@ -264,6 +292,25 @@ std::uint64_t checksum_identity(const format::Identity& identity);
 
 inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
+}
+
+// Inline: an operation saves tens of words. No fence here: store() follows
+// with a release store, which no earlier store (the entry, its count) may
+// pass; code that writes plain bytes after saving fences itself
+// (save_range(), unlink_free()).
+inline void Heap::Impl::save(const std::uint64_t* word) {
+  if (!undo_active) return;
+  posix::crash_point();
+  format::State& s = state();
+  const std::uint64_t n = s.undo_count;
+  if (s.undo_overflow != 0) return;
+  if (n == format::kUndoEntries) {
+    publish(s.undo_overflow, std::uint64_t{1});
+    return;
+  }
+  s.undo[n].offset = offset_of(word);
+  s.undo[n].old_value = *word;
+  publish(s.undo_count, n + 1);  // release: the entry is whole before it counts
 }
 
 }  // namespace sheaf

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -48,7 +49,13 @@ int injected(Op op);
 // After `skip` more calls, the process kills itself there with SIGKILL: a
 // real death, at an instant a test chose. Negative: never (the default).
 void inject_crash(int skip);
-void crash_point() noexcept;
+extern std::atomic<int> crash_countdown;  // inject_crash's; negative: off
+void crash_point_reached() noexcept;
+// Inline: the allocator passes here tens of times per operation.
+inline void crash_point() noexcept {
+  if (crash_countdown.load(std::memory_order_relaxed) >= 0) [[unlikely]]
+    crash_point_reached();
+}
 
 // An owned file descriptor, closed on destruction.
 class Fd {

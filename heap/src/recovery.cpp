@@ -43,6 +43,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "impl.hpp"
@@ -166,30 +167,17 @@ Heap::Impl::Operation::~Operation() {
     State& s = impl_.state();
     publish(s.undo_count, 0);
     publish(s.undo_overflow, 0);
+    impl_.counters_saved = 0;
   }
-}
-
-void Heap::Impl::save(const std::uint64_t* word) {
-  if (!undo_active) return;
-  posix::crash_point();
-  State& s = state();
-  if (s.undo_overflow != 0) return;
-  const std::uint64_t n = s.undo_count;
-  if (n == kUndoEntries) {
-    publish(s.undo_overflow, 1);
-  } else {
-    s.undo[n].offset = offset_of(word);
-    s.undo[n].old_value = *word;
-    publish(s.undo_count, n + 1);  // release: the entry is whole before it counts
-  }
-  // Nor may the compiler move the caller's next store above the entry: a
-  // death is observed like a signal is, in this thread's program order.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 void Heap::Impl::save_range(const void* start, std::size_t bytes) {
   const auto* word = static_cast<const std::uint64_t*>(start);
   for (std::size_t i = 0; i < bytes / sizeof(std::uint64_t); ++i) save(word + i);
+  // The caller writes these words with plain stores, which the compiler
+  // could otherwise move above the log's: a death is observed like a
+  // signal is, in this thread's program order.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 void Heap::Impl::mark_unlogged() {
@@ -205,6 +193,7 @@ void Heap::Impl::begin_undo_log() {
   publish(s.undo_overflow, 0);
   publish(s.undo_owner, s.lock_holder);
   undo_active = true;
+  counters_saved = 0;
 }
 
 void Heap::Impl::end_undo_log() {
@@ -214,6 +203,7 @@ void Heap::Impl::end_undo_log() {
   publish(s.undo_overflow, 0);
   publish(s.undo_owner, 0);  // so no later death can take this log for its own
   undo_active = false;
+  counters_saved = 0;
 }
 
 bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
@@ -247,19 +237,38 @@ bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
 
 namespace {
 
-// The ledger in the block at `offset`, or nullptr if that is not one.
-const CacheLedger* ledger_at(const Heap::Impl& impl, std::uint64_t offset) {
+// The ledger (of either kind) in the block at `offset`, whole inside its
+// block and the heap, or nullptr if that is not one.
+const LedgerHead* ledger_at(const Heap::Impl& impl, std::uint64_t offset) {
   const std::uint64_t size = std::min(impl.heap_size(), impl.reserve);
-  constexpr std::uint64_t kNeeded = kBlockHeaderBytes + sizeof(CacheLedger);
-  if (offset % kAlign != 0 || offset < kHeaderBytes || offset > size || size - offset < kNeeded) {
+  constexpr std::uint64_t kLeast = kBlockHeaderBytes + sizeof(HoldLedger);
+  if (offset % kAlign != 0 || offset < kHeaderBytes || offset > size || size - offset < kLeast) {
     return nullptr;
   }
   const BlockHeader* header = impl.block(offset);
-  if (header->state() != kUsed || header->size() < kNeeded || header->size() > size - offset) {
-    return nullptr;
+  const std::uint64_t room = header->size();
+  if (header->state() != kUsed || room < kLeast || room > size - offset) return nullptr;
+  const auto* head = impl.at<LedgerHead>(offset + kBlockHeaderBytes);
+  if (head->magic == kLedgerMagic) {
+    return room >= kBlockHeaderBytes + sizeof(CacheLedger) ? head : nullptr;
   }
-  const auto* ledger = impl.at<CacheLedger>(offset + kBlockHeaderBytes);
-  return ledger->magic == kLedgerMagic ? ledger : nullptr;
+  if (head->magic == kHoldLedgerMagic) {
+    const auto* holds = reinterpret_cast<const HoldLedger*>(head);
+    const std::uint64_t entries = (room - kLeast) / sizeof(std::uint64_t);
+    return holds->capacity <= entries && holds->count <= holds->capacity ? head : nullptr;
+  }
+  return nullptr;
+}
+
+const CacheLedger* as_cache_ledger(const LedgerHead* head) {
+  return head != nullptr && head->magic == kLedgerMagic ? reinterpret_cast<const CacheLedger*>(head)
+                                                        : nullptr;
+}
+
+const HoldLedger* as_hold_ledger(const LedgerHead* head) {
+  return head != nullptr && head->magic == kHoldLedgerMagic
+             ? reinterpret_cast<const HoldLedger*>(head)
+             : nullptr;
 }
 
 }  // namespace
@@ -270,8 +279,16 @@ bool Heap::Impl::reclaim_session(int slot) {
   // A bound on the chain, so that a damaged one cannot loop.
   for (int guard = 0; s.session_ledgers[slot] != 0; ++guard) {
     const std::uint64_t ledger_block = s.session_ledgers[slot];
-    const CacheLedger* ledger = ledger_at(*this, ledger_block);
-    if (ledger == nullptr || guard > 100000) return false;
+    const LedgerHead* head = ledger_at(*this, ledger_block);
+    if (head == nullptr || guard > 100000) return false;
+    if (as_hold_ledger(head) != nullptr) {
+      if (!release_holds_of(ledger_block)) return false;
+      Operation op(*this);
+      store(s.session_ledgers[slot], head->next);
+      free_block(ledger_block);
+      continue;
+    }
+    const CacheLedger* ledger = as_cache_ledger(head);
     // Each block freed is an operation of its own: a death in the middle of
     // this leaves the rest listed, and the freed ones no longer kCached.
     const auto reclaim = [&](std::uint64_t offset, bool in_flight) {
@@ -391,8 +408,25 @@ void Heap::Impl::rebuild(Rebuild kind) {
       }
       for (int guard = 0; s.session_ledgers[i] != 0 && guard < 100000; ++guard) {
         const std::uint64_t ledger_block = s.session_ledgers[i];
-        const CacheLedger* ledger = ledger_at(*this, ledger_block);
+        const LedgerHead* ledger = ledger_at(*this, ledger_block);
         if (ledger == nullptr) break;
+        // A dead session's holds are released: the last one's block turns
+        // free, and the walk below merges it like any other.
+        if (const HoldLedger* holds = as_hold_ledger(ledger)) {
+          for (std::uint64_t k = 0; k < holds->count; ++k) {
+            const std::uint64_t held = holds->entries()[k];
+            if (held % kAlign != 0 || held < kHeaderBytes || held >= s.size ||
+                s.size - held < kMinBlock || block(held)->state() != kHeld) {
+              continue;
+            }
+            BlockHeader* header = block(held);
+            if (header->tag <= 1) {
+              publish(header->size_and_state, header->size() | kFree);
+            } else {
+              publish(header->tag, header->tag - 1);
+            }
+          }
+        }
         publish(s.session_ledgers[i], ledger->next);
         publish(block(ledger_block)->size_and_state, block(ledger_block)->size() | kFree);
       }
@@ -579,6 +613,11 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
   // that is gone cached must all be listed (or in flight): recovery finds
   // them only there. A live session's threads change their caches without
   // the lock, so only the shape of its ledgers is checked.
+  // Holds: every kHeld block counts exactly the entries naming it in all
+  // hold ledgers; those of sessions that are gone are released by the next
+  // writer.
+  std::unordered_map<std::uint64_t, std::uint64_t> held_entries;  // block -> entries
+  std::uint64_t dead_holds = 0;
   if (has_feature(kFeatureCacheLedgers)) {
     for (int i = 0; i < kMaxSessions; ++i) {
       const std::uint64_t id = s.sessions[i].id;
@@ -586,17 +625,32 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
       std::unordered_set<std::uint64_t> listed_blocks;
       std::uint64_t at_ledger = s.session_ledgers[i];
       for (int guard = 0; at_ledger != 0; ++guard) {
-        const CacheLedger* ledger = ledger_at(*this, at_ledger);
+        const LedgerHead* head = ledger_at(*this, at_ledger);
         const std::string where = "the ledger at offset " + std::to_string(at_ledger);
-        if (ledger == nullptr || !is_block(at_ledger) || guard > kMaxSessions * 1024) {
+        if (head == nullptr || !is_block(at_ledger) || guard > kMaxSessions * 1024) {
           problem("session slot " + std::to_string(i) + ": its chain of ledgers leads to offset " +
                   std::to_string(at_ledger) + ", which is not a ledger");
           break;
         }
-        if (id != 0 && ledger->session != id) {
-          problem(where + " belongs to session " + std::to_string(ledger->session) +
+        if (id != 0 && head->session != id) {
+          problem(where + " belongs to session " + std::to_string(head->session) +
                   ", not to slot " + std::to_string(i) + "'s session " + std::to_string(id));
         }
+        if (const HoldLedger* holds = as_hold_ledger(head)) {
+          for (std::uint64_t k = 0; k < holds->count; ++k) {
+            const std::uint64_t held = holds->entries()[k];
+            if (!is_block(held) || block(held)->state() != kHeld) {
+              problem(where + " holds offset " + std::to_string(held) +
+                      ", which is not a held block");
+              continue;
+            }
+            ++held_entries[held];
+            if (gone || id == 0) ++dead_holds;
+          }
+          at_ledger = head->next;
+          continue;
+        }
+        const CacheLedger* ledger = as_cache_ledger(head);
         listed_blocks.insert(ledger->in_flight);
         for (int bin = 0; bin < kCacheBins; ++bin) {
           if (ledger->counts[bin] > cache_slots(bin)) {
@@ -627,6 +681,18 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
                 ", which is gone, are in none of its ledgers");
       }
     }
+  }
+  for (std::uint64_t offset : starts) {
+    if (block(offset)->state() != kHeld) continue;
+    const auto it = held_entries.find(offset);
+    const std::uint64_t listed = it == held_entries.end() ? 0 : it->second;
+    if (block(offset)->tag != listed) {
+      problem(at_offset(offset) + ": counts " + std::to_string(block(offset)->tag) +
+              " holds, but " + std::to_string(listed) + " are listed");
+    }
+  }
+  if (dead_holds != 0) {
+    repair(std::to_string(dead_holds) + " holds of processes that are gone: to be released");
   }
 
   // Serials: every named object has one, none is reused, all are below the next.

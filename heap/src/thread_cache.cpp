@@ -168,7 +168,7 @@ std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_
     }
     // Until the operation ends, a death undoes all of this, and the
     // recovery that undoes it skips the (then free) block we listed.
-    store(block(offset)->tag, session_id);
+    publish(block(offset)->tag, session_id);  // a block this operation took: not saved
     ledger_store(slots[count], offset);
     ledger_store(ledger.counts[bin], ++count);
     cache.bytes += block(offset)->size();

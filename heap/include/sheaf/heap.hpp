@@ -236,6 +236,29 @@ class Heap {
   // Bytes the caller may use at p (at least what was asked for).
   std::size_t usable_size(const void* p) const;
 
+  // --- Held blocks: shared by reference, freed exactly once -------------------
+  // A held block has one or more holds, each belonging to a session (one
+  // process's open of the heap). It is freed when its last hold is released,
+  // and the holds of a process that dies are released for it (by the next
+  // process to lock or open the heap), so a block handed between processes
+  // is freed exactly once however they end. Allocating and taking the first
+  // hold are one step: a process killed right after allocate_held() leaks
+  // nothing. Holds are counted in the file and listed per session; check()
+  // verifies the two agree. A held block is not deallocate()d: release it.
+  // These throw kInvalidArgument for a pointer that is not the start of a
+  // held block (or, for release and hand_over, one this session does not
+  // hold), and kUnsupported on a heap made before holds (`sheaf heap
+  // upgrade` adds them).
+  void* allocate_held(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
+  void hold(const void* p);     // one more hold on p, this session's
+  void release(const void* p);  // one of this session's holds on p gone; the last frees it
+  // One of this session's holds on p becomes `session`'s (a live session of
+  // this heap: kNotFound otherwise); the block's count does not change.
+  void hand_over(const void* p, std::uint64_t session);
+  std::uint64_t holds(const void* p) const;  // how many holds p has now
+  // This process's session in the heap: what a peer hands holds over to.
+  std::uint64_t session() const;
+
   // --- Named objects -----------------------------------------------------------
   // construct<T>(name)(args...) or construct<T>(name)[n](args...). Throws
   // Error(kAlreadyExists) if the name is taken. T's constructor runs under

@@ -1,0 +1,214 @@
+// holds.cpp: held blocks, shared by reference between processes and freed
+// exactly once.
+//
+// A held block says kHeld in its header and counts its holds in `tag`. Each
+// hold belongs to a session and is listed in that session's hold ledger
+// (format::HoldLedger), a block chained with the session's cache ledgers
+// from State::session_ledgers[slot]. Every change (a hold taken, released,
+// handed over; the ledger grown) is an Operation under the lock, so the
+// count and the entries change together or not at all (recovery.cpp), and
+// at every instant a block's count equals the entries naming it.
+//
+// When a session dies, recovery releases each hold its ledger lists, one
+// operation per hold, from the last entry down (so a recovery killed in turn
+// resumes where it stopped), and frees the blocks whose count reaches zero.
+//
+// This is what the message layer's heap references stand on: a sender
+// allocates a held block, fills it, hands the hold to the receiver's
+// session, and the receiver releases it when done; whoever dies first, the
+// block is freed once.
+#include <algorithm>
+#include <cstring>
+
+#include "impl.hpp"
+
+namespace sheaf {
+namespace {
+
+using namespace format;
+
+constexpr std::uint64_t kFirstLedgerEntries = 64;
+
+std::uint64_t held_block_of(const Heap::Impl& impl, const void* p, const char* what) {
+  const std::uint64_t offset = impl.offset_of(p);
+  const std::uint64_t block = offset - kBlockHeaderBytes;
+  if (p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes || offset >= impl.heap_size() ||
+      offset % kAlign != 0 || impl.block(block)->state() != kHeld) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path + ": " + what + ": not a held block of this heap");
+  }
+  return block;
+}
+
+void require_holds(const Heap::Impl& impl) {
+  if (!impl.has_feature(kFeatureHolds)) {
+    throw Error(Errc::kUnsupported, "heap " + impl.path +
+                                        " was made before held blocks; `sheaf heap upgrade` "
+                                        "adds them (older Sheaf versions then refuse it)");
+  }
+}
+
+}  // namespace
+
+HoldLedger* Heap::Impl::hold_ledger(int slot, std::uint64_t session, bool create) {
+  State& s = state();
+  for (std::uint64_t at_block = s.session_ledgers[slot], guard = 0; at_block != 0 && guard < 100000;
+       ++guard) {
+    auto* head = at<LedgerHead>(at_block + kBlockHeaderBytes);
+    if (head->magic == kHoldLedgerMagic) return reinterpret_cast<HoldLedger*>(head);
+    at_block = head->next;
+  }
+  if (!create) return nullptr;
+  const std::uint64_t fresh =
+      allocate_block(sizeof(HoldLedger) + kFirstLedgerEntries * sizeof(std::uint64_t), kAlign);
+  auto* ledger = at<HoldLedger>(fresh + kBlockHeaderBytes);
+  // The payload of a block this operation took: nothing to save.
+  std::memset(static_cast<void*>(ledger), 0, sizeof(HoldLedger));
+  ledger->magic = kHoldLedgerMagic;
+  ledger->session = session;
+  ledger->next = s.session_ledgers[slot];
+  ledger->capacity = kFirstLedgerEntries;
+  store(s.session_ledgers[slot], fresh);
+  return ledger;
+}
+
+void Heap::Impl::add_hold(int slot, std::uint64_t session, std::uint64_t block_offset) {
+  HoldLedger* ledger = hold_ledger(slot, session, true);
+  if (ledger->count == ledger->capacity) {
+    // Copy it into a block twice the size, put that in its place in the
+    // chain, free the old one.
+    const std::uint64_t old_block = offset_of(ledger) - kBlockHeaderBytes;
+    const std::uint64_t capacity = ledger->capacity * 2;
+    const std::uint64_t fresh =
+        allocate_block(sizeof(HoldLedger) + capacity * sizeof(std::uint64_t), kAlign);
+    auto* bigger = at<HoldLedger>(fresh + kBlockHeaderBytes);
+    std::memcpy(static_cast<void*>(bigger), ledger,
+                sizeof(HoldLedger) + ledger->count * sizeof(std::uint64_t));
+    bigger->capacity = capacity;
+    std::uint64_t* link = &state().session_ledgers[slot];
+    while (*link != old_block) link = &at<LedgerHead>(*link + kBlockHeaderBytes)->next;
+    store(*link, fresh);
+    free_block(old_block);
+    ledger = bigger;
+  }
+  store(ledger->entries()[ledger->count], block_offset);
+  store(ledger->count, ledger->count + 1);
+}
+
+bool Heap::Impl::drop_hold(int slot, std::uint64_t block_offset) {
+  HoldLedger* ledger = hold_ledger(slot, 0, false);
+  if (ledger == nullptr) return false;
+  std::uint64_t* entries = ledger->entries();
+  for (std::uint64_t i = ledger->count; i-- > 0;) {
+    if (entries[i] != block_offset) continue;
+    store(entries[i], entries[ledger->count - 1]);
+    store(ledger->count, ledger->count - 1);
+    return true;
+  }
+  return false;
+}
+
+void Heap::Impl::count_off_hold(std::uint64_t block_offset) {
+  BlockHeader* header = block(block_offset);
+  if (header->tag <= 1) {
+    free_block(block_offset);
+  } else {
+    store(header->tag, header->tag - 1);
+  }
+}
+
+int Heap::Impl::live_slot_of(std::uint64_t session) const {
+  const State& s = state();
+  for (int i = 0; i < kMaxSessions; ++i) {
+    if (session == 0 || s.sessions[i].id != session) continue;
+    return i == session_slot || session_alive(i) ? i : -1;
+  }
+  return -1;
+}
+
+bool Heap::Impl::release_holds_of(std::uint64_t ledger_block) {
+  auto* ledger = at<HoldLedger>(ledger_block + kBlockHeaderBytes);
+  const std::uint64_t size = std::min(heap_size(), reserve);
+  const std::uint64_t room =
+      (block(ledger_block)->size() - kBlockHeaderBytes - sizeof(HoldLedger)) /
+      sizeof(std::uint64_t);
+  if (ledger->count > room) return false;
+  while (ledger->count > 0) {
+    Operation op(*this);
+    const std::uint64_t held = ledger->entries()[ledger->count - 1];
+    if (held % kAlign != 0 || held < kHeaderBytes || held > size || size - held < kMinBlock ||
+        block(held)->state() != kHeld) {
+      return false;
+    }
+    count_off_hold(held);
+    store(ledger->count, ledger->count - 1);
+  }
+  return true;
+}
+
+// --- The public calls ---
+
+void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
+  Impl& impl = live();
+  require_holds(impl);
+  LockScope lock(impl, true);
+  Impl::Operation op(impl);
+  const std::uint64_t block = impl.allocate_block(bytes, alignment, kUsed);
+  publish(impl.block(block)->tag, std::uint64_t{1});  // a block this operation took
+  impl.store(impl.block(block)->size_and_state, impl.block(block)->size() | kHeld);
+  impl.add_hold(impl.session_slot, impl.session_id, block);
+  return impl.at(block + kBlockHeaderBytes);
+}
+
+void Heap::hold(const void* p) {
+  Impl& impl = live();
+  require_holds(impl);
+  LockScope lock(impl, true);
+  Impl::Operation op(impl);
+  const std::uint64_t block = held_block_of(impl, p, "hold");
+  impl.store(impl.block(block)->tag, impl.block(block)->tag + 1);
+  impl.add_hold(impl.session_slot, impl.session_id, block);
+}
+
+void Heap::release(const void* p) {
+  Impl& impl = live();
+  require_holds(impl);
+  LockScope lock(impl, true);
+  Impl::Operation op(impl);
+  const std::uint64_t block = held_block_of(impl, p, "release");
+  if (!impl.drop_hold(impl.session_slot, block)) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path + ": release: this process holds no hold on that block");
+  }
+  impl.count_off_hold(block);
+}
+
+void Heap::hand_over(const void* p, std::uint64_t session) {
+  Impl& impl = live();
+  require_holds(impl);
+  LockScope lock(impl, true);
+  Impl::Operation op(impl);
+  const std::uint64_t block = held_block_of(impl, p, "hand_over");
+  const int slot = impl.live_slot_of(session);
+  if (slot < 0) {
+    throw Error(Errc::kNotFound, "heap " + impl.path + ": hand_over: no live session " +
+                                     std::to_string(session) + " has the heap open");
+  }
+  if (!impl.drop_hold(impl.session_slot, block)) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path + ": hand_over: this process holds no hold on that block");
+  }
+  impl.add_hold(slot, session, block);
+}
+
+std::uint64_t Heap::holds(const void* p) const {
+  Impl& impl = live();
+  LockScope lock(impl, false);
+  return impl.block(held_block_of(impl, p, "holds"))->tag;
+}
+
+std::uint64_t Heap::session() const {
+  return live().session_id;
+}
+
+}  // namespace sheaf

@@ -1,0 +1,159 @@
+// heap_holds_test.cpp: held blocks, shared between sessions and freed exactly once.
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "heap_test_util.hpp"
+#include "sheaf/heap.hpp"
+
+namespace sheaf {
+namespace {
+
+using testing::Child;
+using testing::Pipe;
+using testing::TempDir;
+
+template <class T>
+void send_value(int fd, const T& value) {
+  if (::write(fd, &value, sizeof(value)) != static_cast<ssize_t>(sizeof(value))) _exit(3);
+}
+template <class T>
+T receive_value(int fd) {
+  T value{};
+  if (::read(fd, &value, sizeof(value)) != static_cast<ssize_t>(sizeof(value))) return T{};
+  return value;
+}
+
+void expect_error(Errc code, const std::function<void()>& call) {
+  try {
+    call();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+  }
+}
+
+TEST(HeapHolds, TheLastReleaseFreesTheBlock) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  const std::uint64_t used = heap.info().used;
+  void* p = heap.allocate_held(100);
+  std::memset(p, 7, 100);
+  EXPECT_EQ(heap.holds(p), 1u);
+  heap.hold(p);
+  EXPECT_EQ(heap.holds(p), 2u);
+  EXPECT_TRUE(heap.check().ok());
+  heap.release(p);
+  EXPECT_EQ(heap.holds(p), 1u);
+  heap.release(p);
+  expect_error(Errc::kInvalidArgument, [&] { heap.holds(p); });  // gone
+  // What is left is this session's (empty) hold ledger.
+  EXPECT_LT(heap.info().used, used + 2048);
+  EXPECT_TRUE(heap.check().ok());
+}
+
+TEST(HeapHolds, MisuseIsAnErrorAndChangesNothing) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  void* held = heap.allocate_held(64);
+  void* plain = heap.allocate(64);
+  expect_error(Errc::kInvalidArgument, [&] { heap.deallocate(held); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.release(plain); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.hold(static_cast<char*>(held) + 16); });
+  expect_error(Errc::kNotFound, [&] { heap.hand_over(held, 987654); });
+  EXPECT_EQ(heap.holds(held), 1u);
+  EXPECT_TRUE(heap.check().ok());
+  heap.release(held);
+  expect_error(Errc::kInvalidArgument, [&] { heap.release(held); });  // not ours any more
+  EXPECT_TRUE(heap.check().ok());
+}
+
+// A sender hands its hold to a receiver in another process; the receiver's
+// release frees the block, the sender can no longer release it.
+TEST(HeapHolds, AHoldHandedToAnotherProcessIsItsToRelease) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = Heap::create(path).value();
+  Pipe to_child, from_child;
+  Child receiver([&] {
+    Heap mine = Heap::open(path).value();
+    send_value(from_child.write_end(), mine.session());
+    const auto offset = receive_value<std::uint64_t>(to_child.read_end());
+    auto* p = static_cast<char*>(mine.pointer_at(offset));
+    if (std::strcmp(p, "by reference") != 0) _exit(4);
+    if (mine.holds(p) != 1) _exit(5);
+    mine.release(p);
+    send_value(from_child.write_end(), std::uint64_t{1});
+    receive_value<char>(to_child.read_end());  // stay open until told
+  });
+  from_child.close_write();  // so that a child that dies is an end of file, not a hang
+  const auto session = receive_value<std::uint64_t>(from_child.read_end());
+  ASSERT_NE(session, 0u);
+  auto* p = static_cast<char*>(heap.allocate_held(64));
+  std::strcpy(p, "by reference");
+  heap.hand_over(p, session);
+  expect_error(Errc::kInvalidArgument, [&] { heap.release(p); });
+  EXPECT_EQ(heap.holds(p), 1u);
+  send_value(to_child.write_end(), heap.offset_of(p));
+  ASSERT_EQ(receive_value<std::uint64_t>(from_child.read_end()), 1u);
+  expect_error(Errc::kInvalidArgument, [&] { heap.holds(p); });  // freed
+  EXPECT_TRUE(heap.check().ok());
+  send_value(to_child.write_end(), 'x');
+  EXPECT_EQ(receiver.wait_code(), 0);
+}
+
+// A process killed with holds: its holds are released for it, and a block it
+// allocated held but never handed anywhere is freed (no leak).
+TEST(HeapHolds, ADeadProcessesHoldsAreReleased) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = Heap::create(path).value();
+  auto* shared = static_cast<char*>(heap.allocate_held(64));
+  const std::uint64_t shared_offset = heap.offset_of(shared);
+  const std::uint64_t before = heap.info().used;
+  Pipe ready;
+  Child holder([&] {
+    Heap mine = Heap::open(path).value();
+    void* p = mine.pointer_at(shared_offset);
+    mine.hold(p);
+    mine.hold(p);
+    for (int i = 0; i < 200; ++i) mine.allocate_held(1000);  // never linked anywhere
+    send_value(ready.write_end(), 'x');
+    ::pause();
+  });
+  ready.close_write();
+  ASSERT_EQ(receive_value<char>(ready.read_end()), 'x');
+  EXPECT_EQ(heap.holds(shared), 3u);
+  const CheckReport alive = heap.check();
+  EXPECT_TRUE(alive.ok() && alive.repairs.empty());
+  holder.kill();
+  holder.wait();
+  const CheckReport dead = heap.check();
+  ASSERT_TRUE(dead.ok()) << dead.problems.front();
+  ASSERT_FALSE(dead.repairs.empty());
+  EXPECT_NE(dead.repairs.back().find("202 holds of processes that are gone"), std::string::npos)
+      << dead.repairs.back();
+  // The next process to open the heap releases them.
+  EXPECT_EQ(testing::run_in_child([&] { Heap::open(path).value(); }), 0);
+  EXPECT_EQ(heap.holds(shared), 1u);
+  const CheckReport after = heap.check();
+  EXPECT_TRUE(after.ok() && after.repairs.empty());
+  EXPECT_EQ(heap.info().walked_recoveries, 0u);
+  EXPECT_LE(heap.info().used, before + 4096);  // the 200 blocks are back (a ledger may stay)
+}
+
+TEST(HeapHolds, AHeapWithoutTheFeatureRefusesHolds) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  std::filesystem::copy_file(SHEAF_TEST_DATA "/heap-format-1.heap", path);
+  Heap heap = Heap::open(path).value();
+  expect_error(Errc::kUnsupported, [&] { heap.allocate_held(8); });
+  ASSERT_TRUE(heap.upgrade().value());
+  void* p = heap.allocate_held(8);
+  heap.release(p);
+  EXPECT_TRUE(heap.check().ok());
+}
+
+}  // namespace
+}  // namespace sheaf
