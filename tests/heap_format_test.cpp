@@ -192,21 +192,13 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
     header.identity.checksum = identity_checksum(header.identity);
   });
   const auto die_with_a_full_cache = [&] {
-    Pipe ready;
-    Child holder([&] {
+    ASSERT_TRUE(testing::kill_after([&] {
       Heap heap = Heap::open(path).value();
       std::vector<void*> blocks;
       for (int i = 0; i < 20; ++i) blocks.push_back(heap.allocate(64));
       for (void* p : blocks) heap.deallocate(p);
-      const char byte = 1;
-      if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
-      ::pause();
-    });
-    ready.close_write();  // a child that dies early is an end of file, not a hang
-    char byte = 0;
-    ASSERT_EQ(::read(ready.read_end(), &byte, 1), 1);
-    holder.kill();
-    holder.wait();
+      return heap;
+    }));
   };
   die_with_a_full_cache();
   {

@@ -147,21 +147,11 @@ TEST(HeapRecovery, AnUncleanHeapFromAnotherBootIsWalked) {
                       offsetof(format::Header, state) + field, path);
   };
   // Killed while open, on this boot: no walk.
-  {
-    Pipe ready;
-    Child holder([&] {
-      Heap heap = Heap::open(path).value();
-      heap.deallocate(heap.allocate(100));  // a thread cache, with its ledger
-      const char byte = 1;
-      if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
-      ::pause();
-    });
-    ready.close_write();  // a child that dies early is an end of file, not a hang
-    char byte = 0;
-    ASSERT_EQ(::read(ready.read_end(), &byte, 1), 1);
-    holder.kill();
-    holder.wait();
-  }
+  ASSERT_TRUE(testing::kill_after([&] {
+    Heap heap = Heap::open(path).value();
+    heap.deallocate(heap.allocate(100));  // a thread cache, with its ledger
+    return heap;
+  }));
   {
     Heap heap = Heap::open(path).value();
     EXPECT_EQ(heap.info().walked_recoveries, 0u);
@@ -184,23 +174,13 @@ TEST(HeapRecovery, CheckFindsCachedBlocksMissingFromTheirLedgers) {
   TempDir dir;
   const std::string path = dir / "h";
   Heap::create(path).value();
-  {
-    Pipe ready;
-    Child holder([&] {
-      Heap heap = Heap::open(path).value();
-      std::vector<void*> blocks;
-      for (int i = 0; i < 10; ++i) blocks.push_back(heap.allocate(100));
-      for (void* p : blocks) heap.deallocate(p);  // into this thread's cache
-      const char byte = 1;
-      if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
-      ::pause();
-    });
-    ready.close_write();  // a child that dies early is an end of file, not a hang
-    char byte = 0;
-    ASSERT_EQ(::read(ready.read_end(), &byte, 1), 1);
-    holder.kill();
-    holder.wait();
-  }
+  ASSERT_TRUE(testing::kill_after([&] {
+    Heap heap = Heap::open(path).value();
+    std::vector<void*> blocks;
+    for (int i = 0; i < 10; ++i) blocks.push_back(heap.allocate(100));
+    for (void* p : blocks) heap.deallocate(p);  // into this thread's cache
+    return heap;
+  }));
   OpenOptions read_only;  // registers nothing, so reclaims nothing
   read_only.read_only = true;
   {

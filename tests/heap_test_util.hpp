@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "sheaf/heap.hpp"
+
 namespace sheaf::testing {
 
 // A fresh directory, removed with everything in it when the test ends.
@@ -132,6 +134,25 @@ struct Pipe {
   }
   int fds[2] = {-1, -1};
 };
+
+// Runs `work` in a child process and, once it has returned, SIGKILLs the
+// child with the heap `work` returned still open (its thread caches, its
+// holds). True if the child got that far; false if it died or threw before.
+inline bool kill_after(const std::function<Heap()>& work) {
+  Pipe ready;
+  Child child([&] {
+    Heap open = work();
+    const char byte = 1;
+    if (::write(ready.write_end(), &byte, 1) != 1) _exit(3);
+    ::pause();
+  });
+  ready.close_write();  // a child that dies early is an end of file, not a hang
+  char byte = 0;
+  const bool reached = ::read(ready.read_end(), &byte, 1) == 1;
+  child.kill();
+  child.wait();
+  return reached;
+}
 
 // A tmpfs of the given size mounted on dir (created if needed) for as long as
 // the guard lives; unmounted however the test ends. ok() is false (and why()
