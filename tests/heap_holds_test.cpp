@@ -4,7 +4,9 @@
 #include <cstring>
 #include <string>
 
+#include "format.hpp"
 #include "heap_test_util.hpp"
+#include "posix.hpp"
 #include "sheaf/heap.hpp"
 
 namespace sheaf {
@@ -133,6 +135,73 @@ TEST(HeapHolds, ADeadProcessesHoldsAreReleased) {
   EXPECT_TRUE(after.ok() && after.repairs.empty());
   EXPECT_EQ(heap.info().walked_recoveries, 0u);
   EXPECT_LE(heap.info().used, before + 4096);  // the 200 blocks are back (a ledger may stay)
+}
+
+// A hold that cannot be recorded (no room for the ledger) is not taken at
+// all: the failed operation undoes itself, and the counts still agree.
+TEST(HeapHolds, AHoldThatFailsHalfwayLeavesNothingHalfDone) {
+  TempDir dir;
+  CreateOptions options;
+  options.initial_size = 1 << 20;
+  options.max_size = 1 << 20;
+  Heap heap = Heap::create(dir / "h", options).value();
+  void* last = nullptr;
+  heap.exclusive([&] {  // under the lock: no thread cache keeps blocks aside
+    for (std::size_t bytes = 64 << 10; bytes >= 32;) {
+      try {
+        last = heap.allocate(bytes);
+      } catch (const Error&) {
+        bytes /= 2;
+      }
+    }
+    heap.deallocate(last);  // room for a small block, not for a hold ledger
+  });
+  expect_error(Errc::kOutOfSpace, [&] { heap.allocate_held(8); });
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok()) << (report.ok() ? "" : report.problems.front());
+  EXPECT_TRUE(report.repairs.empty());
+}
+
+// The walk (after a machine restart) recounts holds from the ledgers of the
+// sessions that live, and frees blocks that only the dead held.
+TEST(HeapHolds, TheWalkRecountsHolds) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  std::uint64_t kept_offset = 0;
+  std::uint64_t orphan_offset = 0;
+  {
+    Heap heap = Heap::create(path).value();
+    kept_offset = heap.offset_of(heap.allocate_held(64));
+    orphan_offset = heap.offset_of(heap.allocate_held(64));
+    ASSERT_TRUE(testing::kill_after([&] {
+      Heap mine = Heap::open(path).value();
+      mine.hold(mine.pointer_at(kept_offset));
+      mine.hold(mine.pointer_at(orphan_offset));
+      return mine;
+    }));
+    heap.release(heap.pointer_at(orphan_offset));  // now only the dead one holds it
+    EXPECT_EQ(heap.holds(heap.pointer_at(kept_offset)), 2u);
+    // Left open (killed), on a machine that then restarted.
+    ASSERT_TRUE(testing::kill_after([&] {
+      Heap keeper = Heap::open(path).value();
+      keeper.hold(keeper.pointer_at(kept_offset));
+      return keeper;
+    }));
+  }
+  {
+    posix::Fd fd = posix::open_file(path, O_RDWR, path);
+    const std::uint64_t other_boot = 12345;
+    posix::pwrite_all(fd.get(), std::as_bytes(std::span(&other_boot, 1)),
+                      offsetof(format::Header, state) + offsetof(format::State, boot_hash), path);
+  }
+  Heap heap = Heap::open(path).value();
+  EXPECT_EQ(heap.info().walked_recoveries, 1u);
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok()) << (report.ok() ? "" : report.problems.front());
+  EXPECT_TRUE(report.repairs.empty());
+  // Every session that held them is gone: both blocks are free.
+  expect_error(Errc::kInvalidArgument, [&] { heap.holds(heap.pointer_at(kept_offset)); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.holds(heap.pointer_at(orphan_offset)); });
 }
 
 TEST(HeapHolds, AHeapWithoutTheFeatureRefusesHolds) {

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "format.hpp"
@@ -620,6 +621,45 @@ TEST(HeapRegistry, ListsTheOpenHeapsEvenWhileOneIsLocked) {
   EXPECT_EQ(find(third.base()).path, dir / "b");
   ASSERT_TRUE(third.close().ok());
   EXPECT_EQ(open_heaps().size(), 2u);
+}
+
+// A process whose reservation another process's growth outran keeps
+// reading what it mapped, and is told why the rest fails.
+TEST(HeapReservation, AnOutgrownProcessKeepsReadingWhatItMapped) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap big = Heap::create(path).value();
+  big.construct<std::int64_t>("early")(1);
+  OpenOptions options;
+  options.reserve = 16 << 20;
+  Heap small = Heap::open(path, options).value();
+  big.exclusive([&] { big.allocate(32 << 20); });  // under the lock: grows the file past 16 MiB
+  big.exclusive([&] {                              // a name beyond 16 MiB
+    void* filler = big.allocate(big.info().largest_free - (1 << 20));
+    (void)filler;
+    big.construct<std::int64_t>("late")(2);
+  });
+  ASSERT_GT(big.info().size, options.reserve);
+  const auto expect_outgrown = [&](const std::function<void()>& call) {
+    try {
+      call();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kOutOfSpace) << e.what();
+      EXPECT_NE(e.message().find("beyond the 16777216 this process reserved"), std::string::npos)
+          << e.what();
+    }
+  };
+  // Reads of what it mapped work.
+  EXPECT_EQ(small.info().size, big.info().size);
+  EXPECT_EQ(*small.find<std::int64_t>("early"), 1);
+  // What lies beyond, and every change, fail and say why.
+  expect_outgrown([&] { small.find<std::int64_t>("late"); });
+  expect_outgrown([&] { small.allocate(64); });
+  expect_outgrown([&] { small.construct<std::int64_t>("mine")(3); });
+  expect_outgrown([&] { small.check(); });
+  EXPECT_EQ(*big.find<std::int64_t>("late"), 2);
+  EXPECT_TRUE(big.check().ok());
 }
 
 }  // namespace

@@ -441,6 +441,7 @@ std::uint64_t Heap::offset_of(const void* p) const {
 
 void* Heap::pointer_at(std::uint64_t offset) const {
   Impl& impl = live();
+  if (impl.beyond_mapping(offset + 1)) impl.throw_outgrown("an address there");
   if (offset < kHeaderBytes || offset >= impl.heap_size()) {
     throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": offset " + std::to_string(offset) +
                                             " is outside the heap");

@@ -353,7 +353,10 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
     const bool same_boot = impl->mode == LockMode::kLocal &&
                            impl->has_feature(kFeatureCacheLedgers) && state.boot_hash != 0 &&
                            state.boot_hash == posix::boot_id();
-    const bool walk = !(clean || same_boot) || options.verify || options.repair_damage;
+    // In local mode even a clean close may not have reached the disk before
+    // a power cut (nothing is msynced there), so only the same boot skips.
+    const bool trusted = impl->mode == LockMode::kLocal ? same_boot : clean;
+    const bool walk = !trusted || options.verify || options.repair_damage;
     if (walk) {
       bool chain_sound = false;
       CheckReport report = impl->check(true, &chain_sound);
@@ -367,6 +370,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       impl->trust_undo_log = false;
     } else if (clean) {
       // Before anything is written, so that a refusal leaves the file as it was.
+      // (A clean heap has no dead holder whose operation must be undone first.)
       if (std::string problem = impl->quick_check(); !problem.empty()) {
         CheckReport report;
         report.problems.push_back(problem);

@@ -166,10 +166,12 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   outer_exclusive = exclusive;
 
   try {
-    check_reservation();
     // A reader that may not write leaves the repair to the next writer,
     // which finds lock_holder still set.
-    if (!read_only && (holder_died || state().lock_holder != 0)) recover_after_death();
+    const bool repair = !read_only && (holder_died || state().lock_holder != 0);
+    // Changes, and repairs, need the whole heap mapped; reads only what they read.
+    if (exclusive || repair) check_reservation();
+    if (repair) recover_after_death(holder_died);
   } catch (...) {
     // Leave lock_holder as it is: if the repair failed, the next locker must
     // try again. What the repair wrote is a walkable chain; on a network
@@ -230,18 +232,21 @@ void Heap::Impl::throw_timed_out(std::int64_t timeout_ns) const {
 
 // Another process may have grown the heap beyond what this one mapped.
 void Heap::Impl::check_reservation() const {
-  const std::uint64_t size = __atomic_load_n(&state().size, __ATOMIC_ACQUIRE);
-  if (size > reserve) {
-    throw Error(Errc::kOutOfSpace, "heap " + path + " has grown to " + std::to_string(size) +
-                                       " bytes, beyond the " + std::to_string(reserve) +
-                                       " this process reserved for it; open it with a larger "
-                                       "OpenOptions::reserve");
-  }
+  if (outgrown()) throw_outgrown("changing it");
+}
+
+void Heap::Impl::throw_outgrown(const char* what) const {
+  throw Error(Errc::kOutOfSpace,
+              "heap " + path + " has grown to " + std::to_string(full_size()) +
+                  " bytes, beyond the " + std::to_string(reserve) +
+                  " this process reserved for it: " + what +
+                  " needs all of it; reads of what lies in the first " + std::to_string(reserve) +
+                  " bytes still work. Open it again with a larger OpenOptions::reserve");
 }
 
 // The previous holder died inside the lock: repair, as an exclusive section
 // of our own, then carry on in the mode we were asked for.
-void Heap::Impl::recover_after_death() {
+void Heap::Impl::recover_after_death(bool holder_died) {
   const bool upgrade = mode == LockMode::kNetwork && !outer_exclusive;
   if (upgrade) {  // a read lock may not write: trade it for a write lock
     posix::unlock_range(fd, kHeapLock, kHeapLockLength);
@@ -269,10 +274,15 @@ void Heap::Impl::recover_after_death() {
     // still looks held (the kernel frees a dead process's robust mutex
     // before it closes its files): only now can its ledger list a block its
     // undone operation freed, or one it had just given back.
-    known_dead_session = dead;
+    known_dead_session = holder_died ? dead : 0;
     bool walked = !replayed;
-    if (walked) rebuild(Rebuild::kRecover);
-    walked = reclaim_dead_sessions(walked) || walked;
+    try {
+      if (walked) rebuild(Rebuild::kRecover);
+      walked = reclaim_dead_sessions(walked) || walked;
+    } catch (...) {
+      known_dead_session = 0;
+      throw;
+    }
     known_dead_session = 0;
     ++s.recoveries;
     if (walked) ++s.walked_recoveries;
@@ -315,9 +325,8 @@ int Heap::Impl::release() noexcept {
 // Network mode, just after taking the lock: make our view what the server has.
 void Heap::Impl::refresh_from_server() {
   refresh_range(0, kHeaderBytes);
-  check_reservation();
   const State& s = state();
-  const std::uint64_t size = __atomic_load_n(&s.size, __ATOMIC_ACQUIRE);
+  const std::uint64_t size = heap_size();  // what we mapped of it
   if (s.generation != seen_generation) refresh_range(kHeaderBytes, size - kHeaderBytes);
   if (size > known_file_size) {
     // Another host grew the file; our kernel's idea of its size (which
@@ -449,8 +458,7 @@ void Heap::Impl::register_session(bool walked) {
   Operation op(*this);
   Session& mine = s.sessions[chosen];
   save_range(&mine, sizeof(Session));
-  save(&s.session_ledgers[chosen]);
-  s.session_ledgers[chosen] = 0;  // an orphan's were reclaimed above
+  store(s.session_ledgers[chosen], 0);  // an orphan's were reclaimed above
   mine = Session{};
   mine.pid = static_cast<std::uint32_t>(getpid());
   mine.mode = static_cast<std::uint32_t>(mode);

@@ -12,10 +12,12 @@
 //   posix.cpp      every system call on files, locks and clocks (faults injectable)
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -87,7 +89,16 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
                                               offsetof(format::State, mutex));
   }
   // State::size read atomically: growth publishes it while others read.
-  std::uint64_t heap_size() const { return __atomic_load_n(&state().size, __ATOMIC_ACQUIRE); }
+  std::uint64_t full_size() const { return __atomic_load_n(&state().size, __ATOMIC_ACQUIRE); }
+  // The part of the heap this process can reach: all of it, unless another
+  // process grew it past this one's reservation. Every bounds check of a
+  // read uses this, so such a process keeps reading what it mapped; what
+  // lies beyond is refused by throw_outgrown(), and so is every change.
+  std::uint64_t heap_size() const { return std::min(full_size(), reserve); }
+  bool outgrown() const { return full_size() > reserve; }
+  // Offsets up to `end` lie in the heap but past this process's mapping.
+  bool beyond_mapping(std::uint64_t end) const { return end > reserve && end <= full_size(); }
+  [[noreturn]] void throw_outgrown(const char* what) const;
   // True in a child process forked after this heap was opened: nothing of
   // the parent's lock state, sessions or caches is ours to touch there.
   bool forked() const;
@@ -127,7 +138,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::string describe_holder() const;  // "pid 12 on host h" or what is known
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
   bool held_by_this_thread() const;
-  void recover_after_death();
+  // `holder_died`: the robust mutex said its owner died (proof of death;
+  // lock_holder alone may be left by a live process whose repair failed).
+  void recover_after_death(bool holder_died);
   void refresh_from_server();  // network mode: see what other hosts wrote
   void refresh_range(std::uint64_t offset, std::uint64_t length);
   int flush_to_server() noexcept;      // network mode: msync + fdatasync
@@ -275,15 +288,20 @@ using LockScope = Heap::LockScope;
 
 class Heap::Impl::Operation {
  public:
-  explicit Operation(Impl& impl) : impl_(impl) {
+  explicit Operation(Impl& impl) : impl_(impl), exceptions_(std::uncaught_exceptions()) {
     if (impl_.operation_depth++ == 0) impl_.counters_saved = 0;
   }
+  // Ends the operation: what it changed stands. Left by an exception, the
+  // outermost one undoes what it changed first (from the log, as recovery
+  // would), so that a failure halfway (out of space, say) leaves nothing
+  // half done either.
   ~Operation();
   Operation(const Operation&) = delete;
   Operation& operator=(const Operation&) = delete;
 
  private:
   Impl& impl_;
+  int exceptions_;
 };
 
 // xxHash wrappers, so xxhash.h stays out of every other file.

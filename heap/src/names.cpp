@@ -32,11 +32,13 @@ const NameTable* Heap::Impl::name_table() const {
   if (at == 0) return nullptr;
   const std::uint64_t size = heap_size();
   const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
+  if (beyond_mapping(head)) throw_outgrown("finding names");
   if (at < kHeaderBytes || head > size) {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
   }
   const NameTable* table = table_at(*this, at);
   const std::uint64_t capacity = table->capacity;
+  if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
   if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8) {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
   }
@@ -46,8 +48,9 @@ const NameTable* Heap::Impl::name_table() const {
 // Throws kCorrupted unless a record of `name_bytes` name bytes at `slot` lies
 // inside the heap.
 void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const {
-  if (slot < kHeaderBytes ||
-      slot + kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes > heap_size()) {
+  const std::uint64_t end = slot + kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes;
+  if (beyond_mapping(end)) throw_outgrown("an object there");
+  if (slot < kHeaderBytes || end > heap_size()) {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
   }
 }
@@ -136,6 +139,7 @@ void Heap::Impl::remove_name(std::uint64_t block_offset) {
 ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
   require_record_inside(block_offset, 0);
   const std::uint64_t size = block(block_offset)->size();
+  if (beyond_mapping(block_offset + size)) throw_outgrown("an object there");
   if (size > heap_size() - block_offset) {
     throw Error(Errc::kCorrupted, "heap " + path + ": named block runs past the heap's end");
   }

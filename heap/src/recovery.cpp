@@ -163,8 +163,12 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
 
 Heap::Impl::Operation::~Operation() {
   if (--impl_.operation_depth == 0 && impl_.undo_active) {
-    // The operation is complete: what it changed stands.
     State& s = impl_.state();
+    if (std::uncaught_exceptions() > exceptions_ && s.undo_overflow == 0) {
+      for (std::uint64_t i = s.undo_count; i-- > 0;) {
+        publish(*impl_.at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
+      }
+    }
     publish(s.undo_count, 0);
     publish(s.undo_overflow, 0);
     impl_.counters_saved = 0;
@@ -208,8 +212,10 @@ void Heap::Impl::end_undo_log() {
 
 bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
   State& s = state();
-  if (mode != LockMode::kLocal || dead_holder == 0 || s.undo_owner != dead_holder ||
-      s.undo_overflow != 0 || s.undo_count > kUndoEntries) {
+  // Only in heaps whose writers all keep the log (an older Sheaf refuses to
+  // write a heap with cache-ledgers).
+  if (mode != LockMode::kLocal || !has_feature(kFeatureCacheLedgers) || dead_holder == 0 ||
+      s.undo_owner != dead_holder || s.undo_overflow != 0 || s.undo_count > kUndoEntries) {
     return false;
   }
   // Every entry must name a word of State or of the blocks; one that does
@@ -410,29 +416,33 @@ void Heap::Impl::rebuild(Rebuild kind) {
         const std::uint64_t ledger_block = s.session_ledgers[i];
         const LedgerHead* ledger = ledger_at(*this, ledger_block);
         if (ledger == nullptr) break;
-        // A dead session's holds are released: the last one's block turns
-        // free, and the walk below merges it like any other.
-        if (const HoldLedger* holds = as_hold_ledger(ledger)) {
-          for (std::uint64_t k = 0; k < holds->count; ++k) {
-            const std::uint64_t held = holds->entries()[k];
-            if (held % kAlign != 0 || held < kHeaderBytes || held >= s.size ||
-                s.size - held < kMinBlock || block(held)->state() != kHeld) {
-              continue;
-            }
-            BlockHeader* header = block(held);
-            if (header->tag <= 1) {
-              publish(header->size_and_state, header->size() | kFree);
-            } else {
-              publish(header->tag, header->tag - 1);
-            }
-          }
-        }
         publish(s.session_ledgers[i], ledger->next);
         publish(block(ledger_block)->size_and_state, block(ledger_block)->size() | kFree);
       }
       publish(s.session_ledgers[i], 0);
     }
   }
+  // Holds are recounted from the ledgers of the sessions that live (a dead
+  // one's just went): a held block keeps that many, and one with none is
+  // freed. Idempotent, so a walk killed halfway is simply walked again.
+  std::unordered_map<std::uint64_t, std::uint64_t> holds_listed;
+  if (recovering) {
+    for (int i = 0; i < kMaxSessions; ++i) {
+      std::uint64_t at_ledger = s.session_ledgers[i];
+      for (int guard = 0; at_ledger != 0 && guard < 100000; ++guard) {
+        const LedgerHead* ledger = ledger_at(*this, at_ledger);
+        if (ledger == nullptr) break;
+        if (const HoldLedger* holds = as_hold_ledger(ledger)) {
+          for (std::uint64_t k = 0; k < holds->count; ++k) ++holds_listed[holds->entries()[k]];
+        }
+        at_ledger = ledger->next;
+      }
+    }
+  }
+  const auto holds_of = [&](std::uint64_t offset) {
+    const auto it = holds_listed.find(offset);
+    return it == holds_listed.end() ? std::uint64_t{0} : it->second;
+  };
   const auto owner_gone = [&](const BlockHeader* header) {
     const std::uint64_t before = header->word();
     const std::uint64_t owner = __atomic_load_n(&header->tag, __ATOMIC_ACQUIRE);
@@ -456,7 +466,11 @@ void Heap::Impl::rebuild(Rebuild kind) {
     const bool reclaim =
         state_bits == kFree ||
         (recovering && (state_bits == kPending || (state_bits == kIndex && !kept_table) ||
-                        (state_bits == kCached && owner_gone(header))));
+                        (state_bits == kCached && owner_gone(header)) ||
+                        (state_bits == kHeld && holds_of(offset) == 0)));
+    if (recovering && state_bits == kHeld && !reclaim && header->tag != holds_of(offset)) {
+      publish(header->tag, holds_of(offset));
+    }
     if (reclaim) {
       if (run == 0) {
         run = offset;
@@ -495,6 +509,7 @@ void Heap::Impl::rebuild(Rebuild kind) {
 }
 
 CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
+  if (outgrown()) throw_outgrown("checking it");
   CheckReport report;
   ChainSummary summary;
   std::vector<std::uint64_t> starts;

@@ -133,7 +133,13 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
     }
   }
   if (fit == count) {
+    const std::uint32_t before = count;
     count = refill_cache(*cache, bin, size);
+    if (count == before) {  // no room in the bin: allocate past the cache
+      LockScope lock(*this, true);
+      Operation op(*this);
+      return allocate_block(size - kBlockHeaderBytes, kAlign);
+    }
     fit = count - 1;
   }
   const std::uint64_t offset = slots[fit];
@@ -183,15 +189,15 @@ void Heap::Impl::give_back(ThreadCache& cache, int bin, std::uint32_t index) {
   const std::uint32_t count = ledger.counts[bin];
   const std::uint64_t offset = slots[index];
   ledger_store(ledger.in_flight, offset);
-  {
-    Operation op(*this);
-    ledger_store(slots[index], slots[count - 1]);
-    ledger_store(ledger.counts[bin], count - 1);
-    cache.bytes -= block(offset)->size();
-    free_block(offset);
-  }
-  // Only now: undone, the free would leave the block kCached and in flight.
-  ledger_store(ledger.in_flight, std::uint64_t{0});
+  Operation op(*this);
+  ledger_store(slots[index], slots[count - 1]);
+  ledger_store(ledger.counts[bin], count - 1);
+  cache.bytes -= block(offset)->size();
+  free_block(offset);
+  // In the same operation, saved: undone, the block is kCached and in
+  // flight again; done, no stale offset is left to name a block that
+  // someone else may own by the time a dead session is reclaimed.
+  store(ledger.in_flight, 0);
 }
 
 void Heap::Impl::cached_free(std::uint64_t offset) {
@@ -206,6 +212,15 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
   const std::uint64_t size = header->size();
   const int bin = bin_of(size);
   std::uint64_t* slots = slots_of(ledger, bin);
+  if (ledger.counts[bin] > 0 &&
+      (ledger.counts[bin] >= depth_of(bin) || cache->bytes + size > kBudget)) {
+    // Give half of this bin back to the heap first (at least one block), so
+    // that a failure to take the lock leaves the cache as it was and the
+    // bin never holds more than its depth.
+    LockScope lock(*this, true);
+    const std::uint32_t give = std::max<std::uint32_t>(1, ledger.counts[bin] / 2);
+    for (std::uint32_t i = 0; i < give; ++i) give_back(*cache, bin, 0);
+  }
   const std::uint32_t count = ledger.counts[bin];
   ledger_store(ledger.in_flight, offset);
   ledger_store(slots[count], offset);
@@ -214,12 +229,6 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
   ledger_store(header->size_and_state, size | kCached);
   ledger_store(ledger.in_flight, std::uint64_t{0});
   cache->bytes += size;
-  if (count + 1 > depth_of(bin) || cache->bytes > kBudget) {
-    // Give half of this bin back to the heap (at least one block).
-    LockScope lock(*this, true);
-    const std::uint32_t give = std::max<std::uint32_t>(1, ledger.counts[bin] / 2);
-    for (std::uint32_t i = 0; i < give; ++i) give_back(*cache, bin, 0);
-  }
 }
 
 void Heap::Impl::empty_cache(ThreadCache* cache) {
