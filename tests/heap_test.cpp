@@ -170,9 +170,7 @@ TEST_F(BadFile, BrokenBlockChain) {
 
   // One not closed cleanly, whose machine may have restarted since, is
   // walked by its first opener, and refused.
-  const auto state_word = [](std::size_t field) {
-    return offsetof(format::Header, state) + field;
-  };
+  const auto state_word = [](std::size_t field) { return offsetof(format::Header, state) + field; };
   const std::uint64_t zero = 0;
   std::memcpy(&bytes[state_word(offsetof(format::State, clean))], &zero, sizeof(zero));
   std::memcpy(&bytes[state_word(offsetof(format::State, boot_hash))], &zero, sizeof(zero));
