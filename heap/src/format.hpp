@@ -171,8 +171,10 @@ inline constexpr int kUndoEntries = 256;
 // small size and kLargeCacheSlots of each larger bin.
 inline constexpr std::uint64_t kCacheMax = std::uint64_t{1} << 20;
 inline constexpr int kCacheBins = bin_of(kCacheMax) + 1;
-inline constexpr std::uint32_t kSmallCacheSlots = 65;  // a depth of 64, plus one being added
-inline constexpr std::uint32_t kLargeCacheSlots = 5;   // a depth of 4, plus one
+// A bin keeps at most its depth (64 small, 4 larger) at rest; the one slot
+// more holds a block a refill adds before the allocation takes it.
+inline constexpr std::uint32_t kSmallCacheSlots = 65;
+inline constexpr std::uint32_t kLargeCacheSlots = 5;
 constexpr std::uint32_t cache_slots(int bin) {
   return bin < kSmallBins ? kSmallCacheSlots : kLargeCacheSlots;
 }
@@ -310,10 +312,11 @@ struct State {
     std::uint64_t offset;  // of the word, from the heap's base
     std::uint64_t old_value;
   } undo[kUndoEntries];
-  // Hash of the kernel's boot id when the heap was first opened since a
-  // clean close. A first opener that finds the heap unclean trusts the undo
-  // log and the ledgers only if the machine has not restarted since (a
-  // restart may have lost pages the kernel had not written back).
+  // The kernel's boot id (folded) when the heap was last opened by a first
+  // opener. In local mode a first opener trusts the file (the bins and
+  // counters, the undo log, the ledgers) without walking it only if the
+  // machine has not restarted since: a restart may have lost pages the
+  // kernel had not written back, even after a clean close.
   std::uint64_t boot_hash;
   // Per session slot: block offset of the first of that session's ledger
   // blocks (CacheLedger), 0 if none. Written under the lock.

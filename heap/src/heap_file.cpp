@@ -332,14 +332,14 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // lock, which a crashed machine may have left looking held, and decides
   // how much it must look at (recovery.cpp explains the undo log and the
   // ledgers that make a walk unnecessary):
-  //   - closed cleanly: nothing happened since; only the bins and the name
-  //     table's place are checked, whatever the heap's size;
-  //   - not closed cleanly, local mode, same boot: processes died, and the
-  //     kernel kept every page they wrote; the next lock undoes the dead
-  //     holder's operation from its log, and registering our session frees
-  //     what dead sessions' ledgers list;
-  //   - anything else (a restarted machine, network mode, a heap made
-  //     before ledgers, OpenOptions::verify or repair_damage): the whole
+  //   - local mode, same boot (the kernel kept every page every process
+  //     wrote), or network mode and closed cleanly: the file is trusted.
+  //     Closed cleanly, only the bins and the name table's place are
+  //     checked, whatever the heap's size; after deaths, the next lock
+  //     undoes the dead holder's operation from its log, and registering
+  //     our session frees what dead sessions' ledgers list;
+  //   - anything else (a restarted machine, network mode after deaths, a
+  //     heap made before ledgers, OpenOptions::verify or repair_damage): the whole
   //     block chain is verified (a heap whose chain is broken is refused,
   //     untouched; other damage too, unless repair_damage) and the caches
   //     are rebuilt from it.
@@ -347,12 +347,13 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   const bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
   bool rebuild_caches = false;
   bool quick_check = false;  // after the lock: see below
+  const std::uint64_t boot = first ? posix::boot_id() : 0;
   if (first) {
     State& state = impl->state();
     const bool clean = state.clean == 1;
     const bool same_boot = impl->mode == LockMode::kLocal &&
                            impl->has_feature(kFeatureCacheLedgers) && state.boot_hash != 0 &&
-                           state.boot_hash == posix::boot_id();
+                           state.boot_hash == boot;
     // In local mode even a clean close may not have reached the disk before
     // a power cut (nothing is msynced there), so only the same boot skips.
     const bool trusted = impl->mode == LockMode::kLocal ? same_boot : clean;
@@ -416,7 +417,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   impl->trust_undo_log = true;
   if (first) {
     impl->state().clean = 0;
-    impl->state().boot_hash = posix::boot_id();
+    impl->state().boot_hash = boot;
   }
   impl->register_session(rebuild_caches);
   if (const int error = lock.release(); error != 0) {

@@ -153,9 +153,8 @@ void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
   require_holds(impl);
   LockScope lock(impl, true);
   Impl::Operation op(impl);
-  const std::uint64_t block = impl.allocate_block(bytes, alignment, kUsed);
-  publish(impl.block(block)->tag, std::uint64_t{1});  // a block this operation took
-  impl.store(impl.block(block)->size_and_state, impl.block(block)->size() | kHeld);
+  const std::uint64_t block = impl.allocate_block(bytes, alignment, kHeld);
+  publish(impl.block(block)->tag, std::uint64_t{1});  // a block this operation took: not saved
   impl.add_hold(impl.session_slot, impl.session_id, block);
   return impl.at(block + kBlockHeaderBytes);
 }

@@ -114,12 +114,13 @@ ThreadCache* Heap::Impl::thread_cache() {
 }
 
 std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
-  ThreadCache* cache = thread_cache();
-  if (cache->ledger == nullptr) {
+  const auto past_the_cache = [&] {
     LockScope lock(*this, true);
     Operation op(*this);
     return allocate_block(size - kBlockHeaderBytes, kAlign);
-  }
+  };
+  ThreadCache* cache = thread_cache();
+  if (cache->ledger == nullptr) return past_the_cache();
   CacheLedger& ledger = *cache->ledger;
   const int bin = bin_of(size);
   std::uint64_t* slots = slots_of(ledger, bin);
@@ -135,11 +136,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   if (fit == count) {
     const std::uint32_t before = count;
     count = refill_cache(*cache, bin, size);
-    if (count == before) {  // no room in the bin: allocate past the cache
-      LockScope lock(*this, true);
-      Operation op(*this);
-      return allocate_block(size - kBlockHeaderBytes, kAlign);
-    }
+    if (count == before) return past_the_cache();  // no room in the bin
     fit = count - 1;
   }
   const std::uint64_t offset = slots[fit];
