@@ -48,7 +48,8 @@ TEST(HeapFormat, NewHeapsAreCurrentWithSerials) {
   Heap heap = Heap::create(dir / "h").value();
   const HeapInfo info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
+  EXPECT_EQ(info.features,
+            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
   EXPECT_FALSE(heap.upgrade().value());  // nothing to do
 }
 
@@ -116,10 +117,17 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
     EXPECT_EQ(other.wait_code(), 0);
   }
 
+  // A block an older Sheaf allocated has no check word (this one writes it
+  // whatever the format): the upgrade gives it one, so it can be freed after.
+  void* from_before = heap.allocate(100);
+  std::memset(static_cast<char*>(from_before) - 8, 0, 8);
+
   ASSERT_TRUE(heap.upgrade().value());
+  heap.deallocate(from_before);
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
+  EXPECT_EQ(info.features,
+            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
   std::vector<std::uint64_t> serials;
   for (const ObjectInfo& object : heap.objects()) serials.push_back(object.serial);
   std::sort(serials.begin(), serials.end());
@@ -208,7 +216,7 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
     EXPECT_TRUE(report.ok() && report.repairs.empty());
     ASSERT_TRUE(heap.upgrade().value());
     EXPECT_EQ(heap.info().features,
-              (std::vector<std::string>{"object-serials", "cache-ledgers", "holds"}));
+              (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
   }
   die_with_a_full_cache();
   Heap heap = Heap::open(path).value();

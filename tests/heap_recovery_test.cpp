@@ -9,8 +9,10 @@
 // dead holder's operation is undone from the undo log and its caches are freed from their ledgers
 // (recovery.cpp).
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <set>
 #include <string>
@@ -129,6 +131,50 @@ TEST(HeapRecovery, ADeathAtEveryStoreIsUndoneWithoutAWalk) {
   // Deaths inside the lock happened, and were repaired without a walk.
   EXPECT_GT(observer->info().recoveries, 10u);
   EXPECT_EQ(observer->info().walked_recoveries, 0u);
+}
+
+// An object whose constructor allocates more than the undo log can hold (so
+// a death in it needs the walk), then dies.
+struct DiesAfterOverflowingTheLog {
+  explicit DiesAfterOverflowingTheLog(Heap* heap) {
+    for (std::size_t i = 0; i < format::kUndoEntries; ++i) heap->allocate(2000);
+    ::kill(::getpid(), SIGKILL);
+  }
+};
+
+// The process that finds a death that needs the walk may itself die before
+// its walk writes anything. Its own log must then say "walk" too: the next
+// locker walks, rather than trusting a log that the dead recoverer had just
+// emptied (the crash test once found 1,830 free blocks in no bin this way).
+TEST(HeapRecovery, ARecovererKilledBeforeItsWalkLeavesTheWalkToTheNext) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  CreateOptions room;
+  room.initial_size = 64 << 20;
+  Heap::create(path, room).value();
+  Heap observer = Heap::open(path).value();  // so that the children are not first openers
+  observer.construct<int>("kept")(7);
+  const std::uint64_t walked_before = observer.info().walked_recoveries;
+
+  Child overflows([&] {
+    Heap heap = Heap::open(path).value();
+    heap.construct<DiesAfterOverflowingTheLog>("never")(&heap);
+  });
+  ASSERT_EQ(overflows.wait_code(), 128 + SIGKILL);
+  Child recovers([&] {
+    posix::inject_crash(0);  // at the first crash point: the start of the walk
+    Heap heap = Heap::open(path).value();
+  });
+  ASSERT_EQ(recovers.wait_code(), 128 + SIGKILL);
+
+  const CheckReport report = observer.check();
+  ASSERT_TRUE(report.ok()) << report.problems.front();
+  for (const std::string& repair : report.repairs) {
+    EXPECT_NE(repair.find("cached by processes that are gone"), std::string::npos) << repair;
+  }
+  EXPECT_EQ(observer.info().walked_recoveries, walked_before + 1);
+  EXPECT_EQ(observer.find<DiesAfterOverflowingTheLog>("never"), nullptr);
+  EXPECT_EQ(*observer.find<int>("kept"), 7);
 }
 
 // A heap left unclean on a machine that restarted since (its boot id

@@ -297,6 +297,41 @@ TEST(HeapAlloc, BadFreeIsAnErrorNotCorruption) {
   expect_sound(heap);
 }
 
+// User bytes that look like a block header (a used block's size and state,
+// at a 16-byte boundary inside a live block) are not a block: freeing a
+// pointer just past them is refused, and nothing overlaps the live block.
+TEST(HeapAlloc, AFreeOfUserBytesThatLookLikeAHeaderIsRefused) {
+  TempDir dir;
+  Heap heap = make_heap(dir / "h");
+  auto* p = static_cast<std::uint64_t*>(heap.allocate(512));
+  std::memset(p, 0xAB, 512);
+  // A fake header 64 bytes in, claiming a 128-byte used block, with each
+  // check word a forger might try: none, a copy of a real block's, random.
+  void* real = heap.allocate(64);
+  std::uint64_t real_tag = 0;
+  std::memcpy(&real_tag, static_cast<char*>(real) - 8, 8);
+  for (std::uint64_t tag : {std::uint64_t{0}, real_tag, std::uint64_t{0x9E3779B97F4A7C15}}) {
+    p[8] = 128 | format::kUsed;
+    p[9] = tag;
+    try {
+      heap.deallocate(p + 10);
+      ADD_FAILURE() << "a free of user bytes was accepted (tag " << tag << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kInvalidArgument);
+    }
+  }
+  // Nothing was freed inside the block: new blocks land elsewhere.
+  for (int i = 0; i < 8; ++i) {
+    auto* q = static_cast<char*>(heap.allocate(96));
+    EXPECT_TRUE(q + 96 <= reinterpret_cast<char*>(p) || q >= reinterpret_cast<char*>(p) + 512);
+  }
+  EXPECT_EQ(p[0], 0xABABABABABABABABu);
+  expect_sound(heap);
+  heap.deallocate(real);
+  heap.deallocate(p);
+  expect_sound(heap);
+}
+
 TEST(HeapGrowth, GrowsInPlaceAndOthersSeeIt) {
   TempDir dir;
   const std::string path = dir / "h";

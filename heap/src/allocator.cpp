@@ -176,7 +176,7 @@ std::uint64_t Heap::Impl::allocate_block(std::uint64_t payload, std::uint64_t al
   const std::uint64_t whole = block(offset)->size();
   // Before the block is published as anything but free. Not saved: a free
   // block's tag means nothing, so an undo need not restore it.
-  publish(block(offset)->tag, std::uint64_t{0});
+  publish(block(offset)->tag, final_state == kUsed ? used_tag(offset) : 0);
   if (whole - size >= kMinBlock) {
     const std::uint64_t tail = offset + size;
     block(tail)->size_and_state = (whole - size) | kFree;  // not reachable yet

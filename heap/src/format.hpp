@@ -58,9 +58,15 @@ enum Feature : std::uint64_t {
   // incompat. (Bits are numbered across the three words, so that each
   // feature has one.)
   kFeatureHolds = std::uint64_t{1} << 2,
+  // Every kUsed block's `tag` is its check word (used_tag()), so that
+  // deallocate() tells a block it handed out from user bytes that merely
+  // look like a block header. An older writer would leave the tags zero,
+  // which this Sheaf's deallocate() would then refuse: ro_compat.
+  kFeatureUsedTags = std::uint64_t{1} << 3,
 };
 inline constexpr std::uint64_t kKnownCompat = 0;
-inline constexpr std::uint64_t kKnownRoCompat = kFeatureObjectSerials | kFeatureCacheLedgers;
+inline constexpr std::uint64_t kKnownRoCompat =
+    kFeatureObjectSerials | kFeatureCacheLedgers | kFeatureUsedTags;
 inline constexpr std::uint64_t kKnownIncompat = kFeatureHolds;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
@@ -99,6 +105,7 @@ struct BlockHeader {
   //   kHeld             how many holds it has (holds.cpp), at least 1;
   //   kNamed, kPending  the object's creation serial (kFeatureObjectSerials; 0 in
   //                     heaps without the feature);
+  //   kUsed             its check word, used_tag(offset, key) (kFeatureUsedTags);
   //   otherwise         nothing (zero, or left over from a previous state).
   // Written before the block is published in the state that gives it meaning.
   std::uint64_t tag;
@@ -110,6 +117,22 @@ struct BlockHeader {
   std::uint64_t state() const { return word() & kStateMask; }
 };
 static_assert(sizeof(BlockHeader) == kBlockHeaderBytes);
+
+// The check word of a kUsed block at `offset` (kFeatureUsedTags): a mix of
+// the offset with the heap's key (its UUID's two halves xored), so that bytes
+// that were not written as this block's header match it by chance once in
+// 2^64, and a real header copied elsewhere matches nowhere else. The mixer is
+// the finalizer of MurmurHash3 (public domain): every input bit moves every
+// output bit. Never zero, the tag of blocks written before the feature.
+constexpr std::uint64_t used_tag(std::uint64_t offset, std::uint64_t key) {
+  std::uint64_t x = offset ^ key;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x | 1;
+}
 
 // Payload of a free block: its neighbours in its bin (block offsets, 0 = none).
 struct FreeLinks {

@@ -23,7 +23,8 @@ std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* w
   const std::uint64_t offset = impl.offset_of(p);
   const std::uint64_t block = offset - kBlockHeaderBytes;
   if (!impl.base || p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes ||
-      offset >= impl.heap_size() || offset % kAlign != 0 || impl.block(block)->state() != kUsed) {
+      offset >= impl.heap_size() || offset % kAlign != 0 || impl.block(block)->state() != kUsed ||
+      (impl.has_feature(kFeatureUsedTags) && impl.block(block)->tag != impl.used_tag(block))) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
   }
@@ -182,43 +183,63 @@ void deallocate_in(Heap::Impl& impl, void* p) {
   impl.free_block(used_block_of(impl, p, "deallocate"));
 }
 
-// Runs `read` (which only reads) under the lock as a reader; or, on a heap
-// opened read-only that cannot be locked (Impl::lockless), without the
-// lock, again until no exclusive section began or ended while it ran: every
-// section sets State::lock_holder first and bumps State::generation last.
+// Runs `read`, which only reads, so that it sees the heap between two
+// exclusive sections, never in the middle of one. Three ways:
+//   - under the lock, as a reader;
+//   - without it, on a heap opened read-only that cannot be locked
+//     (Impl::lockless), again and again until no exclusive section began or
+//     ended while it ran (a seqlock: every section sets State::lock_holder
+//     first and bumps State::generation last);
+//   - `optimistic` (lookups by name, in local mode): once or twice the same
+//     way, then under the lock. A reader then costs two loads instead of a
+//     mutex's lock and unlock, and readers do not exclude one another. (Not
+//     under ThreadSanitizer, which rightly calls the unlocked reads races.)
 // Reads meeting a half-changed heap throw kCorrupted from their bounds
-// checks, which here only means "try again".
+// checks, which here only means "try again". Every offset they follow is
+// checked to lie inside the heap, so they never leave the mapping.
 template <class Read>
-auto read_consistently(Heap::Impl& impl, Read&& read) -> decltype(read()) {
-  if (!impl.lockless) {
+auto read_consistently(Heap::Impl& impl, Read&& read, bool optimistic = false) -> decltype(read()) {
+#if defined(__SANITIZE_THREAD__)
+  optimistic = false;
+#endif
+  const bool unlocked =
+      impl.lockless || (optimistic && impl.mode == LockMode::kLocal && !impl.held_by_this_thread());
+  if (!unlocked) {
     LockScope lock(impl, false);
     return read();
   }
-  constexpr int kAttempts = 2000;  // about 2 s of naps
+  const int attempts = impl.lockless ? 2000 : 2;  // lockless: about 2 s of naps
   const State& s = impl.state();
   const auto generation = [&] { return __atomic_load_n(&s.generation, __ATOMIC_ACQUIRE); };
   const auto holder = [&] { return __atomic_load_n(&s.lock_holder, __ATOMIC_ACQUIRE); };
   std::string last;
-  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+  for (int attempt = 0; attempt < attempts; ++attempt) {
     if (attempt >= 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     const std::uint64_t before = generation();
     if (holder() != 0) {
       last = "a process is inside the lock (or died there and awaits a writer's repair)";
       continue;
     }
-    try {
-      auto result = read();
-      // The reads above happen before the second look at the generation.
-      // (ThreadSanitizer refuses fences; only other processes write here.)
+    // The reads happen before the second look at the generation.
+    const auto unchanged = [&] {
 #if !defined(__SANITIZE_THREAD__)
       std::atomic_thread_fence(std::memory_order_acquire);
 #endif
-      if (holder() == 0 && generation() == before) return result;
+      return holder() == 0 && generation() == before;
+    };
+    try {
+      auto result = read();
+      if (unchanged()) return result;
       last = "writers changed it while it was read";
     } catch (const Error& e) {
-      if (e.code() != Errc::kCorrupted) throw;
+      // An answer (not found, say) counts only if no writer ran meanwhile.
+      if (e.code() != Errc::kCorrupted && unchanged()) throw;
       last = e.message();
     }
+  }
+  if (!impl.lockless) {  // optimistic: writers are busy; wait for them as a reader
+    LockScope lock(impl, false);
+    return read();
   }
   throw Error(Errc::kBusy, "heap " + impl.path +
                                ": no consistent read without the lock (read-only, local mode) "
@@ -278,8 +299,9 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     throw Error(Errc::kOutOfSpace, "heap " + impl.path + ": " + std::to_string(count) + " " +
                                        std::string(type.name) + " objects do not fit");
   }
+  const std::uint64_t name_hash = hash_name(name);
   LockScope lock(impl, true);
-  if (std::uint64_t existing = impl.lookup(name); existing != 0) {
+  if (std::uint64_t existing = impl.lookup(name, name_hash); existing != 0) {
     if (!or_find) {
       throw Error(Errc::kAlreadyExists,
                   "heap " + impl.path + ": an object named '" + std::string(name) + "' exists");
@@ -306,7 +328,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     publish(impl.block(block)->tag, s.next_serial++);
   }
   NamedRecord* r = impl.record(block);
-  r->name_hash = hash_name(name);
+  r->name_hash = name_hash;
   r->element_size = type.size;
   r->count = count;
   r->name_length = static_cast<std::uint32_t>(name.size());
@@ -340,12 +362,28 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
 
 void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* count) const {
   Impl& impl = live();
-  LockScope lock(impl, false);
-  const std::uint64_t block = impl.lookup(name);
-  if (block == 0) return nullptr;
-  check_type(impl, block, type);
-  *count = impl.record(block)->count;
-  return impl.at(impl.record(block)->object_offset);
+  const std::uint64_t hash = hash_name(name);
+  const auto [object, found] = read_consistently(
+      impl,
+      [&]() -> std::pair<void*, std::size_t> {
+        const std::uint64_t block = impl.lookup(name, hash);
+        // A pending object's constructor has not returned (it may be the caller).
+        if (block == 0 || impl.block(block)->state() != kNamed) return {nullptr, 0};
+        // Checked before it is followed, for a reader without the lock that
+        // met a record being rewritten.
+        const std::uint64_t size = impl.block(block)->size();
+        std::string why = size > impl.heap_size() - block ? "runs past the heap's end"
+                                                          : impl.record_problem(block, size, false);
+        if (!why.empty()) {
+          throw Error(Errc::kCorrupted, "heap " + impl.path + ": named record: " + why);
+        }
+        check_type(impl, block, type);
+        const NamedRecord* r = impl.record(block);
+        return {impl.at(r->object_offset), r->count};
+      },
+      true);
+  *count = found;
+  return object;
 }
 
 bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy) {
@@ -379,44 +417,53 @@ bool Heap::erase(std::string_view name) {
 
 std::optional<ObjectInfo> Heap::object(std::string_view name) const {
   Impl& impl = live();
-  return read_consistently(impl, [&]() -> std::optional<ObjectInfo> {
-    const std::uint64_t block = impl.lookup(name);
-    if (block == 0) return std::nullopt;
-    return impl.describe(block);
-  });
+  return read_consistently(
+      impl,
+      [&]() -> std::optional<ObjectInfo> {
+        const std::uint64_t block = impl.lookup(name);
+        if (block == 0) return std::nullopt;
+        return impl.describe(block);
+      },
+      true);
 }
 
 std::vector<ObjectInfo> Heap::objects() const {
   Impl& impl = live();
-  return read_consistently(impl, [&] {
-    std::vector<ObjectInfo> found;
-    const NameTable* table = impl.name_table();
-    if (table == nullptr) return found;
-    found.reserve(std::min(table->count, table->capacity));
-    for (std::uint64_t i = 0; i < table->capacity; ++i) {
-      const std::uint64_t slot = table->slots()[i];
-      if (slot == kEmptySlot || slot == kTombstone) continue;
-      // A constructor still running: not an object yet.
-      impl.require_record_inside(slot, 0);
-      if (impl.block(slot)->state() != kNamed) continue;
-      found.push_back(impl.describe(slot));
-    }
-    return found;
-  });
+  return read_consistently(
+      impl,
+      [&] {
+        std::vector<ObjectInfo> found;
+        const NameTable* table = impl.name_table();
+        if (table == nullptr) return found;
+        found.reserve(std::min(table->count, table->capacity));
+        for (std::uint64_t i = 0; i < table->capacity; ++i) {
+          const std::uint64_t slot = table->slots()[i];
+          if (slot == kEmptySlot || slot == kTombstone) continue;
+          // A constructor still running: not an object yet.
+          impl.require_record_inside(slot, 0);
+          if (impl.block(slot)->state() != kNamed) continue;
+          found.push_back(impl.describe(slot));
+        }
+        return found;
+      },
+      true);
 }
 
 std::vector<std::byte> Heap::copy_object(std::string_view name) const {
   Impl& impl = live();
-  return read_consistently(impl, [&] {
-    const std::uint64_t block = impl.lookup(name);
-    if (block == 0) {
-      throw Error(Errc::kNotFound,
-                  "heap " + impl.path + ": no object named '" + std::string(name) + "'");
-    }
-    const ObjectInfo info = impl.describe(block);  // checks the bytes lie inside the block
-    const auto* first = impl.at<const std::byte>(info.offset);
-    return std::vector<std::byte>(first, first + info.size);
-  });
+  return read_consistently(
+      impl,
+      [&] {
+        const std::uint64_t block = impl.lookup(name);
+        if (block == 0) {
+          throw Error(Errc::kNotFound,
+                      "heap " + impl.path + ": no object named '" + std::string(name) + "'");
+        }
+        const ObjectInfo info = impl.describe(block);  // checks the bytes lie inside the block
+        const auto* first = impl.at<const std::byte>(info.offset);
+        return std::vector<std::byte>(first, first + info.size);
+      },
+      true);
 }
 
 std::span<const std::byte> Heap::object_bytes(std::string_view name) const {
@@ -475,6 +522,7 @@ HeapInfo Heap::Impl::info() const {
   if (impl.has_feature(kFeatureObjectSerials)) info.features.push_back("object-serials");
   if (impl.has_feature(kFeatureCacheLedgers)) info.features.push_back("cache-ledgers");
   if (impl.has_feature(kFeatureHolds)) info.features.push_back("holds");
+  if (impl.has_feature(kFeatureUsedTags)) info.features.push_back("used-tags");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;

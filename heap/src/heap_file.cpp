@@ -302,6 +302,11 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
         errno, where + ": cannot map " + std::to_string(impl->reserve) + " bytes of address space");
   }
   impl->base = static_cast<std::uint8_t*>(map);
+  {
+    std::uint64_t halves[2];
+    std::memcpy(halves, impl->header()->identity.uuid, sizeof(halves));
+    impl->used_key = halves[0] ^ halves[1];
+  }
   if (impl->mode == LockMode::kNetwork) madvise(map, impl->reserve, MADV_RANDOM);  // see above
 
   impl->claim_mode();
@@ -500,6 +505,13 @@ bool Heap::Impl::upgrade() {
       if (state_bits == kNamed || state_bits == kPending) block(offset)->tag = serial++;
     }
     s.next_serial = serial;
+  }
+  //    Check words for the used blocks (this Sheaf writes them whether or
+  //    not the feature is on, so only blocks an older one made lack them).
+  if (!(id.ro_compat_features & kFeatureUsedTags)) {
+    for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
+      if (block(offset)->state() == kUsed) block(offset)->tag = used_tag(offset);
+    }
   }
   // 2. The new identity, staged whole; 3. published; 4. copied into place.
   Identity fresh = id;

@@ -270,12 +270,17 @@ void Heap::Impl::recover_after_death(bool holder_died) {
         mode == LockMode::kLocal && trust_undo_log && (dead == 0 || replay_undo_log(dead));
     publish(s.lock_holder, holder_token());
     begin_undo_log();
+    bool walked = !replayed;
+    // The log we just began is ours, and says "walk" until the walk is done:
+    // beginning it erased the dead holder's overflow, and a death of ours
+    // before the walk writes anything must not leave a log that says
+    // "nothing to undo" over a heap still half changed.
+    if (walked) mark_unlogged();
     // The dead holder's session is reclaimed now, even if its session lock
     // still looks held (the kernel frees a dead process's robust mutex
     // before it closes its files): only now can its ledger list a block its
     // undone operation freed, or one it had just given back.
     known_dead_session = holder_died ? dead : 0;
-    bool walked = !replayed;
     try {
       if (walked) rebuild(Rebuild::kRecover);
       walked = reclaim_dead_sessions(walked) || walked;

@@ -39,6 +39,9 @@ inline void publish(Word& word, std::type_identity_t<Word> value) {
   std::atomic_ref<Word>(word).store(value, std::memory_order_release);
 }
 
+// xxHash wrappers, so xxhash.h stays out of every other file.
+std::uint64_t hash_name(std::string_view name);
+
 using format::kCacheMax;  // blocks up to this size (header included) go through thread caches
 
 // One thread's cache of free blocks of one heap (thread_cache.cpp). The
@@ -79,6 +82,12 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Read-only in local mode without write permission: no lock can be taken,
   // so reads are retried until no writer ran meanwhile (heap.cpp).
   bool lockless = false;
+
+  // The key of kUsed blocks' check words (format::used_tag), from the UUID.
+  std::uint64_t used_key = 0;
+  std::uint64_t used_tag(std::uint64_t block_offset) const {
+    return format::used_tag(block_offset, used_key);
+  }
 
   format::Header* header() const { return reinterpret_cast<format::Header*>(base); }
   format::State& state() const { return header()->state; }
@@ -200,8 +209,10 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   format::NamedRecord* record(std::uint64_t block_offset) const {
     return at<format::NamedRecord>(block_offset + format::kBlockHeaderBytes);
   }
-  std::uint64_t lookup(std::string_view name) const;  // block offset or 0
-  const format::NameTable* name_table() const;        // bounds-checked; nullptr if none
+  // The named block's offset, or 0; `hash` is hash_name(name).
+  std::uint64_t lookup(std::string_view name, std::uint64_t hash) const;
+  std::uint64_t lookup(std::string_view name) const { return lookup(name, hash_name(name)); }
+  const format::NameTable* name_table() const;  // bounds-checked; nullptr if none
   void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
   std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash) const;
   void insert_name(std::uint64_t block_offset);
@@ -225,6 +236,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     publish(word, value);
   }
   void save(const std::uint64_t* word);  // into the undo log, if one is kept
+  void save_past_the_end();              // save()'s rare case: no log, or a full one
   // A counter of State's (used_bytes .. small_freed): saved once per
   // operation, since the undo needs only its value before the operation.
   void store_counter(std::uint64_t& counter, std::uint64_t value) {
@@ -249,7 +261,13 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Reclaims every session that is gone and frees its slot; walks the heap
   // if it must (and has not `walked` already). Returns whether it walked.
   bool reclaim_dead_sessions(bool walked = false);
-  bool undo_active = false;  // guarded by the heap lock
+  // The undo log's next free entry, mirrored here so that save() reads no
+  // more of the file than it writes; kNotLogging outside exclusive sections
+  // (and in network mode), kOverflowed once an operation outgrew the log.
+  static constexpr std::uint64_t kNotLogging = ~std::uint64_t{0};
+  static constexpr std::uint64_t kOverflowed = format::kUndoEntries + 1;
+  std::uint64_t undo_next = kNotLogging;  // guarded by the heap lock
+  bool undo_active() const { return undo_next != kNotLogging; }
   // False while a first opener that must walk opens: a log on a machine that
   // restarted may not be what was written.
   bool trust_undo_log = true;
@@ -304,8 +322,6 @@ class Heap::Impl::Operation {
   int exceptions_;
 };
 
-// xxHash wrappers, so xxhash.h stays out of every other file.
-std::uint64_t hash_name(std::string_view name);
 std::uint64_t checksum_identity(const format::Identity& identity);
 
 inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
@@ -317,18 +333,13 @@ inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
 // pass; code that writes plain bytes after saving fences itself
 // (save_range(), unlink_free()).
 inline void Heap::Impl::save(const std::uint64_t* word) {
-  if (!undo_active) return;
+  if (undo_next >= format::kUndoEntries) [[unlikely]]
+    return save_past_the_end();
   posix::crash_point();
   format::State& s = state();
-  const std::uint64_t n = s.undo_count;
-  if (s.undo_overflow != 0) return;
-  if (n == format::kUndoEntries) {
-    publish(s.undo_overflow, std::uint64_t{1});
-    return;
-  }
-  s.undo[n].offset = offset_of(word);
-  s.undo[n].old_value = *word;
-  publish(s.undo_count, n + 1);  // release: the entry is whole before it counts
+  s.undo[undo_next].offset = offset_of(word);
+  s.undo[undo_next].old_value = *word;
+  publish(s.undo_count, ++undo_next);  // release: the entry is whole before it counts
 }
 
 }  // namespace sheaf

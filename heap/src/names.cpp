@@ -3,7 +3,7 @@
 // A named object is one block: its header, a NamedRecord (hash, sizes, where
 // the object starts), the name's bytes, the type name's bytes, padding, then
 // the object. The record is the truth; the name table (open addressing,
-// linear probing, at most half full) only finds records fast, and recovery
+// linear probing, at most half full, no tombstones) only finds records fast, and recovery
 // rebuilds it from the records it walks over.
 #include <algorithm>
 #include <bit>
@@ -55,10 +55,9 @@ void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_by
   }
 }
 
-std::uint64_t Heap::Impl::lookup(std::string_view name) const {
+std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
   const NameTable* table = name_table();
   if (table == nullptr) return 0;
-  const std::uint64_t hash = hash_name(name);
   const std::uint64_t mask = table->capacity - 1;
   for (std::uint64_t i = hash & mask, probes = 0; probes < table->capacity;
        i = (i + 1) & mask, ++probes) {
@@ -122,18 +121,38 @@ void Heap::Impl::insert_name(std::uint64_t block_offset) {
   store(table->count, table->count + 1);
 }
 
+// Backward-shift deletion (Knuth's Algorithm R): the entries after the
+// removed one that probed past its slot move back, so the table keeps no
+// tombstone for it and a lookup that misses stops at the first empty slot.
+// Tables written by older versions may hold tombstones; they stay where they
+// are (a tombstone never moves, and a probe steps over it).
 void Heap::Impl::remove_name(std::uint64_t block_offset) {
   NameTable* table = table_at(*this, state().name_table);
+  std::uint64_t* slots = table->slots();
   const std::uint64_t mask = table->capacity - 1;
+  std::uint64_t hole = table->capacity;  // not found yet
   for (std::uint64_t i = record(block_offset)->name_hash & mask, probes = 0;
-       probes < table->capacity && table->slots()[i] != kEmptySlot; i = (i + 1) & mask, ++probes) {
-    if (table->slots()[i] == block_offset) {
-      store(table->slots()[i], kTombstone);
-      store(table->count, table->count - 1);
-      store(table->tombstones, table->tombstones + 1);
-      return;
+       probes < table->capacity && slots[i] != kEmptySlot; i = (i + 1) & mask, ++probes) {
+    if (slots[i] == block_offset) {
+      hole = i;
+      break;
     }
   }
+  if (hole == table->capacity) return;
+  store(table->count, table->count - 1);
+  // Each entry from the hole to the next empty slot may fill it if its home
+  // slot does not lie cyclically in (hole, here]; the hole then moves to here.
+  for (std::uint64_t here = (hole + 1) & mask, probes = 0;
+       probes < table->capacity && slots[here] != kEmptySlot; here = (here + 1) & mask, ++probes) {
+    const std::uint64_t entry = slots[here];
+    if (entry == kTombstone) continue;
+    const std::uint64_t home = record(entry)->name_hash & mask;
+    const bool stays = ((here - home) & mask) < ((here - hole) & mask);
+    if (stays) continue;
+    store(slots[hole], entry);
+    hole = here;
+  }
+  store(slots[hole], kEmptySlot);
 }
 
 ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {

@@ -162,16 +162,26 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
 // --- Operations and the undo log ---
 
 Heap::Impl::Operation::~Operation() {
-  if (--impl_.operation_depth == 0 && impl_.undo_active) {
+  if (--impl_.operation_depth == 0 && impl_.undo_active()) {
     State& s = impl_.state();
-    if (std::uncaught_exceptions() > exceptions_ && s.undo_overflow == 0) {
-      for (std::uint64_t i = s.undo_count; i-- > 0;) {
+    if (std::uncaught_exceptions() > exceptions_ && impl_.undo_next != kOverflowed) {
+      for (std::uint64_t i = impl_.undo_next; i-- > 0;) {
         publish(*impl_.at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
       }
     }
-    publish(s.undo_count, 0);
-    publish(s.undo_overflow, 0);
+    if (impl_.undo_next != 0) publish(s.undo_count, 0);
+    if (impl_.undo_next == kOverflowed) publish(s.undo_overflow, 0);
+    impl_.undo_next = 0;
     impl_.counters_saved = 0;
+  }
+}
+
+void Heap::Impl::save_past_the_end() {
+  if (undo_next == kNotLogging) return;
+  posix::crash_point();  // a walk's stores too
+  if (undo_next == format::kUndoEntries) {
+    publish(state().undo_overflow, std::uint64_t{1});
+    undo_next = kOverflowed;
   }
 }
 
@@ -185,28 +195,31 @@ void Heap::Impl::save_range(const void* start, std::size_t bytes) {
 }
 
 void Heap::Impl::mark_unlogged() {
-  if (!undo_active) return;
+  if (!undo_active()) return;
   publish(state().undo_overflow, 1);
+  undo_next = kOverflowed;
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 void Heap::Impl::begin_undo_log() {
   if (mode != LockMode::kLocal || read_only) return;
   State& s = state();
-  publish(s.undo_count, 0);
-  publish(s.undo_overflow, 0);
+  // Empty already, unless the previous holder died (and then recovery,
+  // which runs before this, has dealt with it).
+  if (s.undo_count != 0) publish(s.undo_count, 0);
+  if (s.undo_overflow != 0) publish(s.undo_overflow, 0);
   publish(s.undo_owner, s.lock_holder);
-  undo_active = true;
+  undo_next = 0;
   counters_saved = 0;
 }
 
 void Heap::Impl::end_undo_log() {
-  if (!undo_active) return;
+  if (!undo_active()) return;
   State& s = state();
-  publish(s.undo_count, 0);
-  publish(s.undo_overflow, 0);
+  if (undo_next != 0) publish(s.undo_count, 0);
+  if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
   publish(s.undo_owner, 0);  // so no later death can take this log for its own
-  undo_active = false;
+  undo_next = kNotLogging;
   counters_saved = 0;
 }
 
@@ -304,7 +317,9 @@ bool Heap::Impl::reclaim_session(int slot) {
       }
       const BlockHeader* header = block(offset);
       if (header->size() < kMinBlock || header->size() > size - offset) return;
-      const bool cached = header->state() == kCached && header->tag == ledger->session;
+      // In flight, a cached block may already carry its check word.
+      const bool cached =
+          header->state() == kCached && (header->tag == ledger->session || in_flight);
       if (cached || (in_flight && header->state() == kUsed)) {
         Operation op(*this);
         free_block(offset);
@@ -387,6 +402,10 @@ std::string Heap::Impl::quick_check() const {
 }
 
 void Heap::Impl::rebuild(Rebuild kind) {
+  posix::crash_point();  // a death before the walk begins (tests)
+  // Too much to log: a death anywhere in the walk, even in its first pass,
+  // gets another walk (the log says so from here on).
+  mark_unlogged();
   ChainSummary summary;
   if (std::string problem = walk_chain(*this, summary, nullptr); !problem.empty()) {
     throw Error(Errc::kCorrupted, "heap " + path + ": " + problem);
@@ -400,8 +419,6 @@ void Heap::Impl::rebuild(Rebuild kind) {
     const auto* table = at<NameTable>(s.name_table + kBlockHeaderBytes);
     reuse_table = table->capacity >= 2 * summary.named;  // insert_name() will not resize it
   }
-  // Too much to log: a death during the walk gets another walk.
-  mark_unlogged();
   // Cached blocks of sessions that are gone go back to the heap on recovery,
   // and so do their ledgers (the walk finds the blocks they list).
   std::vector<std::uint64_t> live;
