@@ -48,8 +48,8 @@ TEST(HeapFormat, NewHeapsAreCurrentWithSerials) {
   Heap heap = Heap::create(dir / "h").value();
   const HeapInfo info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features,
-            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds",
+                                                     "used-tags", "shared-readers"}));
   EXPECT_FALSE(heap.upgrade().value());  // nothing to do
 }
 
@@ -126,8 +126,8 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
   heap.deallocate(from_before);
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features,
-            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
+  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds",
+                                                     "used-tags", "shared-readers"}));
   std::vector<std::uint64_t> serials;
   for (const ObjectInfo& object : heap.objects()) serials.push_back(object.serial);
   std::sort(serials.begin(), serials.end());
@@ -216,7 +216,8 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
     EXPECT_TRUE(report.ok() && report.repairs.empty());
     ASSERT_TRUE(heap.upgrade().value());
     EXPECT_EQ(heap.info().features,
-              (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags"}));
+              (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags",
+                                        "shared-readers"}));
   }
   die_with_a_full_cache();
   Heap heap = Heap::open(path).value();

@@ -63,10 +63,15 @@ enum Feature : std::uint64_t {
   // look like a block header. An older writer would leave the tags zero,
   // which this Sheaf's deallocate() would then refuse: ro_compat.
   kFeatureUsedTags = std::uint64_t{1} << 3,
+  // Readers in local mode count themselves in State::readers instead of
+  // taking the mutex, so they do not exclude one another; writers bar new
+  // readers and wait for the counted ones (heap_lock.cpp). An older writer
+  // would not wait for them: ro_compat.
+  kFeatureSharedReaders = std::uint64_t{1} << 4,
 };
 inline constexpr std::uint64_t kKnownCompat = 0;
 inline constexpr std::uint64_t kKnownRoCompat =
-    kFeatureObjectSerials | kFeatureCacheLedgers | kFeatureUsedTags;
+    kFeatureObjectSerials | kFeatureCacheLedgers | kFeatureUsedTags | kFeatureSharedReaders;
 inline constexpr std::uint64_t kKnownIncompat = kFeatureHolds;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
@@ -346,6 +351,17 @@ struct State {
   std::uint64_t session_ledgers[kMaxSessions];
   // Recoveries (counted in `recoveries` too) that had to walk the heap.
   std::uint64_t walked_recoveries;
+
+  // --- Readers (kFeatureSharedReaders, local mode; heap_lock.cpp) ---
+  // Per session slot: how many of that session's threads are inside a
+  // shared section. A reader adds itself, then enters only if
+  // readers_barred is 0; a writer, holding the mutex, sets readers_barred,
+  // then waits until every count below reader_slots is 0 (resetting the
+  // counts of dead sessions). Both with sequentially consistent atomics, so
+  // one of the two always sees the other.
+  alignas(64) std::uint32_t readers[kMaxSessions];
+  std::uint32_t readers_barred;  // 1 while a writer holds the mutex (or died holding it)
+  std::uint32_t reader_slots;    // every slot ever registered is below it
 };
 
 struct Header {

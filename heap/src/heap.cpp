@@ -523,6 +523,7 @@ HeapInfo Heap::Impl::info() const {
   if (impl.has_feature(kFeatureCacheLedgers)) info.features.push_back("cache-ledgers");
   if (impl.has_feature(kFeatureHolds)) info.features.push_back("holds");
   if (impl.has_feature(kFeatureUsedTags)) info.features.push_back("used-tags");
+  if (impl.has_feature(kFeatureSharedReaders)) info.features.push_back("shared-readers");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;

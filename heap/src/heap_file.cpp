@@ -310,6 +310,8 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   if (impl->mode == LockMode::kNetwork) madvise(map, impl->reserve, MADV_RANDOM);  // see above
 
   impl->claim_mode();
+  impl->counted_readers =
+      impl->mode == LockMode::kLocal && impl->has_feature(kFeatureSharedReaders);
 
   if (options.read_only) {
     // Nothing is written: no session, no repair, no first-opener duties
@@ -392,6 +394,10 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
+      // Nobody reads either: counts and a bar left by a crash go too.
+      std::memset(state.readers, 0, sizeof(state.readers));
+      state.readers_barred = 0;
+      state.reader_slots = 0;
     }
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
     // Downgrade: others may come in.
@@ -513,6 +519,15 @@ bool Heap::Impl::upgrade() {
       if (block(offset)->state() == kUsed) block(offset)->tag = used_tag(offset);
     }
   }
+  //    Reader counts start at zero, and cover every slot in use.
+  if (!(id.ro_compat_features & kFeatureSharedReaders)) {
+    std::memset(s.readers, 0, sizeof(s.readers));
+    s.readers_barred = 0;
+    s.reader_slots = 0;
+    for (int i = 0; i < kMaxSessions; ++i) {
+      if (s.sessions[i].id != 0) s.reader_slots = static_cast<std::uint32_t>(i + 1);
+    }
+  }
   // 2. The new identity, staged whole; 3. published; 4. copied into place.
   Identity fresh = id;
   fresh.version = kVersion;
@@ -526,6 +541,7 @@ bool Heap::Impl::upgrade() {
   }
   publish(s.identity_staged, 1);
   finish_identity_update();
+  counted_readers = mode == LockMode::kLocal;
   return true;
 }
 

@@ -47,16 +47,94 @@ std::int64_t this_thread_id() {
   return id;
 }
 
+// This thread's counted shared sections (one entry per heap, with its
+// nesting depth). Empty almost always, so the common check costs one load.
+struct CountedSection {
+  const Heap::Impl* heap;
+  int depth;
+};
+thread_local std::vector<CountedSection> counted_sections;
+
+CountedSection* counted_section(const Heap::Impl* heap) {
+  for (CountedSection& section : counted_sections) {
+    if (section.heap == heap) return &section;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 bool Heap::Impl::held_by_this_thread() const {
-  return owner_tid.load(std::memory_order_relaxed) == this_thread_id();
+  return owner_tid.load(std::memory_order_relaxed) == this_thread_id() ||
+         (!counted_sections.empty() && counted_section(this) != nullptr);
 }
 
 void Heap::Impl::require_exclusive() const {
-  if (!held_by_this_thread() || !outer_exclusive) {
+  if (owner_tid.load(std::memory_order_relaxed) != this_thread_id() || !outer_exclusive) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + path + ": this changes the heap, so it cannot run inside shared()");
+  }
+}
+
+// --- Counted readers ---
+//
+// The reader's side and the writer's side each store, then load the other's
+// word, both sequentially consistent (Dekker): either the reader sees the
+// bar and steps back, or the writer sees the count and waits for it. A
+// reader that steps back waits for the writer on the mutex, which also
+// repairs the heap if the writer died; then counts itself in under the
+// mutex and lets it go (acquire()). A reader that dies inside leaves its
+// count; a waiting writer resets the counts of sessions that are gone.
+
+bool Heap::Impl::enter_counted() {
+  State& s = state();
+  __atomic_add_fetch(&s.readers[session_slot], 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s.readers_barred, __ATOMIC_SEQ_CST) == 0) return true;
+  leave_counted();
+  return false;
+}
+
+void Heap::Impl::leave_counted() noexcept {
+  State& s = state();
+  __atomic_sub_fetch(&s.readers[session_slot], 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s.readers_barred, __ATOMIC_SEQ_CST) != 0) {
+    posix::futex_wake(&s.readers[session_slot]);  // a writer may be waiting for us
+  }
+}
+
+void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
+  State& s = state();
+  __atomic_store_n(&s.readers_barred, 1, __ATOMIC_SEQ_CST);
+  const std::uint32_t slots =
+      std::min<std::uint32_t>(__atomic_load_n(&s.reader_slots, __ATOMIC_ACQUIRE), kMaxSessions);
+  std::uint64_t started = 0;
+  for (std::uint32_t i = 0; i < slots; ++i) {
+    for (int spin = 0;; ++spin) {
+      const std::uint32_t count = __atomic_load_n(&s.readers[i], __ATOMIC_SEQ_CST);
+      if (count == 0) break;
+      if (spin < 200) {  // shared sections are usually short
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        continue;
+      }
+      if (started == 0) started = posix::monotonic_ns();
+      if (static_cast<int>(i) != session_slot && !session_alive(static_cast<int>(i))) {
+        __atomic_store_n(&s.readers[i], 0, __ATOMIC_SEQ_CST);  // died reading
+        break;
+      }
+      if (timeout_ns >= 0 &&
+          posix::monotonic_ns() - started >= static_cast<std::uint64_t>(timeout_ns)) {
+        const Session& reader = s.sessions[i];
+        throw Error(Errc::kTimedOut,
+                    "heap " + path + ": waited " + std::to_string(timeout_ns / 1000000) +
+                        " ms for the lock: pid " + std::to_string(reader.pid) + " on host " +
+                        std::string(reader.host, strnlen(reader.host, sizeof(reader.host))) +
+                        " is inside a shared section",
+                    ETIMEDOUT);
+      }
+      posix::futex_wait(&s.readers[i], count, 1000000);  // then look again (and at liveness)
+    }
   }
 }
 
@@ -125,9 +203,14 @@ void Heap::Impl::lock_network(bool exclusive, std::int64_t timeout_ns) {
 }
 
 void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
-  if (held_by_this_thread()) {
+  if (owner_tid.load(std::memory_order_relaxed) == this_thread_id()) {
     if (exclusive && !outer_exclusive) require_exclusive();
     ++depth;
+    return;
+  }
+  if (CountedSection* section = counted_sections.empty() ? nullptr : counted_section(this)) {
+    if (exclusive) require_exclusive();  // throws: a shared section cannot write
+    ++section->depth;
     return;
   }
   if (read_only && exclusive) {
@@ -142,6 +225,10 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
                     "object(), copy_object() and check() work (they retry instead of locking)");
   }
   if (timeout_ns < 0) timeout_ns = lock_timeout_ns;
+  if (!exclusive && reads_counted() && enter_counted()) {
+    counted_sections.push_back({this, 1});
+    return;
+  }
   bool holder_died = false;
   if (mode == LockMode::kLocal) {
     const int rc = lock_local_mutex(timeout_ns);
@@ -171,6 +258,9 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     const bool repair = !read_only && (holder_died || state().lock_holder != 0);
     // Changes, and repairs, need the whole heap mapped; reads only what they read.
     if (exclusive || repair) check_reservation();
+    if ((exclusive || repair) && counted_readers && mode == LockMode::kLocal) {
+      bar_readers(timeout_ns);
+    }
     if (repair) recover_after_death(holder_died);
   } catch (...) {
     // Leave lock_holder as it is: if the repair failed, the next locker must
@@ -184,6 +274,12 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   if (exclusive) {
     publish(state().lock_holder, holder_token());
     begin_undo_log();
+  } else if (reads_counted()) {
+    // A reader that waited on the mutex for a writer (or repaired after a
+    // dead one): counted in while no writer can be, then the mutex goes.
+    __atomic_add_fetch(&state().readers[session_slot], 1, __ATOMIC_SEQ_CST);
+    release();
+    counted_sections.push_back({this, 1});
   }
 }
 
@@ -304,6 +400,15 @@ void Heap::Impl::recover_after_death(bool holder_died) {
 }
 
 int Heap::Impl::release() noexcept {
+  if (!counted_sections.empty()) {
+    if (CountedSection* section = counted_section(this)) {
+      if (--section->depth == 0) {
+        leave_counted();
+        counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
+      }
+      return 0;
+    }
+  }
   if (--depth > 0) return 0;
   int error = 0;
   State& s = state();
@@ -314,6 +419,11 @@ int Heap::Impl::release() noexcept {
   }
   owner_tid.store(0, std::memory_order_relaxed);
   if (mode == LockMode::kLocal) {
+    // Readers may come in again (whoever holds the mutex lifts a bar left
+    // by a holder that died, too).
+    if (counted_readers && !read_only && __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED)) {
+      __atomic_store_n(&s.readers_barred, 0, __ATOMIC_SEQ_CST);
+    }
     pthread_mutex_unlock(mutex());
     return 0;
   }
@@ -459,6 +569,12 @@ void Heap::Impl::register_session(bool walked) {
   if (chosen < 0) {
     throw Error(Errc::kBusy, "heap " + path + ": already open by " + std::to_string(kMaxSessions) +
                                  " processes");
+  }
+  // Not logged: a count of 0 is right for a slot nobody reads through, and
+  // reader_slots only grows.
+  __atomic_store_n(&s.readers[chosen], 0, __ATOMIC_SEQ_CST);
+  if (static_cast<std::uint32_t>(chosen) >= s.reader_slots) {
+    __atomic_store_n(&s.reader_slots, static_cast<std::uint32_t>(chosen + 1), __ATOMIC_RELEASE);
   }
   Operation op(*this);
   Session& mine = s.sessions[chosen];

@@ -146,7 +146,20 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   [[noreturn]] void throw_timed_out(std::int64_t timeout_ns) const;
   std::string describe_holder() const;  // "pid 12 on host h" or what is known
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
+  // Inside a section of this heap: the exclusive one, or a shared one that
+  // took the mutex, or (counted readers) any shared one of this thread.
   bool held_by_this_thread() const;
+
+  // Counted readers (format::kFeatureSharedReaders, local mode): a reader
+  // adds itself to its session's count in State::readers instead of taking
+  // the mutex; whoever takes the mutex to write bars new readers and waits
+  // for the counted ones. True when the heap has the feature (writers then
+  // wait); readers count only once this process has a session.
+  bool counted_readers = false;
+  bool reads_counted() const { return counted_readers && session_slot >= 0 && !read_only; }
+  bool enter_counted();           // true: in; false: a writer is in, go through the mutex
+  void leave_counted() noexcept;  // wakes a writer waiting for us
+  void bar_readers(std::int64_t timeout_ns);  // under the mutex, before writing
   // `holder_died`: the robust mutex said its owner died (proof of death;
   // lock_holder alone may be left by a live process whose repair failed).
   void recover_after_death(bool holder_died);

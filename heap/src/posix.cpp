@@ -1,9 +1,11 @@
 // posix.cpp: the one layer between Sheaf's files and the operating system.
 #include "posix.hpp"
 
+#include <linux/futex.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -245,6 +247,18 @@ bool range_locked_by_other(int fd, short type, off_t start, off_t length, bool i
   struct flock probe = range(type, start, length);
   if (::fcntl(fd, F_OFD_GETLK, &probe) != 0) return if_unknown;
   return probe.l_type != F_UNLCK;
+}
+
+void futex_wait(const std::uint32_t* word, std::uint32_t expected,
+                std::uint64_t timeout_ns) noexcept {
+  const timespec timeout{static_cast<time_t>(timeout_ns / 1000000000u),
+                         static_cast<long>(timeout_ns % 1000000000u)};
+  // Not FUTEX_PRIVATE_FLAG: the word is in a file other processes map.
+  ::syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, nullptr, 0);
+}
+
+void futex_wake(const std::uint32_t* word) noexcept {
+  ::syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
 }
 
 std::uint64_t monotonic_ns() noexcept {

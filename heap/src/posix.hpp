@@ -133,6 +133,13 @@ int unlock_range(int fd, off_t start, off_t length) noexcept;
 // `type` on the range. When the probe itself fails, reports `if_unknown`.
 bool range_locked_by_other(int fd, short type, off_t start, off_t length, bool if_unknown);
 
+// Futexes on a word of a shared file mapping (so across processes): wait
+// while *word == expected, for at most timeout_ns (woken, changed, timed out
+// or interrupted: the caller looks again); wake every waiter.
+void futex_wait(const std::uint32_t* word, std::uint32_t expected,
+                std::uint64_t timeout_ns) noexcept;
+void futex_wake(const std::uint32_t* word) noexcept;
+
 // Clocks.
 std::uint64_t monotonic_ns() noexcept;
 std::uint64_t realtime_ns() noexcept;
