@@ -324,7 +324,9 @@ class Heap {
   // --- Locking -----------------------------------------------------------------
   // Runs fn under the heap's lock. exclusive(): writers; on a network
   // filesystem its writes reach the server before the lock is released.
-  // shared(): readers (still exclusive between processes on one host).
+  // shared(): readers, who do not exclude one another (in any process; a
+  // heap opened read_only in local mode reads under the writers' mutex).
+  // Opening a heap writes, so it waits for the readers inside.
   // A section that reports an error (a failed flush) throws it when it ends.
   template <class F>
   decltype(auto) exclusive(F&& fn) {
