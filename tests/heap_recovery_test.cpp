@@ -177,6 +177,37 @@ TEST(HeapRecovery, ARecovererKilledBeforeItsWalkLeavesTheWalkToTheNext) {
   EXPECT_EQ(*observer.find<int>("kept"), 7);
 }
 
+// A process killed while its thread cache hands a block out (the block says
+// used, the cache's ledger still has it in flight) leaks nothing, even when
+// the heap is walked rather than reclaimed from the ledgers.
+TEST(HeapRecovery, AWalkFreesTheBlockADeadCacheHadInFlight) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap::create(path).value();
+  OpenOptions verify;  // a first open that walks the heap
+  verify.verify = true;
+  const auto used_after = [&](bool killed) {
+    Child child([&] {
+      Heap heap = Heap::open(path).value();
+      heap.deallocate(heap.allocate(64));  // the block is now in this thread's cache
+      // cached_allocate's stores: in_flight, slot, count, tag, state, and
+      // in_flight cleared: die before the last.
+      if (killed) posix::inject_crash(5);
+      heap.allocate(64);
+      posix::inject_crash(-1);
+      if (killed) std::_Exit(4);  // the crash point moved: fail loudly
+    });
+    EXPECT_EQ(child.wait_code(), killed ? 128 + SIGKILL : 0);
+    Heap heap = Heap::open(path, verify).value();
+    EXPECT_TRUE(heap.check().ok());
+    return heap.info().used;
+  };
+  // The first child keeps its block (its user leaked it); the second's never
+  // reached its user, so the walk frees it: nothing more is used after it.
+  const std::uint64_t after_a_clean_close = used_after(false);
+  EXPECT_EQ(used_after(true), after_a_clean_close);
+}
+
 // A heap left unclean on a machine that restarted since (its boot id
 // differs) may have lost pages the kernel never wrote back: its first opener
 // walks it.

@@ -390,6 +390,7 @@ void Heap::Impl::recover_after_death(bool holder_died) {
     ++s.generation;
     end_undo_log();
     publish(s.lock_holder, 0);
+    disown_undo_log();
     if (mode == LockMode::kNetwork) {
       if (const int error = flush_to_server(); error != 0) {
         throw Error::from_errno(error, "heap " + path + ": cannot write the repaired heap");
@@ -416,6 +417,7 @@ int Heap::Impl::release() noexcept {
     end_undo_log();
     ++s.generation;
     publish(s.lock_holder, 0);
+    disown_undo_log();
   }
   owner_tid.store(0, std::memory_order_relaxed);
   if (mode == LockMode::kLocal) {

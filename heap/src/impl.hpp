@@ -264,7 +264,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void save_range(const void* start, std::size_t bytes);  // every word of it
   void mark_unlogged();   // what follows is too big to log: a death here needs the walk
   void begin_undo_log();  // at the start of an exclusive section (heap_lock.cpp)
-  void end_undo_log();    // at its end
+  void end_undo_log();    // at its end, before lock_holder is cleared
+  void disown_undo_log();  // after lock_holder is cleared
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
   bool replay_undo_log(std::uint64_t dead_holder);

@@ -213,14 +213,24 @@ void Heap::Impl::begin_undo_log() {
   counters_saved = 0;
 }
 
+// The log stays ours (undo_owner) until lock_holder is cleared: a death in
+// between leaves an empty log that names the dead holder, so the next locker
+// replays nothing and walks nothing. (Cleared first, it would leave a log
+// that is nobody's, and a walk.) The owner is cleared after lock_holder by
+// the caller (disown_undo_log).
 void Heap::Impl::end_undo_log() {
   if (!undo_active()) return;
   State& s = state();
   if (undo_next != 0) publish(s.undo_count, 0);
   if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
-  publish(s.undo_owner, 0);  // so no later death can take this log for its own
   undo_next = kNotLogging;
   counters_saved = 0;
+}
+
+void Heap::Impl::disown_undo_log() {
+  if (mode != LockMode::kLocal || read_only) return;
+  // So that no later death can take this log for its own.
+  if (state().undo_owner != 0) publish(state().undo_owner, 0);
 }
 
 bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
@@ -422,6 +432,9 @@ void Heap::Impl::rebuild(Rebuild kind) {
   // Cached blocks of sessions that are gone go back to the heap on recovery,
   // and so do their ledgers (the walk finds the blocks they list).
   std::vector<std::uint64_t> live;
+  // Blocks a dead session's caches had in flight: if still kUsed, their
+  // user never had them (or had freed them), so they are free.
+  std::unordered_set<std::uint64_t> dead_in_flight;
   if (recovering) {
     for (int i = 0; i < kMaxSessions; ++i) {
       const std::uint64_t id = s.sessions[i].id;
@@ -433,6 +446,9 @@ void Heap::Impl::rebuild(Rebuild kind) {
         const std::uint64_t ledger_block = s.session_ledgers[i];
         const LedgerHead* ledger = ledger_at(*this, ledger_block);
         if (ledger == nullptr) break;
+        if (const CacheLedger* cache = as_cache_ledger(ledger); cache && cache->in_flight != 0) {
+          dead_in_flight.insert(cache->in_flight);
+        }
         publish(s.session_ledgers[i], ledger->next);
         publish(block(ledger_block)->size_and_state, block(ledger_block)->size() | kFree);
       }
@@ -484,6 +500,7 @@ void Heap::Impl::rebuild(Rebuild kind) {
         state_bits == kFree ||
         (recovering && (state_bits == kPending || (state_bits == kIndex && !kept_table) ||
                         (state_bits == kCached && owner_gone(header)) ||
+                        (state_bits == kUsed && dead_in_flight.count(offset) != 0) ||
                         (state_bits == kHeld && holds_of(offset) == 0)));
     if (recovering && state_bits == kHeld && !reclaim && header->tag != holds_of(offset)) {
       publish(header->tag, holds_of(offset));
