@@ -3,6 +3,7 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "format.hpp"
 #include "heap_test_util.hpp"
@@ -63,6 +64,13 @@ TEST(HeapHolds, MisuseIsAnErrorAndChangesNothing) {
   expect_error(Errc::kInvalidArgument, [&] { heap.deallocate(held); });
   expect_error(Errc::kInvalidArgument, [&] { heap.release(plain); });
   expect_error(Errc::kInvalidArgument, [&] { heap.hold(static_cast<char*>(held) + 16); });
+  // Bytes that look like a held block's header: not a block this process
+  // holds, so no hold is counted on them.
+  auto* fake = static_cast<std::uint64_t*>(heap.allocate(256));
+  fake[4] = 64 | format::kHeld;
+  fake[5] = 1;
+  expect_error(Errc::kInvalidArgument, [&] { heap.hold(fake + 6); });
+  EXPECT_EQ(fake[5], 1u);
   expect_error(Errc::kNotFound, [&] { heap.hand_over(held, 987654); });
   EXPECT_EQ(heap.holds(held), 1u);
   EXPECT_TRUE(heap.check().ok());
@@ -112,16 +120,30 @@ TEST(HeapHolds, ADeadProcessesHoldsAreReleased) {
   const std::string path = dir / "h";
   Heap heap = Heap::create(path).value();
   auto* shared = static_cast<char*>(heap.allocate_held(64));
-  const std::uint64_t shared_offset = heap.offset_of(shared);
   const std::uint64_t before = heap.info().used;
-  ASSERT_TRUE(testing::kill_after([&] {
-    Heap mine = Heap::open(path).value();
-    void* p = mine.pointer_at(shared_offset);
-    mine.hold(p);
-    mine.hold(p);
-    for (int i = 0; i < 200; ++i) mine.allocate_held(1000);  // never linked anywhere
-    return mine;
-  }));
+  {
+    Pipe session, handed, ready;
+    Child holder([&] {
+      Heap mine = Heap::open(path).value();
+      send_value(session.write_end(), mine.session());
+      (void)receive_value<char>(handed.read_end());            // two holds on `shared` are ours now
+      for (int i = 0; i < 200; ++i) mine.allocate_held(1000);  // never linked anywhere
+      send_value(ready.write_end(), 'r');
+      ::pause();
+    });
+    session.close_write();
+    ready.close_write();
+    const auto child_session = receive_value<std::uint64_t>(session.read_end());
+    ASSERT_NE(child_session, 0u);
+    heap.hold(shared);
+    heap.hold(shared);
+    heap.hand_over(shared, child_session);
+    heap.hand_over(shared, child_session);
+    send_value(handed.write_end(), 'h');
+    ASSERT_EQ(receive_value<char>(ready.read_end()), 'r');
+    holder.kill();
+    holder.wait();
+  }
   EXPECT_EQ(heap.holds(shared), 3u);  // the dead one's two count until released
   const CheckReport dead = heap.check();
   ASSERT_TRUE(dead.ok()) << dead.problems.front();
@@ -173,20 +195,32 @@ TEST(HeapHolds, TheWalkRecountsHolds) {
     Heap heap = Heap::create(path).value();
     kept_offset = heap.offset_of(heap.allocate_held(64));
     orphan_offset = heap.offset_of(heap.allocate_held(64));
-    ASSERT_TRUE(testing::kill_after([&] {
-      Heap mine = Heap::open(path).value();
-      mine.hold(mine.pointer_at(kept_offset));
-      mine.hold(mine.pointer_at(orphan_offset));
-      return mine;
-    }));
+    // A child that is handed one hold on each block in `offsets`, then killed.
+    const auto killed_holding = [&](std::vector<std::uint64_t> offsets) {
+      Pipe session, handed;
+      Child holder([&] {
+        Heap mine = Heap::open(path).value();
+        send_value(session.write_end(), mine.session());
+        (void)receive_value<char>(handed.read_end());
+        send_value(session.write_end(), mine.session());
+        ::pause();
+      });
+      session.close_write();
+      const auto child_session = receive_value<std::uint64_t>(session.read_end());
+      for (std::uint64_t offset : offsets) {
+        heap.hold(heap.pointer_at(offset));
+        heap.hand_over(heap.pointer_at(offset), child_session);
+      }
+      send_value(handed.write_end(), 'h');
+      EXPECT_EQ(receive_value<std::uint64_t>(session.read_end()), child_session);
+      holder.kill();
+      holder.wait();
+    };
+    killed_holding({kept_offset, orphan_offset});
     heap.release(heap.pointer_at(orphan_offset));  // now only the dead one holds it
     EXPECT_EQ(heap.holds(heap.pointer_at(kept_offset)), 2u);
     // Left open (killed), on a machine that then restarted.
-    ASSERT_TRUE(testing::kill_after([&] {
-      Heap keeper = Heap::open(path).value();
-      keeper.hold(keeper.pointer_at(kept_offset));
-      return keeper;
-    }));
+    killed_holding({kept_offset});
   }
   {
     posix::Fd fd = posix::open_file(path, O_RDWR, path);

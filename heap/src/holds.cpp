@@ -108,6 +108,13 @@ bool Heap::Impl::drop_hold(int slot, std::uint64_t block_offset) {
   return false;
 }
 
+bool Heap::Impl::holds_one(int slot, std::uint64_t block_offset) {
+  const HoldLedger* ledger = hold_ledger(slot, 0, false);
+  if (ledger == nullptr) return false;
+  const std::uint64_t* entries = ledger->entries();
+  return std::find(entries, entries + ledger->count, block_offset) != entries + ledger->count;
+}
+
 void Heap::Impl::count_off_hold(std::uint64_t block_offset) {
   BlockHeader* header = block(block_offset);
   if (header->tag <= 1) {
@@ -165,6 +172,16 @@ void Heap::hold(const void* p) {
   LockScope lock(impl, true);
   Impl::Operation op(impl);
   const std::uint64_t block = held_block_of(impl, p, "hold");
+  // Like copying a shared_ptr: only a holder may add a hold. A process with
+  // none has nothing keeping the block alive (it may be gone, its offset
+  // reused), and bytes that merely look like a held block's header are
+  // refused here rather than counted.
+  if (!impl.holds_one(impl.session_slot, block)) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path +
+                    ": hold: this process holds no hold on that block (take holds from a "
+                    "holder: hand_over)");
+  }
   impl.store(impl.block(block)->tag, impl.block(block)->tag + 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
 }

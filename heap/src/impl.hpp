@@ -201,6 +201,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   format::HoldLedger* hold_ledger(int slot, std::uint64_t session, bool create);
   void add_hold(int slot, std::uint64_t session, std::uint64_t block_offset);
   bool drop_hold(int slot, std::uint64_t block_offset);  // false if it has none on it
+  bool holds_one(int slot, std::uint64_t block_offset);  // its ledger lists the block
   void count_off_hold(std::uint64_t block_offset);       // one hold fewer; the last frees it
   int live_slot_of(std::uint64_t session) const;         // -1 unless open and alive
   // Releases every hold a dead session's hold ledger lists, one operation
@@ -262,9 +263,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   }
   std::uint32_t counters_saved = 0;  // guarded by the heap lock; cleared with the log
   void save_range(const void* start, std::size_t bytes);  // every word of it
-  void mark_unlogged();   // what follows is too big to log: a death here needs the walk
-  void begin_undo_log();  // at the start of an exclusive section (heap_lock.cpp)
-  void end_undo_log();    // at its end, before lock_holder is cleared
+  void mark_unlogged();    // what follows is too big to log: a death here needs the walk
+  void begin_undo_log();   // at the start of an exclusive section (heap_lock.cpp)
+  void end_undo_log();     // at its end, before lock_holder is cleared
   void disown_undo_log();  // after lock_holder is cleared
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.

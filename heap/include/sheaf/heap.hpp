@@ -250,7 +250,7 @@ class Heap {
   // hold), and kUnsupported on a heap made before holds (`sheaf heap
   // upgrade` adds them).
   void* allocate_held(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
-  void hold(const void* p);     // one more hold on p, this session's
+  void hold(const void* p);     // one more hold on p for this session, which must hold one
   void release(const void* p);  // one of this session's holds on p gone; the last frees it
   // One of this session's holds on p becomes `session`'s (a live session of
   // this heap: kNotFound otherwise); the block's count does not change.
