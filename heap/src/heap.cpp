@@ -168,7 +168,7 @@ void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
   if (use_cache(impl) && alignment <= kAlign && bytes <= kCacheMax - kBlockHeaderBytes) {
     return impl.at(impl.cached_allocate(Heap::Impl::block_size_for(bytes)) + kBlockHeaderBytes);
   }
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Heap::Impl::Operation op(impl);
   return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
 }
@@ -178,7 +178,7 @@ void deallocate_in(Heap::Impl& impl, void* p) {
     const std::uint64_t block = used_block_of(impl, p, "deallocate");
     if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
   }
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Heap::Impl::Operation op(impl);
   impl.free_block(used_block_of(impl, p, "deallocate"));
 }
@@ -205,7 +205,7 @@ auto read_consistently(Heap::Impl& impl, Read&& read, bool optimistic = false) -
   const bool unlocked =
       impl.lockless || (optimistic && impl.mode == LockMode::kLocal && !impl.held_by_this_thread());
   if (!unlocked) {
-    LockScope lock(impl, false);
+    SharedSection lock(impl);
     return read();
   }
   const int attempts = impl.lockless ? 2000 : 2;  // lockless: about 2 s of naps
@@ -238,7 +238,7 @@ auto read_consistently(Heap::Impl& impl, Read&& read, bool optimistic = false) -
     }
   }
   if (!impl.lockless) {  // optimistic: writers are busy; wait for them as a reader
-    LockScope lock(impl, false);
+    SharedSection lock(impl);
     return read();
   }
   throw Error(Errc::kBusy, "heap " + impl.path +
@@ -268,7 +268,7 @@ void Heap::deallocate(void* p) {
 void* Heap::reallocate(void* p, std::size_t bytes) {
   Impl& impl = live();
   if (p == nullptr) return allocate(bytes);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = used_block_of(impl, p, "reallocate");
   if (impl.resize_in_place(block, bytes)) return p;
@@ -283,7 +283,7 @@ void* Heap::reallocate(void* p, std::size_t bytes) {
 
 std::size_t Heap::usable_size(const void* p) const {
   Impl& impl = live();
-  LockScope lock(impl, false);
+  SharedSection lock(impl);
   return impl.block(used_block_of(impl, p, "usable_size"))->size() - kBlockHeaderBytes;
 }
 
@@ -300,7 +300,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
                                        std::string(type.name) + " objects do not fit");
   }
   const std::uint64_t name_hash = hash_name(name);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   if (std::uint64_t existing = impl.lookup(name, name_hash); existing != 0) {
     if (!or_find) {
       throw Error(Errc::kAlreadyExists,
@@ -388,7 +388,7 @@ void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* 
 
 bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy) {
   Impl& impl = live();
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) return false;
   check_type(impl, block, type);
@@ -405,7 +405,7 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
 
 bool Heap::erase(std::string_view name) {
   Impl& impl = live();
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) return false;
   Impl::Operation op(impl);
@@ -468,7 +468,7 @@ std::vector<std::byte> Heap::copy_object(std::string_view name) const {
 
 std::span<const std::byte> Heap::object_bytes(std::string_view name) const {
   Impl& impl = live();
-  LockScope lock(impl, false);
+  SharedSection lock(impl);
   const std::uint64_t block = impl.lookup(name);
   if (block == 0) {
     throw Error(Errc::kNotFound,
@@ -542,7 +542,7 @@ HeapInfo Heap::Impl::info() const {
 Result<bool> Heap::upgrade() {
   try {
     Impl& impl = live();
-    LockScope lock(impl, true);
+    ExclusiveSection lock(impl);
     const bool changed = impl.upgrade();
     if (const int error = lock.release(); error != 0) {
       throw Error::from_errno(error, "heap " + impl.path + ": cannot write to the server");

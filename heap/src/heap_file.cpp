@@ -229,6 +229,7 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
     state.next_serial = 1;
     // One free block spans everything after the header.
     builder.block(kHeaderBytes)->size_and_state = (size - kHeaderBytes) | kFree;
+    builder.held_lock();  // nobody else can see the file yet: as good as the lock
     builder.push_free(kHeaderBytes);
     builder.base = nullptr;  // ~Impl must not unmap
   }
@@ -412,7 +413,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // From here on others may be in the heap: write State only under the lock
   // (on a network filesystem a page written outside it can overwrite what
   // another host wrote under it).
-  LockScope lock(*impl, true);  // undoes a dead holder's operation first
+  ExclusiveSection lock(*impl);  // undoes a dead holder's operation first
   impl->finish_identity_update();
   if (quick_check) {
     if (std::string problem = impl->quick_check(); !problem.empty()) {
@@ -448,7 +449,7 @@ int Heap::Impl::close_file() noexcept {
         // table, and if no other process has the heap open (we get the
         // presence lock exclusively), mark it clean so the next first opener
         // can skip repairing it.
-        LockScope lock(*this, true);
+        ExclusiveSection lock(*this);
         // A process that closes the heap gives up its holds (the last one
         // of a block frees it), as one that dies does.
         reclaim_session(session_slot);

@@ -251,6 +251,7 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   owner_tid.store(this_thread_id(), std::memory_order_relaxed);
   depth = 1;
   outer_exclusive = exclusive;
+  held_lock();  // from here on this thread is inside (the analysis: see impl.hpp)
 
   try {
     // A reader that may not write leaves the repair to the next writer,
@@ -414,6 +415,7 @@ int Heap::Impl::release() noexcept {
   int error = 0;
   State& s = state();
   if (outer_exclusive) {
+    held_lock();  // still, until the unlock below
     end_undo_log();
     ++s.generation;
     publish(s.lock_holder, 0);

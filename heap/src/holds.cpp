@@ -158,7 +158,7 @@ bool Heap::Impl::release_holds_of(std::uint64_t ledger_block) {
 void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
   Impl& impl = live();
   require_holds(impl);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = impl.allocate_block(bytes, alignment, kHeld);
   publish(impl.block(block)->tag, std::uint64_t{1});  // a block this operation took: not saved
@@ -169,7 +169,7 @@ void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
 void Heap::hold(const void* p) {
   Impl& impl = live();
   require_holds(impl);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = held_block_of(impl, p, "hold");
   // Like copying a shared_ptr: only a holder may add a hold. A process with
@@ -189,7 +189,7 @@ void Heap::hold(const void* p) {
 void Heap::release(const void* p) {
   Impl& impl = live();
   require_holds(impl);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = held_block_of(impl, p, "release");
   if (!impl.drop_hold(impl.session_slot, block)) {
@@ -202,7 +202,7 @@ void Heap::release(const void* p) {
 void Heap::hand_over(const void* p, std::uint64_t session) {
   Impl& impl = live();
   require_holds(impl);
-  LockScope lock(impl, true);
+  ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = held_block_of(impl, p, "hand_over");
   const int slot = impl.live_slot_of(session);
@@ -219,7 +219,7 @@ void Heap::hand_over(const void* p, std::uint64_t session) {
 
 std::uint64_t Heap::holds(const void* p) const {
   Impl& impl = live();
-  LockScope lock(impl, false);
+  SharedSection lock(impl);
   return impl.block(held_block_of(impl, p, "holds"))->tag;
 }
 

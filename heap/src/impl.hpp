@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -28,6 +29,7 @@
 #include "format.hpp"
 #include "posix.hpp"
 #include "sheaf/heap.hpp"
+#include "thread_annotations.hpp"
 
 namespace sheaf {
 
@@ -58,8 +60,19 @@ struct ThreadCache {
   std::uint64_t bytes = 0;  // in all of its bins
 };
 
+// The heap lock, as Clang's thread-safety analysis sees it: a name for
+// "this thread is inside a section of this heap" (Heap::LockScope), which
+// functions that change the heap or its undo log require (REQUIRES) and the
+// process-local state of a section is guarded by (GUARDED_BY). The lock
+// itself (a mutex in the file, or a byte-range lock) is taken in
+// heap_lock.cpp; code that took it says so with held_lock().
+class CAPABILITY("heap lock") HeapLock {};
+
 struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   Impl() = default;
+  HeapLock heap_lock;
+  // Tells the analysis this thread holds the heap lock (after a LockScope).
+  void held_lock() const ASSERT_CAPABILITY(heap_lock) {}
   ~Impl();  // unmaps and closes whatever close_file() did not
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -126,8 +139,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   static std::shared_ptr<Impl> open_file(const std::string& path, const OpenOptions& options);
   int close_file() noexcept;  // 0, or the errno of a failed flush
   std::uint64_t growth_limit() const;
-  void finish_identity_update();  // see State::staged_identity
-  bool upgrade();                 // Heap::upgrade, under the exclusive lock
+  void finish_identity_update() REQUIRES(heap_lock);  // see State::staged_identity
+  bool upgrade() REQUIRES(heap_lock);                 // Heap::upgrade, under the exclusive lock
   bool has_feature(format::Feature feature) const {
     const format::Identity& id = header()->identity;
     return ((id.compat_features | id.ro_compat_features | id.incompat_features) & feature) != 0;
@@ -159,23 +172,24 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   bool reads_counted() const { return counted_readers && session_slot >= 0 && !read_only; }
   bool enter_counted();           // true: in; false: a writer is in, go through the mutex
   void leave_counted() noexcept;  // wakes a writer waiting for us
-  void bar_readers(std::int64_t timeout_ns);  // under the mutex, before writing
+  void bar_readers(std::int64_t timeout_ns) REQUIRES(heap_lock);  // under the mutex, before writing
   // `holder_died`: the robust mutex said its owner died (proof of death;
   // lock_holder alone may be left by a live process whose repair failed).
-  void recover_after_death(bool holder_died);
+  void recover_after_death(bool holder_died) REQUIRES(heap_lock);
   void refresh_from_server();  // network mode: see what other hosts wrote
   void refresh_range(std::uint64_t offset, std::uint64_t length);
-  int flush_to_server() noexcept;      // network mode: msync + fdatasync
-  void unmap_pages() noexcept;         // network mode: drop our page mappings
-  void require_exclusive() const;      // throws unless inside an exclusive section
-  void claim_mode();                   // at open, before anything else
-  void check_reservation() const;      // the heap has not outgrown our mapping
-  void register_session(bool walked);  // under the lock, at open; `walked`: the caller just did
-  void unregister_session() noexcept;
+  int flush_to_server() noexcept;  // network mode: msync + fdatasync
+  void unmap_pages() noexcept;     // network mode: drop our page mappings
+  void require_exclusive() const;  // throws unless inside an exclusive section
+  void claim_mode();               // at open, before anything else
+  void check_reservation() const;  // the heap has not outgrown our mapping
+  void register_session(bool walked)
+      REQUIRES(heap_lock);  // under the lock, at open; `walked`: the caller just did
+  void unregister_session() noexcept REQUIRES(heap_lock);
   bool session_alive(int slot) const;
   // session_alive(), but false for known_dead_session (the holder recovery found dead).
-  bool session_survives(int slot) const;
-  std::uint64_t known_dead_session = 0;  // guarded by the heap lock
+  bool session_survives(int slot) const REQUIRES(heap_lock);
+  std::uint64_t known_dead_session GUARDED_BY(heap_lock) = 0;
   std::uint32_t live_sessions() const;
 
   // --- allocator.cpp (all under the exclusive lock) ---
@@ -184,29 +198,32 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Returns the offset of a block whose header says `state` and whose
   // payload (at offset + 16) holds payload_bytes at `alignment`.
   std::uint64_t allocate_block(std::uint64_t payload_bytes, std::uint64_t alignment,
-                               format::BlockState state = format::kUsed);
-  void grow(std::uint64_t bytes);
-  void free_block(std::uint64_t block_offset);
-  bool resize_in_place(std::uint64_t block_offset, std::uint64_t payload_bytes);
-  std::uint64_t take_fit(std::uint64_t block_size);
+                               format::BlockState state = format::kUsed) REQUIRES(heap_lock);
+  void grow(std::uint64_t bytes) REQUIRES(heap_lock);
+  void free_block(std::uint64_t block_offset) REQUIRES(heap_lock);
+  bool resize_in_place(std::uint64_t block_offset, std::uint64_t payload_bytes) REQUIRES(heap_lock);
+  std::uint64_t take_fit(std::uint64_t block_size) REQUIRES(heap_lock);
   // Into its bin; its header already says kFree. `fresh`: its payload was
   // reachable by nobody before this operation (a split's tail, growth).
-  void push_free(std::uint64_t block_offset, bool fresh = false);
-  void unlink_free(std::uint64_t block_offset);
-  void reset_bins();
+  void push_free(std::uint64_t block_offset, bool fresh = false) REQUIRES(heap_lock);
+  void unlink_free(std::uint64_t block_offset) REQUIRES(heap_lock);
+  void reset_bins() REQUIRES(heap_lock);
   std::uint64_t largest_free() const;
 
   // --- holds.cpp (under the exclusive lock, inside an Operation) ---
   // The session's hold ledger (slot `slot`), made if `create`; nullptr if none.
-  format::HoldLedger* hold_ledger(int slot, std::uint64_t session, bool create);
-  void add_hold(int slot, std::uint64_t session, std::uint64_t block_offset);
-  bool drop_hold(int slot, std::uint64_t block_offset);  // false if it has none on it
-  bool holds_one(int slot, std::uint64_t block_offset);  // its ledger lists the block
-  void count_off_hold(std::uint64_t block_offset);       // one hold fewer; the last frees it
-  int live_slot_of(std::uint64_t session) const;         // -1 unless open and alive
+  format::HoldLedger* hold_ledger(int slot, std::uint64_t session, bool create) REQUIRES(heap_lock);
+  void add_hold(int slot, std::uint64_t session, std::uint64_t block_offset) REQUIRES(heap_lock);
+  bool drop_hold(int slot, std::uint64_t block_offset)
+      REQUIRES(heap_lock);  // false if it has none on it
+  bool holds_one(int slot, std::uint64_t block_offset)
+      REQUIRES(heap_lock);  // its ledger lists the block
+  void count_off_hold(std::uint64_t block_offset)
+      REQUIRES(heap_lock);                        // one hold fewer; the last frees it
+  int live_slot_of(std::uint64_t session) const;  // -1 unless open and alive
   // Releases every hold a dead session's hold ledger lists, one operation
   // each; false if the ledger or an entry is unreadable (then walk).
-  bool release_holds_of(std::uint64_t ledger_block);
+  bool release_holds_of(std::uint64_t ledger_block) REQUIRES(heap_lock);
 
   // --- thread_cache.cpp (local mode; no lock needed) ---
   bool thread_caching() const { return mode == LockMode::kLocal && !read_only; }
@@ -214,10 +231,11 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void cached_free(std::uint64_t block_offset);
   ThreadCache* thread_cache();
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
-  void give_back(ThreadCache& cache, int bin, std::uint32_t index);  // under the lock
-  void empty_cache(ThreadCache* cache);                              // under the exclusive lock
-  void retire_cache(ThreadCache* cache) noexcept;                    // at thread exit
-  void retire_all_caches() noexcept;                                 // at close
+  void give_back(ThreadCache& cache, int bin, std::uint32_t index)
+      REQUIRES(heap_lock);                                   // under the lock
+  void empty_cache(ThreadCache* cache) REQUIRES(heap_lock);  // under the exclusive lock
+  void retire_cache(ThreadCache* cache) noexcept;            // at thread exit
+  void retire_all_caches() noexcept;                         // at close
 
   // --- names.cpp ---
   format::NamedRecord* record(std::uint64_t block_offset) const {
@@ -229,9 +247,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   const format::NameTable* name_table() const;  // bounds-checked; nullptr if none
   void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
   std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash) const;
-  void insert_name(std::uint64_t block_offset);
-  void remove_name(std::uint64_t block_offset);
-  void build_name_table(std::uint64_t named_count);
+  void insert_name(std::uint64_t block_offset) REQUIRES(heap_lock);
+  void remove_name(std::uint64_t block_offset) REQUIRES(heap_lock);
+  void build_name_table(std::uint64_t named_count) REQUIRES(heap_lock);
   ObjectInfo describe(std::uint64_t block_offset) const;  // throws kCorrupted if unsound
   HeapInfo info() const;                                  // under the lock
   static std::string uuid_text(const std::uint8_t (&uuid)[16]);
@@ -245,15 +263,15 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   class Operation;
   // The one way to change a word that others may reach, under the lock:
   // saved first, then published (a release store: ordered after the save).
-  void store(std::uint64_t& word, std::uint64_t value) {
+  void store(std::uint64_t& word, std::uint64_t value) REQUIRES(heap_lock) {
     save(&word);
     publish(word, value);
   }
-  void save(const std::uint64_t* word);  // into the undo log, if one is kept
-  void save_past_the_end();              // save()'s rare case: no log, or a full one
+  void save(const std::uint64_t* word) REQUIRES(heap_lock);  // into the undo log, if one is kept
+  void save_past_the_end() REQUIRES(heap_lock);  // save()'s rare case: no log, or a full one
   // A counter of State's (used_bytes .. small_freed): saved once per
   // operation, since the undo needs only its value before the operation.
-  void store_counter(std::uint64_t& counter, std::uint64_t value) {
+  void store_counter(std::uint64_t& counter, std::uint64_t value) REQUIRES(heap_lock) {
     const auto bit = 1u << (&counter - &state().used_bytes);
     if (!(counters_saved & bit)) {
       save(&counter);
@@ -261,47 +279,49 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     }
     publish(counter, value);
   }
-  std::uint32_t counters_saved = 0;  // guarded by the heap lock; cleared with the log
-  void save_range(const void* start, std::size_t bytes);  // every word of it
-  void mark_unlogged();    // what follows is too big to log: a death here needs the walk
-  void begin_undo_log();   // at the start of an exclusive section (heap_lock.cpp)
-  void end_undo_log();     // at its end, before lock_holder is cleared
-  void disown_undo_log();  // after lock_holder is cleared
+  std::uint32_t counters_saved GUARDED_BY(heap_lock) = 0;  // cleared with the log
+  void save_range(const void* start, std::size_t bytes) REQUIRES(heap_lock);  // every word of it
+  void mark_unlogged()
+      REQUIRES(heap_lock);  // what follows is too big to log: a death here needs the walk
+  void begin_undo_log()
+      REQUIRES(heap_lock);                  // at the start of an exclusive section (heap_lock.cpp)
+  void end_undo_log() REQUIRES(heap_lock);  // at its end, before lock_holder is cleared
+  void disown_undo_log() REQUIRES(heap_lock);  // after lock_holder is cleared
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
-  bool replay_undo_log(std::uint64_t dead_holder);
+  bool replay_undo_log(std::uint64_t dead_holder) REQUIRES(heap_lock);
   // Frees every block a dead session's thread caches held, from its ledgers;
   // false if a ledger is unreadable (then only the walk can find them).
-  bool reclaim_session(int slot);
+  bool reclaim_session(int slot) REQUIRES(heap_lock);
   // Reclaims every session that is gone and frees its slot; walks the heap
   // if it must (and has not `walked` already). Returns whether it walked.
-  bool reclaim_dead_sessions(bool walked = false);
+  bool reclaim_dead_sessions(bool walked = false) REQUIRES(heap_lock);
   // The undo log's next free entry, mirrored here so that save() reads no
   // more of the file than it writes; kNotLogging outside exclusive sections
   // (and in network mode), kOverflowed once an operation outgrew the log.
   static constexpr std::uint64_t kNotLogging = ~std::uint64_t{0};
   static constexpr std::uint64_t kOverflowed = format::kUndoEntries + 1;
-  std::uint64_t undo_next = kNotLogging;  // guarded by the heap lock
-  bool undo_active() const { return undo_next != kNotLogging; }
+  std::uint64_t undo_next GUARDED_BY(heap_lock) = kNotLogging;
+  bool undo_active() const REQUIRES(heap_lock) { return undo_next != kNotLogging; }
   // False while a first opener that must walk opens: a log on a machine that
   // restarted may not be what was written.
   bool trust_undo_log = true;
   // What a first opener checks instead of walking: the bins' heads and the
   // name table's place. The first problem, or "".
   std::string quick_check() const;
-  int operation_depth = 0;  // guarded by the heap lock
+  int operation_depth GUARDED_BY(heap_lock) = 0;
 
   enum class Rebuild { kSweep, kRecover };
   // Walks the chain and rebuilds every cache. kSweep merges free neighbours
   // to avoid growing; kRecover also frees what a dead holder left half done.
-  void rebuild(Rebuild kind);
+  void rebuild(Rebuild kind) REQUIRES(heap_lock);
   // Verifies the file. `full` also follows every free list and name-table
   // slot (memory proportional to the number of blocks). `chain_sound` tells
   // whether the block chain itself is intact (else nothing may be written).
   CheckReport check(bool full, bool* chain_sound = nullptr) const;
 
-  std::mutex caches_mutex;  // guards all_caches
-  std::vector<ThreadCache*> all_caches;
+  Mutex caches_mutex;  // taken before the heap lock, never under it
+  std::vector<ThreadCache*> all_caches GUARDED_BY(caches_mutex);
 
   // --- process-local lock state ---
   std::mutex network_mutex;                // network mode: threads of this process
@@ -317,11 +337,34 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   std::unique_ptr<std::uint8_t, FreeBuffer> bounce;  // page-aligned, for O_DIRECT reads
 };
 
-using LockScope = Heap::LockScope;
+// Heap::LockScope as the thread-safety analysis sees it: every section
+// inside the library is one of these two.
+class SCOPED_CAPABILITY ExclusiveSection {
+ public:
+  explicit ExclusiveSection(Heap::Impl& impl,
+                            std::chrono::nanoseconds timeout = std::chrono::nanoseconds(-1))
+      ACQUIRE(impl.heap_lock)
+      : scope_(impl, true, timeout) {}
+  ~ExclusiveSection() noexcept(false) RELEASE() {}
+  int release() noexcept RELEASE() { return scope_.release(); }  // see LockScope::release
+
+ private:
+  Heap::LockScope scope_;
+};
+
+class SCOPED_CAPABILITY SharedSection {
+ public:
+  explicit SharedSection(Heap::Impl& impl) ACQUIRE_SHARED(impl.heap_lock) : scope_(impl, false) {}
+  ~SharedSection() noexcept(false) RELEASE() {}
+
+ private:
+  Heap::LockScope scope_;
+};
 
 class Heap::Impl::Operation {
  public:
-  explicit Operation(Impl& impl) : impl_(impl), exceptions_(std::uncaught_exceptions()) {
+  explicit Operation(Impl& impl) REQUIRES(impl.heap_lock)
+      : impl_(impl), exceptions_(std::uncaught_exceptions()) {
     if (impl_.operation_depth++ == 0) impl_.counters_saved = 0;
   }
   // Ends the operation: what it changed stands. Left by an exception, the

@@ -331,6 +331,7 @@ bool Heap::Impl::reclaim_session(int slot) {
       const bool cached =
           header->state() == kCached && (header->tag == ledger->session || in_flight);
       if (cached || (in_flight && header->state() == kUsed)) {
+        held_lock();  // a lambda: analysed alone, it runs inside our section
         Operation op(*this);
         free_block(offset);
       }
@@ -488,6 +489,7 @@ void Heap::Impl::rebuild(Rebuild kind) {
   std::uint64_t named = 0;
   std::uint64_t run = 0;  // first block of the current run of free blocks
   const auto close_run = [&] {
+    held_lock();  // a lambda: analysed alone, it runs inside our section
     if (run != 0) push_free(run);
     run = 0;
   };

@@ -85,7 +85,7 @@ ThreadCache* Heap::Impl::thread_cache() {
   {
     // Its ledger, chained to the session's, in one operation. A heap too
     // full (or too small) for one leaves this thread without a cache.
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     Operation op(*this);
     State& s = state();
     try {
@@ -106,7 +106,7 @@ ThreadCache* Heap::Impl::thread_cache() {
   cache->heap.store(this);
   cache->owner = weak_from_this();
   {
-    std::lock_guard guard(caches_mutex);
+    MutexLock guard(caches_mutex);
     all_caches.push_back(cache.get());
   }
   caches.push_back(std::move(cache));
@@ -115,7 +115,7 @@ ThreadCache* Heap::Impl::thread_cache() {
 
 std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   const auto past_the_cache = [&] {
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     Operation op(*this);
     return allocate_block(size - kBlockHeaderBytes, kAlign);
   };
@@ -160,7 +160,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
 std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_t size) {
   CacheLedger& ledger = *cache.ledger;
   std::uint64_t* slots = slots_of(ledger, bin);
-  LockScope lock(*this, true);
+  ExclusiveSection lock(*this);
   std::uint32_t count = ledger.counts[bin];
   const std::uint32_t wanted = size <= kSmallMax ? kRefill : 1;
   for (std::uint32_t taken = 0; taken < wanted && count < cache_slots(bin); ++taken) {
@@ -203,7 +203,7 @@ void Heap::Impl::give_back(ThreadCache& cache, int bin, std::uint32_t index) {
 void Heap::Impl::cached_free(std::uint64_t offset) {
   ThreadCache* cache = thread_cache();
   if (cache->ledger == nullptr) {
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     Operation op(*this);
     return free_block(offset);
   }
@@ -217,7 +217,7 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
     // Give half of this bin back to the heap first (at least one block), so
     // that a failure to take the lock leaves the cache as it was and the
     // bin never holds more than its depth.
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     const std::uint32_t give = std::max<std::uint32_t>(1, ledger.counts[bin] / 2);
     for (std::uint32_t i = 0; i < give; ++i) give_back(*cache, bin, 0);
   }
@@ -253,11 +253,11 @@ void Heap::Impl::empty_cache(ThreadCache* cache) {
 // fail (there is no flush), so these two lose no error by being noexcept.
 void Heap::Impl::retire_cache(ThreadCache* cache) noexcept {
   if (forked()) return;  // the parent's blocks: its own threads retire them
-  std::lock_guard guard(caches_mutex);
+  MutexLock guard(caches_mutex);
   if (cache->heap.load() == nullptr) return;  // the heap was closed first
   std::erase(all_caches, cache);
   try {
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     empty_cache(cache);
     lock.release();
   } catch (...) {
@@ -267,10 +267,10 @@ void Heap::Impl::retire_cache(ThreadCache* cache) noexcept {
 }
 
 void Heap::Impl::retire_all_caches() noexcept {
-  std::lock_guard guard(caches_mutex);
+  MutexLock guard(caches_mutex);
   if (all_caches.empty()) return;
   try {
-    LockScope lock(*this, true);
+    ExclusiveSection lock(*this);
     for (ThreadCache* cache : all_caches) empty_cache(cache);
     lock.release();
   } catch (...) {
