@@ -39,6 +39,33 @@ std::string describe(const sheaf::Error& e) {
   return message;
 }
 
+// "sheaf bag frob": CLI11 says only that a subcommand is required. Follows
+// argv down the command tree and names the first word that is not a command
+// where one was expected (as git does), or returns "".
+std::string unknown_command(CLI::App& app, int argc, char** argv) {
+  CLI::App* current = &app;
+  std::string path = "sheaf";
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') continue;         // an option (or its value: close enough)
+    if (current->get_subcommands({}).empty()) return "";  // a verb: its arguments follow
+    CLI::App* next = nullptr;
+    try {
+      next = current->get_subcommand(word);
+    } catch (const CLI::OptionNotFound&) {
+      std::string known;
+      for (const CLI::App* command : current->get_subcommands({})) {
+        known += (known.empty() ? "" : ", ") + command->get_name();
+      }
+      return "'" + word + "' is not a command of '" + path + "' (its commands: " + known +
+             "); see '" + path + " --help'";
+    }
+    current = next;
+    path += " " + word;
+  }
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -60,6 +87,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_name() == "RequiredError") {
+      if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {
+        std::cerr << "sheaf: " << unknown << '\n';
+        return kExitUsage;
+      }
+    }
     return parse_error_status(app, e);
   } catch (const sheaf::Error& e) {
     std::cerr << "sheaf: " << describe(e) << '\n';

@@ -533,7 +533,8 @@ HeapInfo Heap::Impl::info() const {
   info.generation = s.generation;
   info.recoveries = s.recoveries;
   info.walked_recoveries = s.walked_recoveries;
-  info.max_size = impl.growth_limit();
+  info.max_size = impl.header()->identity.max_size;
+  info.growth_limit = impl.growth_limit();
   info.sessions = impl.live_sessions();
   info.mode = impl.mode;
   return info;

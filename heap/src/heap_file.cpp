@@ -172,6 +172,15 @@ void Heap::Impl::create_file(const std::string& path, const CreateOptions& optio
   const std::string where = "heap " + path;
   std::uint64_t size =
       align_up(std::max<std::uint64_t>(options.initial_size, kMinInitialSize), kPageSize);
+  // Bins and block sizes reach 2^48 bytes: a larger limit could never be
+  // honoured, so it is refused rather than quietly cut.
+  constexpr std::uint64_t kLargestHeap = std::uint64_t{1} << 48;
+  if (options.max_size > kLargestHeap || size > kLargestHeap) {
+    throw Error(Errc::kInvalidArgument,
+                where + ": " + (options.max_size > kLargestHeap ? "maximum" : "initial") +
+                    " size " + std::to_string(std::max(options.max_size, size)) +
+                    " bytes is beyond the largest heap Sheaf can address (256 TiB)");
+  }
   if (options.max_size != 0 && size > options.max_size) {
     throw Error(Errc::kInvalidArgument, where + ": initial size " + std::to_string(size) +
                                             " exceeds the maximum size " +

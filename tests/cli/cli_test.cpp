@@ -188,9 +188,9 @@ TEST_F(CliTest, RoundTripCreateInfoPutLsCatRm) {
   const std::string heap = make_heap();
 
   Json info = ok_json({"heap", "info", heap, "--json"});
-  for (const char* field : {"path", "uuid", "format_version", "mode", "size", "max_size", "used",
-                            "free", "largest_free", "page_size", "objects", "generation",
-                            "sessions", "recoveries", "walked_recoveries"}) {
+  for (const char* field : {"path", "uuid", "format_version", "mode", "size", "max_size",
+                            "growth_limit", "used", "free", "largest_free", "page_size", "objects",
+                            "generation", "sessions", "recoveries", "walked_recoveries"}) {
     EXPECT_TRUE(info.contains(field)) << field << " missing from " << info.dump();
   }
   EXPECT_EQ(info["objects"], 0);
@@ -385,6 +385,26 @@ TEST_F(CliTest, BadSizeIsUsageErrorNamingTheValue) {
   EXPECT_NE(result.err.find("huge"), std::string::npos) << result.err;
 }
 
+// A maximum size the format cannot address is refused, not quietly cut to
+// the reservation; one it can is recorded as given, beside what this process
+// may grow the heap to.
+TEST_F(CliTest, MaxSizeIsRecordedAsGivenOrRefused) {
+  const std::string huge = path("huge.heap");
+  Output refused = run({"heap", "create", huge, "--max-size", "99999T"});
+  EXPECT_EQ(refused.status, 2) << refused.err;
+  EXPECT_NE(refused.err.find("256 TiB"), std::string::npos) << refused.err;
+  EXPECT_FALSE(fs::exists(huge));
+
+  const std::string big = path("big.heap");
+  ASSERT_EQ(run({"heap", "create", big, "--max-size", "1T"}).status, 0);
+  Json info = ok_json({"heap", "info", big, "--json"});
+  EXPECT_EQ(info["max_size"].get<std::uint64_t>(), std::uint64_t{1} << 40);
+  EXPECT_EQ(info["growth_limit"].get<std::uint64_t>(), std::uint64_t{64} << 30);
+  Output text = run({"heap", "info", big});
+  EXPECT_NE(text.out.find("1.0 TiB"), std::string::npos) << text.out;
+  EXPECT_EQ(ok_json({"heap", "info", make_heap(), "--json"})["max_size"], 0);
+}
+
 TEST_F(CliTest, UsageErrorsExit2) {
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {},
@@ -399,6 +419,22 @@ TEST_F(CliTest, UsageErrorsExit2) {
     EXPECT_EQ(result.status, 2) << testing::PrintToString(args) << ": " << result.err;
     EXPECT_FALSE(result.err.empty()) << testing::PrintToString(args);
   }
+}
+
+// An unknown command is named, with the commands there are (git-style),
+// not answered with "A subcommand is required".
+TEST_F(CliTest, AnUnknownCommandIsNamed) {
+  for (const auto& [args, said] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"bag", "frob"}, "'frob' is not a command of 'sheaf bag'"},
+           {{"frob"}, "'frob' is not a command of 'sheaf'"},
+           {{"heap", "frobnicate", "x"}, "'frobnicate' is not a command of 'sheaf heap'"}}) {
+    Output result = run(args);
+    EXPECT_EQ(result.status, 2) << result.err;
+    EXPECT_NE(result.err.find(said), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("see 'sheaf"), std::string::npos) << result.err;
+  }
+  Output bag = run({"bag", "frob"});
+  EXPECT_NE(bag.err.find("put, get, ls"), std::string::npos) << bag.err;
 }
 
 TEST_F(CliTest, HelpAndVersion) {

@@ -120,8 +120,9 @@ struct HeapInfo {
   // holder's operation from its log and read its ledgers): after a machine
   // restart, in network mode, or when an operation was too big to log.
   std::uint64_t walked_recoveries = 0;
-  std::uint64_t max_size = 0;
-  std::uint32_t sessions = 0;  // processes that have the heap open now
+  std::uint64_t max_size = 0;      // the limit the heap was created with; 0: none
+  std::uint64_t growth_limit = 0;  // what this process may grow it to (max_size, reservation)
+  std::uint32_t sessions = 0;      // processes that have the heap open now
   LockMode mode = LockMode::kLocal;
 };
 
