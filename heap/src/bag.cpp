@@ -332,6 +332,10 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
   if (impl->fd < 0) throw Error::from_errno(errno, what);
   struct stat st {};
   if (fstat(impl->fd, &st) != 0) throw Error::from_errno(errno, what + ": stat");
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(Errc::kUnsupported, what + ": not a regular file, so not a bag (" + path + ")",
+                S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+  }
   const auto file_size = static_cast<std::uint64_t>(st.st_size);
   impl->map_length = std::max<std::uint64_t>(file_size, 1);
   void* map = mmap(nullptr, impl->map_length, PROT_READ, MAP_SHARED, impl->fd, 0);

@@ -22,11 +22,6 @@ constexpr const char* kMarker = ".sheaf-store";
 constexpr const char* kMarkerFirstLine = "sheaf-store 1";
 constexpr std::size_t kMaxName = 200;
 
-bool is_directory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 void make_directory(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
     throw Error::from_errno(errno, "store: cannot create " + path);
@@ -182,8 +177,24 @@ Result<Store> Store::init(const std::string& dir) {
 }
 
 Result<Store> Store::open(const std::string& dir) {
-  if (!is_directory(dir)) {
-    return Error(Errc::kNotFound, "store " + dir + ": no such directory", ENOENT);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT)
+      return Error(Errc::kNotFound, "store " + dir + ": no such directory", ENOENT);
+    return Error::from_errno(errno, "store " + dir);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Error(
+        Errc::kInvalidArgument,
+        "store " + dir + ": not a directory (a store is a directory `sheaf store init` made)",
+        ENOTDIR);
+  }
+  // A missing marker means "not a store"; one we may not read is said as such
+  // (a store of another user's is not "not a store").
+  if (posix::Fd marker = posix::try_open(dir + "/" + kMarker, O_RDONLY); !marker.valid()) {
+    if (errno != ENOENT) {
+      return Error::from_errno(errno, "store " + dir + ": cannot read its marker " + kMarker);
+    }
   }
   if (!is_store(dir)) {
     return Error(Errc::kNotFound,

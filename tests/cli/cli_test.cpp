@@ -747,6 +747,44 @@ TEST_F(CliTest, StoreInitRefusesANonEmptyDirectoryAndLsNeedsAStore) {
   }
 }
 
+// A file is not a directory, and a store this user may not read is not
+// "not a store": each is said as it is (run as user nobody).
+TEST_F(CliTest, StoreErrorsSayWhatIsWrong) {
+  write_file(path("plain"), "x\n");
+  Output file = run({"store", "ls", path("plain")});
+  EXPECT_EQ(file.status, 2) << file.err;
+  EXPECT_NE(file.err.find("not a directory"), std::string::npos) << file.err;
+
+  const std::string store = make_store();
+  fs::permissions(dir_, fs::perms::owner_all | fs::perms::others_exec);  // nobody may pass
+  fs::permissions(store, fs::perms::owner_all);                          // but not look inside
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"store", "ls", store}, {"bag", "ls", store}, {"bag", "get", store, "b", "-o", "-"}}) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                     "--clear-groups", kSheaf};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Output denied = run_program(argv);
+    EXPECT_EQ(denied.status, 8) << testing::PrintToString(args) << ": " << denied.err;
+    EXPECT_NE(denied.err.find("Permission denied"), std::string::npos) << denied.err;
+    EXPECT_EQ(denied.err.find("not a Sheaf store"), std::string::npos) << denied.err;
+  }
+  fs::permissions(store, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec);
+}
+
+// A directory named like a bag is reported as what it is, not as a failed
+// mmap ("No such device").
+TEST_F(CliTest, ADirectoryNamedLikeABagIsNotABag) {
+  const std::string store = make_store();
+  fs::create_directory(store + "/bags/x.bag");
+  Output info = run({"bag", "info", store, "x"});
+  EXPECT_NE(info.status, 0);
+  EXPECT_NE(info.err.find("not a regular file"), std::string::npos) << info.err;
+  EXPECT_EQ(info.err.find("mmap"), std::string::npos) << info.err;
+  const std::string listing = ok({"bag", "ls", store});
+  EXPECT_NE(listing.find("not a regular file"), std::string::npos) << listing;
+}
+
 TEST_F(CliTest, BagPutGetRoundTripFromFile) {
   const std::string store = make_store();
   // Larger than one 4 MiB chunk, with NULs and a run of zero pages inside.
