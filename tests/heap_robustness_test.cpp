@@ -538,6 +538,33 @@ TEST(HeapLocking, AReaderKilledInsideDoesNotBlockWriters) {
   EXPECT_TRUE(heap.check().ok());
 }
 
+// generation() is read without the lock: it answers while another thread
+// sits in an exclusive section, and moves when that section ends.
+TEST(HeapLocking, GenerationIsReadWithoutTheLock) {
+  for (LockMode mode : {LockMode::kLocal, LockMode::kNetwork}) {
+    TempDir dir;
+    CreateOptions options;
+    options.open.mode = mode;
+    Heap heap = Heap::create(dir / "h", options).value();
+    const std::uint64_t before = heap.generation();
+    EXPECT_EQ(before, heap.info().generation);
+    std::atomic<bool> inside{false};
+    std::atomic<bool> leave{false};
+    std::thread writer([&] {
+      heap.exclusive([&] {
+        inside = true;
+        for (int i = 0; i < 10000 && !leave; ++i) std::this_thread::sleep_for(1ms);
+      });
+    });
+    for (int i = 0; i < 10000 && !inside; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(inside);
+    EXPECT_EQ(heap.generation(), before);  // answered while the lock is held
+    leave = true;
+    writer.join();
+    EXPECT_EQ(heap.generation(), before + 1);
+  }
+}
+
 // Threads of one process: readers share the lock, the writer excludes them
 // (run under ThreadSanitizer too). The writer keeps two words equal; a
 // reader that ever sees them differ was let in during a write.

@@ -618,7 +618,9 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
 
 // What moves when anything in a listed directory may have changed.
 std::uint64_t StoreFs::directory_version(const Node& dir) {
-  if (dir.kind == NodeKind::kObjectsDir) return heaps_.get(dir.heap)->info().generation;
+  // Without the heap lock (info() would take it, and in network mode ask the
+  // server for it, every period).
+  if (dir.kind == NodeKind::kObjectsDir) return heaps_.get(dir.heap)->generation();
   const struct stat st = stat_path(store_.path() + "/bags");
   const std::uint64_t parts[] = {static_cast<std::uint64_t>(st.st_mtim.tv_sec),
                                  static_cast<std::uint64_t>(st.st_mtim.tv_nsec),

@@ -356,6 +356,11 @@ class Heap {
 
   // --- Inspection --------------------------------------------------------------
   HeapInfo info() const;
+  // HeapInfo::generation, read without the lock: it moves whenever an
+  // exclusive section ends (in any process). One load in local mode; one
+  // read of the header's first page from the server in network mode. For
+  // watchers that poll for change (the FUSE view's listings).
+  std::uint64_t generation() const;
   // Verifies every invariant of the file (see docs/heap.md); changes nothing.
   CheckReport check() const;
   // Brings a heap made by an older Sheaf to this Sheaf's format (every
