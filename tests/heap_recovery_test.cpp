@@ -190,7 +190,7 @@ TEST(HeapRecovery, AWalkFreesTheBlockADeadCacheHadInFlight) {
     Child child([&] {
       Heap heap = Heap::open(path).value();
       heap.deallocate(heap.allocate(64));  // the block is now in this thread's cache
-      // cached_allocate's stores: in_flight, slot, count, tag, state, and
+      // cached_allocate's stores: in_flight, slot, count, state, tag, and
       // in_flight cleared: die before the last.
       if (killed) posix::inject_crash(5);
       heap.allocate(64);

@@ -6,6 +6,7 @@
 // Faults are injected through the one POSIX layer (heap/src/posix.hpp).
 #include <poll.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -563,6 +564,55 @@ TEST(HeapLocking, GenerationIsReadWithoutTheLock) {
     writer.join();
     EXPECT_EQ(heap.generation(), before + 1);
   }
+}
+
+// A repair that fails (here: the repairer's reservation is too small for the
+// grown heap) leaves readers barred: the next reader repairs first instead of
+// reading the dead writer's half-done operation.
+TEST(HeapLocking, AFailedRepairKeepsReadersOut) {
+  TempDir dir;
+  const std::string path = dir / "h";
+  Heap heap = Heap::create(path).value();
+  OpenOptions small;
+  small.reserve = heap.info().size;
+  Heap cramped = Heap::open(path, small).value();
+  heap.allocate(32 << 20);  // grows the heap past `cramped`'s reservation
+  EXPECT_EQ(run_in_child([&] {
+              Heap mine = Heap::open(path).value();
+              mine.exclusive([] { ::kill(::getpid(), SIGKILL); });
+            }),
+            128 + SIGKILL);
+  try {
+    cramped.exclusive([] {});
+    ADD_FAILURE() << "a repair needing the whole heap ran in a process that maps part of it";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kOutOfSpace) << e.message();
+  }
+  const std::uint64_t recoveries = heap.info().recoveries;  // repairs first (info locks)
+  EXPECT_EQ(recoveries, 1u);
+  heap.shared([&] {
+    const CheckReport report = heap.check();
+    for (const std::string& repair : report.repairs) {
+      EXPECT_EQ(repair.find("died inside the lock"), std::string::npos) << repair;
+    }
+  });
+}
+
+// A child forked inside a shared section leaves the section in the child
+// without touching the parent's count: writers are not kept waiting.
+TEST(HeapLocking, AChildForkedInsideASharedSectionDoesNotCountAsAReader) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  pid_t child = -1;
+  heap.shared([&] {
+    std::fflush(nullptr);
+    child = ::fork();
+  });
+  if (child == 0) std::_Exit(0);  // the child has left the section: its release ran
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_NO_THROW(heap.exclusive_for(5s, [&] { heap.construct<int>("after")(1); }));
 }
 
 // Threads of one process: readers share the lock, the writer excludes them

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "impl.hpp"
@@ -31,18 +33,24 @@ std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* w
   return block;
 }
 
-void check_type(const Heap::Impl& impl, std::uint64_t block, const TypeTag& type) {
-  const NamedRecord* r = impl.record(block);
-  if (r->type_length == type.name.size() &&
-      std::memcmp(r->type(), type.name.data(), type.name.size()) == 0 &&
-      r->element_size == type.size) {
+// `r`: the block's record as checked_record() copied it.
+void check_type(const Heap::Impl& impl, std::uint64_t block, const NamedRecord& r,
+                const TypeTag& type) {
+  const char* names = impl.record_names(block);
+  if (r.type_length == type.name.size() &&
+      std::memcmp(names + r.name_length, type.name.data(), type.name.size()) == 0 &&
+      r.element_size == type.size) {
     return;
   }
   throw Error(Errc::kTypeMismatch,
-              "heap " + impl.path + ": object '" + std::string(r->name(), r->name_length) +
-                  "' is a " + std::string(r->type(), r->type_length) + " (" +
-                  std::to_string(r->element_size) + " bytes), not a " + std::string(type.name) +
+              "heap " + impl.path + ": object '" + std::string(names, r.name_length) + "' is a " +
+                  std::string(names + r.name_length, r.type_length) + " (" +
+                  std::to_string(r.element_size) + " bytes), not a " + std::string(type.name) +
                   " (" + std::to_string(type.size) + " bytes)");
+}
+
+void check_type(const Heap::Impl& impl, std::uint64_t block, const TypeTag& type) {
+  check_type(impl, block, impl.checked_record(block), type);
 }
 
 void check_name(const Heap::Impl& impl, std::string_view name) {
@@ -235,6 +243,12 @@ auto read_consistently(Heap::Impl& impl, Read&& read, bool optimistic = false) -
       // An answer (not found, say) counts only if no writer ran meanwhile.
       if (e.code() != Errc::kCorrupted && unchanged()) throw;
       last = e.message();
+    } catch (const std::length_error& e) {  // a size read torn: try again
+      if (unchanged()) throw;
+      last = e.what();
+    } catch (const std::bad_alloc& e) {
+      if (unchanged()) throw;
+      last = e.what();
     }
   }
   if (!impl.lockless) {  // optimistic: writers are busy; wait for them as a reader
@@ -369,17 +383,11 @@ void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* 
         const std::uint64_t block = impl.lookup(name, hash);
         // A pending object's constructor has not returned (it may be the caller).
         if (block == 0 || impl.block(block)->state() != kNamed) return {nullptr, 0};
-        // Checked before it is followed, for a reader without the lock that
-        // met a record being rewritten.
-        const std::uint64_t size = impl.block(block)->size();
-        std::string why = size > impl.heap_size() - block ? "runs past the heap's end"
-                                                          : impl.record_problem(block, size, false);
-        if (!why.empty()) {
-          throw Error(Errc::kCorrupted, "heap " + impl.path + ": named record: " + why);
-        }
-        check_type(impl, block, type);
-        const NamedRecord* r = impl.record(block);
-        return {impl.at(r->object_offset), r->count};
+        // A copy, checked before it is followed, for a reader without the
+        // lock that met a record being rewritten.
+        const NamedRecord r = impl.checked_record(block);
+        check_type(impl, block, r, type);
+        return {impl.at(r.object_offset), r.count};
       },
       true);
   *count = found;
@@ -433,11 +441,13 @@ std::vector<ObjectInfo> Heap::objects() const {
       impl,
       [&] {
         std::vector<ObjectInfo> found;
-        const NameTable* table = impl.name_table();
+        std::uint64_t capacity = 0;  // as checked: a writer may rewrite the table's
+        const NameTable* table = impl.name_table(&capacity);
         if (table == nullptr) return found;
-        found.reserve(std::min(table->count, table->capacity));
-        for (std::uint64_t i = 0; i < table->capacity; ++i) {
-          const std::uint64_t slot = table->slots()[i];
+        found.reserve(std::min<std::uint64_t>(__atomic_load_n(&table->count, __ATOMIC_RELAXED),
+                                              capacity / 2));
+        for (std::uint64_t i = 0; i < capacity; ++i) {
+          const std::uint64_t slot = __atomic_load_n(&table->slots()[i], __ATOMIC_RELAXED);
           if (slot == kEmptySlot || slot == kTombstone) continue;
           // A constructor still running: not an object yet.
           impl.require_record_inside(slot, 0);
@@ -510,7 +520,8 @@ std::uint64_t Heap::generation() const {
   Impl& impl = live();
   constexpr std::uint64_t kAt = offsetof(Header, state) + offsetof(State, generation);
   static_assert(kAt + sizeof(std::uint64_t) <= kPageSize);
-  if (impl.mode == LockMode::kLocal) return __atomic_load_n(&impl.state().generation, __ATOMIC_ACQUIRE);
+  if (impl.mode == LockMode::kLocal)
+    return __atomic_load_n(&impl.state().generation, __ATOMIC_ACQUIRE);
   // Network mode: our mapping may be stale outside the lock; ask the server
   // (bypassing this host's cache where O_DIRECT works, which wants an
   // aligned buffer).

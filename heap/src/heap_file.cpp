@@ -422,7 +422,8 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   // From here on others may be in the heap: write State only under the lock
   // (on a network filesystem a page written outside it can overwrite what
   // another host wrote under it).
-  ExclusiveSection lock(*impl);  // undoes a dead holder's operation first
+  impl->walk_in_first_section = rebuild_caches;  // the log says "walk" until it is done
+  ExclusiveSection lock(*impl);                  // undoes a dead holder's operation first
   impl->finish_identity_update();
   if (quick_check) {
     if (std::string problem = impl->quick_check(); !problem.empty()) {
@@ -525,8 +526,14 @@ bool Heap::Impl::upgrade() {
   //    Check words for the used blocks (this Sheaf writes them whether or
   //    not the feature is on, so only blocks an older one made lack them).
   if (!(id.ro_compat_features & kFeatureUsedTags)) {
+    // Only zero tags (an older Sheaf's): this process's own threads may be
+    // turning a block kCached (tag: their session) without the lock, and
+    // that tag must win.
     for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
-      if (block(offset)->state() == kUsed) block(offset)->tag = used_tag(offset);
+      if (block(offset)->state() != kUsed) continue;
+      std::uint64_t zero = 0;
+      __atomic_compare_exchange_n(&block(offset)->tag, &zero, used_tag(offset), false,
+                                  __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
     }
   }
   //    Reader counts start at zero, and cover every slot in use.

@@ -32,6 +32,7 @@
 #include <memory>
 #include <span>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "impl.hpp"
@@ -69,8 +70,12 @@ bool Heap::Impl::held_by_this_thread() const {
          (!counted_sections.empty() && counted_section(this) != nullptr);
 }
 
+bool Heap::Impl::exclusive_by_this_thread() const {
+  return owner_tid.load(std::memory_order_relaxed) == this_thread_id() && outer_exclusive;
+}
+
 void Heap::Impl::require_exclusive() const {
-  if (owner_tid.load(std::memory_order_relaxed) != this_thread_id() || !outer_exclusive) {
+  if (!exclusive_by_this_thread()) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + path + ": this changes the heap, so it cannot run inside shared()");
   }
@@ -89,7 +94,10 @@ void Heap::Impl::require_exclusive() const {
 bool Heap::Impl::enter_counted() {
   State& s = state();
   __atomic_add_fetch(&s.readers[session_slot], 1, __ATOMIC_SEQ_CST);
-  if (__atomic_load_n(&s.readers_barred, __ATOMIC_SEQ_CST) == 0) return true;
+  if (__atomic_load_n(&s.readers_barred, __ATOMIC_SEQ_CST) == 0 &&
+      __atomic_load_n(&s.lock_holder, __ATOMIC_ACQUIRE) == 0) {
+    return true;
+  }
   leave_counted();
   return false;
 }
@@ -225,9 +233,12 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
                     "object(), copy_object() and check() work (they retry instead of locking)");
   }
   if (timeout_ns < 0) timeout_ns = lock_timeout_ns;
-  if (!exclusive && reads_counted() && enter_counted()) {
-    counted_sections.push_back({this, 1});
-    return;
+  if (!exclusive && reads_counted()) {
+    counted_sections.reserve(counted_sections.size() + 1);  // no bad_alloc after counting in
+    if (enter_counted()) {
+      counted_sections.push_back({this, 1});
+      return;
+    }
   }
   bool holder_died = false;
   if (mode == LockMode::kLocal) {
@@ -274,10 +285,16 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   }
   if (exclusive) {
     publish(state().lock_holder, holder_token());
-    begin_undo_log();
+    // Lock-free readers (heap.cpp's seqlock) must see lock_holder before
+    // any of this section's stores.
+#if !defined(__SANITIZE_THREAD__)  // (ThreadSanitizer refuses fences)
+    std::atomic_thread_fence(std::memory_order_release);
+#endif
+    begin_undo_log(std::exchange(walk_in_first_section, false));
   } else if (reads_counted()) {
     // A reader that waited on the mutex for a writer (or repaired after a
     // dead one): counted in while no writer can be, then the mutex goes.
+    counted_sections.reserve(counted_sections.size() + 1);
     __atomic_add_fetch(&state().readers[session_slot], 1, __ATOMIC_SEQ_CST);
     release();
     counted_sections.push_back({this, 1});
@@ -366,13 +383,11 @@ void Heap::Impl::recover_after_death(bool holder_died) {
     const bool replayed =
         mode == LockMode::kLocal && trust_undo_log && (dead == 0 || replay_undo_log(dead));
     publish(s.lock_holder, holder_token());
-    begin_undo_log();
     bool walked = !replayed;
-    // The log we just began is ours, and says "walk" until the walk is done:
-    // beginning it erased the dead holder's overflow, and a death of ours
-    // before the walk writes anything must not leave a log that says
-    // "nothing to undo" over a heap still half changed.
-    if (walked) mark_unlogged();
+    // The log we begin is ours, and says "walk" until the walk is done: a
+    // death of ours before the walk writes anything must not leave a log
+    // that says "nothing to undo" over a heap still half changed.
+    begin_undo_log(walked);
     // The dead holder's session is reclaimed now, even if its session lock
     // still looks held (the kernel frees a dead process's robust mutex
     // before it closes its files): only now can its ledger list a block its
@@ -402,6 +417,19 @@ void Heap::Impl::recover_after_death(bool holder_died) {
 }
 
 int Heap::Impl::release() noexcept {
+  if (forked()) {
+    // A child forked inside a section leaves it here: the lock, the counts,
+    // the log and the byte-range locks (shared with the parent's open file)
+    // are the parent's. Only this process's bookkeeping goes.
+    if (CountedSection* section = counted_section(this)) {
+      if (--section->depth == 0) {
+        counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
+      }
+    } else if (--depth == 0) {
+      owner_tid.store(0, std::memory_order_relaxed);
+    }
+    return 0;
+  }
   if (!counted_sections.empty()) {
     if (CountedSection* section = counted_section(this)) {
       if (--section->depth == 0) {
@@ -425,7 +453,10 @@ int Heap::Impl::release() noexcept {
   if (mode == LockMode::kLocal) {
     // Readers may come in again (whoever holds the mutex lifts a bar left
     // by a holder that died, too).
-    if (counted_readers && !read_only && __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED)) {
+    // Not while lock_holder is still set: a repair that failed leaves the
+    // heap half changed, and readers must keep waiting for the next one.
+    if (counted_readers && !read_only && __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED) &&
+        s.lock_holder == 0) {
       __atomic_store_n(&s.readers_barred, 0, __ATOMIC_SEQ_CST);
     }
     pthread_mutex_unlock(mutex());

@@ -162,6 +162,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Inside a section of this heap: the exclusive one, or a shared one that
   // took the mutex, or (counted readers) any shared one of this thread.
   bool held_by_this_thread() const;
+  bool exclusive_by_this_thread() const;  // inside an exclusive section of this heap
 
   // Counted readers (format::kFeatureSharedReaders, local mode): a reader
   // adds itself to its session's count in State::readers instead of taking
@@ -244,9 +245,19 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // The named block's offset, or 0; `hash` is hash_name(name).
   std::uint64_t lookup(std::string_view name, std::uint64_t hash) const;
   std::uint64_t lookup(std::string_view name) const { return lookup(name, hash_name(name)); }
-  const format::NameTable* name_table() const;  // bounds-checked; nullptr if none
+  // Bounds-checked; nullptr if none. `capacity`: its capacity as checked
+  // (read once; a reader without the lock uses this, not the table's).
+  const format::NameTable* name_table(std::uint64_t* capacity = nullptr) const;
   void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
-  std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash) const;
+  std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash,
+                             const format::NamedRecord* copy = nullptr) const;
+  // The name's bytes (then the type's) of the record in the block.
+  const char* record_names(std::uint64_t block_offset) const {
+    return at<const char>(block_offset + format::kBlockHeaderBytes + sizeof(format::NamedRecord));
+  }
+  // A copy of the named record of the block, checked to lie inside it and
+  // the heap; throws kCorrupted if not. What readers without the lock use.
+  format::NamedRecord checked_record(std::uint64_t block_offset) const;
   void insert_name(std::uint64_t block_offset) REQUIRES(heap_lock);
   void remove_name(std::uint64_t block_offset) REQUIRES(heap_lock);
   void build_name_table(std::uint64_t named_count) REQUIRES(heap_lock);
@@ -281,11 +292,12 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   }
   std::uint32_t counters_saved GUARDED_BY(heap_lock) = 0;  // cleared with the log
   void save_range(const void* start, std::size_t bytes) REQUIRES(heap_lock);  // every word of it
-  void mark_unlogged()
-      REQUIRES(heap_lock);  // what follows is too big to log: a death here needs the walk
-  void begin_undo_log()
-      REQUIRES(heap_lock);                  // at the start of an exclusive section (heap_lock.cpp)
-  void end_undo_log() REQUIRES(heap_lock);  // at its end, before lock_holder is cleared
+  // What follows is too big to log: a death here needs the walk.
+  void mark_unlogged() REQUIRES(heap_lock);
+  // At the start of an exclusive section (heap_lock.cpp); `walk`: the
+  // section begins by walking the heap, and the log says so from the start.
+  void begin_undo_log(bool walk = false) REQUIRES(heap_lock);
+  void end_undo_log() REQUIRES(heap_lock);     // at its end, before lock_holder is cleared
   void disown_undo_log() REQUIRES(heap_lock);  // after lock_holder is cleared
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
@@ -302,6 +314,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   static constexpr std::uint64_t kNotLogging = ~std::uint64_t{0};
   static constexpr std::uint64_t kOverflowed = format::kUndoEntries + 1;
   std::uint64_t undo_next GUARDED_BY(heap_lock) = kNotLogging;
+  // Set by a first opener that will walk the heap in its first section
+  // (heap_file.cpp), so that section's log says "walk" from the start.
+  bool walk_in_first_section = false;
   bool undo_active() const REQUIRES(heap_lock) { return undo_next != kNotLogging; }
   // False while a first opener that must walk opens: a log on a machine that
   // restarted may not be what was written.

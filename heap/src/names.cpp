@@ -26,7 +26,7 @@ NameTable* table_at(const Heap::Impl& impl, std::uint64_t block_offset) {
 // State points it outside the heap: readers must never follow an offset out
 // of the file (a read-only reader without the lock can meet a half-made
 // table; heap.cpp retries it).
-const NameTable* Heap::Impl::name_table() const {
+const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
   const State& s = state();
   const std::uint64_t at = __atomic_load_n(&s.name_table, __ATOMIC_ACQUIRE);
   if (at == 0) return nullptr;
@@ -37,11 +37,12 @@ const NameTable* Heap::Impl::name_table() const {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
   }
   const NameTable* table = table_at(*this, at);
-  const std::uint64_t capacity = table->capacity;
+  const std::uint64_t capacity = __atomic_load_n(&table->capacity, __ATOMIC_RELAXED);
   if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
   if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8) {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
   }
+  if (checked_capacity != nullptr) *checked_capacity = capacity;
   return table;
 }
 
@@ -56,12 +57,12 @@ void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_by
 }
 
 std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
-  const NameTable* table = name_table();
+  std::uint64_t capacity = 0;
+  const NameTable* table = name_table(&capacity);
   if (table == nullptr) return 0;
-  const std::uint64_t mask = table->capacity - 1;
-  for (std::uint64_t i = hash & mask, probes = 0; probes < table->capacity;
-       i = (i + 1) & mask, ++probes) {
-    const std::uint64_t slot = table->slots()[i];
+  const std::uint64_t mask = capacity - 1;
+  for (std::uint64_t i = hash & mask, probes = 0; probes < capacity; i = (i + 1) & mask, ++probes) {
+    const std::uint64_t slot = __atomic_load_n(&table->slots()[i], __ATOMIC_RELAXED);
     if (slot == kEmptySlot) return 0;
     if (slot == kTombstone) continue;
     require_record_inside(slot, name.size());
@@ -155,25 +156,32 @@ void Heap::Impl::remove_name(std::uint64_t block_offset) {
   store(slots[hole], kEmptySlot);
 }
 
-ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
+NamedRecord Heap::Impl::checked_record(std::uint64_t block_offset) const {
   require_record_inside(block_offset, 0);
   const std::uint64_t size = block(block_offset)->size();
   if (beyond_mapping(block_offset + size)) throw_outgrown("an object there");
   if (size > heap_size() - block_offset) {
     throw Error(Errc::kCorrupted, "heap " + path + ": named block runs past the heap's end");
   }
+  NamedRecord copy;
+  std::memcpy(&copy, record(block_offset), sizeof(copy));
   // Bounds only: the name's hash is check()'s business, not every listing's.
-  if (std::string why = record_problem(block_offset, size, false); !why.empty()) {
+  if (std::string why = record_problem(block_offset, size, false, &copy); !why.empty()) {
     throw Error(Errc::kCorrupted, "heap " + path + ": block at offset " +
                                       std::to_string(block_offset) + ": named record: " + why);
   }
-  const NamedRecord* r = record(block_offset);
+  return copy;
+}
+
+ObjectInfo Heap::Impl::describe(std::uint64_t block_offset) const {
+  const NamedRecord r = checked_record(block_offset);
+  const char* names = record_names(block_offset);
   ObjectInfo info;
-  info.name.assign(r->name(), r->name_length);
-  info.type.assign(r->type(), r->type_length);
-  info.count = r->count;
-  info.size = r->element_size * r->count;
-  info.offset = r->object_offset;
+  info.name.assign(names, r.name_length);
+  info.type.assign(names + r.name_length, r.type_length);
+  info.count = r.count;
+  info.size = r.element_size * r.count;
+  info.offset = r.object_offset;
   info.serial = has_feature(kFeatureObjectSerials) ? block(block_offset)->tag : 0;
   return info;
 }

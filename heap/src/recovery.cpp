@@ -74,11 +74,12 @@ std::string at_offset(std::uint64_t offset) {
 // Why the named record of the block at `offset` (of `size` bytes, inside the
 // heap) is unsound, or "". Without `check_hash`, only whether every length
 // and offset in it stays inside the block (enough to read it safely).
-std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size,
-                                       bool check_hash) const {
-  const Heap::Impl& impl = *this;
+// `copy`: a copy of the record taken once, which is what is checked (a
+// reader without the lock checks and then uses only its copy).
+std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size, bool check_hash,
+                                       const NamedRecord* copy) const {
   if (sizeof(NamedRecord) + kBlockHeaderBytes > size) return "too small for a named record";
-  const NamedRecord* r = impl.record(offset);
+  const NamedRecord* r = copy != nullptr ? copy : record(offset);
   const std::uint64_t payload_end = offset + size;
   const std::uint64_t names_end = offset + kBlockHeaderBytes + sizeof(NamedRecord) +
                                   std::uint64_t{r->name_length} + r->type_length;
@@ -95,7 +96,8 @@ std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size,
   const std::uint64_t room = payload_end - r->object_offset;
   if (r->element_size != 0 && r->count > room / r->element_size)
     return "object larger than its block";
-  if (check_hash && r->name_hash != hash_name(std::string_view(r->name(), r->name_length))) {
+  if (check_hash &&
+      r->name_hash != hash_name(std::string_view(record_names(offset), r->name_length))) {
     return "name hash mismatch";
   }
   return "";
@@ -201,15 +203,20 @@ void Heap::Impl::mark_unlogged() {
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
-void Heap::Impl::begin_undo_log() {
+void Heap::Impl::begin_undo_log(bool walk) {
   if (mode != LockMode::kLocal || read_only) return;
   State& s = state();
+  // `walk`: this section begins by walking the heap (recovery, or a first
+  // opener that does not trust it), so the log must say "walk" from its
+  // first instant: overflow is set before anything else changes, and the
+  // dead holder's overflow (if any) is never momentarily absent.
+  if (walk) publish(s.undo_overflow, 1);
   // Empty already, unless the previous holder died (and then recovery,
   // which runs before this, has dealt with it).
   if (s.undo_count != 0) publish(s.undo_count, 0);
-  if (s.undo_overflow != 0) publish(s.undo_overflow, 0);
+  if (!walk && s.undo_overflow != 0) publish(s.undo_overflow, 0);
   publish(s.undo_owner, s.lock_holder);
-  undo_next = 0;
+  undo_next = walk ? kOverflowed : 0;
   counters_saved = 0;
 }
 
@@ -327,9 +334,7 @@ bool Heap::Impl::reclaim_session(int slot) {
       }
       const BlockHeader* header = block(offset);
       if (header->size() < kMinBlock || header->size() > size - offset) return;
-      // In flight, a cached block may already carry its check word.
-      const bool cached =
-          header->state() == kCached && (header->tag == ledger->session || in_flight);
+      const bool cached = header->state() == kCached && header->tag == ledger->session;
       if (cached || (in_flight && header->state() == kUsed)) {
         held_lock();  // a lambda: analysed alone, it runs inside our section
         Operation op(*this);
@@ -576,7 +581,9 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
       problem("header checksum mismatch");
     }
   }
-  if (s.lock_holder != 0 && !(held_by_this_thread() && outer_exclusive)) {
+  // (A counted reader holds no mutex, and outer_exclusive may be left over
+  // from an earlier section: only this thread's exclusive section counts.)
+  if (s.lock_holder != 0 && !exclusive_by_this_thread()) {
     repair("a process died inside the lock: the next lock repairs the heap");
   }
   if (summary.pending != 0) {

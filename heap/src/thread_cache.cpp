@@ -146,10 +146,12 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   ledger_store(ledger.in_flight, offset);
   ledger_store(slots[fit], slots[count - 1]);
   ledger_store(ledger.counts[bin], count - 1);
-  // From here until it is kUsed the block is kCached with a tag that no
-  // longer names us: recovery knows it by in_flight.
-  ledger_store(block(offset)->tag, used_tag(offset));
+  // kUsed first, while the tag still names our session (a walk by another
+  // process meanwhile must see a kCached block as ours, alive); then its
+  // check word. A death in between leaves a kUsed block in flight, freed by
+  // whoever reclaims the session.
   ledger_store(block(offset)->size_and_state, actual | kUsed);
+  ledger_store(block(offset)->tag, used_tag(offset));
   ledger_store(ledger.in_flight, std::uint64_t{0});  // from here on the block is the caller's
   cache->bytes -= actual;
   return offset;
