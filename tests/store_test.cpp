@@ -23,6 +23,7 @@
 #include <random>
 #include <thread>
 
+#include "bag_impl.hpp"
 #include "heap_test_util.hpp"
 #include "posix.hpp"
 #include "sheaf/heap.hpp"
@@ -395,6 +396,27 @@ TEST(Store, ResolveHeap) {
 }
 
 // --- Round trips ---------------------------------------------------------------
+
+// A payload that the file no longer reaches (truncated, here while nothing
+// else looks) is an error, never hashed as a hole of zeros.
+TEST(BagPayloadHash, AFileCutShortIsAnErrorNotAHoleOfZeros) {
+  TempDir dir;
+  const std::string path = dir / "payload";
+  {
+    posix::Fd fd = posix::open_file(path, O_RDWR | O_CREAT | O_TRUNC, path, 0600);
+    const std::vector<char> data(4096, 'x');
+    posix::write_all(fd.get(), std::as_bytes(std::span(data)), path);
+  }
+  posix::Fd fd = posix::open_file(path, O_RDONLY, path);
+  EXPECT_NO_THROW(hash_payload(fd.get(), 0, 4096, {}, "bag p"));
+  try {
+    hash_payload(fd.get(), 0, 8192, {}, "bag p");
+    ADD_FAILURE() << "8192 bytes hashed from a 4096-byte file";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kCorrupted) << e.message();
+    EXPECT_NE(e.message().find("truncated"), std::string::npos) << e.message();
+  }
+}
 
 TEST(BagRoundTrip, Empty) {
   TempDir dir;

@@ -235,9 +235,27 @@ std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
   std::uint64_t at = offset;
   while (at < end) {
     // A hole reads as zeros: hash them without reading (or caching) them.
-    const off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
-    const std::uint64_t hole_end =
-        data < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(data), end);
+    off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) {
+        // No data from here to the end of the file: a hole, if the file
+        // still reaches the payload's end; if not, it was cut short (never
+        // hash zeros for bytes that are not there).
+        const std::uint64_t file_end = posix::file_size(fd, what);
+        if (file_end < end) {
+          throw Error(Errc::kCorrupted, what + ": the file ends at byte " +
+                                            std::to_string(file_end) +
+                                            ", before its payload's end (" + std::to_string(end) +
+                                            "): it was truncated");
+        }
+        data = static_cast<off_t>(end);
+      } else if (errno == EINVAL || errno == EOPNOTSUPP) {
+        data = static_cast<off_t>(at);  // no hole support here: read it all
+      } else {
+        throw Error::from_errno(errno, what + ": lseek(SEEK_DATA)");
+      }
+    }
+    const std::uint64_t hole_end = std::min<std::uint64_t>(static_cast<std::uint64_t>(data), end);
     while (at < hole_end) {
       const auto step =
           static_cast<std::size_t>(std::min<std::uint64_t>(sizeof(zeros), hole_end - at));
@@ -246,6 +264,11 @@ std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
     }
     if (at >= end) break;
     const off_t hole = lseek(fd, static_cast<off_t>(at), SEEK_HOLE);
+    if (hole < 0 && errno != EINVAL && errno != EOPNOTSUPP && errno != ENXIO) {
+      throw Error::from_errno(errno, what + ": lseek(SEEK_HOLE)");
+    }
+    // (No hole support, or none found: data to the end; a short file is
+    // caught by the reads below.)
     const std::uint64_t data_end =
         hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
     while (at < data_end) {
