@@ -1456,5 +1456,32 @@ TEST(BagFaults, EveryFailedStepOfAPutIsReportedAndLosesNothing) {
   EXPECT_EQ(store.open_bag("b").value().bytes().size(), new_bytes.size());
 }
 
+// A write that failed poisons the writer: later writes and the commit
+// throw that failure, and no bag appears whose checksum covers bytes the
+// file lacks.
+TEST(BagFaults, AFailedWriteIsStickyAndNothingIsCommitted) {
+  TempDir dir;
+  FaultsCleared cleared;
+  Store store = Store::init(dir / "s").value();
+  BagWriter writer = store.create_bag("b");
+  const std::string bytes(1000, 'x');
+  writer.write(std::as_bytes(std::span(bytes)));  // staged, not yet written
+  posix::inject_fault(posix::Op::kWrite, ENOSPC);
+  EXPECT_THROW(writer.commit(), Error);  // writing what was staged fails
+  posix::clear_faults();
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    try {
+      if (attempt == 0) writer.write(std::as_bytes(std::span(bytes)));
+      if (attempt == 1) writer.skip_zeros(4096);
+      if (attempt == 2) writer.commit();
+      ADD_FAILURE() << "call " << attempt << " went on after a failed write";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sys_errno(), ENOSPC) << e.message();
+      EXPECT_NE(e.message().find("earlier write failed"), std::string::npos) << e.message();
+    }
+  }
+  EXPECT_FALSE(store.open_bag("b").ok());
+}
+
 }  // namespace
 }  // namespace sheaf

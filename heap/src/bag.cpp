@@ -443,37 +443,52 @@ std::uint64_t BagWriter::written() const noexcept {
   return impl_->info.size;
 }
 
+void BagWriter::Impl::require_usable() const {
+  if (fd < 0) throw Error(Errc::kInvalidArgument, "bag " + info.name + ": already committed");
+  if (failure) {
+    throw Error(failure->code(),
+                "bag " + info.name + ": an earlier write failed, so it will not be committed (" +
+                    failure->message() + ")",
+                failure->sys_errno());
+  }
+}
+
 void BagWriter::write(std::span<const std::byte> bytes) {
   Impl& w = *impl_;
-  if (w.fd < 0) throw Error(Errc::kInvalidArgument, "bag " + w.info.name + ": already committed");
-  XXH64_update(w.state, bytes.data(), bytes.size());
-  if (w.staging) {
-    w.stage(bytes.data(), bytes.size());
-  } else {
-    posix::pwrite_all(w.fd, bytes, w.header_bytes + w.flushed,
-                      "bag " + w.info.name + ": after " + std::to_string(w.flushed) + " bytes");
-    w.flushed += bytes.size();
-  }
-  w.info.size += bytes.size();
+  w.failing_on_error([&] {
+    if (w.staging) {
+      w.stage(bytes.data(), bytes.size());
+    } else {
+      posix::pwrite_all(w.fd, bytes, w.header_bytes + w.flushed,
+                        "bag " + w.info.name + ": after " + std::to_string(w.flushed) + " bytes");
+      w.flushed += bytes.size();
+    }
+    // Hashed once accepted (staged or written), so hash and file agree.
+    XXH64_update(w.state, bytes.data(), bytes.size());
+    w.info.size += bytes.size();
+  });
 }
 
 void BagWriter::skip_zeros(std::uint64_t bytes) {
   Impl& w = *impl_;
-  static const std::byte zeros[64 << 10] = {};
-  for (std::uint64_t left = bytes; left > 0;) {
-    const std::size_t step = static_cast<std::size_t>(std::min<std::uint64_t>(left, sizeof(zeros)));
-    XXH64_update(w.state, zeros, step);
-    left -= step;
-  }
-  w.flush_staging(true);  // what came before the hole goes to the file first
-  w.flushed += bytes;
-  w.info.size += bytes;
+  w.failing_on_error([&] {
+    w.flush_staging(true);  // what came before the hole goes to the file first
+    static const std::byte zeros[64 << 10] = {};
+    for (std::uint64_t left = bytes; left > 0;) {
+      const auto step = static_cast<std::size_t>(std::min<std::uint64_t>(left, sizeof(zeros)));
+      XXH64_update(w.state, zeros, step);
+      left -= step;
+    }
+    w.flushed += bytes;
+    w.info.size += bytes;
+  });
 }
 
-BagInfo BagWriter::commit() {
-  Impl& w = *impl_;
+namespace {
+
+// The header, then into place; see commit().
+BagInfo commit_writer(BagWriter::Impl& w) {
   const std::string what = "bag " + w.info.name;
-  if (w.fd < 0) throw Error(Errc::kInvalidArgument, what + ": already committed");
   if (w.info.element_size != 0 && w.info.size % w.info.element_size != 0) {
     throw Error(Errc::kInvalidArgument,
                 what + ": " + std::to_string(w.info.size) + " bytes are not a whole number of " +
@@ -497,6 +512,15 @@ BagInfo BagWriter::commit() {
   ::close(w.fd);
   w.fd = -1;
   return w.info;
+}
+
+}  // namespace
+
+BagInfo BagWriter::commit() {
+  Impl& w = *impl_;
+  BagInfo committed;
+  w.failing_on_error([&] { committed = commit_writer(w); });
+  return committed;
 }
 
 }  // namespace sheaf

@@ -1,6 +1,8 @@
 // bag_impl.hpp: what bag.cpp and store.cpp share. Internal.
 #pragma once
 
+#include <optional>
+
 #include <xxhash.h>
 
 #include <cstdlib>
@@ -43,6 +45,20 @@ struct BagWriter::Impl {
   std::uint64_t flushed = 0;  // payload bytes in the file
   void stage(const std::byte* data, std::uint64_t size);
   void flush_staging(bool final);
+  // Sticky failure: the first error of a write, skip or commit, thrown
+  // again by every later call.
+  std::optional<Error> failure;
+  void require_usable() const;  // throws "already committed" or the failure
+  template <class Step>
+  void failing_on_error(Step&& step) {
+    require_usable();
+    try {
+      step();
+    } catch (const Error& e) {
+      failure = e;
+      throw;
+    }
+  }
 };
 
 std::string encode_bag_header(const BagInfo& info);  // exactly bag_header_bytes(info) long

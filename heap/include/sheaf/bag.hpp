@@ -109,6 +109,9 @@ class BagWriter {
   BagWriter& operator=(BagWriter&&) noexcept;
   ~BagWriter();
 
+  // A failed write (or skip, or commit) leaves the writer failed: every
+  // later call throws that failure again, and the bag is never committed
+  // (its checksum would cover bytes the file lacks).
   void write(std::span<const std::byte> bytes);
   // Extends the payload by `bytes` zero bytes without writing them (a hole
   // in the file where the filesystem supports it).
