@@ -119,11 +119,16 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
 
   // A block an older Sheaf allocated has no check word (this one writes it
   // whatever the format): the upgrade gives it one, so it can be freed after.
+  // (Zero, or the id of the session whose thread cache handed it out.)
   void* from_before = heap.allocate(100);
   std::memset(static_cast<char*>(from_before) - 8, 0, 8);
+  void* from_a_cache = heap.allocate(200);
+  const std::uint64_t other_session = 987654321;
+  std::memcpy(static_cast<char*>(from_a_cache) - 8, &other_session, 8);
 
   ASSERT_TRUE(heap.upgrade().value());
   heap.deallocate(from_before);
+  heap.deallocate(from_a_cache);
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
   EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds",

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <thread>
 
 #include "format.hpp"
@@ -613,6 +614,36 @@ TEST(HeapLocking, AChildForkedInsideASharedSectionDoesNotCountAsAReader) {
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   EXPECT_NO_THROW(heap.exclusive_for(5s, [&] { heap.construct<int>("after")(1); }));
+}
+
+// A constructor that forks: the child leaves the construct (here by
+// throwing) without touching the parent's operation, which the parent
+// finishes.
+struct ForksInItsConstructor {
+  explicit ForksInItsConstructor(pid_t* child) {
+    std::fflush(nullptr);
+    *child = ::fork();
+    if (*child == 0) throw std::runtime_error("the child gives up");
+  }
+};
+
+TEST(HeapLocking, AChildForkedInsideAConstructorLeavesTheParentsOperationAlone) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  pid_t child = -1;
+  try {
+    heap.construct<ForksInItsConstructor>("forks")(&child);
+  } catch (const std::runtime_error&) {
+    if (child == 0) std::_Exit(0);
+    throw;
+  }
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_NE(heap.find<ForksInItsConstructor>("forks"), nullptr);
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok() && report.repairs.empty())
+      << (report.ok() ? report.repairs.front() : report.problems.front());
 }
 
 // Threads of one process: readers share the lock, the writer excludes them

@@ -294,8 +294,8 @@ std::uint64_t Heap::Impl::largest_free() const {
     std::uint64_t largest = 0;
     for (std::uint64_t steps = 0; offset != 0; ++steps) {
       // A block past this process's mapping: what it saw so far must do.
-      if (beyond_mapping(offset + kMinBlock)) break;
-      if (offset < kHeaderBytes || offset + kMinBlock > size || steps > size / kMinBlock) {
+      if (offset <= full_size() - kMinBlock && beyond_mapping(offset + kMinBlock)) break;
+      if (offset < kHeaderBytes || offset > size - kMinBlock || steps > size / kMinBlock) {
         throw Error(Errc::kCorrupted,
                     "heap " + path + ": bin " + std::to_string(bin) + " leads outside the heap");
       }

@@ -364,11 +364,13 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   try {
     init(object, count, context);
   } catch (...) {
+    if (impl.forked()) throw;  // a child the constructor forked: the operation is the parent's
     impl.remove_name(block);
     impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
     impl.free_block(block);
     throw;
   }
+  if (impl.forked()) return object;  // (as above) the parent finishes its construct
   BlockHeader* header = impl.block(block);
   impl.store(header->size_and_state, header->size() | kNamed);
   return object;
@@ -404,6 +406,7 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   // The destructor frees what the object owns, each free an operation of its
   // own; then the name and the block go in one.
   destroy(impl.at(r->object_offset), r->count);
+  if (impl.forked()) return true;  // a child the destructor forked: the parent destroys it
   Impl::Operation op(impl);
   impl.remove_name(block);
   impl.store_counter(impl.state().named_count, impl.state().named_count - 1);

@@ -526,13 +526,15 @@ bool Heap::Impl::upgrade() {
   //    Check words for the used blocks (this Sheaf writes them whether or
   //    not the feature is on, so only blocks an older one made lack them).
   if (!(id.ro_compat_features & kFeatureUsedTags)) {
-    // Only zero tags (an older Sheaf's): this process's own threads may be
-    // turning a block kCached (tag: their session) without the lock, and
-    // that tag must win.
+    // An older Sheaf left 0, or the session id of the thread cache that
+    // handed the block out. Not our own session's id: this process's
+    // threads may be turning a block kCached (tag: our session) without the
+    // lock right now, and that tag must win (hence the compare-and-swap).
     for (std::uint64_t offset = kHeaderBytes; offset < s.size; offset += block(offset)->size()) {
       if (block(offset)->state() != kUsed) continue;
-      std::uint64_t zero = 0;
-      __atomic_compare_exchange_n(&block(offset)->tag, &zero, used_tag(offset), false,
+      std::uint64_t seen = __atomic_load_n(&block(offset)->tag, __ATOMIC_ACQUIRE);
+      if (seen == used_tag(offset) || seen == session_id) continue;
+      __atomic_compare_exchange_n(&block(offset)->tag, &seen, used_tag(offset), false,
                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
     }
   }

@@ -275,9 +275,14 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     }
     if (repair) recover_after_death(holder_died);
   } catch (...) {
-    // Leave lock_holder as it is: if the repair failed, the next locker must
-    // try again. What the repair wrote is a walkable chain; on a network
+    // Leave lock_holder set: if the repair failed, the next locker must try
+    // again. But not to our own token: we live, and a locker that finds the
+    // lock's holder dead must not take us for that holder (and reclaim our
+    // session). What the repair wrote is a walkable chain; on a network
     // filesystem it must reach the server before the lock goes.
+    if (!read_only && state().lock_holder == holder_token()) {
+      publish(state().lock_holder, kFailedRepair);
+    }
     if (mode == LockMode::kNetwork) flush_to_server();
     outer_exclusive = false;
     release();

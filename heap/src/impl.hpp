@@ -159,6 +159,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   [[noreturn]] void throw_timed_out(std::int64_t timeout_ns) const;
   std::string describe_holder() const;  // "pid 12 on host h" or what is known
   std::uint64_t holder_token() const { return session_id ? session_id : ~std::uint64_t{0}; }
+  // lock_holder after a repair that failed: no session's token, so the next
+  // locker repairs again (and, with no log of that token, walks).
+  static constexpr std::uint64_t kFailedRepair = ~std::uint64_t{0} - 1;
   // Inside a section of this heap: the exclusive one, or a shared one that
   // took the mutex, or (counted readers) any shared one of this thread.
   bool held_by_this_thread() const;

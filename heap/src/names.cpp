@@ -49,9 +49,13 @@ const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
 // Throws kCorrupted unless a record of `name_bytes` name bytes at `slot` lies
 // inside the heap.
 void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const {
-  const std::uint64_t end = slot + kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes;
-  if (beyond_mapping(end)) throw_outgrown("an object there");
-  if (slot < kHeaderBytes || end > heap_size()) {
+  const std::uint64_t need = kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes;
+  // (Checked without overflow: a reader without the lock may meet any value.)
+  if (slot < full_size() && full_size() - slot >= need && beyond_mapping(slot + need)) {
+    throw_outgrown("an object there");
+  }
+  const std::uint64_t size = heap_size();
+  if (slot < kHeaderBytes || slot % kAlign != 0 || slot >= size || size - slot < need) {
     throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
   }
 }

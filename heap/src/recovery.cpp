@@ -164,6 +164,9 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
 // --- Operations and the undo log ---
 
 Heap::Impl::Operation::~Operation() {
+  // In a child forked inside the operation (by a constructor, say), the log
+  // and the heap are the parent's, still in the middle of it.
+  if (impl_.forked()) return;
   if (--impl_.operation_depth == 0 && impl_.undo_active()) {
     State& s = impl_.state();
     if (std::uncaught_exceptions() > exceptions_ && impl_.undo_next != kOverflowed) {
@@ -334,7 +337,9 @@ bool Heap::Impl::reclaim_session(int slot) {
       }
       const BlockHeader* header = block(offset);
       if (header->size() < kMinBlock || header->size() > size - offset) return;
-      const bool cached = header->state() == kCached && header->tag == ledger->session;
+      // (In flight, a block a previous Sheaf left may carry its check word.)
+      const bool cached =
+          header->state() == kCached && (header->tag == ledger->session || in_flight);
       if (cached || (in_flight && header->state() == kUsed)) {
         held_lock();  // a lambda: analysed alone, it runs inside our section
         Operation op(*this);
