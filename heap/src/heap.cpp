@@ -49,8 +49,9 @@ void check_type(const Heap::Impl& impl, std::uint64_t block, const NamedRecord& 
                   " (" + std::to_string(type.size) + " bytes)");
 }
 
+// Under the lock, where nobody rewrites the record while we read it.
 void check_type(const Heap::Impl& impl, std::uint64_t block, const TypeTag& type) {
-  check_type(impl, block, impl.checked_record(block), type);
+  check_type(impl, block, *impl.record(block), type);
 }
 
 void check_name(const Heap::Impl& impl, std::string_view name) {
