@@ -360,8 +360,20 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   //     block chain is verified (a heap whose chain is broken is refused,
   //     untouched; other damage too, unless repair_damage) and the caches
   //     are rebuilt from it.
-  // Later openers wait for the first on the presence lock.
-  const bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
+  // Later openers wait for the first on the presence lock, which the first
+  // holds until its first section (its walk, if it walks) is done. One that
+  // then finds itself alone (the first gave up, refusing a damaged heap, or
+  // died) becomes the first itself rather than trust a heap nobody checked.
+  bool first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
+  if (!first) {
+    if (!posix::lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, impl->lock_timeout_ns, where)) {
+      throw Error(Errc::kTimedOut,
+                  where + ": another process is still opening it (waited " +
+                      std::to_string(impl->lock_timeout_ns / 1000000) + " ms)",
+                  ETIMEDOUT);
+    }
+    first = posix::try_lock_range(impl->fd, F_WRLCK, kPresenceLock, 1, where);
+  }
   bool rebuild_caches = false;
   bool quick_check = false;  // after the lock: see below
   const std::uint64_t boot = first ? posix::boot_id() : 0;
@@ -410,14 +422,6 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       state.reader_slots = 0;
     }
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
-    // Downgrade: others may come in.
-    posix::try_lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, where);
-  } else if (!posix::lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, impl->lock_timeout_ns,
-                                where)) {
-    throw Error(Errc::kTimedOut,
-                where + ": another process is still opening it (waited " +
-                    std::to_string(impl->lock_timeout_ns / 1000000) + " ms)",
-                ETIMEDOUT);
   }
   // From here on others may be in the heap: write State only under the lock
   // (on a network filesystem a page written outside it can overwrite what
@@ -445,6 +449,8 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
   if (const int error = lock.release(); error != 0) {
     throw Error::from_errno(error, where + ": cannot write to the server");
   }
+  // Downgrade: the heap is checked (or repaired), others may come in.
+  if (first) posix::try_lock_range(impl->fd, F_RDLCK, kPresenceLock, 1, where);
   return impl;
 }
 
