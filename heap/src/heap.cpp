@@ -526,15 +526,8 @@ std::uint64_t Heap::generation() const {
   static_assert(kAt + sizeof(std::uint64_t) <= kPageSize);
   if (impl.mode == LockMode::kLocal)
     return __atomic_load_n(&impl.state().generation, __ATOMIC_ACQUIRE);
-  // Network mode: our mapping may be stale outside the lock; ask the server
-  // (bypassing this host's cache where O_DIRECT works, which wants an
-  // aligned buffer).
-  std::unique_ptr<std::uint8_t, Impl::FreeBuffer> page(
-      static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kPageSize)));
-  if (!page) throw Error(Errc::kOutOfSpace, "heap " + impl.path + ": no memory for a page");
-  posix::pread_all(impl.direct_fd >= 0 ? impl.direct_fd : impl.fd,
-                   std::as_writable_bytes(std::span(page.get(), kPageSize)), 0,
-                   "heap " + impl.path);
+  // Network mode: our mapping may be stale outside the lock; ask the server.
+  const auto page = impl.read_from_server(kPageSize);
   std::uint64_t value = 0;
   std::memcpy(&value, page.get() + kAt, sizeof(value));
   return value;

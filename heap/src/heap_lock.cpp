@@ -216,7 +216,7 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     ++depth;
     return;
   }
-  if (CountedSection* section = counted_sections.empty() ? nullptr : counted_section(this)) {
+  if (CountedSection* section = counted_section(this)) {
     if (exclusive) require_exclusive();  // throws: a shared section cannot write
     ++section->depth;
     return;
@@ -308,16 +308,24 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
 
 // Who holds the lock, as far as State tells without taking it. Only for
 // messages: the answer may be out of date by the time it is read.
+std::unique_ptr<std::uint8_t, Heap::Impl::FreeBuffer> Heap::Impl::read_from_server(
+    std::size_t bytes) const {
+  std::unique_ptr<std::uint8_t, FreeBuffer> buffer(
+      static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, bytes)));
+  if (!buffer) throw Error(Errc::kOutOfSpace, "heap " + path + ": no memory to read its header");
+  posix::pread_all(direct_fd >= 0 ? direct_fd : fd,
+                   std::as_writable_bytes(std::span(buffer.get(), bytes)), 0, "heap " + path);
+  return buffer;
+}
+
 std::string Heap::Impl::describe_holder() const {
   auto copy = std::make_unique<State>();
   if (mode == LockMode::kNetwork) {
     // Our mapping may be stale, and nothing may be written outside the lock:
     // read the server's copy, bypassing this host's cache where we can.
-    std::unique_ptr<std::uint8_t, FreeBuffer> header(
-        static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kHeaderBytes)));
+    std::unique_ptr<std::uint8_t, FreeBuffer> header;
     try {
-      posix::pread_all(direct_fd >= 0 ? direct_fd : fd,
-                       std::as_writable_bytes(std::span(header.get(), kHeaderBytes)), 0, path);
+      header = read_from_server(kHeaderBytes);
     } catch (const Error&) {
       return "an unknown process (the heap's header cannot be read)";
     }
@@ -422,27 +430,20 @@ void Heap::Impl::recover_after_death(bool holder_died) {
 }
 
 int Heap::Impl::release() noexcept {
-  if (forked()) {
-    // A child forked inside a section leaves it here: the lock, the counts,
-    // the log and the byte-range locks (shared with the parent's open file)
-    // are the parent's. Only this process's bookkeeping goes.
-    if (CountedSection* section = counted_section(this)) {
-      if (--section->depth == 0) {
-        counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
-      }
-    } else if (--depth == 0) {
-      owner_tid.store(0, std::memory_order_relaxed);
+  // A child forked inside a section leaves it here, but the lock, the
+  // counts, the log and the byte-range locks (shared with the parent's open
+  // file) are the parent's: only this process's bookkeeping goes.
+  const bool in_child = forked();
+  if (CountedSection* section = counted_section(this)) {
+    if (--section->depth == 0) {
+      if (!in_child) leave_counted();
+      counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
     }
     return 0;
   }
-  if (!counted_sections.empty()) {
-    if (CountedSection* section = counted_section(this)) {
-      if (--section->depth == 0) {
-        leave_counted();
-        counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
-      }
-      return 0;
-    }
+  if (in_child) {
+    if (--depth == 0) owner_tid.store(0, std::memory_order_relaxed);
+    return 0;
   }
   if (--depth > 0) return 0;
   int error = 0;
@@ -457,9 +458,9 @@ int Heap::Impl::release() noexcept {
   owner_tid.store(0, std::memory_order_relaxed);
   if (mode == LockMode::kLocal) {
     // Readers may come in again (whoever holds the mutex lifts a bar left
-    // by a holder that died, too).
-    // Not while lock_holder is still set: a repair that failed leaves the
-    // heap half changed, and readers must keep waiting for the next one.
+    // by a holder that died, too), but not while lock_holder is still set:
+    // a repair that failed leaves the heap half changed, and readers must
+    // wait for the next one.
     if (counted_readers && !read_only && __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED) &&
         s.lock_holder == 0) {
       __atomic_store_n(&s.readers_barred, 0, __ATOMIC_SEQ_CST);

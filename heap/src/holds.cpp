@@ -40,6 +40,12 @@ std::uint64_t held_block_of(const Heap::Impl& impl, const void* p, const char* w
   return block;
 }
 
+[[noreturn]] void throw_holds_none(const Heap::Impl& impl, const char* what,
+                                   const char* hint = "") {
+  throw Error(Errc::kInvalidArgument, "heap " + impl.path + ": " + what +
+                                          ": this process holds no hold on that block" + hint);
+}
+
 void require_holds(const Heap::Impl& impl) {
   if (!impl.has_feature(kFeatureHolds)) {
     throw Error(Errc::kUnsupported, "heap " + impl.path +
@@ -177,10 +183,7 @@ void Heap::hold(const void* p) {
   // reused), and bytes that merely look like a held block's header are
   // refused here rather than counted.
   if (!impl.holds_one(impl.session_slot, block)) {
-    throw Error(Errc::kInvalidArgument,
-                "heap " + impl.path +
-                    ": hold: this process holds no hold on that block (take holds from a "
-                    "holder: hand_over)");
+    throw_holds_none(impl, "hold", " (take holds from a holder: hand_over)");
   }
   impl.store(impl.block(block)->tag, impl.block(block)->tag + 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
@@ -192,10 +195,7 @@ void Heap::release(const void* p) {
   ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = held_block_of(impl, p, "release");
-  if (!impl.drop_hold(impl.session_slot, block)) {
-    throw Error(Errc::kInvalidArgument,
-                "heap " + impl.path + ": release: this process holds no hold on that block");
-  }
+  if (!impl.drop_hold(impl.session_slot, block)) throw_holds_none(impl, "release");
   impl.count_off_hold(block);
 }
 
@@ -210,10 +210,7 @@ void Heap::hand_over(const void* p, std::uint64_t session) {
     throw Error(Errc::kNotFound, "heap " + impl.path + ": hand_over: no live session " +
                                      std::to_string(session) + " has the heap open");
   }
-  if (!impl.drop_hold(impl.session_slot, block)) {
-    throw Error(Errc::kInvalidArgument,
-                "heap " + impl.path + ": hand_over: this process holds no hold on that block");
-  }
+  if (!impl.drop_hold(impl.session_slot, block)) throw_holds_none(impl, "hand_over");
   impl.add_hold(slot, session, block);
 }
 

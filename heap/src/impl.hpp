@@ -353,6 +353,10 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     void operator()(std::uint8_t* p) const { std::free(p); }
   };
   std::unique_ptr<std::uint8_t, FreeBuffer> bounce;  // page-aligned, for O_DIRECT reads
+  // Network mode: the file's first `bytes` (a multiple of the page size) as
+  // the server has them, not as our possibly stale mapping shows them;
+  // through O_DIRECT where the filesystem allows it. Needs no lock.
+  std::unique_ptr<std::uint8_t, FreeBuffer> read_from_server(std::size_t bytes) const;
 };
 
 // Heap::LockScope as the thread-safety analysis sees it: every section
