@@ -69,6 +69,13 @@ LockMode resolve_mode(LockMode requested, int fd, const std::string& path) {
 
 // "incompatible bit 5, read-only compatible bit 9" for the bits of `id` this
 // Sheaf does not know and must refuse the heap for, or "".
+// No reader counted, none barred, no slot yet (State::readers).
+void clear_readers(State& state) {
+  std::memset(state.readers, 0, sizeof(state.readers));
+  state.readers_barred = 0;
+  state.reader_slots = 0;
+}
+
 std::string unknown_features(const Identity& id, bool read_only) {
   std::string text;
   const auto name = [&](std::uint64_t bits, const char* kind) {
@@ -417,9 +424,7 @@ std::shared_ptr<Heap::Impl> Heap::Impl::open_file(const std::string& path,
       pthread_mutex_init(&state.mutex, &attributes);
       pthread_mutexattr_destroy(&attributes);
       // Nobody reads either: counts and a bar left by a crash go too.
-      std::memset(state.readers, 0, sizeof(state.readers));
-      state.readers_barred = 0;
-      state.reader_slots = 0;
+      clear_readers(state);
     }
     if (impl->mode == LockMode::kNetwork) impl->unmap_pages();  // see unmap_pages()
   }
@@ -546,9 +551,7 @@ bool Heap::Impl::upgrade() {
   }
   //    Reader counts start at zero, and cover every slot in use.
   if (!(id.ro_compat_features & kFeatureSharedReaders)) {
-    std::memset(s.readers, 0, sizeof(s.readers));
-    s.readers_barred = 0;
-    s.reader_slots = 0;
+    clear_readers(s);
     for (int i = 0; i < kMaxSessions; ++i) {
       if (s.sessions[i].id != 0) s.reader_slots = static_cast<std::uint32_t>(i + 1);
     }
