@@ -45,7 +45,11 @@ int next_nonempty_bin(const std::uint64_t (&bitmap)[4], int from) {
   for (int word = from / 64; word < 4; ++word) {
     std::uint64_t bits = bitmap[word];
     if (word == from / 64) bits &= ~std::uint64_t{0} << (from % 64);
-    if (bits != 0) return word * 64 + std::countr_zero(bits);
+    // Bits past the last bin mean nothing (and a damaged file may set them).
+    if (bits != 0) {
+      const int bin = word * 64 + std::countr_zero(bits);
+      return bin < kBinCount ? bin : -1;
+    }
   }
   return -1;
 }
