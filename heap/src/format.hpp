@@ -360,7 +360,7 @@ struct State {
   // counts of dead sessions). Both with sequentially consistent atomics, so
   // one of the two always sees the other.
   alignas(64) std::uint32_t readers[kMaxSessions];
-  std::uint32_t readers_barred;  // 1 while a writer holds the mutex (or died holding it)
+  std::uint32_t readers_barred;  // 1 from a writer's mutex until the next reader's (or a death)
   std::uint32_t reader_slots;    // every slot ever registered is below it
 };
 

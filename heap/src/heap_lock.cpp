@@ -110,9 +110,19 @@ void Heap::Impl::leave_counted() noexcept {
   }
 }
 
+// The bar stays up after the writer leaves: the first reader to come next
+// finds it, counts itself in under the mutex, and lifts it there (release()).
+// So a run of writes with no reader between pays for the bar once, and the
+// writers after the first skip the store. That skip is sound: the bar was
+// stored before our mutex was taken (sequenced through the mutex), so a
+// reader whose increment we do not see below loads the bar after it and
+// finds it up (the sequentially consistent order: bar < our load < its
+// increment < its load; only a holder of the mutex, we now, could lift it).
 void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
   State& s = state();
-  __atomic_store_n(&s.readers_barred, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED) == 0) {
+    __atomic_store_n(&s.readers_barred, 1, __ATOMIC_SEQ_CST);
+  }
   const std::uint32_t slots =
       std::min<std::uint32_t>(__atomic_load_n(&s.reader_slots, __ATOMIC_ACQUIRE), kMaxSessions);
   std::uint64_t started = 0;
@@ -457,12 +467,13 @@ int Heap::Impl::release() noexcept {
   }
   owner_tid.store(0, std::memory_order_relaxed);
   if (mode == LockMode::kLocal) {
-    // Readers may come in again (whoever holds the mutex lifts a bar left
-    // by a holder that died, too), but not while lock_holder is still set:
-    // a repair that failed leaves the heap half changed, and readers must
-    // wait for the next one.
-    if (counted_readers && !read_only && __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED) &&
-        s.lock_holder == 0) {
+    // A reader that waited on the mutex lifts the bar (a writer leaves it up
+    // for the next writer: bar_readers()), as does anyone who held the
+    // mutex for reading after a holder died; but not while lock_holder is
+    // still set: a repair that failed leaves the heap half changed, and
+    // readers must wait for the next one.
+    if (counted_readers && !read_only && !outer_exclusive &&
+        __atomic_load_n(&s.readers_barred, __ATOMIC_RELAXED) && s.lock_holder == 0) {
       __atomic_store_n(&s.readers_barred, 0, __ATOMIC_SEQ_CST);
     }
     pthread_mutex_unlock(mutex());

@@ -88,14 +88,17 @@ std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size,
     return "name or type length out of range";
   }
   if (r->element_alignment == 0 || (r->element_alignment & (r->element_alignment - 1)) != 0 ||
-      r->element_alignment > kPageSize || r->object_offset % r->element_alignment != 0) {
+      r->element_alignment > kPageSize || (r->object_offset & (r->element_alignment - 1)) != 0) {
     return "object misaligned";
   }
   if (r->object_offset < names_end || r->object_offset > payload_end)
     return "object outside its block";
-  const std::uint64_t room = payload_end - r->object_offset;
-  if (r->element_size != 0 && r->count > room / r->element_size)
+  // (No division: every find and destroy checks this.)
+  std::uint64_t object_bytes = 0;
+  if (__builtin_mul_overflow(r->element_size, r->count, &object_bytes) ||
+      object_bytes > payload_end - r->object_offset) {
     return "object larger than its block";
+  }
   if (check_hash &&
       r->name_hash != hash_name(std::string_view(record_names(offset), r->name_length))) {
     return "name hash mismatch";
