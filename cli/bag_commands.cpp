@@ -285,16 +285,27 @@ void bag_get(const GetArgs& args) {
   ProgressBar progress("get " + args.name, sized ? static_cast<std::uint64_t>(st.st_size) : 0);
   if (!args.forensic) progress.status("checking the payload checksum");
 
+  OutputFile output(args.output);
   BagOpenOptions options;
-  options.verify_payload = !args.forensic;
   options.forensic = args.forensic;
-  // Opened, and so verified, before the output exists: a corrupted bag
-  // leaves no file behind.
+  if (output.is_file()) {
+    // Copied from file to file in the kernel while the checksum is checked
+    // beside it; the file replaces the output only if the check passes.
+    options.verify_payload = false;
+    const Bag bag = store.open_bag(args.name, options).value();
+    progress.restart(bag.info().size);
+    output.copy_bag_payload(bag, /*verify=*/!args.forensic,
+                            [&](std::uint64_t done, std::uint64_t) { progress.update(done); });
+    progress.finish();
+    output.commit();
+    return;
+  }
+  // A stream cannot take back what it was sent: the payload is verified
+  // first, when the bag is opened, and then written from its mapping.
+  options.verify_payload = !args.forensic;
   const Bag bag = store.open_bag(args.name, options).value();
   const std::span<const std::byte> bytes = bag.bytes();
   progress.restart(bytes.size());  // the rate is the copy's, not the check's
-
-  OutputFile output(args.output);
   for (std::size_t done = 0; done < bytes.size();) {
     const std::size_t step = std::min(kChunk, bytes.size() - done);
     output.write(bytes.subspan(done, step));
@@ -339,7 +350,9 @@ void bag_info(const InfoArgs& args) {
                 {"type", info.element_type},
                 {"element_size", info.element_size},
                 {"count", count},
-                {"checksum", checksum_hex(info.checksum)},
+                {"checksum", info.checksum.hex()},
+                {"checksum_algorithm", info.checksum.algorithm_name()},
+                {"format", info.format},
                 {"created", utc_time(info.created_ns)},
                 {"created_ns", info.created_ns},
                 {"tags", info.tags}});
@@ -352,7 +365,7 @@ void bag_info(const InfoArgs& args) {
       {"type", typed ? info.element_type + " (" + std::to_string(info.element_size) +
                            " bytes each, " + std::to_string(count) + " elements)"
                      : std::string("untyped bytes")},
-      {"checksum", checksum_hex(info.checksum) + " (XXH64)"},
+      {"checksum", info.checksum.hex() + " (" + info.checksum.algorithm_name() + ")"},
       {"created", local_time(info.created_ns)},
       {"tags", std::to_string(info.tags.size())}};
   for (const auto& [key, value] : info.tags) fields.emplace_back("tag " + key, value);

@@ -157,6 +157,11 @@ void OutputFile::write(std::span<const std::byte> bytes) {
   });
 }
 
+void OutputFile::copy_bag_payload(const Bag& bag, bool verify, const Progress& progress) {
+  bag.copy_payload(fd_, verify, progress);
+  size_ = bag.info().size;
+}
+
 void OutputFile::commit() {
   if (path_.empty()) return;
   if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) throw Error::from_errno(errno, what_);

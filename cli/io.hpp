@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "sheaf/bag.hpp"
+
 namespace sheaf::cli {
 
 // All the bytes of a file, or of standard input when path is "-", however
@@ -59,6 +61,12 @@ class OutputFile {
 
   // Appends bytes. Throws sheaf::Error.
   void write(std::span<const std::byte> bytes);
+  // True when the output is a regular file (written to a temporary first).
+  bool is_file() const noexcept { return !path_.empty(); }
+  // A regular file only, written nothing yet: the bag's payload, copied
+  // from its file (Bag::copy_payload); throws, leaving the path untouched,
+  // if `verify` finds the payload damaged.
+  void copy_bag_payload(const Bag& bag, bool verify, const Progress& progress);
   // Sizes, flushes and renames a regular file into place.
   void commit();
 

@@ -397,6 +397,12 @@ TEST(Store, ResolveHeap) {
 
 // --- Round trips ---------------------------------------------------------------
 
+// XXH3-128 of `size` bytes, computed here (not by Sheaf), as a bag checksum.
+BagChecksum xxh3_128(const void* data, std::size_t size) {
+  const XXH128_hash_t hash = XXH3_128bits(data, size);
+  return {BagChecksum::Algorithm::kXxh3_128, hash.high64, hash.low64};
+}
+
 // A payload that the file no longer reaches (truncated, here while nothing
 // else looks) is an error, never hashed as a hole of zeros.
 TEST(BagPayloadHash, AFileCutShortIsAnErrorNotAHoleOfZeros) {
@@ -408,9 +414,9 @@ TEST(BagPayloadHash, AFileCutShortIsAnErrorNotAHoleOfZeros) {
     posix::write_all(fd.get(), std::as_bytes(std::span(data)), path);
   }
   posix::Fd fd = posix::open_file(path, O_RDONLY, path);
-  EXPECT_NO_THROW(hash_payload(fd.get(), 0, 4096, {}, "bag p"));
+  EXPECT_NO_THROW(hash_payload(fd.get(), 0, 4096, BagChecksum::Algorithm::kXxh3_128, {}, "bag p"));
   try {
-    hash_payload(fd.get(), 0, 8192, {}, "bag p");
+    hash_payload(fd.get(), 0, 8192, BagChecksum::Algorithm::kXxh3_128, {}, "bag p");
     ADD_FAILURE() << "8192 bytes hashed from a 4096-byte file";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Errc::kCorrupted) << e.message();
@@ -418,12 +424,79 @@ TEST(BagPayloadHash, AFileCutShortIsAnErrorNotAHoleOfZeros) {
   }
 }
 
+// A bag of format 1 (XXH64 payload checksum), as Sheaf wrote it before
+// format 2, built here byte by byte from its documented layout
+// (docs/bags.md): magic, version 1, byte-order mark, header size, element
+// size, payload size, payload XXH64, creation time, type length, tag count,
+// extra length; the type's name; the header's XXH64; zeros to 4096; payload.
+std::string format1_bag(std::string_view type, std::uint32_t element_size,
+                        std::string_view payload) {
+  std::string header("SHEAFBAG", 8);
+  auto put = [&](auto value) {
+    header.append(reinterpret_cast<const char*>(&value), sizeof(value));
+  };
+  put(std::uint32_t{1});           // version
+  put(std::uint32_t{0x01020304});  // byte-order mark
+  put(std::uint32_t{4096});
+  put(element_size);
+  put(std::uint64_t{payload.size()});
+  put(std::uint64_t{XXH64(payload.data(), payload.size(), 0)});
+  put(std::uint64_t{1700000000000000000});
+  put(static_cast<std::uint16_t>(type.size()));
+  put(std::uint16_t{0});
+  put(static_cast<std::uint32_t>(type.size()));
+  header += type;
+  put(std::uint64_t{XXH64(header.data(), header.size(), 0)});
+  header.resize(4096, '\0');
+  return header + std::string(payload);
+}
+
+// Bags written before XXH3-128 stay readable and verifiable: their XXH64 is
+// checked, reported as XXH64, and a damaged payload is still caught.
+TEST(BagFormat1, AnXxh64BagStillOpensVerifiesAndCatchesDamage) {
+  TempDir dir;
+  Store store = Store::init(dir / "s").value();
+  const std::string payload(3 * 4096 + 8, 'q');
+  const std::string original = format1_bag("uint64", 8, payload);
+  write_file(dir / "s/bags/old.bag", {original.begin(), original.end()});
+
+  Bag bag = store.open_bag("old").value();  // verifies the payload's XXH64
+  EXPECT_EQ(bag.info().format, 1u);
+  EXPECT_EQ(bag.info().checksum.algorithm, BagChecksum::Algorithm::kXxh64);
+  EXPECT_STREQ(bag.info().checksum.algorithm_name(), "XXH64");
+  EXPECT_EQ(bag.info().checksum.low, XXH64(payload.data(), payload.size(), 0));
+  EXPECT_EQ(bag.info().checksum.hex().size(), 16u);
+  EXPECT_EQ(bag.as<std::uint64_t>().size(), payload.size() / 8);
+  EXPECT_EQ(std::memcmp(bag.bytes().data(), payload.data(), payload.size()), 0);
+  EXPECT_TRUE(store.verify("old").front().ok()) << store.verify("old").front().problem;
+
+  std::string damaged = payload;
+  damaged[5000] = 'r';
+  std::string file = format1_bag("uint64", 8, payload);
+  file.replace(4096, damaged.size(), damaged);  // the header still has the old XXH64
+  write_file(dir / "s/bags/old.bag", {file.begin(), file.end()});
+  const std::vector<BagCheck> checks = store.verify("old");
+  ASSERT_EQ(checks.size(), 1u);
+  EXPECT_NE(checks[0].problem.find("payload checksum mismatch"), std::string::npos)
+      << checks[0].problem;
+  EXPECT_FALSE(store.open_bag("old").ok());
+
+  // A bag written now is format 2, XXH3-128, 32 hex digits.
+  const BagInfo fresh = store.put_bag("new", std::as_bytes(std::span(payload)));
+  EXPECT_EQ(fresh.format, 2u);
+  EXPECT_STREQ(fresh.checksum.algorithm_name(), "XXH3-128");
+  EXPECT_EQ(fresh.checksum, xxh3_128(payload.data(), payload.size()));
+  EXPECT_EQ(fresh.checksum.hex().size(), 32u);
+  EXPECT_EQ(store.bag_info("new").checksum, fresh.checksum);
+}
+
 TEST(BagRoundTrip, Empty) {
   TempDir dir;
   Store store = Store::init(dir / "s").value();
   const BagInfo written = store.put_bag("empty", {});
   EXPECT_EQ(written.size, 0u);
-  EXPECT_EQ(written.checksum, XXH64(nullptr, 0, 0));
+  EXPECT_EQ(written.checksum, xxh3_128(nullptr, 0));
+  EXPECT_EQ(written.format, 2u);
   EXPECT_EQ(file_size(dir / "s/bags/empty.bag"), 4096u);  // the header page alone
 
   Bag bag = store.open_bag("empty").value();
@@ -455,7 +528,7 @@ TEST(BagRoundTrip, SmallTypedBagKeepsValuesTypeTagsAndTime) {
   const std::uint64_t after = wall_ns();
   EXPECT_EQ(written.name, "weights");
   EXPECT_EQ(written.size, values.size() * sizeof(float));
-  EXPECT_EQ(written.checksum, XXH64(payload.data(), payload.size(), 0));
+  EXPECT_EQ(written.checksum, xxh3_128(payload.data(), payload.size()));
   EXPECT_EQ(written.element_type, "float32");
   EXPECT_EQ(written.element_size, 4u);
   EXPECT_GE(written.created_ns, before);
@@ -630,23 +703,25 @@ TEST(BagRoundTrip, SparseBagBeyondFourGiB) {
   EXPECT_EQ(written.size, size);
 
   // The checksum is of exactly these bytes: computed here independently.
-  XXH64_state_t* state = XXH64_createState();
-  XXH64_reset(state, 0);
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_128bits_reset(state);
   static const std::vector<std::byte> zeros(4 * kMiB);
   auto hash_zeros = [&](std::uint64_t n) {
     for (; n > 0;) {
       const std::uint64_t step = std::min<std::uint64_t>(n, zeros.size());
-      XXH64_update(state, zeros.data(), step);
+      XXH3_128bits_update(state, zeros.data(), step);
       n -= step;
     }
   };
-  XXH64_update(state, head.data(), head.size());
+  XXH3_128bits_update(state, head.data(), head.size());
   hash_zeros(far_at - head.size());
-  XXH64_update(state, far.data(), far.size());
+  XXH3_128bits_update(state, far.data(), far.size());
   hash_zeros(tail_at - far_at - far.size());
-  XXH64_update(state, tail.data(), tail.size());
-  EXPECT_EQ(written.checksum, XXH64_digest(state));
-  XXH64_freeState(state);
+  XXH3_128bits_update(state, tail.data(), tail.size());
+  const XXH128_hash_t expected = XXH3_128bits_digest(state);
+  EXPECT_EQ(written.checksum.high, expected.high64);
+  EXPECT_EQ(written.checksum.low, expected.low64);
+  XXH3_freeState(state);
 
   // The file holds holes, not 4 GiB of zeros.
   const std::string path = dir / "s/bags/huge.bag";
@@ -1481,6 +1556,78 @@ TEST(BagFaults, AFailedWriteIsStickyAndNothingIsCommitted) {
     }
   }
   EXPECT_FALSE(store.open_bag("b").ok());
+}
+
+// Bag::copy_payload (what `sheaf bag get -o FILE` uses): a copy from file to
+// file with the check beside it, holes kept, every failure reported.
+TEST(BagCopy, CopiesDataKeepsHolesAndReportsDamageAndWriteErrors) {
+  TempDir dir;
+  FaultsCleared cleared;
+  Store store = Store::init(dir / "s").value();
+  constexpr std::uint64_t kHole = 8 << 20;
+  const std::string head(5 * 4096 + 17, 'h');
+  const std::string tail(3 * 4096, 't');
+  {
+    BagWriter writer = store.create_bag("b");
+    writer.write(std::as_bytes(std::span(head)));
+    writer.skip_zeros(kHole);
+    writer.write(std::as_bytes(std::span(tail)));
+    writer.commit();
+  }
+  const std::uint64_t size = head.size() + kHole + tail.size();
+  auto copy_to = [&](const std::string& path, bool verify) {
+    BagOpenOptions header_only;
+    header_only.verify_payload = false;
+    const Bag bag = store.open_bag("b", header_only).value();
+    posix::Fd out = posix::open_file(path, O_RDWR | O_CREAT | O_TRUNC, path);
+    std::uint64_t last = 0;
+    bag.copy_payload(out.get(), verify, [&](std::uint64_t done, std::uint64_t total) {
+      EXPECT_GE(done, last);
+      EXPECT_EQ(total, size);
+      last = done;
+    });
+    EXPECT_EQ(last, size);
+    ASSERT_EQ(ftruncate(out.get(), static_cast<off_t>(size)), 0);
+  };
+
+  copy_to(dir / "copy", true);
+  const std::vector<char> copied = testing::read_file(dir / "copy");
+  ASSERT_EQ(copied.size(), size);
+  EXPECT_EQ(std::string(copied.data(), head.size()), head);
+  EXPECT_EQ(std::string(copied.data() + size - tail.size(), tail.size()), tail);
+  EXPECT_TRUE(std::all_of(copied.begin() + static_cast<std::ptrdiff_t>(head.size()),
+                          copied.end() - static_cast<std::ptrdiff_t>(tail.size()),
+                          [](char c) { return c == 0; }));
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "copy").c_str(), &st), 0);
+  EXPECT_LT(static_cast<std::uint64_t>(st.st_blocks) * 512, kHole / 2) << "the hole was filled";
+
+  // A write error (ENOSPC from the output) is reported, naming the bag.
+  posix::inject_fault(posix::Op::kWrite, ENOSPC);
+  try {
+    copy_to(dir / "full", true);
+    ADD_FAILURE() << "a failed write went unreported";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.sys_errno(), ENOSPC) << e.message();
+    EXPECT_NE(e.message().find("bag b"), std::string::npos) << e.message();
+  }
+  posix::clear_faults();
+
+  // A damaged payload is copied, then refused; unverified, it is copied as it is.
+  {
+    posix::Fd bag = posix::open_file(store.bag_path("b"), O_WRONLY, "bag");
+    const char flipped = 'X';
+    ASSERT_EQ(::pwrite(bag.get(), &flipped, 1, 4096 + 3), 1);
+  }
+  try {
+    copy_to(dir / "damaged", true);
+    ADD_FAILURE() << "a damaged payload was copied without complaint";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kCorrupted) << e.message();
+    EXPECT_NE(e.message().find("payload checksum mismatch"), std::string::npos) << e.message();
+  }
+  copy_to(dir / "forensic", false);
+  EXPECT_EQ(testing::read_file(dir / "forensic")[3], 'X');
 }
 
 }  // namespace

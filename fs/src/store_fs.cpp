@@ -117,7 +117,7 @@ struct BagFile {
                                    static_cast<std::uint64_t>(st.st_ino),
                                    static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000u +
                                        static_cast<std::uint64_t>(st.st_mtim.tv_nsec),
-                                   info.created_ns, info.checksum};
+                                   info.created_ns, info.checksum.low};
     const std::uint64_t hash = XXH64(parts, sizeof(parts), 0);
     return hash == 0 ? 1 : hash;  // 0 means "a bag being written"
   }
@@ -1093,7 +1093,11 @@ std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
     std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
     if (bag->identity() != node.identity) fail(ESTALE);
     const BagInfo& info = bag->info;
-    attrs["user.sheaf.xxh64"] = checksum_hex(info.checksum);
+    // Named by the algorithm, so that a tool knows what it compares with:
+    // user.sheaf.xxh128 (xxhsum -H2 of the payload) or, format 1, user.sheaf.xxh64.
+    attrs[info.checksum.algorithm == BagChecksum::Algorithm::kXxh64 ? "user.sheaf.xxh64"
+                                                                    : "user.sheaf.xxh128"] =
+        info.checksum.hex();
     attrs["user.sheaf.created"] = std::to_string(info.created_ns);
     if (!info.element_type.empty()) {
       attrs["user.sheaf.type"] = info.element_type;

@@ -3,6 +3,8 @@
 
 #include <optional>
 
+// xxHash's run-time choice of SIMD code (SSE2, AVX2, AVX-512) for XXH3.
+#include <xxh_x86dispatch.h>
 #include <xxhash.h>
 
 #include <cstdlib>
@@ -25,6 +27,23 @@ struct Bag::Impl {
   std::string problem;      // what a forensic open overlooked
 };
 
+// A payload checksum being computed, in either algorithm.
+class PayloadHasher {
+ public:
+  explicit PayloadHasher(BagChecksum::Algorithm algorithm);
+  void update(const void* data, std::size_t size);
+  BagChecksum digest() const;
+
+ private:
+  struct Free {
+    void operator()(XXH64_state_t* state) const { XXH64_freeState(state); }
+    void operator()(XXH3_state_t* state) const { XXH3_freeState(state); }
+  };
+  BagChecksum::Algorithm algorithm_;
+  std::unique_ptr<XXH64_state_t, Free> xxh64_;
+  std::unique_ptr<XXH3_state_t, Free> xxh3_;
+};
+
 struct BagWriter::Impl {
   ~Impl();       // removes the temporary file unless committed
   BagInfo info;  // size grows as bytes are written
@@ -33,7 +52,7 @@ struct BagWriter::Impl {
   int fd = -1;
   std::uint64_t header_bytes = 0;
   bool replace = true;
-  XXH64_state_t* state = nullptr;
+  PayloadHasher hasher{BagChecksum::Algorithm::kXxh3_128};
   // Large payloads bypass the page cache: bytes are staged in a page-aligned
   // buffer and written with O_DIRECT once it is full (bag.cpp, stage()).
   int direct_fd = -1;  // the temporary opened O_DIRECT, or -1: buffered writes only
@@ -65,8 +84,9 @@ std::string encode_bag_header(const BagInfo& info);  // exactly bag_header_bytes
 std::uint64_t bag_header_bytes(const BagInfo& info);
 std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::string& name,
                                          const BagOpenOptions& options);
-// XXH64 of `size` bytes at `offset` of fd, read in large sequential chunks.
-std::uint64_t hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
-                           const Progress& progress, const std::string& what);
+// The checksum of `size` bytes at `offset` of fd, read in large sequential chunks.
+BagChecksum hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
+                         BagChecksum::Algorithm algorithm, const Progress& progress,
+                         const std::string& what);
 
 }  // namespace sheaf

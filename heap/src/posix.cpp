@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <ctime>
+#include <vector>
 
 #include "sheaf/error.hpp"
 
@@ -150,6 +151,42 @@ void write_all(int fd, std::span<const std::byte> bytes, const std::string& what
         checked(Op::kWrite, [&] { return ::write(fd, bytes.data() + done, bytes.size() - done); });
     if (put < 0) throw Error::from_errno(errno, what + ": write");
     done += static_cast<std::size_t>(put);
+  }
+}
+
+void copy_range(int in, std::uint64_t in_offset, int out, std::uint64_t out_offset,
+                std::uint64_t length, const std::string& what) {
+  bool in_kernel = true;
+  std::vector<std::byte> buffer;
+  while (length > 0) {
+    ssize_t moved = -1;
+    if (in_kernel) {
+      auto from = static_cast<loff_t>(in_offset);
+      auto to = static_cast<loff_t>(out_offset);
+      moved = checked(Op::kWrite, [&] {
+        return ::copy_file_range(in, &from, out, &to, std::min<std::uint64_t>(length, 1u << 30), 0);
+      });
+      if (moved < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+                        errno == EOPNOTSUPP || errno == EBADF)) {
+        in_kernel = false;  // not for these two files: through a buffer from here on
+        continue;
+      }
+      if (moved < 0) throw Error::from_errno(errno, what + ": copy");
+    } else {
+      if (buffer.empty()) buffer.resize(4 << 20);
+      const std::size_t got =
+          pread_all(in, std::span(buffer.data(), std::min<std::uint64_t>(length, buffer.size())),
+                    in_offset, what);
+      pwrite_all(out, std::span<const std::byte>(buffer.data(), got), out_offset, what);
+      moved = static_cast<ssize_t>(got);
+    }
+    if (moved == 0) {
+      throw Error(Errc::kCorrupted, what + ": the file ends at byte " + std::to_string(in_offset) +
+                                        ", before what was to be copied");
+    }
+    in_offset += static_cast<std::uint64_t>(moved);
+    out_offset += static_cast<std::uint64_t>(moved);
+    length -= static_cast<std::uint64_t>(moved);
   }
 }
 

@@ -93,6 +93,13 @@ void pwrite_all(int fd, std::span<const std::byte> bytes, std::uint64_t offset,
                 const std::string& what);
 void write_all(int fd, std::span<const std::byte> bytes, const std::string& what);
 
+// Copies `length` bytes at `in_offset` of `in` to `out_offset` of `out`
+// inside the kernel (copy_file_range), or, where the kernel cannot for this
+// pair of files (another filesystem type, a pipe), through a buffer.
+// Throws Error naming `what` (Op::kWrite faults apply); a source that ends
+// early is kCorrupted.
+void copy_range(int in, std::uint64_t in_offset, int out, std::uint64_t out_offset,
+                std::uint64_t length, const std::string& what);
 std::uint64_t file_size(int fd, const std::string& what);
 
 // fsync / fdatasync / msync(MS_SYNC): 0 or the errno.

@@ -251,8 +251,6 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   if (!posix::try_lock_range(impl->fd, F_WRLCK, 0, 1, "bag " + impl->info.name)) {
     throw Error(Errc::kBusy, "bag " + impl->info.name + ": cannot lock its temporary file");
   }
-  impl->state = XXH64_createState();
-  XXH64_reset(impl->state, 0);
   impl->direct_fd = posix::try_open(impl->temp_path, O_WRONLY | O_DIRECT).release();
   if (impl->direct_fd >= 0) {
     impl->staging.reset(static_cast<std::byte*>(std::aligned_alloc(4096, 16 << 20)));
@@ -318,8 +316,8 @@ std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
       header_only.verify_payload = false;
       Bag bag = open_bag(n, header_only).value();
       const Bag::Impl& impl = *bag.impl_;
-      const std::uint64_t actual = hash_payload(
-          impl.fd, impl.header_bytes, impl.info.size,
+      const BagChecksum actual = hash_payload(
+          impl.fd, impl.header_bytes, impl.info.size, impl.info.checksum.algorithm,
           [&](std::uint64_t done, std::uint64_t) {
             if (progress) progress(base + impl.header_bytes + done, total);
           },

@@ -959,13 +959,15 @@ TEST_F(CliTest, BagTagsAndInfo) {
   EXPECT_EQ(info["name"], "t");
   EXPECT_EQ(info["size"], 7);
   const std::string checksum = info["checksum"];
-  EXPECT_EQ(checksum.size(), 16u) << checksum;
+  EXPECT_EQ(checksum.size(), 32u) << checksum;  // XXH3-128
+  EXPECT_EQ(info["checksum_algorithm"], "XXH3-128");
+  EXPECT_EQ(info["format"], 2);
   EXPECT_EQ(checksum.find_first_not_of("0123456789abcdef"), std::string::npos) << checksum;
   EXPECT_GT(info["created_ns"].get<std::uint64_t>(), 0u);
   EXPECT_EQ(info["created"].get<std::string>().back(), 'Z');
 
   const std::string out = ok({"bag", "info", store, "t"});
-  EXPECT_NE(out.find(checksum), std::string::npos) << out;
+  EXPECT_NE(out.find(checksum + " (XXH3-128)"), std::string::npos) << out;
   EXPECT_NE(out.find("sensor-7"), std::string::npos) << out;
   EXPECT_NE(out.find("untyped"), std::string::npos) << out;
 

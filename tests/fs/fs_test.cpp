@@ -525,12 +525,6 @@ inline std::string object_string(const Heap& heap, const std::string& name) {
   return heap.shared([&] { return to_string(heap.object_bytes(name)); });
 }
 
-inline std::string hex64(std::uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof text, "%016" PRIx64, value);
-  return text;
-}
-
 }  // namespace sheaf::testing
 
 namespace sheaf {
@@ -1028,7 +1022,7 @@ TEST_F(FsTest, BagXattrsAreItsInfo) {
   start_mount();
 
   const std::string typed = bag("typed");
-  EXPECT_EQ(get_xattr(typed, "user.sheaf.xxh64").value, hex64(typed_info.checksum));
+  EXPECT_EQ(get_xattr(typed, "user.sheaf.xxh128").value, typed_info.checksum.hex());
   EXPECT_EQ(get_xattr(typed, "user.sheaf.type").value, typed_info.element_type);
   EXPECT_EQ(get_xattr(typed, "user.sheaf.element_size").value, "4");
   EXPECT_EQ(get_xattr(typed, "user.sheaf.created").value, std::to_string(typed_info.created_ns));
@@ -1036,7 +1030,7 @@ TEST_F(FsTest, BagXattrsAreItsInfo) {
   EXPECT_EQ(get_xattr(typed, "user.sheaf.tag.k").value, "v=1");
   EXPECT_EQ(get_xattr(typed, "user.sheaf.tag.missing").error, ENODATA);
   const std::vector<std::string> names = list_xattrs(typed);
-  for (const char* name : {"user.sheaf.xxh64", "user.sheaf.type", "user.sheaf.element_size",
+  for (const char* name : {"user.sheaf.xxh128", "user.sheaf.type", "user.sheaf.element_size",
                            "user.sheaf.created", "user.sheaf.tag.source", "user.sheaf.tag.k"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), name), names.end())
         << "listxattr lacks " << name << ": " << joined(names);
@@ -1044,11 +1038,11 @@ TEST_F(FsTest, BagXattrsAreItsInfo) {
 
   // An untyped bag has no type attribute, and does not list one.
   const std::string raw = bag("raw");
-  EXPECT_EQ(get_xattr(raw, "user.sheaf.xxh64").value, hex64(raw_info.checksum));
+  EXPECT_EQ(get_xattr(raw, "user.sheaf.xxh128").value, raw_info.checksum.hex());
   EXPECT_EQ(get_xattr(raw, "user.sheaf.type").error, ENODATA);
   const std::vector<std::string> raw_names = list_xattrs(raw);
   EXPECT_EQ(std::find(raw_names.begin(), raw_names.end(), "user.sheaf.type"), raw_names.end());
-  EXPECT_NE(std::find(raw_names.begin(), raw_names.end(), "user.sheaf.xxh64"), raw_names.end());
+  EXPECT_NE(std::find(raw_names.begin(), raw_names.end(), "user.sheaf.xxh128"), raw_names.end());
 
   // Other namespaces hold nothing.
   for (const char* name : {"trusted.sheaf.xxh64", "security.selinux", "system.posix_acl_access"}) {
@@ -1067,7 +1061,7 @@ TEST_F(FsTest, BagXattrsAreItsInfo) {
   const ShellResult getfattr = sh("getfattr -d -m user.sheaf " + q(typed));
   ASSERT_EQ(getfattr.status, 0) << getfattr;
   for (const std::string& line :
-       {"user.sheaf.xxh64=\"" + hex64(typed_info.checksum) + "\"",
+       {"user.sheaf.xxh128=\"" + typed_info.checksum.hex() + "\"",
         "user.sheaf.type=\"" + typed_info.element_type + "\"",
         std::string("user.sheaf.element_size=\"4\""),
         "user.sheaf.created=\"" + std::to_string(typed_info.created_ns) + "\"",
@@ -1092,8 +1086,8 @@ TEST_F(FsTest, CpCreatesAVerifiedBag) {
   EXPECT_TRUE(*payload == content) << first_difference(*payload, content);
   EXPECT_EQ(sh("cmp " + q(src) + " " + q(bag("new"))).status, 0);
   EXPECT_EQ(sh("stat -c %s " + q(bag("new"))).out, std::to_string(content.size()) + "\n");
-  EXPECT_EQ(get_xattr(bag("new"), "user.sheaf.xxh64").value,
-            hex64(store_->bag_info("new").checksum));
+  EXPECT_EQ(get_xattr(bag("new"), "user.sheaf.xxh128").value,
+            store_->bag_info("new").checksum.hex());
   EXPECT_EQ(sh("ls " + q(bags_dir())).out, "new\n");
 
   // An empty file makes an empty bag.
@@ -1132,8 +1126,8 @@ TEST_F(FsTest, BagBeingWrittenIsInvisibleUntilClosed) {
   const std::optional<std::string> payload = bag_payload("pending");
   ASSERT_TRUE(payload.has_value()) << "the bag does not open and verify";
   EXPECT_TRUE(*payload == content) << first_difference(*payload, content);
-  EXPECT_EQ(get_xattr(bag("pending"), "user.sheaf.xxh64").value,
-            hex64(store_->bag_info("pending").checksum));
+  EXPECT_EQ(get_xattr(bag("pending"), "user.sheaf.xxh128").value,
+            store_->bag_info("pending").checksum.hex());
   EXPECT_EQ(sh("ls " + q(bags_dir())).out, "pending\n");
 }
 
@@ -1459,7 +1453,7 @@ TEST_F(FsTest, ReadOnlyMountReadsAndRefusesEveryChangeWithErofs) {
   EXPECT_EQ(sh("cat " + q(bag("b"))).out, "bbbb");
   EXPECT_EQ(sh("cat " + q(obj("h", "n"))).out, "nnnn");
   EXPECT_EQ(sh("cat " + q(heap_dir("h") + "/info.json") + " >/dev/null").status, 0);
-  EXPECT_EQ(get_xattr(bag("b"), "user.sheaf.xxh64").value, hex64(store_->bag_info("b").checksum));
+  EXPECT_EQ(get_xattr(bag("b"), "user.sheaf.xxh128").value, store_->bag_info("b").checksum.hex());
 
   EXPECT_EQ(open_error(bag("new"), O_CREAT | O_WRONLY), EROFS);
   EXPECT_EQ(open_error(bag("b"), O_WRONLY | O_TRUNC), EROFS);

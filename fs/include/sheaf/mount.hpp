@@ -4,7 +4,7 @@
 //     heaps/<heap>/objects/<name>   the bytes of a named object; size = the object's size
 //     heaps/<heap>/info             what `sheaf heap info` prints
 //     heaps/<heap>/info.json        what `sheaf heap info --json` prints
-//     bags/<bag>                    the bag's payload; xattrs user.sheaf.xxh64,
+//     bags/<bag>                    the bag's payload; xattrs user.sheaf.xxh128,
 //                                   user.sheaf.type, user.sheaf.element_size,
 //                                   user.sheaf.created, user.sheaf.tag.<key>
 //

@@ -1,7 +1,7 @@
 // sheaf/bag.hpp: databags, named binary files that processes map and read in place.
 //
 // A bag is a file in a store (sheaf/store.hpp): a header (format, payload size,
-// XXH64 of the payload, element type, creation time, key=value tags; itself
+// XXH3-128 of the payload, element type, creation time, key=value tags; itself
 // checksummed) and the payload, page-aligned so it can be mapped.
 //
 //   sheaf::Store store = sheaf::Store::open("/data/store").value();
@@ -34,10 +34,27 @@
 
 namespace sheaf {
 
+// The checksum of a bag's payload (xxHash, seed 0). Bags written by this
+// Sheaf (format 2) carry XXH3-128; bags of format 1 carry XXH64 and stay
+// readable and verifiable.
+struct BagChecksum {
+  enum class Algorithm : std::uint8_t { kXxh64, kXxh3_128 };
+  Algorithm algorithm = Algorithm::kXxh3_128;
+  std::uint64_t high = 0;  // XXH3-128's high half; 0 for XXH64
+  std::uint64_t low = 0;   // XXH3-128's low half, or the XXH64
+  // As xxhsum prints it (`xxhsum -H2` for XXH3-128, `-H1` for XXH64):
+  // 32 or 16 lowercase hex digits, high half first.
+  std::string hex() const;
+  // "XXH3-128" or "XXH64".
+  const char* algorithm_name() const noexcept;
+  friend bool operator==(const BagChecksum&, const BagChecksum&) = default;
+};
+
 struct BagInfo {
   std::string name;
   std::uint64_t size = 0;          // payload bytes
-  std::uint64_t checksum = 0;      // XXH64 of the payload, seed 0
+  BagChecksum checksum;            // of the payload
+  std::uint32_t format = 0;        // the file's format version (1: XXH64, 2: XXH3-128)
   std::string element_type;        // "" when the bag holds untyped bytes
   std::uint32_t element_size = 0;  // 0 when untyped
   std::uint64_t created_ns = 0;    // wall clock, ns since the epoch
@@ -75,6 +92,14 @@ class Bag {
   // A private copy-on-write mapping of the payload: writable, and no write
   // ever reaches the file or other processes.
   std::span<std::byte> scratch();
+  // Writes the payload to offset 0.. of `out`, a regular file, from the
+  // bag's file rather than its mapping: copy_file_range for each run of data
+  // (holes stay holes; the caller sizes `out` to info().size), while another
+  // thread recomputes the checksum unless `verify` is false. Throws
+  // Error(kCorrupted) after the copy if the checksum does not match: the
+  // caller discards what was written (`sheaf bag get -o FILE` writes to a
+  // temporary that only a sound copy replaces FILE with).
+  void copy_payload(int out, bool verify, const Progress& progress = {}) const;
 
   struct Impl;
 
@@ -127,11 +152,6 @@ class BagWriter {
   explicit BagWriter(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// A checksum as every tool spells it: 16 lowercase hex digits
-// ("0123456789abcdef"), as in `sheaf bag info` and the user.sheaf.xxh64
-// attribute of a mounted bag.
-std::string checksum_hex(std::uint64_t checksum);
 
 // Validates a bag file's header bytes (at least the first page of the file),
 // for a file of `file_size` bytes; throws Error(kCorrupted/kUnsupported) naming
