@@ -275,6 +275,7 @@ struct GetArgs {
   std::string name;
   std::string output = "-";
   bool forensic = false;
+  bool sync = false;
 };
 
 void bag_get(const GetArgs& args) {
@@ -297,7 +298,7 @@ void bag_get(const GetArgs& args) {
     output.copy_bag_payload(bag, /*verify=*/!args.forensic,
                             [&](std::uint64_t done, std::uint64_t) { progress.update(done); });
     progress.finish();
-    output.commit();
+    output.commit(args.sync);
     return;
   }
   // A stream cannot take back what it was sent: the payload is verified
@@ -313,7 +314,7 @@ void bag_get(const GetArgs& args) {
     progress.update(done);
   }
   progress.finish();
-  output.commit();
+  output.commit(args.sync);
 }
 
 struct LsArgs {
@@ -518,6 +519,8 @@ void register_bag_commands(CLI::App& app) {
       ->type_name("FILE");
   verb->add_flag("--forensic", get->forensic,
                  "Write the payload even if its checksums are wrong (no verification)");
+  verb->add_flag("--sync", get->sync,
+                 "Force FILE and its directory to the disk before returning (cp does not)");
   verb->callback([get] { bag_get(*get); });
 
   auto ls = std::make_shared<LsArgs>();

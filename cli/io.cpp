@@ -162,10 +162,10 @@ void OutputFile::copy_bag_payload(const Bag& bag, bool verify, const Progress& p
   size_ = bag.info().size;
 }
 
-void OutputFile::commit() {
+void OutputFile::commit(bool durable) {
   if (path_.empty()) return;
   if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) throw Error::from_errno(errno, what_);
-  posix::publish_file(fd_, temp_, path_, /*replace=*/true, what_);
+  posix::publish_file(fd_, temp_, path_, /*replace=*/true, what_, durable);
   temp_.clear();
 }
 

@@ -67,8 +67,9 @@ class OutputFile {
   // from its file (Bag::copy_payload); throws, leaving the path untouched,
   // if `verify` finds the payload damaged.
   void copy_bag_payload(const Bag& bag, bool verify, const Progress& progress);
-  // Sizes, flushes and renames a regular file into place.
-  void commit();
+  // Sizes a regular file and renames it into place; with `durable`, fsyncs
+  // it and its directory too (without, it is as safe as what cp writes).
+  void commit(bool durable = true);
 
  private:
   std::string path_;  // the file replaced; empty when writing in place

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
+#include <future>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -509,7 +510,31 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
 // the disk skips that copy. Small bags (below one staging buffer) and
 // unaligned tails are written buffered, as are all bags on filesystems that
 // refuse O_DIRECT.
+//
+// Why two buffers: an O_DIRECT write returns only when the disk has the
+// bytes, and the caller would wait for it with nothing else to do. So a full
+// buffer is written by a helper thread while the caller fills the other
+// (reading its source, hashing, copying in); at most one write is in flight,
+// and its failure is what the next write, skip or commit throws.
 constexpr std::uint64_t kStaging = 16 << 20;
+
+BagWriter::Impl::Buffer BagWriter::Impl::staging_buffer() {
+  return Buffer(static_cast<std::byte*>(std::aligned_alloc(kPage, kStaging)));
+}
+
+void BagWriter::Impl::open_direct() {
+  direct_fd = posix::try_open(temp_path, O_WRONLY | O_DIRECT).release();
+  if (direct_fd < 0) return;  // buffered writes only
+  staging = staging_buffer();
+  if (!staging) {
+    ::close(direct_fd);
+    direct_fd = -1;
+  }
+}
+
+void BagWriter::Impl::wait_for_write() {
+  if (in_flight.valid()) in_flight.get();  // rethrows the helper's failure
+}
 
 void BagWriter::Impl::stage(const std::byte* data, std::uint64_t size) {
   while (size > 0) {
@@ -523,7 +548,7 @@ void BagWriter::Impl::stage(const std::byte* data, std::uint64_t size) {
 }
 
 void BagWriter::Impl::flush_staging(bool final) {
-  if (staged == 0) return;
+  if (staged == 0) return wait_for_write();
   const std::string what =
       "bag " + info.name + ": cannot write (after " + std::to_string(flushed) + " bytes)";
   const std::uint64_t at = header_bytes + flushed;
@@ -531,6 +556,20 @@ void BagWriter::Impl::flush_staging(bool final) {
   // that is not a whole number of pages.
   const bool small = final && flushed == 0;
   const std::uint64_t aligned = small || at % kPage != 0 ? 0 : staged / kPage * kPage;
+  if (!final && aligned == staged) {
+    if (!spare) spare = staging_buffer();
+    if (spare) {  // the full buffer goes to the helper; we go on with the spare
+      wait_for_write();
+      in_flight = std::async(std::launch::async, [this, buffer = staging.get(), aligned, at, what] {
+        posix::pwrite_all(direct_fd, std::span(buffer, aligned), at, what);
+      });
+      std::swap(staging, spare);
+      flushed += staged;
+      staged = 0;
+      return;
+    }
+  }
+  wait_for_write();
   if (aligned > 0) posix::pwrite_all(direct_fd, std::span(staging.get(), aligned), at, what);
   if (aligned < staged)
     posix::pwrite_all(fd, std::span(staging.get() + aligned, staged - aligned), at + aligned, what);
@@ -539,6 +578,7 @@ void BagWriter::Impl::flush_staging(bool final) {
 }
 
 BagWriter::Impl::~Impl() {
+  if (in_flight.valid()) in_flight.wait();  // its buffer and descriptor go below
   if (direct_fd >= 0) ::close(direct_fd);
   if (fd >= 0) ::close(fd);
   if (!temp_path.empty()) ::unlink(temp_path.c_str());  // never committed

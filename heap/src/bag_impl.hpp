@@ -8,6 +8,7 @@
 #include <xxhash.h>
 
 #include <cstdlib>
+#include <future>
 #include <memory>
 #include <string>
 
@@ -54,14 +55,21 @@ struct BagWriter::Impl {
   bool replace = true;
   PayloadHasher hasher{BagChecksum::Algorithm::kXxh3_128};
   // Large payloads bypass the page cache: bytes are staged in a page-aligned
-  // buffer and written with O_DIRECT once it is full (bag.cpp, stage()).
+  // buffer and written with O_DIRECT once it is full, by a helper thread
+  // while the next buffer fills (bag.cpp, stage()).
   int direct_fd = -1;  // the temporary opened O_DIRECT, or -1: buffered writes only
   struct FreeBuffer {
     void operator()(std::byte* p) const { std::free(p); }
   };
-  std::unique_ptr<std::byte, FreeBuffer> staging;
-  std::uint64_t staged = 0;   // bytes in staging, not yet in the file
-  std::uint64_t flushed = 0;  // payload bytes in the file
+  using Buffer = std::unique_ptr<std::byte, FreeBuffer>;
+  static Buffer staging_buffer();  // kStaging bytes, page-aligned; null without memory
+  void open_direct();              // direct_fd and staging, if the filesystem allows
+  Buffer staging;
+  Buffer spare;                 // the buffer in_flight writes, or will
+  std::future<void> in_flight;  // the helper's write of a full buffer, if any
+  void wait_for_write();        // for in_flight; throws its failure
+  std::uint64_t staged = 0;     // bytes in staging, not yet in the file
+  std::uint64_t flushed = 0;    // payload bytes in the file (or in flight)
   void stage(const std::byte* data, std::uint64_t size);
   void flush_staging(bool final);
   // Sticky failure: the first error of a write, skip or commit, thrown

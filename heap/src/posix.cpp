@@ -235,8 +235,8 @@ void fsync_directory(const std::string& directory) noexcept {
 }
 
 void publish_file(int fd, const std::string& temp_path, const std::string& final_path, bool replace,
-                  const std::string& what) {
-  if (int error = posix::fsync(fd); error != 0) {
+                  const std::string& what, bool durable) {
+  if (int error = durable ? posix::fsync(fd) : 0; error != 0) {
     throw Error::from_errno(error, what + ": cannot write to disk");
   }
   const int rc = checked(Op::kLink, [&] {
@@ -248,7 +248,7 @@ void publish_file(int fd, const std::string& temp_path, const std::string& final
     if (error == EEXIST) throw Error(Errc::kAlreadyExists, what + ": already exists", EEXIST);
     throw Error::from_errno(error, what + ": cannot give it its name");
   }
-  fsync_directory(directory_of(final_path));
+  if (durable) fsync_directory(directory_of(final_path));
 }
 
 bool try_lock_range(int fd, short type, off_t start, off_t length, const std::string& what) {

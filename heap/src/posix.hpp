@@ -121,8 +121,10 @@ std::string directory_of(const std::string& path);
 // directory: fsync it, give it its final name, fsync the directory. With
 // `replace` the final name is renamed over (readers see the old file or the
 // new one); without it, link() fails with kAlreadyExists if the name is taken.
+// Without `durable`, neither fsync: readers still see all or nothing, but a
+// power cut may lose the file, as it may what cp wrote.
 void publish_file(int fd, const std::string& temp_path, const std::string& final_path, bool replace,
-                  const std::string& what);
+                  const std::string& what, bool durable = true);
 
 // OFD byte-range locks (per open file description, so threads and forked
 // children holding the same description share them).

@@ -251,14 +251,7 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   if (!posix::try_lock_range(impl->fd, F_WRLCK, 0, 1, "bag " + impl->info.name)) {
     throw Error(Errc::kBusy, "bag " + impl->info.name + ": cannot lock its temporary file");
   }
-  impl->direct_fd = posix::try_open(impl->temp_path, O_WRONLY | O_DIRECT).release();
-  if (impl->direct_fd >= 0) {
-    impl->staging.reset(static_cast<std::byte*>(std::aligned_alloc(4096, 16 << 20)));
-    if (!impl->staging) {
-      ::close(impl->direct_fd);
-      impl->direct_fd = -1;
-    }
-  }
+  impl->open_direct();
   return BagWriter(std::move(impl));
 }
 
