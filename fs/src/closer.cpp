@@ -81,6 +81,22 @@ pid_t process_of(pid_t tid) {
   return 0;
 }
 
+bool process_alive(pid_t pid) {
+  if (pid <= 0) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  // The state follows the command's closing parenthesis: Z (zombie) or X (dead) is gone.
+  const auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
+  const char state = line[close + 2];
+  return state != 'Z' && state != 'X';
+}
+
+bool publish_at_release(bool uninspected_close, bool opener_alive) {
+  return !uninspected_close || opener_alive;
+}
+
 Closer inspect_closer(pid_t tid, std::uint64_t inode, std::chrono::milliseconds wait) {
   if (tid <= 0) return {};
   struct Answer {

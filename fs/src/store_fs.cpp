@@ -8,6 +8,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -77,6 +78,12 @@ StoreFs& self(fuse_req_t req) {
   return *static_cast<StoreFs*>(fuse_req_userdata(req));
 }
 
+// The errno for a name the store's rules refuse: ENAMETOOLONG for one too
+// long (tools say "File name too long"), else `otherwise`.
+int name_errno(const std::string& name, int otherwise) {
+  return name.size() > Store::kMaxNameLength ? ENAMETOOLONG : otherwise;
+}
+
 bool valid_name(const std::string& name) {
   try {
     Store::check_name(name);
@@ -111,13 +118,13 @@ struct BagFile {
   }
 
   // What makes this version of the bag this version: inode numbers are
-  // reused by filesystems, creation times and checksums together are not.
+  // reused by filesystems, creation times (ns) and checksums together are
+  // not. (Not the file's mtime: `touch` and `tar x` set it, and the bytes
+  // stay the same.)
   std::uint64_t identity() const {
     const std::uint64_t parts[] = {static_cast<std::uint64_t>(st.st_dev),
-                                   static_cast<std::uint64_t>(st.st_ino),
-                                   static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000u +
-                                       static_cast<std::uint64_t>(st.st_mtim.tv_nsec),
-                                   info.created_ns, info.checksum.low};
+                                   static_cast<std::uint64_t>(st.st_ino), info.created_ns,
+                                   info.checksum.low, info.checksum.high};
     const std::uint64_t hash = XXH64(parts, sizeof(parts), 0);
     return hash == 0 ? 1 : hash;  // 0 means "a bag being written"
   }
@@ -130,17 +137,9 @@ std::unique_ptr<BagFile> open_bag_file(const std::string& path) {
   if (::fstat(bag->fd, &bag->st) != 0) fail(errno);
   const auto file_size = static_cast<std::uint64_t>(bag->st.st_size);
   if (file_size == 0) throw Error(Errc::kCorrupted, "bag " + path + ": empty file");
-  // Only the header's pages are touched; the rest of the window stays unread.
-  const std::size_t window = std::min<std::uint64_t>(file_size, 1 << 20);
-  void* map = ::mmap(nullptr, window, PROT_READ, MAP_SHARED, bag->fd, 0);
-  if (map == MAP_FAILED) fail(errno);
-  try {
-    bag->info = parse_bag_header({static_cast<const std::byte*>(map), window}, file_size, path);
-  } catch (...) {
-    ::munmap(map, window);
-    throw;
-  }
-  ::munmap(map, window);
+  // Read, never mapped: a bag file cut short meanwhile is an error here, where
+  // a mapping would kill the server with SIGBUS.
+  bag->info = read_bag_header(bag->fd, file_size, path);
   bag->header_bytes = file_size - bag->info.size;
   return bag;
 }
@@ -173,6 +172,11 @@ struct BagUpload {
   int error = 0;  // why it was abandoned (0: not abandoned)
   mode_t mode = 0644;
   struct timespec created {};
+  // Times asked for before it was published (cp -p sets them on the open
+  // file), given to the bag's file when it is.
+  std::optional<std::array<timespec, 2>> times;
+  bool uninspected_close = false;  // a close whose closer could not be inspected in time
+  bool mode_set = false;           // mode was set (chmod) and is given to the published file
 };
 
 struct StoreFs::Handle {
@@ -517,34 +521,98 @@ void StoreFs::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   });
 }
 
+namespace {
+
+constexpr int kTimes = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME |
+                       FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME;
+
+// Refuses (EPERM) a change of mode or owner that would change something: tools
+// that copy attributes (cp -p, cp -a, install, tar x, mv from elsewhere) set
+// them whether they differ or not, and only a real change cannot be kept.
+void require_same_mode_and_owner(const struct stat& now, const struct stat& wanted, int to_set) {
+  if ((to_set & FUSE_SET_ATTR_MODE) && (wanted.st_mode & 07777) != (now.st_mode & 07777)) {
+    fail(EPERM);
+  }
+  if ((to_set & FUSE_SET_ATTR_UID) && wanted.st_uid != now.st_uid) fail(EPERM);
+  if ((to_set & FUSE_SET_ATTR_GID) && wanted.st_gid != now.st_gid) fail(EPERM);
+}
+
+// The two times utimensat() takes for what setattr asked (UTIME_OMIT where
+// it asked nothing, UTIME_NOW for "now").
+std::array<timespec, 2> requested_times(const struct stat& wanted, int to_set) {
+  std::array<timespec, 2> times{};
+  times[0].tv_nsec = UTIME_OMIT;
+  times[1].tv_nsec = UTIME_OMIT;
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+    times[0].tv_nsec = UTIME_NOW;
+  } else if (to_set & FUSE_SET_ATTR_ATIME) {
+    times[0] = wanted.st_atim;
+  }
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    times[1].tv_nsec = UTIME_NOW;
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    times[1] = wanted.st_mtim;
+  }
+  return times;
+}
+
+}  // namespace
+
+// What can be set: a bag's times (kept on its file, as tar x and cp -p want),
+// a bag being written extended with zeros (cp of a sparse file does that),
+// and, for everything, whatever changes nothing (the same mode, owner or
+// size). Anything else is EPERM.
 void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int to_set,
                       fuse_file_info* fi) {
   guarded(*this, req, [&] {
     if (options_.read_only) fail(EROFS);
-    // Only a size can be set, and only where it changes nothing that
-    // cannot be honoured: an object truncated to its own size, or a bag
-    // being written extended with zeros (cp of a sparse file does that).
+    constexpr int kSettable =
+        kTimes | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID;
+    if ((to_set & ~kSettable) != 0) fail(EPERM);
+    // Bags are data: read and write bits only (no execute, set-id or sticky).
+    const bool data_mode = (wanted->st_mode & 07777 & ~0666) == 0;
     if (std::shared_ptr<BagUpload> upload = upload_for(ino, fi)) {
-      // A new bag takes its times when it is published, so "now" is what
-      // `touch` asks for; a size may only extend it with zeros.
-      constexpr int kNow = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME |
-                           FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME;
-      if ((to_set & ~(kNow | FUSE_SET_ATTR_SIZE)) != 0) fail(EPERM);
-      if ((to_set & FUSE_SET_ATTR_ATIME) && !(to_set & FUSE_SET_ATTR_ATIME_NOW)) fail(EPERM);
-      if ((to_set & FUSE_SET_ATTR_MTIME) && !(to_set & FUSE_SET_ATTR_MTIME_NOW)) fail(EPERM);
-      if (to_set & FUSE_SET_ATTR_SIZE) {
-        std::lock_guard lock(upload->mutex);
-        extend(req, *upload, static_cast<std::uint64_t>(wanted->st_size));
+      std::unique_lock lock(upload->mutex);
+      if (!upload->published) {
+        // A mode is kept, and given to the bag's file when it is published
+        // (install sets 0600 on the open file, then the mode it was asked for).
+        const struct stat now = file_attr(store_stat_, 0, wanted->st_mode & 0666);
+        require_same_mode_and_owner(now, *wanted, to_set & ~FUSE_SET_ATTR_MODE);
+        if (to_set & FUSE_SET_ATTR_MODE) {
+          if (!data_mode) fail(EPERM);
+          upload->mode = wanted->st_mode & 0666;
+          upload->mode_set = true;
+        }
+        if (to_set & FUSE_SET_ATTR_SIZE)
+          extend(req, *upload, static_cast<std::uint64_t>(wanted->st_size));
+        // Times asked of a bag not yet published are given to its file
+        // when it is (publish()).
+        if (to_set & kTimes) upload->times = requested_times(*wanted, to_set);
+        lock.unlock();
+        const struct stat attr = upload_attributes(*upload, ino);
+        fuse_reply_attr(req, &attr, 0);
+        return;
       }
-      const struct stat attr = upload_attributes(*upload, ino);
-      fuse_reply_attr(req, &attr, 0);
-      return;
     }
-    if (to_set != FUSE_SET_ATTR_SIZE) fail(EPERM);
     const Node node = node_of(ino);
-    if (node.kind != NodeKind::kObject) fail(EPERM);
     struct stat attr = attributes(node, ino);
-    if (attr.st_size != wanted->st_size) fail(EPERM);
+    // A bag's mode is its file's (read and write bits: bags are data); an
+    // object's is its heap's, shared with every other object.
+    const bool bag_mode = node.kind == NodeKind::kBag && (to_set & FUSE_SET_ATTR_MODE) && data_mode;
+    require_same_mode_and_owner(attr, *wanted, bag_mode ? to_set & ~FUSE_SET_ATTR_MODE : to_set);
+    if (bag_mode && ::chmod(store_.bag_path(node.name).c_str(), wanted->st_mode & 0666) != 0) {
+      fail(errno);
+    }
+    if ((to_set & FUSE_SET_ATTR_SIZE) && attr.st_size != wanted->st_size) fail(EPERM);
+    if (to_set & kTimes) {
+      // Only a bag's file has times of its own; an object's are its heap's.
+      if (node.kind != NodeKind::kBag) fail(EPERM);
+      const std::array<timespec, 2> times = requested_times(*wanted, to_set);
+      if (::utimensat(AT_FDCWD, store_.bag_path(node.name).c_str(), times.data(), 0) != 0) {
+        fail(errno);
+      }
+    }
+    if (bag_mode || (to_set & kTimes)) attr = attributes(node, ino);
     fuse_reply_attr(req, &attr, 0);
   });
 }
@@ -840,7 +908,7 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     if (options_.read_only) fail(EROFS);
     const Node parent_node = node_of(parent);
     if (parent_node.kind != NodeKind::kBagsDir) fail(EPERM);  // only bags are made by writing
-    if (!valid_name(name)) fail(EINVAL);
+    if (!valid_name(name)) fail(name_errno(name, EINVAL));
     if ((fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) fail(EEXIST);
     auto handle = std::make_unique<Handle>();
     auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid, !(fi->flags & O_EXCL));
@@ -948,7 +1016,7 @@ namespace {
 
 // Writes the header, fsyncs and renames into place; on failure the upload is
 // abandoned and the error rethrown. Called with its mutex held.
-void publish(BagUpload& upload) {
+void publish(BagUpload& upload, const std::string& path) {
   try {
     upload.writer->commit();
   } catch (const Error& e) {
@@ -957,6 +1025,10 @@ void publish(BagUpload& upload) {
   }
   upload.published = true;
   upload.writer.reset();
+  // Best effort: the bag is published whatever its times (a later touch
+  // or tar x sets them again through setattr).
+  if (upload.times) (void)::utimensat(AT_FDCWD, path.c_str(), upload.times->data(), 0);
+  if (upload.mode_set) (void)::chmod(path.c_str(), upload.mode);
 }
 
 }  // namespace
@@ -964,9 +1036,9 @@ void publish(BagUpload& upload) {
 void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
-      const Closer closer =
-          inspect_closer(fuse_req_ctx(req)->pid, ino, std::chrono::milliseconds(100));
+      const Closer closer = inspect_closer(fuse_req_ctx(req)->pid, ino, options_.closer_wait);
       std::lock_guard lock(upload->mutex);
+      if (!closer.answered) upload->uninspected_close = true;
       if (upload->error != 0) fail(upload->error);  // close() reports what went wrong
       if (upload->writer) {
         if (closer.dying_of_signal && closer.process == upload->opener) {
@@ -974,7 +1046,7 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         } else if (closer.answered && closer.process == upload->opener && !closer.holds_another) {
           // The opener's last descriptor: publish now, so that `cp` returns
           // once the bag is there, and close() reports a failure (ENOSPC).
-          publish(*upload);
+          publish(*upload, store_.bag_path(upload->name));
         }
         // Otherwise a dup, a forked child or an exec closed a copy; the
         // opener's last close, or the release after the last one, publishes.
@@ -990,9 +1062,17 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
     std::lock_guard lock(upload->mutex);
     // The opener never closed it last itself (another thread or process
     // did): the last close publishes. Nobody can be told of a failure now.
+    // But not if a close could not be inspected and the opener is gone: it
+    // may have been killed mid-write (its own close was that one).
+    if (upload->writer &&
+        !publish_at_release(upload->uninspected_close, process_alive(upload->opener))) {
+      abandon(*upload, EIO);
+      log(upload->name + ": not published: its writer (pid " + std::to_string(upload->opener) +
+          ") is gone and its close could not be inspected, so it may have been killed mid-write");
+    }
     if (upload->writer) {
       try {
-        publish(*upload);
+        publish(*upload, store_.bag_path(upload->name));
       } catch (const std::exception& e) {
         log(upload->name + ": not published: " + e.what());
       }
@@ -1064,7 +1144,8 @@ void StoreFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_i
     if (from.kind != to.kind || from.heap != to.heap) fail(EXDEV);
     if (from_objects) fail(EPERM);  // a heap's names are fixed at construction
     if (!valid_name(name)) fail(ENOENT);
-    if (!valid_name(new_name)) fail(EINVAL);
+    // Not EINVAL, which mv explains as "a subdirectory of itself".
+    if (!valid_name(new_name)) fail(name_errno(new_name, EPERM));
     const std::string old_path = store_.bag_path(name);
     const std::string new_path = store_.bag_path(new_name);
     if (::renameat2(AT_FDCWD, old_path.c_str(), AT_FDCWD, new_path.c_str(), flags) != 0) {

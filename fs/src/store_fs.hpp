@@ -125,6 +125,7 @@ class StoreFs {
   NodeTable nodes_;
   HeapCache heaps_;
   struct stat store_stat_ {};
+
   bool syslog_ = false;
   // Bags being written through this mount, by serial (Node::upload): the
   // kernel asks for their attributes by inode number before they exist in

@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -261,6 +262,22 @@ BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_s
   return info;
 }
 
+BagInfo read_bag_header(int fd, std::uint64_t file_size, const std::string& what) {
+  // The first page holds the fixed header, which says how long the whole
+  // header is (a field at a fixed offset, checked by parse_bag_header).
+  std::vector<std::byte> header(std::min<std::uint64_t>(file_size, kPage));
+  header.resize(posix::pread_all(fd, header, 0, what));
+  std::uint32_t header_bytes = 0;
+  if (header.size() >= offsetof(Fixed, header_bytes) + sizeof(header_bytes)) {
+    std::memcpy(&header_bytes, header.data() + offsetof(Fixed, header_bytes), sizeof(header_bytes));
+  }
+  if (header_bytes > header.size() && header_bytes <= kMaxHeaderBytes && header.size() == kPage) {
+    header.resize(std::min<std::uint64_t>(file_size, header_bytes));
+    header.resize(posix::pread_all(fd, header, 0, what));
+  }
+  return parse_bag_header(header, file_size, what);
+}
+
 namespace {
 
 constexpr std::uint64_t kWindow = 64 << 20;
@@ -475,11 +492,8 @@ std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::str
   void* map = mmap(nullptr, impl->map_length, PROT_READ, MAP_SHARED, impl->fd, 0);
   if (map == MAP_FAILED) throw Error::from_errno(errno, what + ": mmap");
   impl->map = map;
-  const auto* bytes = static_cast<const std::byte*>(map);
   try {
-    impl->info = parse_bag_header(
-        {bytes, static_cast<std::size_t>(std::min<std::uint64_t>(file_size, kMaxHeaderBytes))},
-        file_size, what);
+    impl->info = read_bag_header(impl->fd, file_size, what);
     impl->header_bytes = file_size - impl->info.size;
     if (options.verify_payload) {
       const BagChecksum actual =

@@ -20,7 +20,6 @@ namespace {
 
 constexpr const char* kMarker = ".sheaf-store";
 constexpr const char* kMarkerFirstLine = "sheaf-store 1";
-constexpr std::size_t kMaxName = 200;
 
 void make_directory(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
@@ -110,10 +109,11 @@ bool valid_name(std::string_view name) {
 }  // namespace
 
 void Store::check_name(std::string_view name) {
-  const auto bad = [&](const char* rule) {
-    throw Error(Errc::kInvalidArgument, "name '" + std::string(name) + "': " + rule);
+  const auto bad = [&](const char* rule, int error = EINVAL) {
+    throw Error(Errc::kInvalidArgument, "name '" + std::string(name) + "': " + rule, error);
   };
-  if (name.empty() || name.size() > kMaxName) bad("names have 1 to 200 bytes");
+  if (name.empty()) bad("names have 1 to 200 bytes");
+  if (name.size() > kMaxNameLength) bad("names have 1 to 200 bytes", ENAMETOOLONG);
   if (name[0] == '.') bad("names may not start with '.'");
   for (char c : name) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
@@ -263,9 +263,20 @@ BagInfo Store::put_bag(std::string_view name, std::span<const std::byte> payload
 }
 
 BagInfo Store::bag_info(std::string_view name) const {
-  BagOpenOptions header_only;
-  header_only.verify_payload = false;
-  return open_bag(name, header_only).value().info();
+  const std::string what = "bag " + std::string(name);
+  const std::string path = bag_path(name);
+  posix::Fd fd = posix::try_open(path, O_RDONLY);
+  if (!fd.valid() && errno == ENOENT) throw Error(Errc::kNotFound, what + ": no such bag", ENOENT);
+  if (!fd.valid()) throw Error::from_errno(errno, what);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw Error::from_errno(errno, what + ": stat");
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(Errc::kUnsupported, what + ": not a regular file, so not a bag (" + path + ")",
+                S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+  }
+  BagInfo info = read_bag_header(fd.get(), static_cast<std::uint64_t>(st.st_size), what);
+  info.name = std::string(name);
+  return info;
 }
 
 std::vector<std::string> Store::bag_names() const {

@@ -27,6 +27,7 @@
 //    filesystem is full.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,11 @@ struct MountOptions {
   double listing_ttl = 1.0;
   // Threads serving requests at most (libfuse's multi-threaded loop).
   unsigned max_threads = 8;
+  // How long a close of a bag being written waits to learn whether its
+  // process is dying of a signal (fs/src/closer.hpp). A close that cannot be
+  // inspected in time never publishes a bag whose writer is then gone.
+  // Tests set 0 to take that path.
+  std::chrono::milliseconds closer_wait{100};
 };
 
 // Mounts the store at `mountpoint` (an existing empty directory) and serves it

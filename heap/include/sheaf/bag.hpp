@@ -158,5 +158,9 @@ class BagWriter {
 // what is wrong. Exposed for tools and the fuzzer.
 BagInfo parse_bag_header(std::span<const std::byte> header, std::uint64_t file_size,
                          const std::string& what);
+// Reads (pread, never a mapping: a file cut short meanwhile is an error, not
+// a SIGBUS) and validates the header of the bag file open as `fd`, of
+// `file_size` bytes. The payload is not read.
+BagInfo read_bag_header(int fd, std::uint64_t file_size, const std::string& what);
 
 }  // namespace sheaf

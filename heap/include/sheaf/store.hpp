@@ -42,8 +42,10 @@ class Store {
   static Result<Store> init(const std::string& dir);
   static Result<Store> open(const std::string& dir);
   static bool is_store(const std::string& dir);
-  // Throws Error(kInvalidArgument) naming the rule a bad name breaks.
+  // Throws Error(kInvalidArgument) naming the rule a bad name breaks (with
+  // errno ENAMETOOLONG for a name longer than kMaxNameLength, else EINVAL).
   static void check_name(std::string_view name);
+  static constexpr std::size_t kMaxNameLength = 200;
 
   const std::string& path() const noexcept { return path_; }
 
