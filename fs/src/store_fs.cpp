@@ -779,10 +779,22 @@ std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t
   upload->opener = process_of(opener_thread);  // it is in open(): no exec can block this
   BagWriteOptions write_options;
   write_options.replace = replace;  // O_EXCL: the publishing rename must not replace
-  upload->writer.emplace(store_.create_bag(name, write_options));
   upload->mode = mode;
   ::clock_gettime(CLOCK_REALTIME, &upload->created);
+  // Checked and registered under one lock, so of two exclusive creates of
+  // one name racing here, exactly one goes on.
   std::lock_guard lock(uploads_mutex_);
+  if (!replace) {
+    // O_EXCL while another upload of the name is under way: that one will be
+    // published, so this one would fail with EEXIST at close after writing
+    // everything (cp's racing copies). Say so now.
+    for (const auto& [serial, other] : uploads_) {
+      if (other->name != name) continue;
+      std::lock_guard other_lock(other->mutex);
+      if (other->writer && other->error == 0) fail(EEXIST);
+    }
+  }
+  upload->writer.emplace(store_.create_bag(name, write_options));
   uploads_[upload->serial] = upload;
   return upload;
 }

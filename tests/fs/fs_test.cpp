@@ -1314,6 +1314,27 @@ TEST_F(FsTest, CpPreservingInstallTarTouchAndMvFromOutsideWork) {
   EXPECT_EQ(std::string(got, 5), "bag a");
 }
 
+// Two copies racing to create one new bag: the one that comes second learns
+// at open, not after writing everything, that the name will be taken.
+TEST_F(FsTest, ASecondCpOfANewBagIsRefusedAtOpenWhileTheFirstWrites) {
+  start_mount();
+  Fd first(::open(bag("r").c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644));
+  ASSERT_TRUE(first.ok()) << std::strerror(errno);
+  ASSERT_EQ(::write(first.get(), "first", 5), 5);
+  const std::string src = dir_ / "second";
+  write_string(src, "second");
+  const ShellResult cp = sh("cp " + q(src) + " " + q(bag("r")));
+  EXPECT_NE(cp.status, 0) << cp;
+  EXPECT_NE(cp.err.find("File exists"), std::string::npos) << cp;
+  EXPECT_EQ(open_error(bag("r"), O_CREAT | O_EXCL | O_WRONLY), EEXIST);
+  EXPECT_EQ(first.close(), 0) << std::strerror(errno);
+  EXPECT_TRUE(bag_holds("r", "first"));
+  EXPECT_TRUE(wait_until([&] { return tmp_entries().empty(); })) << joined(tmp_entries());
+  // Without O_EXCL (a shell's >), a second writer replaces: its bag wins.
+  ASSERT_EQ(sh("printf third > " + q(bag("r"))).status, 0);
+  EXPECT_TRUE(bag_holds("r", "third"));
+}
+
 TEST_F(FsTest, WritingOverAnExistingBagReplacesItAtomically) {
   const std::string v1 = random_bytes(kMiB, 6);
   const std::string v2 = random_bytes(2 * kMiB + 5, 7);
