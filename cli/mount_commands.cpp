@@ -36,6 +36,9 @@ void register_mount_commands(CLI::App& app) {
                  "Serve in this process until unmounted or interrupted");
   verb->add_flag("-r,--read-only", mount->options.read_only,
                  "Refuse every change (EROFS), as `mount -o ro` does");
+  verb->add_flag("--allow-object-removal", mount->options.allow_object_removal,
+                 "Let rm of heaps/H/objects/NAME free the object (off: EPERM, so that "
+                 "rm -rf cannot empty a heap)");
   verb->add_option("--listing-ttl", mount->options.listing_ttl,
                    "Seconds the kernel may reuse the attributes a directory listing returned "
                    "(default 1; 0: ask again for every name)")

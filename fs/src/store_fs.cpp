@@ -1133,6 +1133,7 @@ void StoreFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     } else if (parent_node.kind == NodeKind::kObjectsDir) {
       const std::optional<std::string> object_name = object_name_of(name);
       if (!object_name) fail(ENOENT);
+      if (!options_.allow_object_removal) fail(EPERM);  // see MountOptions
       removed = heaps_.get(parent_node.heap)->erase(*object_name);
     } else {
       fail(EPERM);  // info files and the fixed directories stay

@@ -1422,13 +1422,31 @@ TEST_F(FsTest, BadBagNamesAreRefused) {
 
 // --- Removing and renaming ---------------------------------------------------------
 
+// Without --allow-object-removal, `rm -rf` of a heap's directory frees
+// nothing: every unlink of an object is EPERM.
+TEST_F(FsTest, RmOfObjectsIsRefusedUnlessTheMountAllowsIt) {
+  Heap h = make_heap("h");
+  put_object(h, "a", "aaa");
+  put_object(h, "b", "bbb");
+  start_mount();
+  const ShellResult rm = sh("rm -rf " + q(heap_dir("h")));
+  EXPECT_NE(rm.status, 0) << rm;
+  EXPECT_NE(rm.err.find("Operation not permitted"), std::string::npos) << rm;
+  EXPECT_EQ(error_of(::unlink(obj("h", "a").c_str())), EPERM);
+  EXPECT_TRUE(h.object("a").has_value());
+  EXPECT_TRUE(h.object("b").has_value());
+  EXPECT_EQ(sh("ls " + q(objects_dir("h"))).out, "a\nb\n");
+}
+
 TEST_F(FsTest, RmDeletesBagsAndErasesObjects) {
   Heap h = make_heap("h");
   put_object(h, "a", "aaa");
   put_object(h, "b", "bbb");
   store_->put_bag("x", as_bytes("xx"));
   store_->put_bag("y", as_bytes("yy"));
-  start_mount();
+  MountOptions options;
+  options.allow_object_removal = true;
+  start_mount(options);
 
   const ShellResult rm_bag = sh("rm " + q(bag("x")));
   EXPECT_EQ(rm_bag.status, 0) << rm_bag;

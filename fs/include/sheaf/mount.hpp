@@ -41,6 +41,11 @@ struct MountOptions {
   double listing_ttl = 1.0;
   // Threads serving requests at most (libfuse's multi-threaded loop).
   unsigned max_threads = 8;
+  // Whether `rm` of a file under heaps/H/objects/ frees the object. Off by
+  // default: `rm -rf MOUNT/heaps/H` would free every object of the heap,
+  // which the programs that use it may not survive; without it, such an
+  // unlink fails with EPERM and frees nothing. Bags can always be removed.
+  bool allow_object_removal = false;
   // How long a close of a bag being written waits to learn whether its
   // process is dying of a signal (fs/src/closer.hpp). A close that cannot be
   // inspected in time never publishes a bag whose writer is then gone.
