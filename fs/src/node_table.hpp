@@ -38,8 +38,8 @@ struct Node {
   NodeKind kind = NodeKind::kRoot;
   std::string heap;  // the heap's name, for kinds under heaps/<heap>
   std::string name;  // the object's or the bag's name
-  // The heap file's inode (heap kinds), the object's offset (kObject) or the
-  // bag file's version (kBag): what makes "the same name" the same thing.
+  // The heap file's inode (heap kinds), the object's serial (kObject; its offset in heaps made
+  // before serials) or the bag file's version (kBag): what makes "the same name" the same thing.
   std::uint64_t identity = 0;
   // Nonzero for a bag being written through this mount: the upload's serial
   // number (each create is a file of its own until it is published).

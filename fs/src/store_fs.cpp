@@ -78,6 +78,13 @@ StoreFs& self(fuse_req_t req) {
   return *static_cast<StoreFs*>(fuse_req_userdata(req));
 }
 
+// What makes an object under a name the same object: its creation serial,
+// which is never reused (an offset is: a destroyed object's block goes to
+// the next one of its size). Heaps made before serials have only the offset.
+std::uint64_t object_identity(const ObjectInfo& object) {
+  return object.serial != 0 ? object.serial : object.offset;
+}
+
 // The errno for a name the store's rules refuse: ENAMETOOLONG for one too
 // long (tools say "File name too long"), else `otherwise`.
 int name_errno(const std::string& name, int otherwise) {
@@ -151,7 +158,7 @@ std::unique_ptr<BagFile> open_bag_file(const std::string& path) {
 struct ObjectFile {
   std::string heap;
   std::string name;
-  std::uint64_t offset = 0;
+  std::uint64_t identity = 0;  // object_identity() of the object opened
 };
 
 struct TextFile {
@@ -392,7 +399,7 @@ struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
         attr = directory_attr(heap_stat, ro);
       } else if (node.kind == NodeKind::kObject) {
         std::optional<ObjectInfo> object = heap->object(node.name);
-        if (!object || object->offset != node.identity) fail(ESTALE);
+        if (!object || object_identity(*object) != node.identity) fail(ESTALE);
         attr = object_attr(heap_stat, object->size);
       } else {
         const HeapInfo info = heap->info();
@@ -451,7 +458,7 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
       std::optional<ObjectInfo> object = heap->object(*object_name);
       if (!object) fail(ENOENT);
       *attr = object_attr(heap_stat, object->size);
-      return Node{NodeKind::kObject, parent.heap, *object_name, object->offset, 0};
+      return Node{NodeKind::kObject, parent.heap, *object_name, object_identity(*object), 0};
     }
     case NodeKind::kBagsDir: {
       if (!valid_name(name)) fail(ENOENT);
@@ -661,7 +668,8 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
       for (const ObjectInfo& object : objects) {
         std::string file_name = file_name_of(object.name);
         if (file_name.size() > kMaxFileName) continue;  // see object_names.hpp
-        add(std::move(file_name), Node{NodeKind::kObject, node.heap, object.name, object.offset, 0},
+        add(std::move(file_name),
+            Node{NodeKind::kObject, node.heap, object.name, object_identity(object), 0},
             object_attr(heap_stat, object.size));
       }
       break;
@@ -701,7 +709,7 @@ bool StoreFs::still_true(const ListingWatch::Entry& entry) {
   const Node& node = entry.node;
   if (node.kind == NodeKind::kObject) {
     const std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
-    return object && object->offset == node.identity && object->size == entry.size;
+    return object && object_identity(*object) == node.identity && object->size == entry.size;
   }
   return open_bag_file(store_.bag_path(node.name))->identity() == node.identity;
 }
@@ -973,7 +981,10 @@ void StoreFs::read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_inf
       std::vector<char> out;
       heap->shared([&] {
         std::optional<ObjectInfo> now = heap->object(object->name);
-        if (!now || now->offset != object->offset) fail(ESTALE);  // destroyed since open
+        // Destroyed since open, or replaced (even by one of the same size at
+        // the same offset): each read checks, so a reader gets bytes of the
+        // object it opened, or ESTALE, never some of each.
+        if (!now || object_identity(*now) != object->identity) fail(ESTALE);
         const std::span<const std::byte> bytes = heap->object_bytes(object->name);
         if (at < bytes.size()) {
           const std::size_t length = std::min<std::uint64_t>(size, bytes.size() - at);
@@ -1012,7 +1023,7 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
       std::shared_ptr<Heap> heap = heaps_.get(object->heap);
       heap->exclusive([&] {
         std::optional<ObjectInfo> now = heap->object(object->name);
-        if (!now || now->offset != object->offset) fail(ESTALE);
+        if (!now || object_identity(*now) != object->identity) fail(ESTALE);
         const std::span<const std::byte> bytes = heap->object_bytes(object->name);
         if (at > bytes.size() || size > bytes.size() - at) fail(EFBIG);  // objects never grow
         std::memcpy(const_cast<std::byte*>(bytes.data()) + at, data, size);
@@ -1200,7 +1211,7 @@ std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
     for (const auto& [key, value] : info.tags) attrs["user.sheaf.tag." + key] = value;
   } else if (node.kind == NodeKind::kObject) {
     std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
-    if (!object || object->offset != node.identity) fail(ESTALE);
+    if (!object || object_identity(*object) != node.identity) fail(ESTALE);
     attrs["user.sheaf.type"] = object->type;
     attrs["user.sheaf.count"] = std::to_string(object->count);
     attrs["user.sheaf.offset"] = std::to_string(object->offset);

@@ -993,7 +993,9 @@ TEST_F(FsTest, ObjectNamesAreEscapedAsFileNames) {
   put_object(h, "readings/1/42", "r");
   put_object(h, "100%", "p");
   put_object(h, ".", "d");
-  start_mount();
+  MountOptions options;
+  options.allow_object_removal = true;
+  start_mount(options);
 
   EXPECT_EQ(sh("LC_ALL=C ls " + q(objects_dir("h"))).out, "%2E\n100%25\nreadings%2F1%2F42\n");
   EXPECT_EQ(sh("cat " + q(obj("h", "readings%2F1%2F42"))).out, "r");
@@ -1502,6 +1504,36 @@ TEST_F(FsTest, RenameWorksWithinBagsAndIsExdevAcrossDirectories) {
 }
 
 // --- Writing objects ---------------------------------------------------------------
+
+// An object replaced by one of the same name and size (which the allocator
+// puts at the same offset) under an open reader: the reader's next read
+// fails with ESTALE instead of returning the new object's bytes after the
+// old one's; a new open reads the new object whole.
+TEST_F(FsTest, AReaderOfAReplacedObjectGetsEstaleNeverAMix) {
+  Heap h = make_heap("h");
+  const std::string old_bytes = random_bytes(kMiB, 21);
+  const std::string new_bytes = random_bytes(kMiB, 22);
+  put_object(h, "o", old_bytes);
+  const std::uint64_t old_offset = h.object("o")->offset;
+  start_mount();
+  Fd reader(::open(obj("h", "o").c_str(), O_RDONLY));
+  ASSERT_TRUE(reader.ok()) << std::strerror(errno);
+  std::string first(64 * kKiB, '\0');
+  ASSERT_EQ(::pread(reader.get(), first.data(), first.size(), 0),
+            static_cast<ssize_t>(first.size()));
+  EXPECT_EQ(first, old_bytes.substr(0, first.size()));
+
+  ASSERT_TRUE(h.destroy<std::byte>("o"));
+  put_object(h, "o", new_bytes);
+  EXPECT_EQ(h.object("o")->offset, old_offset) << "the test wants the block reused";
+
+  std::string second(64 * kKiB, '\0');
+  EXPECT_EQ(::pread(reader.get(), second.data(), second.size(), first.size()), -1);
+  EXPECT_EQ(errno, ESTALE);
+  const std::string expected = dir_ / "new.bin";
+  write_string(expected, new_bytes);
+  EXPECT_EQ(sh("cat " + q(obj("h", "o")) + " | cmp - " + q(expected)).status, 0);
+}
 
 TEST_F(FsTest, WritesInsideAnObjectChangeItsBytes) {
   Heap h = make_heap("h");

@@ -98,7 +98,7 @@ on2 bag put "$MOUNT2/store" b "$state/v1"
 cmp -s "$state/v1" "$fsmnt/bags/b" || fail "host 2's new bag does not read right on host 1"
 on2 bag put "$MOUNT2/store" b "$state/v2"
 cmp -s "$state/v2" "$fsmnt/bags/b" || fail "host 2 replaced the bag; host 1 reads the old one"
-[[ $(getfattr --absolute-names --only-values -n user.sheaf.xxh64 "$fsmnt/bags/b") == $(on2 bag info --json "$MOUNT2/store" b | grep -o '"checksum": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{16\}') ]] ||
+[[ $(getfattr --absolute-names --only-values -n user.sheaf.xxh128 "$fsmnt/bags/b") == $(on2 bag info --json "$MOUNT2/store" b | grep -o '"checksum": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{32\}') ]] ||
   fail "host 1's checksum attribute differs from host 2's bag info"
 "$sheaf" umount "$fsmnt"
 echo "PASS: host 2's changes to objects and bags show at once in host 1's FUSE view"
