@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -1533,6 +1534,28 @@ TEST_F(FsTest, AReaderOfAReplacedObjectGetsEstaleNeverAMix) {
   const std::string expected = dir_ / "new.bin";
   write_string(expected, new_bytes);
   EXPECT_EQ(sh("cat " + q(obj("h", "o")) + " | cmp - " + q(expected)).status, 0);
+}
+
+// mmap: a bag maps (its bytes never change); an object does not (ENODEV,
+// documented in docs/fs.md: objects are direct I/O, which Debian 12's
+// kernel cannot map, so that every read is the heap's bytes now).
+TEST_F(FsTest, BagsMapAndObjectsRefuseMmapWithEnodev) {
+  Heap h = make_heap("h");
+  put_object(h, "o", "object bytes");
+  const std::string payload = random_bytes(3 * 4096 + 5, 31);
+  store_->put_bag("b", as_bytes(payload));
+  start_mount();
+  Fd bag_fd(::open(bag("b").c_str(), O_RDONLY));
+  ASSERT_TRUE(bag_fd.ok()) << std::strerror(errno);
+  void* map = ::mmap(nullptr, payload.size(), PROT_READ, MAP_SHARED, bag_fd.get(), 0);
+  ASSERT_NE(map, MAP_FAILED) << std::strerror(errno);
+  EXPECT_EQ(std::memcmp(map, payload.data(), payload.size()), 0);
+  ::munmap(map, payload.size());
+
+  Fd object_fd(::open(obj("h", "o").c_str(), O_RDONLY));
+  ASSERT_TRUE(object_fd.ok()) << std::strerror(errno);
+  EXPECT_EQ(::mmap(nullptr, 12, PROT_READ, MAP_SHARED, object_fd.get(), 0), MAP_FAILED);
+  EXPECT_EQ(errno, ENODEV);
 }
 
 TEST_F(FsTest, WritesInsideAnObjectChangeItsBytes) {
