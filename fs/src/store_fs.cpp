@@ -91,6 +91,14 @@ int name_errno(const std::string& name, int otherwise) {
   return name.size() > Store::kMaxNameLength ? ENAMETOOLONG : otherwise;
 }
 
+bool valid_name(const std::string& name);
+
+// Whether `name` is a hidden temporary in bags/: a dot, then what would be a
+// bag's name (rsync's ".NAME.XXXXXX", mkstemp's ".NAME.XXXXXX" of other tools).
+bool hidden_upload_name(const std::string& name) {
+  return name.size() > 1 && name[0] == '.' && valid_name(name.substr(1));
+}
+
 bool valid_name(const std::string& name) {
   try {
     Store::check_name(name);
@@ -184,6 +192,17 @@ struct BagUpload {
   std::optional<std::array<timespec, 2>> times;
   bool uninspected_close = false;  // a close whose closer could not be inspected in time
   bool mode_set = false;           // mode was set (chmod) and is given to the published file
+  // A temporary of rsync's (or any tool's) named .NAME.XXXXXX: written like a
+  // bag, kept after its close, and published only when it is renamed to a
+  // bag name (or dropped when it is removed or the mount ends).
+  bool hidden = false;
+  // Opened for writing without O_TRUNC (rsync --inplace): a new version of
+  // the bag, written from its start, published only if it is whole: written
+  // or sized (ftruncate) at least to `old_size`, so a partial in-place edit
+  // never publishes a bag cut short.
+  bool in_place = false;
+  std::uint64_t old_size = 0;
+  bool size_set = false;
 };
 
 struct StoreFs::Handle {
@@ -461,6 +480,12 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
       return Node{NodeKind::kObject, parent.heap, *object_name, object_identity(*object), 0};
     }
     case NodeKind::kBagsDir: {
+      if (hidden_upload_name(name)) {
+        const std::shared_ptr<BagUpload> upload = hidden_upload(name);
+        if (!upload) fail(ENOENT);
+        *attr = upload_attributes(*upload, 0);
+        return Node{NodeKind::kBag, {}, name, 0, upload->serial};
+      }
       if (!valid_name(name)) fail(ENOENT);
       std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
       *attr = bag_attr(bag->st, bag->info.size);
@@ -590,8 +615,10 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
           upload->mode = wanted->st_mode & 0666;
           upload->mode_set = true;
         }
-        if (to_set & FUSE_SET_ATTR_SIZE)
+        if (to_set & FUSE_SET_ATTR_SIZE) {
           extend(req, *upload, static_cast<std::uint64_t>(wanted->st_size));
+          upload->size_set = true;
+        }
         // Times asked of a bag not yet published are given to its file
         // when it is (publish()).
         if (to_set & kTimes) upload->times = requested_times(*wanted, to_set);
@@ -783,6 +810,7 @@ std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t
                                                  pid_t opener_thread, bool replace) {
   auto upload = std::make_shared<BagUpload>();
   upload->name = name;
+  upload->hidden = hidden_upload_name(name);
   upload->serial = next_upload_.fetch_add(1) + 1;
   upload->opener = process_of(opener_thread);  // it is in open(): no exec can block this
   BagWriteOptions write_options;
@@ -802,7 +830,8 @@ std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t
       if (other->writer && other->error == 0) fail(EEXIST);
     }
   }
-  upload->writer.emplace(store_.create_bag(name, write_options));
+  // A hidden one's writer goes by the name without its dot until renamed.
+  upload->writer.emplace(store_.create_bag(upload->hidden ? name.substr(1) : name, write_options));
   uploads_[upload->serial] = upload;
   return upload;
 }
@@ -892,11 +921,16 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       }
       case NodeKind::kBag: {
         if (writing) {
-          // Bags are immutable: only a whole new bag (O_TRUNC) may replace one.
-          if (!(fi->flags & O_TRUNC)) fail(EPERM);
+          // Bags are immutable: a write makes a whole new version. Without
+          // O_TRUNC (rsync --inplace), it must be written whole to be kept.
+          if (fi->flags & O_APPEND) fail(EPERM);
           const struct stat attr = attributes(node, ino);
           std::shared_ptr<BagUpload> upload =
               start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid, true);
+          if (!(fi->flags & O_TRUNC)) {
+            upload->in_place = true;
+            upload->old_size = static_cast<std::uint64_t>(attr.st_size);
+          }
           set_upload_inode(*upload, ino);
           handle->file = std::move(upload);
           fi->direct_io = 1;
@@ -928,8 +962,11 @@ void StoreFs::create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t
     if (options_.read_only) fail(EROFS);
     const Node parent_node = node_of(parent);
     if (parent_node.kind != NodeKind::kBagsDir) fail(EPERM);  // only bags are made by writing
-    if (!valid_name(name)) fail(name_errno(name, EINVAL));
-    if ((fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) fail(EEXIST);
+    const bool hidden = hidden_upload_name(name);
+    if (!hidden && !valid_name(name)) fail(name_errno(name, EINVAL));
+    if (!hidden && (fi->flags & O_EXCL) && ::access(store_.bag_path(name).c_str(), F_OK) == 0) {
+      fail(EEXIST);
+    }
     auto handle = std::make_unique<Handle>();
     auto upload = start_upload(name, mode, fuse_req_ctx(req)->pid, !(fi->flags & O_EXCL));
     struct stat attr = file_attr(store_stat_, 0, mode & 0666);
@@ -1040,6 +1077,21 @@ namespace {
 // Writes the header, fsyncs and renames into place; on failure the upload is
 // abandoned and the error rethrown. Called with its mutex held.
 void publish(BagUpload& upload, const std::string& path) {
+  if (upload.in_place && !upload.size_set && upload.writer->written() == 0) {
+    // Opened for writing and closed with nothing written (touch does that):
+    // no new version; what was asked of its times goes to the bag as it is.
+    upload.writer.reset();
+    upload.published = true;
+    if (upload.times) (void)::utimensat(AT_FDCWD, path.c_str(), upload.times->data(), 0);
+    if (upload.mode_set) (void)::chmod(path.c_str(), upload.mode);
+    return;
+  }
+  if (upload.in_place && !upload.size_set && upload.writer->written() < upload.old_size) {
+    // Part of the bag rewritten in place: what follows it is not in the new
+    // version, and a bag cut short must not replace the old one.
+    abandon(upload, EPERM);
+    throw Errno{EPERM};
+  }
   try {
     upload.writer->commit();
   } catch (const Error& e) {
@@ -1066,7 +1118,8 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       if (upload->writer) {
         if (closer.dying_of_signal && closer.process == upload->opener) {
           abandon(*upload, EIO);  // the writer was killed mid-write: nothing is published
-        } else if (closer.answered && closer.process == upload->opener && !closer.holds_another) {
+        } else if (closer.answered && closer.process == upload->opener && !closer.holds_another &&
+                   !upload->hidden) {
           // The opener's last descriptor: publish now, so that `cp` returns
           // once the bag is there, and close() reports a failure (ENOSPC).
           publish(*upload, store_.bag_path(upload->name));
@@ -1081,8 +1134,18 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
   if (BagUpload* upload = file_as<BagUpload>(fi)) {
+    std::unique_lock lock(upload->mutex);
+    if (upload->hidden && upload->writer &&
+        publish_at_release(upload->uninspected_close, process_alive(upload->opener))) {
+      // Kept, written, until it is renamed to a bag's name or removed.
+      lock.unlock();
+      delete &handle_of(fi);
+      fuse_reply_err(req, 0);
+      return;
+    }
+    lock.unlock();
     forget_upload(*upload);
-    std::lock_guard lock(upload->mutex);
+    lock.lock();
     // The opener never closed it last itself (another thread or process
     // did): the last close publishes. Nobody can be told of a failure now.
     // But not if a close could not be inspected and the opener is gone: it
@@ -1093,6 +1156,7 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
       log(upload->name + ": not published: its writer (pid " + std::to_string(upload->opener) +
           ") is gone and its close could not be inspected, so it may have been killed mid-write");
     }
+    if (upload->writer && upload->hidden) abandon(*upload, EIO);
     if (upload->writer) {
       try {
         publish(*upload, store_.bag_path(upload->name));
@@ -1102,6 +1166,50 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
     }
   }
   delete &handle_of(fi);
+  fuse_reply_err(req, 0);
+}
+
+// The hidden upload (see BagUpload::hidden) called `name`, if any.
+std::shared_ptr<BagUpload> StoreFs::hidden_upload(const std::string& name) {
+  std::lock_guard lock(uploads_mutex_);
+  for (const auto& [serial, upload] : uploads_) {
+    if (upload->hidden && upload->name == name) {
+      std::lock_guard upload_lock(upload->mutex);
+      if (upload->writer) return upload;
+    }
+  }
+  return nullptr;
+}
+
+// rsync's last step: its temporary .NAME.XXXXXX renamed to NAME. The bag is
+// published under the new name then (replacing one unless RENAME_NOREPLACE),
+// with the times and mode set on the temporary.
+void StoreFs::rename_hidden(fuse_req_t req, const std::string& name, const std::string& new_name,
+                            unsigned int flags) {
+  if (flags & RENAME_EXCHANGE) fail(EINVAL);
+  if (!valid_name(new_name)) fail(name_errno(new_name, EPERM));
+  const std::shared_ptr<BagUpload> upload = hidden_upload(name);
+  if (!upload) fail(ENOENT);
+  {
+    std::lock_guard lock(upload->mutex);
+    if (upload->error != 0) fail(upload->error);
+    if (!upload->writer) fail(ENOENT);
+    try {
+      upload->writer->commit_as(new_name, !(flags & RENAME_NOREPLACE));
+    } catch (const Error& e) {
+      if (e.sys_errno() == EEXIST) fail(EEXIST);  // RENAME_NOREPLACE: the temporary stays
+      abandon(*upload, errno_for(e));
+      throw;
+    }
+    upload->name = new_name;
+    upload->hidden = false;
+    upload->published = true;
+    upload->writer.reset();
+    const std::string path = store_.bag_path(new_name);
+    if (upload->times) (void)::utimensat(AT_FDCWD, path.c_str(), upload->times->data(), 0);
+    if (upload->mode_set) (void)::chmod(path.c_str(), upload->mode);
+  }
+  forget_upload(*upload);
   fuse_reply_err(req, 0);
 }
 
@@ -1138,7 +1246,17 @@ void StoreFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (options_.read_only) fail(EROFS);
     const Node parent_node = node_of(parent);
     bool removed = false;
-    if (parent_node.kind == NodeKind::kBagsDir) {
+    if (parent_node.kind == NodeKind::kBagsDir && hidden_upload_name(name)) {
+      const std::shared_ptr<BagUpload> upload = hidden_upload(name);
+      if (upload) {
+        {
+          std::lock_guard lock(upload->mutex);
+          abandon(*upload, ENOENT);  // a writer still at it gets ENOENT from now on
+        }
+        forget_upload(*upload);
+      }
+      removed = upload != nullptr;
+    } else if (parent_node.kind == NodeKind::kBagsDir) {
       if (!valid_name(name)) fail(ENOENT);
       removed = store_.remove_bag(name);
     } else if (parent_node.kind == NodeKind::kObjectsDir) {
@@ -1167,6 +1285,7 @@ void StoreFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_i
     // different places, so it would be a copy, which rename is not.
     if (from.kind != to.kind || from.heap != to.heap) fail(EXDEV);
     if (from_objects) fail(EPERM);  // a heap's names are fixed at construction
+    if (hidden_upload_name(name)) return rename_hidden(req, name, new_name, flags);
     if (!valid_name(name)) fail(ENOENT);
     // Not EINVAL, which mv explains as "a subdirectory of itself".
     if (!valid_name(new_name)) fail(name_errno(new_name, EPERM));

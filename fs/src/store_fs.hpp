@@ -112,6 +112,9 @@ class StoreFs {
   std::uint64_t directory_version(const Node& dir);
   bool still_true(const ListingWatch::Entry& entry);
   std::map<std::string, std::string> xattrs(const Node& node);
+  std::shared_ptr<BagUpload> hidden_upload(const std::string& name);
+  void rename_hidden(fuse_req_t req, const std::string& name, const std::string& new_name,
+                     unsigned int flags);
   std::shared_ptr<BagUpload> start_upload(const std::string& name, mode_t mode, pid_t opener_thread,
                                           bool replace);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);

@@ -681,6 +681,16 @@ BagInfo commit_writer(BagWriter::Impl& w) {
 
 }  // namespace
 
+BagInfo BagWriter::commit_as(std::string_view name, bool replace) {
+  Impl& w = *impl_;
+  Store::check_name(name);
+  w.require_usable();
+  w.final_path = posix::directory_of(w.final_path) + "/" + std::string(name) + ".bag";
+  w.info.name = std::string(name);
+  w.replace = replace;
+  return commit();
+}
+
 BagInfo BagWriter::commit() {
   Impl& w = *impl_;
   BagInfo committed;

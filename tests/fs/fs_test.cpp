@@ -1369,6 +1369,64 @@ TEST_F(FsTest, WritingOverAnExistingBagReplacesItAtomically) {
   EXPECT_TRUE(tmp_entries().empty()) << joined(tmp_entries());
 }
 
+// rsync -a writes each file as .NAME.XXXXXX, sets its mode and times, and
+// renames it to NAME; rsync --inplace rewrites an existing file through
+// O_WRONLY without O_TRUNC and sizes it at the end. Both work; an in-place
+// edit of only part of a bag publishes nothing.
+TEST_F(FsTest, RsyncIntoBagsWithTemporariesAndInPlace) {
+  start_mount();
+  const std::string src = dir_ / "src";
+  std::filesystem::create_directories(src);
+  write_string(src + "/one", random_bytes(300 * kKiB, 41));
+  write_string(src + "/two", "two");
+  ASSERT_EQ(sh("touch -d '2001-02-03 04:05:06' " + q(src + "/one") + " " + q(src + "/two")).status,
+            0);
+  const ShellResult rsync = sh("rsync -a " + q(src + "/") + " " + q(bags_dir() + "/"));
+  ASSERT_EQ(rsync.status, 0) << rsync;
+  EXPECT_EQ(store_->bag_names(), (std::vector<std::string>{"one", "two"}));
+  EXPECT_TRUE(bag_holds("one", random_bytes(300 * kKiB, 41)));
+  EXPECT_TRUE(bag_holds("two", "two"));
+  EXPECT_EQ(sh("date -u -r " + q(bag("one")) + " +%Y").out, "2001\n");
+  EXPECT_EQ(sh("ls -A " + q(bags_dir())).out, "one\ntwo\n");  // no temporary left
+  EXPECT_TRUE(wait_until([&] { return tmp_entries().empty(); })) << joined(tmp_entries());
+  // A second run finds nothing to do, and a changed file is sent again.
+  EXPECT_EQ(sh("rsync -a " + q(src + "/") + " " + q(bags_dir() + "/")).status, 0);
+  write_string(src + "/two", "two, changed");
+  EXPECT_EQ(sh("rsync -a " + q(src + "/") + " " + q(bags_dir() + "/")).status, 0);
+  EXPECT_TRUE(bag_holds("two", "two, changed"));
+
+  // --inplace over an existing bag, longer and then shorter.
+  write_string(src + "/one", random_bytes(400 * kKiB, 42));
+  ShellResult inplace = sh("rsync -a --inplace " + q(src + "/") + " " + q(bags_dir() + "/"));
+  EXPECT_EQ(inplace.status, 0) << inplace;
+  EXPECT_TRUE(bag_holds("one", random_bytes(400 * kKiB, 42)));
+  write_string(src + "/one", "short");
+  inplace = sh("rsync -a --inplace " + q(src + "/") + " " + q(bags_dir() + "/"));
+  EXPECT_EQ(inplace.status, 0) << inplace;
+  EXPECT_TRUE(bag_holds("one", "short"));
+
+  // Part of a bag rewritten in place, not sized: close fails, the bag stays.
+  Fd partial(::open(bag("two").c_str(), O_WRONLY));
+  ASSERT_TRUE(partial.ok()) << std::strerror(errno);
+  ASSERT_EQ(::write(partial.get(), "TW", 2), 2);
+  EXPECT_EQ(partial.close(), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_TRUE(bag_holds("two", "two, changed"));
+
+  // A temporary removed instead of renamed (rsync interrupted) leaves nothing.
+  Fd temp(::open(bag(".three.AbC123").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600));
+  ASSERT_TRUE(temp.ok()) << std::strerror(errno);
+  ASSERT_EQ(::write(temp.get(), "3", 1), 1);
+  EXPECT_EQ(temp.close(), 0);
+  struct stat st {};
+  EXPECT_EQ(::stat(bag(".three.AbC123").c_str(), &st), 0) << std::strerror(errno);
+  EXPECT_EQ(st.st_size, 1);
+  EXPECT_EQ(error_of(::unlink(bag(".three.AbC123").c_str())), 0);
+  EXPECT_EQ(error_of(::stat(bag(".three.AbC123").c_str(), &st)), ENOENT);
+  EXPECT_EQ(store_->bag_names(), (std::vector<std::string>{"one", "two"}));
+  EXPECT_TRUE(wait_until([&] { return tmp_entries().empty(); })) << joined(tmp_entries());
+}
+
 TEST_F(FsTest, AppendingToABagIsRefused) {
   store_->put_bag("b", as_bytes("original"));
   start_mount();
@@ -1404,7 +1462,7 @@ TEST_F(FsTest, BagsAreWrittenFrontToBackWithHolesAllowed) {
 
 TEST_F(FsTest, BadBagNamesAreRefused) {
   start_mount();
-  for (const std::string& name : {std::string("bad name"), std::string(".hidden"),
+  for (const std::string& name : {std::string("bad name"), std::string("..hidden"),
                                   std::string("semi;colon"), std::string("star*")}) {
     EXPECT_EQ(open_error(bag(name), O_CREAT | O_WRONLY | O_TRUNC), EINVAL) << "'" << name << "'";
   }

@@ -144,6 +144,12 @@ class BagWriter {
   std::uint64_t written() const noexcept;
   // Writes the header, fsyncs, renames into place, fsyncs the directory.
   BagInfo commit();
+  // commit(), under another name than the one it was created with (in the
+  // same store), replacing a bag of that name or, without `replace`,
+  // failing with kAlreadyExists. For writers that learn the name last: a
+  // mounted store's rsync writes `.NAME.XXXXXX` and renames it to NAME.
+  // A name the rules refuse is kInvalidArgument and leaves the writer as it was.
+  BagInfo commit_as(std::string_view name, bool replace = true);
 
   struct Impl;
 
