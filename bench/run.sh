@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all six:
+# Builds the benchmarks in Release (-O2 -DNDEBUG, build/bench/) and runs all seven:
 # sheaf_heap_bench (5 repetitions, medians, then its Sheaf/Boost and Sheaf/malloc table),
 # sheaf_contention_bench (two processes, 5 rounds each, medians and Sheaf/Boost) and
 # sheaf_bag_bench (5 repetitions, medians, then Put/cp and Verify/read throughput ratios) and
 # sheaf_fs_bench (5 repetitions: a bag read and `ls -l` of 100,000 objects through a FUSE mount,
 # beside the same done directly; needs /dev/fuse and, to widen the mount's readahead, root),
 # sheaf_recovery_bench (a 4 GiB heap's first open, clean and after a kill, beside the walk;
-# 5 rounds) and sheaf_holds_bench (a block handed between two processes, held beside plain).
+# 5 rounds), sheaf_holds_bench (a block handed between two processes, held beside plain) and
+# sheaf_cli_bench (`sheaf heap` commands on 100,000 objects beside an empty heap).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
@@ -25,9 +26,9 @@ cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
-  -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=OFF >/dev/null
+  -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=ON >/dev/null
 ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench sheaf_fs_bench \
-  sheaf_recovery_bench sheaf_holds_bench
+  sheaf_recovery_bench sheaf_holds_bench sheaf_cli_bench
 
 flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 echo
@@ -49,3 +50,6 @@ echo "== sheaf_recovery_bench =="
 echo
 echo "== sheaf_holds_bench =="
 "$build/bench/sheaf_holds_bench" "${flags[@]}"
+echo
+echo "== sheaf_cli_bench =="
+"$build/bench/sheaf_cli_bench" "${flags[@]}"
