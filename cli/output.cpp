@@ -70,10 +70,6 @@ void print_table(std::vector<std::vector<std::string>> rows,
   }
 }
 
-std::string size_field(std::uint64_t bytes) {
-  return std::to_string(bytes) + " (" + format_size(bytes) + ")";
-}
-
 std::string local_time(std::uint64_t ns) {
   return format_time(ns, /*utc=*/false, "%Y-%m-%d %H:%M:%S");
 }

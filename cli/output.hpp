@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "sheaf/heap_report.hpp"  // size_field
+
 namespace CLI {
 class App;
 }  // namespace CLI
@@ -30,9 +32,6 @@ void print_fields(const std::vector<std::pair<std::string, std::string>>& fields
 // heading (a trailing note) or shorter.
 void print_table(std::vector<std::vector<std::string>> rows,
                  const std::vector<bool>& right_aligned);
-
-// "8388608 (8.0 MiB)".
-std::string size_field(std::uint64_t bytes);
 
 // Nanoseconds since the epoch as local time, "2024-05-01 12:34:56", for people.
 std::string local_time(std::uint64_t ns);

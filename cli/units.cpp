@@ -72,20 +72,6 @@ std::uint64_t parse_size(std::string_view text) {
   return bytes + extra;
 }
 
-std::string format_size(std::uint64_t bytes) {
-  constexpr std::array<const char*, 7> kUnits = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  if (bytes < 1024) return std::to_string(bytes) + " B";
-  auto value = static_cast<double>(bytes);
-  std::size_t unit = 0;
-  while (value >= 1024 && unit + 1 < kUnits.size()) {
-    value /= 1024;
-    ++unit;
-  }
-  std::array<char, 32> text{};
-  std::snprintf(text.data(), text.size(), "%.1f %s", value, kUnits[unit]);
-  return text.data();
-}
-
 CLI::Validator size_value() {
   return CLI::Validator(
       [](std::string& text) -> std::string {

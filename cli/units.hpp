@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "sheaf/heap_report.hpp"  // format_size, size_field
+
 namespace sheaf::cli {
 
 // "4096", "64K", "64M", "1G", "1.5G", "2T": a number with an optional binary
@@ -13,8 +15,7 @@ namespace sheaf::cli {
 // Throws std::invalid_argument with a message that quotes the text.
 std::uint64_t parse_size(std::string_view text);
 
-// "512 B", "64.0 KiB", "1.5 GiB".
-std::string format_size(std::uint64_t bytes);
+// Sizes are printed with format_size and size_field (sheaf/heap_report.hpp).
 
 // A CLI11 transform that accepts what parse_size does and hands the option
 // the byte count, so that a std::uint64_t can be bound to the option.

@@ -10,24 +10,6 @@
 namespace sheaf {
 namespace {
 
-// "8388608 (8.0 MiB)": exact for scripts, readable for people.
-std::string size_field(std::uint64_t bytes) {
-  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double value = static_cast<double>(bytes);
-  std::size_t unit = 0;
-  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
-    value /= 1024;
-    ++unit;
-  }
-  char human[32];
-  if (unit == 0) {
-    std::snprintf(human, sizeof(human), "%llu B", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(human, sizeof(human), "%.1f %s", value, kUnits[unit]);
-  }
-  return std::to_string(bytes) + " (" + human + ")";
-}
-
 std::string features_text(const std::vector<std::string>& features) {
   if (features.empty()) return "none";
   std::string text;
@@ -36,6 +18,24 @@ std::string features_text(const std::vector<std::string>& features) {
 }
 
 }  // namespace
+
+std::string format_size(std::uint64_t bytes) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f %s", value, kUnits[unit]);
+  return text;
+}
+
+std::string size_field(std::uint64_t bytes) {
+  return std::to_string(bytes) + " (" + format_size(bytes) + ")";
+}
 
 std::string heap_info_text(const HeapInfo& info) {
   const std::vector<std::pair<std::string, std::string>> fields = {
