@@ -86,11 +86,23 @@ bool process_alive(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(in, line)) return false;
-  // The state follows the command's closing parenthesis: Z (zombie) or X (dead) is gone.
-  const auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size()) return false;
-  const char state = line[close + 2];
-  return state != 'Z' && state != 'X';
+  const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
+  if (name_end == std::string::npos || name_end + 2 >= line.size()) return false;
+  std::istringstream fields(line.substr(name_end + 2));
+  std::string state;
+  std::string flags;
+  fields >> state;                                              // field 3
+  for (int number = 4; number <= 9; ++number) fields >> flags;  // field 9 last
+  // Z (zombie) or X (dead): gone. PF_EXITING (field 9): its files are being
+  // closed by the kernel as it exits, which is how a killed writer's last
+  // close arrives: not alive either.
+  if (state == "Z" || state == "X") return false;
+  try {
+    constexpr unsigned long kPfExiting = 0x4;
+    return (std::stoul(flags) & kPfExiting) == 0;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 bool publish_at_release(bool uninspected_close, bool opener_alive) {

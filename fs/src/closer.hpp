@@ -42,7 +42,8 @@ Closer inspect_closer(pid_t tid, std::uint64_t inode, std::chrono::milliseconds 
 // The process (thread group) of a thread, from /proc/TID/status; 0 if unknown.
 pid_t process_of(pid_t tid);
 
-// Whether process `pid` still exists (a zombie counts as gone).
+// Whether process `pid` still exists and is not exiting (a zombie, or a
+// process whose files the kernel is closing as it exits, counts as gone).
 bool process_alive(pid_t pid);
 
 // The close policy's last step. A bag still being written when its file's

@@ -142,17 +142,18 @@ void close_inherited_descriptors(std::initializer_list<int> keep) {
   }
 }
 
-// A session on the store, mounted at `mountpoint` and not yet serving.
-struct Session {
+// A FUSE session on the store (libfuse's fuse_session and our StoreFs), mounted at
+// `mountpoint` and not yet serving. (Not a heap's Session, which is a slot in its header.)
+struct FuseSession {
   std::unique_ptr<StoreFs> fs;
   fuse_session* session = nullptr;
   std::string mountpoint;
   bool handles_signals = false;
 
-  Session() = default;
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
-  ~Session() {
+  FuseSession() = default;
+  FuseSession(const FuseSession&) = delete;
+  FuseSession& operator=(const FuseSession&) = delete;
+  ~FuseSession() {
     if (fs) fs->stop_watching();
     if (session) {
       if (handles_signals) restore_signals();
@@ -166,9 +167,9 @@ struct Session {
 // without its server behind. Only for mounts that own the process.
 enum class Signals { kLeaveAlone, kHandle };
 
-Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
-                                               const std::string& mountpoint,
-                                               const MountOptions& options, Signals signals) {
+Result<std::unique_ptr<FuseSession>> mount_session(const std::string& store_dir,
+                                                   const std::string& mountpoint,
+                                                   const MountOptions& options, Signals signals) {
   try {
     // Absolute: a daemon serves from "/".
     Store store = Store::open(absolute(store_dir)).value();
@@ -185,7 +186,7 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
       // Mounting would hide its files, which is never what was meant.
       return Error(Errc::kInvalidArgument, "mount point " + mountpoint + ": not empty", ENOTEMPTY);
     }
-    auto result = std::make_unique<Session>();
+    auto result = std::make_unique<FuseSession>();
     result->mountpoint = absolute(mountpoint);
     result->fs = std::make_unique<StoreFs>(std::move(store), options);
 
@@ -221,7 +222,7 @@ Result<std::unique_ptr<Session>> mount_session(const std::string& store_dir,
 
 // Serves requests until the filesystem is unmounted or fuse_session_exit.
 // Serves requests until the kernel ends the session (an unmount).
-int serve(Session& s, const MountOptions& options) {
+int serve(FuseSession& s, const MountOptions& options) {
   s.fs->start_watching(s.session);
   std::thread stopper;
   if (s.handles_signals) {
@@ -254,10 +255,10 @@ int serve(Session& s, const MountOptions& options) {
 
 Result<void> serve_mount(const std::string& store, const std::string& mountpoint,
                          const MountOptions& options, bool daemonize) {
-  Result<std::unique_ptr<Session>> mounted =
+  Result<std::unique_ptr<FuseSession>> mounted =
       mount_session(store, mountpoint, options, Signals::kHandle);
   if (!mounted) return mounted.error();
-  Session& s = *mounted.value();
+  FuseSession& s = *mounted.value();
   if (daemonize) {
     // The mount is up already (requests wait in the kernel), so the parent
     // can report success and go; the child serves. Nothing but this thread
@@ -267,7 +268,7 @@ Result<void> serve_mount(const std::string& store, const std::string& mountpoint
       fuse_session_unmount(s.session);
       return Error::from_errno(errno, "mount " + mountpoint + ": fork");
     }
-    if (child > 0) return {};  // ~Session closes the parent's copy of the device
+    if (child > 0) return {};  // ~FuseSession closes the parent's copy of the device
     ::setsid();
     if (::chdir("/") != 0) _exit(1);
     const int null = ::open("/dev/null", O_RDWR);
@@ -349,7 +350,7 @@ Result<void> unmount(const std::string& mountpoint, bool lazy) {
 // --- Mount: served by threads of this process ----------------------------------------
 
 struct Mount::Impl {
-  std::unique_ptr<Session> session;
+  std::unique_ptr<FuseSession> session;
   MountOptions options;
   std::thread server;
   bool stopped = false;
@@ -365,13 +366,13 @@ Mount::~Mount() {
 
 Result<Mount> Mount::start(const std::string& store, const std::string& mountpoint,
                            const MountOptions& options) {
-  Result<std::unique_ptr<Session>> mounted =
+  Result<std::unique_ptr<FuseSession>> mounted =
       mount_session(store, mountpoint, options, Signals::kLeaveAlone);
   if (!mounted) return mounted.error();
   auto impl = std::make_unique<Impl>();
   impl->session = std::move(mounted.value());
   impl->options = options;
-  Session* s = impl->session.get();
+  FuseSession* s = impl->session.get();
   impl->server = std::thread([s, options] { serve(*s, options); });
   return Mount(std::move(impl));
 }

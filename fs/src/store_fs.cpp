@@ -145,7 +145,7 @@ struct BagFile {
   }
 };
 
-std::unique_ptr<BagFile> open_bag_file(const std::string& path) {
+std::unique_ptr<BagFile> open_bag_version(const std::string& path) {
   auto bag = std::make_unique<BagFile>();
   bag->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (bag->fd < 0) fail(errno);
@@ -430,7 +430,7 @@ struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
     }
     case NodeKind::kBag: {
       if (node.upload != 0) fail(ESTALE);  // was being written; look it up again
-      std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+      std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(node.name));
       if (bag->identity() != node.identity) fail(ESTALE);
       attr = bag_attr(bag->st, bag->info.size);
       break;
@@ -487,7 +487,7 @@ Node StoreFs::child(const Node& parent, const std::string& name, struct stat* at
         return Node{NodeKind::kBag, {}, name, 0, upload->serial};
       }
       if (!valid_name(name)) fail(ENOENT);
-      std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
+      std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(name));
       *attr = bag_attr(bag->st, bag->info.size);
       return Node{NodeKind::kBag, {}, name, bag->identity(), 0};
     }
@@ -620,7 +620,7 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
           upload->size_set = true;
         }
         // Times asked of a bag not yet published are given to its file
-        // when it is (publish()).
+        // when it is (commit_upload()).
         if (to_set & kTimes) upload->times = requested_times(*wanted, to_set);
         lock.unlock();
         const struct stat attr = upload_attributes(*upload, ino);
@@ -639,12 +639,22 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
     }
     if ((to_set & FUSE_SET_ATTR_SIZE) && attr.st_size != wanted->st_size) fail(EPERM);
     if (to_set & kTimes) {
-      // Only a bag's file has times of its own; an object's are its heap's.
-      if (node.kind != NodeKind::kBag) fail(EPERM);
-      const std::array<timespec, 2> times = requested_times(*wanted, to_set);
-      if (::utimensat(AT_FDCWD, store_.bag_path(node.name).c_str(), times.data(), 0) != 0) {
-        fail(errno);
+      // A bag's times are its file's, and the store's directories' are
+      // theirs (rsync -a sets bags/'s); an object's are its heap's.
+      std::string path;
+      if (node.kind == NodeKind::kBag) {
+        path = store_.bag_path(node.name);
+      } else if (node.kind == NodeKind::kBagsDir) {
+        path = store_.path() + "/bags";
+      } else if (node.kind == NodeKind::kHeapsDir) {
+        path = store_.path() + "/heaps";
+      } else if (node.kind == NodeKind::kRoot) {
+        path = store_.path();
+      } else {
+        fail(EPERM);
       }
+      const std::array<timespec, 2> times = requested_times(*wanted, to_set);
+      if (::utimensat(AT_FDCWD, path.c_str(), times.data(), 0) != 0) fail(errno);
     }
     if (bag_mode || (to_set & kTimes)) attr = attributes(node, ino);
     fuse_reply_attr(req, &attr, 0);
@@ -704,7 +714,7 @@ void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
     case NodeKind::kBagsDir:
       for (const std::string& name : store_.bag_names()) {
         try {
-          std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(name));
+          std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(name));
           add(name, Node{NodeKind::kBag, {}, name, bag->identity(), 0},
               bag_attr(bag->st, bag->info.size));
         } catch (const Errno&) {
@@ -738,7 +748,7 @@ bool StoreFs::still_true(const ListingWatch::Entry& entry) {
     const std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
     return object && object_identity(*object) == node.identity && object->size == entry.size;
   }
-  return open_bag_file(store_.bag_path(node.name))->identity() == node.identity;
+  return open_bag_version(store_.bag_path(node.name))->identity() == node.identity;
 }
 
 void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -937,7 +947,7 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
           break;
         }
         if (node.upload != 0) fail(ESTALE);
-        std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+        std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(node.name));
         if (bag->identity() != node.identity) fail(ESTALE);  // replaced: look it up again
         handle->file = std::move(bag);
         // A bag's bytes never change under one inode number (a new version
@@ -1076,7 +1086,7 @@ namespace {
 
 // Writes the header, fsyncs and renames into place; on failure the upload is
 // abandoned and the error rethrown. Called with its mutex held.
-void publish(BagUpload& upload, const std::string& path) {
+void commit_upload(BagUpload& upload, const std::string& path) {
   if (upload.in_place && !upload.size_set && upload.writer->written() == 0) {
     // Opened for writing and closed with nothing written (touch does that):
     // no new version; what was asked of its times goes to the bag as it is.
@@ -1122,7 +1132,7 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
                    !upload->hidden) {
           // The opener's last descriptor: publish now, so that `cp` returns
           // once the bag is there, and close() reports a failure (ENOSPC).
-          publish(*upload, store_.bag_path(upload->name));
+          commit_upload(*upload, store_.bag_path(upload->name));
         }
         // Otherwise a dup, a forked child or an exec closed a copy; the
         // opener's last close, or the release after the last one, publishes.
@@ -1159,7 +1169,7 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
     if (upload->writer && upload->hidden) abandon(*upload, EIO);
     if (upload->writer) {
       try {
-        publish(*upload, store_.bag_path(upload->name));
+        commit_upload(*upload, store_.bag_path(upload->name));
       } catch (const std::exception& e) {
         log(upload->name + ": not published: " + e.what());
       }
@@ -1289,16 +1299,8 @@ void StoreFs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_i
     if (!valid_name(name)) fail(ENOENT);
     // Not EINVAL, which mv explains as "a subdirectory of itself".
     if (!valid_name(new_name)) fail(name_errno(new_name, EPERM));
-    const std::string old_path = store_.bag_path(name);
-    const std::string new_path = store_.bag_path(new_name);
-    if (::renameat2(AT_FDCWD, old_path.c_str(), AT_FDCWD, new_path.c_str(), flags) != 0) {
-      fail(errno);
-    }
-    const int dir = ::open((store_.path() + "/bags").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-      ::fsync(dir);  // the rename is durable when it returns, like every bag change
-      ::close(dir);
-    }
+    if (flags & ~RENAME_NOREPLACE) fail(EINVAL);  // RENAME_EXCHANGE, RENAME_WHITEOUT
+    store_.rename_bag(name, new_name, !(flags & RENAME_NOREPLACE));
     fuse_reply_err(req, 0);
   });
 }
@@ -1314,7 +1316,7 @@ void StoreFs::statfs(fuse_req_t req) {
 std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
   std::map<std::string, std::string> attrs;
   if (node.kind == NodeKind::kBag && node.upload == 0) {
-    std::unique_ptr<BagFile> bag = open_bag_file(store_.bag_path(node.name));
+    std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(node.name));
     if (bag->identity() != node.identity) fail(ESTALE);
     const BagInfo& info = bag->info;
     // Named by the algorithm, so that a tool knows what it compares with:

@@ -463,6 +463,11 @@ void Bag::copy_payload(int out, bool verify, const Progress& progress) const {
   if (progress) progress(bag.info.size, bag.info.size);
 }
 
+BagChecksum Bag::compute_checksum(const Progress& progress) const {
+  return hash_payload(impl_->fd, impl_->header_bytes, impl_->info.size,
+                      impl_->info.checksum.algorithm, progress, "bag " + impl_->info.name);
+}
+
 void Bag::check_type(const TypeTag& type) const {
   const BagInfo& info = impl_->info;
   if (info.element_type == type.name && info.element_size == type.size) return;
@@ -474,8 +479,8 @@ void Bag::check_type(const TypeTag& type) const {
                   ", not " + std::string(type.name) + " (" + std::to_string(type.size) + " bytes)");
 }
 
-std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::string& name,
-                                         const BagOpenOptions& options) {
+std::unique_ptr<Bag::Impl> map_bag(const std::string& path, const std::string& name,
+                                   const BagOpenOptions& options) {
   const std::string what = "bag " + name;
   auto impl = std::make_unique<Bag::Impl>();
   impl->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -90,8 +90,8 @@ struct BagWriter::Impl {
 
 std::string encode_bag_header(const BagInfo& info);  // exactly bag_header_bytes(info) long
 std::uint64_t bag_header_bytes(const BagInfo& info);
-std::unique_ptr<Bag::Impl> open_bag_file(const std::string& path, const std::string& name,
-                                         const BagOpenOptions& options);
+std::unique_ptr<Bag::Impl> map_bag(const std::string& path, const std::string& name,
+                                   const BagOpenOptions& options);
 // The checksum of `size` bytes at `offset` of fd, read in large sequential chunks.
 BagChecksum hash_payload(int fd, std::uint64_t offset, std::uint64_t size,
                          BagChecksum::Algorithm algorithm, const Progress& progress,

@@ -216,7 +216,7 @@ std::string Store::heap_path(std::string_view name) const {
 
 Result<Bag> Store::open_bag(std::string_view name, const BagOpenOptions& options) const {
   try {
-    return Bag(open_bag_file(bag_path(name), std::string(name), options));
+    return Bag(map_bag(bag_path(name), std::string(name), options));
   } catch (const Error& e) {
     return e;
   }
@@ -295,6 +295,20 @@ bool Store::remove_bag(std::string_view name) {
   return true;
 }
 
+void Store::rename_bag(std::string_view from, std::string_view to, bool replace) {
+  const std::string from_path = bag_path(from);
+  const std::string to_path = bag_path(to);
+  const std::string what = "bag " + std::string(from) + " -> " + std::string(to);
+  if (::renameat2(AT_FDCWD, from_path.c_str(), AT_FDCWD, to_path.c_str(),
+                  replace ? 0 : RENAME_NOREPLACE) != 0) {
+    const int error = errno;
+    if (error == ENOENT) throw Error(Errc::kNotFound, what + ": no such bag", ENOENT);
+    if (error == EEXIST) throw Error(Errc::kAlreadyExists, what + ": already exists", EEXIST);
+    throw Error::from_errno(error, what + ": cannot rename");
+  }
+  posix::fsync_directory(posix::directory_of(to_path));
+}
+
 std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
                                     const Progress& progress) const {
   if (name && ::access(bag_path(*name).c_str(), F_OK) != 0) {
@@ -319,14 +333,12 @@ std::vector<BagCheck> Store::verify(std::optional<std::string_view> name,
       BagOpenOptions header_only;
       header_only.verify_payload = false;
       Bag bag = open_bag(n, header_only).value();
-      const Bag::Impl& impl = *bag.impl_;
-      const BagChecksum actual = hash_payload(
-          impl.fd, impl.header_bytes, impl.info.size, impl.info.checksum.algorithm,
-          [&](std::uint64_t done, std::uint64_t) {
-            if (progress) progress(base + impl.header_bytes + done, total);
-          },
-          "bag " + n);
-      if (actual != impl.info.checksum) check.problem = "bag " + n + ": payload checksum mismatch";
+      const std::uint64_t header_bytes =
+          file_size > bag.info().size ? file_size - bag.info().size : 0;  // (progress only)
+      const BagChecksum actual = bag.compute_checksum([&](std::uint64_t done, std::uint64_t) {
+        if (progress) progress(base + header_bytes + done, total);
+      });
+      if (actual != bag.info().checksum) check.problem = "bag " + n + ": payload checksum mismatch";
     } catch (const Error& e) {
       check.problem = e.message();
     }

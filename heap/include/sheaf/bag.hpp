@@ -100,6 +100,10 @@ class Bag {
   // caller discards what was written (`sheaf bag get -o FILE` writes to a
   // temporary that only a sound copy replaces FILE with).
   void copy_payload(int out, bool verify, const Progress& progress = {}) const;
+  // The payload's checksum recomputed from the file, in the bag's algorithm
+  // (every data byte read once; holes hashed without reading), to compare
+  // with info().checksum.
+  BagChecksum compute_checksum(const Progress& progress = {}) const;
 
   struct Impl;
 

@@ -57,6 +57,10 @@ class Store {
   BagInfo bag_info(std::string_view name) const;  // the header only, checksummed
   std::vector<std::string> bag_names() const;     // sorted
   bool remove_bag(std::string_view name);
+  // Renames bag `from` to `to`, atomically and durably (the directory is
+  // fsynced), replacing a bag called `to` unless `replace` is false
+  // (Error(kAlreadyExists) then). Error(kNotFound) if there is no `from`.
+  void rename_bag(std::string_view from, std::string_view to, bool replace = true);
   // Recomputes payload checksums: one bag (Error(kNotFound) if there is no
   // such bag), or all of them.
   std::vector<BagCheck> verify(std::optional<std::string_view> name = std::nullopt,
