@@ -23,7 +23,7 @@
 #include <random>
 #include <thread>
 
-#include "bag_impl.hpp"
+#include "bags/bag_impl.hpp"
 #include "heap_test_util.hpp"
 #include "posix.hpp"
 #include "sheaf/heap.hpp"
@@ -960,7 +960,7 @@ TEST(BagWrite, AbandonedWriterLeavesNothingAndKeepsTheOldBag) {
 
 // Regression (was a bug): commit() accepts a typed payload whose size is not a multiple of the
 // element size and writes a header that parse_bag_header refuses ("element size 4 for 7 bytes",
-// heap/src/bag.cpp:203-208), so the put succeeds, the previous bag of that name is replaced, and
+// parse_bag_header in heap/src/bags/bag.cpp), so the put succeeds, the previous bag of that name is replaced, and
 // the new one can never be opened.
 TEST(BagWrite, TypedPayloadOfAPartialElementIsRefusedNotCommitted) {
   TempDir dir;

@@ -13,7 +13,7 @@
 #include <sstream>
 
 #include "bag_impl.hpp"
-#include "posix.hpp"
+#include "../posix.hpp"
 
 namespace sheaf {
 namespace {

@@ -1,4 +1,4 @@
-// bag_impl.hpp: what bag.cpp and store.cpp share. Internal.
+// bags/bag_impl.hpp: what bag.cpp and store.cpp share. Internal.
 #pragma once
 
 #include <optional>

@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "bag_impl.hpp"
-#include "posix.hpp"
+#include "../posix.hpp"
 
 namespace sheaf {
 namespace {
