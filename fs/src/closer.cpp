@@ -105,10 +105,6 @@ bool process_alive(pid_t pid) {
   }
 }
 
-bool publish_at_release(bool uninspected_close, bool opener_alive) {
-  return !uninspected_close || opener_alive;
-}
-
 Closer inspect_closer(pid_t tid, std::uint64_t inode, std::chrono::milliseconds wait) {
   if (tid <= 0) return {};
   struct Answer {

@@ -46,12 +46,4 @@ pid_t process_of(pid_t tid);
 // process whose files the kernel is closing as it exits, counts as gone).
 bool process_alive(pid_t pid);
 
-// The close policy's last step. A bag still being written when its file's
-// last descriptor goes (RELEASE) is published, unless one of its closes
-// could not be inspected (`uninspected_close`) and its opener is gone: that
-// close may have been the opener's, killed mid-write, and a partial bag is
-// never published. (The price: a writer whose close was uninspectable and
-// who exited normally before the release loses its bag, with EIO logged.)
-bool publish_at_release(bool uninspected_close, bool opener_alive);
-
 }  // namespace sheaf::fs

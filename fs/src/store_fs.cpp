@@ -18,271 +18,24 @@
 #include <variant>
 #include <vector>
 
+#include "bag_upload.hpp"
+#include "bag_version.hpp"
 #include "closer.hpp"
+#include "handles.hpp"
+#include "names.hpp"
 #include "object_names.hpp"
+#include "request.hpp"
 #include "sheaf/bag.hpp"
 #include "sheaf/heap_report.hpp"
 
 namespace sheaf::fs {
 namespace {
 
-// An errno to answer a request with. Thrown inside a handler, turned into
-// fuse_reply_err by guarded().
-struct Errno {
-  int value;
-};
-
-[[noreturn]] void fail(int value) {
-  throw Errno{value};
-}
-
-int errno_for(const Error& e) {
-  if (e.sys_errno() != 0) return e.sys_errno();
-  switch (e.code()) {
-    case Errc::kInvalidArgument:
-      return EINVAL;
-    case Errc::kNotFound:
-      return ENOENT;
-    case Errc::kAlreadyExists:
-      return EEXIST;
-    case Errc::kOutOfSpace:
-      return ENOSPC;
-    case Errc::kBusy:
-      return EBUSY;
-    default:
-      return EIO;  // corrupted, unsupported, type mismatch: the file is bad
-  }
-}
-
-// Runs a handler's body; whatever it throws becomes the request's error
-// reply. The body replies itself on success, as its last step.
-template <class Body>
-void guarded(const StoreFs& fs, fuse_req_t req, Body&& body) {
-  try {
-    body();
-  } catch (const Errno& e) {
-    fuse_reply_err(req, e.value);
-  } catch (const Error& e) {
-    const int value = errno_for(e);
-    if (value == EIO) fs.log(e.message());
-    fuse_reply_err(req, value);
-  } catch (const std::bad_alloc&) {
-    fuse_reply_err(req, ENOMEM);
-  } catch (const std::exception& e) {
-    fs.log(e.what());
-    fuse_reply_err(req, EIO);
-  }
-}
-
 StoreFs& self(fuse_req_t req) {
   return *static_cast<StoreFs*>(fuse_req_userdata(req));
 }
 
-// What makes an object under a name the same object: its creation serial,
-// which is never reused (an offset is: a destroyed object's block goes to
-// the next one of its size). Heaps made before serials have only the offset.
-std::uint64_t object_identity(const ObjectInfo& object) {
-  return object.serial != 0 ? object.serial : object.offset;
-}
-
-// The errno for a name the store's rules refuse: ENAMETOOLONG for one too
-// long (tools say "File name too long"), else `otherwise`.
-int name_errno(const std::string& name, int otherwise) {
-  return name.size() > Store::kMaxNameLength ? ENAMETOOLONG : otherwise;
-}
-
-bool valid_name(const std::string& name);
-
-// Whether `name` is a hidden temporary in bags/: a dot, then what would be a
-// bag's name (rsync's ".NAME.XXXXXX", mkstemp's ".NAME.XXXXXX" of other tools).
-bool hidden_upload_name(const std::string& name) {
-  return name.size() > 1 && name[0] == '.' && valid_name(name.substr(1));
-}
-
-bool valid_name(const std::string& name) {
-  try {
-    Store::check_name(name);
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
-
-struct stat stat_path(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) fail(errno);
-  return st;
-}
-
-// --- Bag files ---------------------------------------------------------------
-
-// An open bag file: its descriptor, stat and header. Reads are served from
-// the descriptor, so a reader keeps the bytes it opened even when the bag is
-// replaced (the rename leaves the old file alive while it is open).
-struct BagFile {
-  int fd = -1;
-  struct stat st {};
-  BagInfo info;
-  std::uint64_t header_bytes = 0;
-
-  BagFile() = default;
-  BagFile(const BagFile&) = delete;
-  BagFile& operator=(const BagFile&) = delete;
-  ~BagFile() {
-    if (fd >= 0) ::close(fd);
-  }
-
-  // What makes this version of the bag this version: inode numbers are
-  // reused by filesystems, creation times (ns) and checksums together are
-  // not. (Not the file's mtime: `touch` and `tar x` set it, and the bytes
-  // stay the same.)
-  std::uint64_t identity() const {
-    const std::uint64_t parts[] = {static_cast<std::uint64_t>(st.st_dev),
-                                   static_cast<std::uint64_t>(st.st_ino), info.created_ns,
-                                   info.checksum.low, info.checksum.high};
-    const std::uint64_t hash = XXH64(parts, sizeof(parts), 0);
-    return hash == 0 ? 1 : hash;  // 0 means "a bag being written"
-  }
-};
-
-std::unique_ptr<BagFile> open_bag_version(const std::string& path) {
-  auto bag = std::make_unique<BagFile>();
-  bag->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (bag->fd < 0) fail(errno);
-  if (::fstat(bag->fd, &bag->st) != 0) fail(errno);
-  const auto file_size = static_cast<std::uint64_t>(bag->st.st_size);
-  if (file_size == 0) throw Error(Errc::kCorrupted, "bag " + path + ": empty file");
-  // Read, never mapped: a bag file cut short meanwhile is an error here, where
-  // a mapping would kill the server with SIGBUS.
-  bag->info = read_bag_header(bag->fd, file_size, path);
-  bag->header_bytes = file_size - bag->info.size;
-  return bag;
-}
-
 }  // namespace
-
-// --- Handles -------------------------------------------------------------------
-
-struct ObjectFile {
-  std::string heap;
-  std::string name;
-  std::uint64_t identity = 0;  // object_identity() of the object opened
-};
-
-struct TextFile {
-  std::string text;
-};
-
-// A bag being written (closer.hpp says which close publishes it). Every
-// field is guarded by `mutex`; the upload is shared by its handle and by the
-// mount's table of uploads, so either may outlive the other.
-struct BagUpload {
-  std::mutex mutex;
-  std::string name;
-  std::uint64_t serial = 0;         // Node::upload: its own inode until published
-  fuse_ino_t ino = 0;               // the inode the kernel knows it by (set once, at open)
-  pid_t opener = 0;                 // the process that created or opened it
-  std::optional<BagWriter> writer;  // empty once published or abandoned
-  bool published = false;
-  int error = 0;  // why it was abandoned (0: not abandoned)
-  mode_t mode = 0644;
-  struct timespec created {};
-  // Times asked for before it was published (cp -p sets them on the open
-  // file), given to the bag's file when it is.
-  std::optional<std::array<timespec, 2>> times;
-  bool uninspected_close = false;  // a close whose closer could not be inspected in time
-  bool mode_set = false;           // mode was set (chmod) and is given to the published file
-  // A temporary of rsync's (or any tool's) named .NAME.XXXXXX: written like a
-  // bag, kept after its close, and published only when it is renamed to a
-  // bag name (or dropped when it is removed or the mount ends).
-  bool hidden = false;
-  // Opened for writing without O_TRUNC (rsync --inplace): a new version of
-  // the bag, written from its start, published only if it is whole: written
-  // or sized (ftruncate) at least to `old_size`, so a partial in-place edit
-  // never publishes a bag cut short.
-  bool in_place = false;
-  std::uint64_t old_size = 0;
-  bool size_set = false;
-};
-
-struct StoreFs::Handle {
-  std::variant<ObjectFile, TextFile, std::unique_ptr<BagFile>, std::shared_ptr<BagUpload>> file;
-};
-
-struct StoreFs::DirHandle {
-  struct Entry {
-    std::string name;
-    Node node;
-    struct stat attr {};
-  };
-  std::vector<Entry> entries;
-};
-
-namespace {
-
-StoreFs::Handle& handle_of(fuse_file_info* fi) {
-  return *reinterpret_cast<StoreFs::Handle*>(static_cast<std::uintptr_t>(fi->fh));
-}
-
-template <class T>
-T* file_as(fuse_file_info* fi) {
-  if (fi == nullptr || fi->fh == 0) return nullptr;
-  auto& file = handle_of(fi).file;
-  if constexpr (std::is_same_v<T, ObjectFile> || std::is_same_v<T, TextFile>) {
-    return std::get_if<T>(&file);
-  } else {
-    if constexpr (std::is_same_v<T, BagUpload>) {
-      auto* p = std::get_if<std::shared_ptr<T>>(&file);
-      return p ? p->get() : nullptr;
-    } else {
-      auto* p = std::get_if<std::unique_ptr<T>>(&file);
-      return p ? p->get() : nullptr;
-    }
-  }
-}
-
-void set_handle(fuse_file_info* fi, std::unique_ptr<StoreFs::Handle> handle) {
-  fi->fh = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(handle.release()));
-}
-
-}  // namespace
-
-// --- HeapCache -------------------------------------------------------------------
-
-std::shared_ptr<Heap> HeapCache::get(const std::string& name, struct stat* file_stat) {
-  const std::string path = store_.heap_path(name);
-  struct stat st {};
-  if (!valid_name(name) || ::stat(path.c_str(), &st) != 0) {
-    std::lock_guard lock(mutex_);
-    heaps_.erase(name);  // deleted: let the session go
-    throw Error(Errc::kNotFound, "no heap named '" + name + "'", ENOENT);
-  }
-  if (file_stat) *file_stat = st;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = heaps_.find(name);
-    if (it != heaps_.end() && it->second.dev == st.st_dev && it->second.ino == st.st_ino) {
-      return it->second.heap;
-    }
-  }
-  // Opened outside the mutex: an open may repair the heap or wait for its
-  // lock, and requests for other heaps must not wait for that.
-  // A heap file the server may only read is served read-only (its objects
-  // then refuse writes with the heap's own error).
-  Result<Heap> opened = Heap::open(path);
-  if (!opened.ok() && opened.error().sys_errno() == EACCES) {
-    OpenOptions options;
-    options.read_only = true;
-    opened = Heap::open(path, options);
-  }
-  auto heap = std::make_shared<Heap>(std::move(opened).value());
-  std::lock_guard lock(mutex_);
-  Entry& entry = heaps_[name];
-  if (!entry.heap || entry.dev != st.st_dev || entry.ino != st.st_ino) {
-    entry = Entry{std::move(heap), st.st_dev, st.st_ino};
-  }
-  return entry.heap;  // another thread's open may have won; this one closes
-}
 
 // --- StoreFs ---------------------------------------------------------------------
 
@@ -306,196 +59,6 @@ void StoreFs::log(const std::string& message) const {
   } else {
     std::fprintf(stderr, "sheaf mount: %s\n", message.c_str());
   }
-}
-
-Node StoreFs::node_of(fuse_ino_t ino) const {
-  std::optional<Node> node = nodes_.get(ino);
-  if (!node) fail(ESTALE);
-  return *node;
-}
-
-// How long the kernel may keep a name (lookup) and attributes (lookup,
-// getattr). Files' names: not at all, so no name outlives its object.
-// Objects' attributes: not at all, so no size is stale. A bag's attributes:
-// a listing's lifetime, since a bag never changes under one inode number (a
-// new version is a new inode) and, without that, the kernel would ask for
-// them before every read. Directories: a listing's lifetime, since every
-// path walk checks each directory on the way (permissions need its
-// attributes) and they change only when a heap is created or deleted.
-StoreFs::Lifetimes StoreFs::lifetimes(const Node& node) const {
-  switch (node.kind) {
-    case NodeKind::kObject:
-    case NodeKind::kInfoText:
-    case NodeKind::kInfoJson:
-      return {0, 0};
-    case NodeKind::kBag:
-      return {0, node.upload != 0 ? 0 : options_.listing_ttl};
-    default:
-      return {options_.listing_ttl, options_.listing_ttl};
-  }
-}
-
-fuse_entry_param StoreFs::entry(const Node& node, struct stat attr, Lifetimes lifetimes) {
-  fuse_entry_param e{};
-  e.ino = nodes_.remember(node);
-  attr.st_ino = e.ino;
-  e.attr = attr;
-  e.entry_timeout = lifetimes.name;
-  e.attr_timeout = lifetimes.attributes;
-  return e;
-}
-
-namespace {
-
-struct stat directory_attr(const struct stat& from, bool read_only) {
-  struct stat attr {};
-  attr.st_mode = S_IFDIR | (read_only ? 0555 : 0755);
-  attr.st_nlink = 2;
-  attr.st_uid = from.st_uid;
-  attr.st_gid = from.st_gid;
-  attr.st_atim = from.st_atim;
-  attr.st_mtim = from.st_mtim;
-  attr.st_ctim = from.st_ctim;
-  attr.st_blksize = 4096;
-  return attr;
-}
-
-struct stat file_attr(const struct stat& from, std::uint64_t size, mode_t permissions) {
-  struct stat attr {};
-  attr.st_mode = S_IFREG | permissions;
-  attr.st_nlink = 1;
-  attr.st_uid = from.st_uid;
-  attr.st_gid = from.st_gid;
-  attr.st_size = static_cast<off_t>(size);
-  attr.st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
-  attr.st_blksize = 128 << 10;  // what cp and cat size their buffers by
-  attr.st_atim = from.st_atim;
-  attr.st_mtim = from.st_mtim;
-  attr.st_ctim = from.st_ctim;
-  return attr;
-}
-
-}  // namespace
-
-// An object's attributes: its size, its heap file's owner, mode and times.
-struct stat StoreFs::object_attr(const struct stat& heap_file, std::uint64_t size) const {
-  return file_attr(heap_file, size, heap_file.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
-}
-
-// A bag's attributes: its payload's size, its file's owner, mode, times and
-// blocks (what the file really holds: bags may be sparse).
-struct stat StoreFs::bag_attr(const struct stat& bag_file, std::uint64_t payload) const {
-  struct stat attr =
-      file_attr(bag_file, payload, bag_file.st_mode & 0666 & ~(options_.read_only ? 0222 : 0));
-  attr.st_blocks = bag_file.st_blocks;
-  return attr;
-}
-
-// The attributes of a node as the store has it now; ESTALE when the name
-// now means something else (a replaced bag, a recreated heap).
-struct stat StoreFs::attributes(const Node& node, fuse_ino_t ino) {
-  const bool ro = options_.read_only;
-  struct stat attr {};
-  switch (node.kind) {
-    case NodeKind::kRoot:
-      attr = directory_attr(stat_path(store_.path()), ro);
-      break;
-    case NodeKind::kHeapsDir:
-      attr = directory_attr(stat_path(store_.path() + "/heaps"), ro);
-      break;
-    case NodeKind::kBagsDir:
-      attr = directory_attr(stat_path(store_.path() + "/bags"), ro);
-      break;
-    case NodeKind::kHeapDir:
-    case NodeKind::kObjectsDir:
-    case NodeKind::kInfoText:
-    case NodeKind::kInfoJson:
-    case NodeKind::kObject: {
-      struct stat heap_stat {};
-      std::shared_ptr<Heap> heap = heaps_.get(node.heap, &heap_stat);
-      if (heap_stat.st_ino != node.identity && node.kind != NodeKind::kObject) fail(ESTALE);
-      if (node.kind == NodeKind::kHeapDir || node.kind == NodeKind::kObjectsDir) {
-        attr = directory_attr(heap_stat, ro);
-      } else if (node.kind == NodeKind::kObject) {
-        std::optional<ObjectInfo> object = heap->object(node.name);
-        if (!object || object_identity(*object) != node.identity) fail(ESTALE);
-        attr = object_attr(heap_stat, object->size);
-      } else {
-        const HeapInfo info = heap->info();
-        const std::string text =
-            node.kind == NodeKind::kInfoText ? heap_info_text(info) : heap_info_json(info);
-        attr = file_attr(heap_stat, text.size(), 0444);
-      }
-      break;
-    }
-    case NodeKind::kBag: {
-      if (node.upload != 0) fail(ESTALE);  // was being written; look it up again
-      std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(node.name));
-      if (bag->identity() != node.identity) fail(ESTALE);
-      attr = bag_attr(bag->st, bag->info.size);
-      break;
-    }
-  }
-  attr.st_ino = ino;
-  return attr;
-}
-
-Node StoreFs::child(const Node& parent, const std::string& name, struct stat* attr) {
-  Node node;
-  switch (parent.kind) {
-    case NodeKind::kRoot:
-      if (name == "heaps") {
-        node = plain_node(NodeKind::kHeapsDir);
-      } else if (name == "bags") {
-        node = plain_node(NodeKind::kBagsDir);
-      } else {
-        fail(ENOENT);
-      }
-      break;
-    case NodeKind::kHeapsDir: {
-      if (!valid_name(name)) fail(ENOENT);
-      const struct stat heap_stat = stat_path(store_.heap_path(name));
-      node = Node{NodeKind::kHeapDir, name, {}, static_cast<std::uint64_t>(heap_stat.st_ino), 0};
-      break;
-    }
-    case NodeKind::kHeapDir:
-      if (name == "objects") {
-        node = Node{NodeKind::kObjectsDir, parent.heap, {}, parent.identity, 0};
-      } else if (name == "info") {
-        node = Node{NodeKind::kInfoText, parent.heap, {}, parent.identity, 0};
-      } else if (name == "info.json") {
-        node = Node{NodeKind::kInfoJson, parent.heap, {}, parent.identity, 0};
-      } else {
-        fail(ENOENT);
-      }
-      break;
-    case NodeKind::kObjectsDir: {
-      const std::optional<std::string> object_name = object_name_of(name);
-      if (!object_name) fail(ENOENT);
-      struct stat heap_stat {};
-      std::shared_ptr<Heap> heap = heaps_.get(parent.heap, &heap_stat);
-      std::optional<ObjectInfo> object = heap->object(*object_name);
-      if (!object) fail(ENOENT);
-      *attr = object_attr(heap_stat, object->size);
-      return Node{NodeKind::kObject, parent.heap, *object_name, object_identity(*object), 0};
-    }
-    case NodeKind::kBagsDir: {
-      if (hidden_upload_name(name)) {
-        const std::shared_ptr<BagUpload> upload = hidden_upload(name);
-        if (!upload) fail(ENOENT);
-        *attr = upload_attributes(*upload, 0);
-        return Node{NodeKind::kBag, {}, name, 0, upload->serial};
-      }
-      if (!valid_name(name)) fail(ENOENT);
-      std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(name));
-      *attr = bag_attr(bag->st, bag->info.size);
-      return Node{NodeKind::kBag, {}, name, bag->identity(), 0};
-    }
-    default:
-      fail(ENOTDIR);
-  }
-  *attr = attributes(node, 0);  // the directories and info files
-  return node;
 }
 
 // --- Requests ----------------------------------------------------------------------
@@ -661,96 +224,6 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
   });
 }
 
-void StoreFs::fill_directory(DirHandle& dir, const Node& node, fuse_ino_t ino) {
-  auto add = [&](const std::string& name, const Node& child_node, const struct stat& attr) {
-    dir.entries.push_back({name, child_node, attr});
-  };
-  // Both need an inode number: readdir(3) skips entries without one. The
-  // kernel knows the real parent; ".." is only shown.
-  const struct stat self_attr = attributes(node, ino);
-  add(".", node, self_attr);
-  add("..", node, self_attr);
-  switch (node.kind) {
-    case NodeKind::kRoot:
-      add("heaps", plain_node(NodeKind::kHeapsDir),
-          attributes(plain_node(NodeKind::kHeapsDir), kHeapsIno));
-      add("bags", plain_node(NodeKind::kBagsDir),
-          attributes(plain_node(NodeKind::kBagsDir), kBagsIno));
-      break;
-    case NodeKind::kHeapsDir:
-      for (const HeapEntry& heap : store_.heaps()) {
-        struct stat heap_stat {};
-        if (::stat(store_.heap_path(heap.name).c_str(), &heap_stat) != 0) continue;  // just removed
-        add(heap.name,
-            Node{
-                NodeKind::kHeapDir, heap.name, {}, static_cast<std::uint64_t>(heap_stat.st_ino), 0},
-            directory_attr(heap_stat, options_.read_only));
-      }
-      break;
-    case NodeKind::kHeapDir:
-      for (const char* name : {"objects", "info", "info.json"}) {
-        struct stat attr {};
-        const Node entry_node = child(node, name, &attr);
-        add(name, entry_node, attr);
-      }
-      break;
-    case NodeKind::kObjectsDir: {
-      struct stat heap_stat {};
-      std::shared_ptr<Heap> heap = heaps_.get(node.heap, &heap_stat);
-      if (heap_stat.st_ino != node.identity) fail(ESTALE);
-      std::vector<ObjectInfo> objects = heap->objects();
-      std::sort(objects.begin(), objects.end(),
-                [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
-      dir.entries.reserve(dir.entries.size() + objects.size());
-      for (const ObjectInfo& object : objects) {
-        std::string file_name = file_name_of(object.name);
-        if (file_name.size() > kMaxFileName) continue;  // see object_names.hpp
-        add(std::move(file_name),
-            Node{NodeKind::kObject, node.heap, object.name, object_identity(object), 0},
-            object_attr(heap_stat, object.size));
-      }
-      break;
-    }
-    case NodeKind::kBagsDir:
-      for (const std::string& name : store_.bag_names()) {
-        try {
-          std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(name));
-          add(name, Node{NodeKind::kBag, {}, name, bag->identity(), 0},
-              bag_attr(bag->st, bag->info.size));
-        } catch (const Errno&) {
-          // removed between the listing and the open
-        } catch (const Error& e) {
-          log(e.message());  // a damaged bag: listed nowhere here; `sheaf bag verify` names it
-        }
-      }
-      break;
-    default:
-      fail(ENOTDIR);
-  }
-}
-
-// What moves when anything in a listed directory may have changed.
-std::uint64_t StoreFs::directory_version(const Node& dir) {
-  // Without the heap lock (info() would take it, and in network mode ask the
-  // server for it, every period).
-  if (dir.kind == NodeKind::kObjectsDir) return heaps_.get(dir.heap)->generation();
-  const struct stat st = stat_path(store_.path() + "/bags");
-  const std::uint64_t parts[] = {static_cast<std::uint64_t>(st.st_mtim.tv_sec),
-                                 static_cast<std::uint64_t>(st.st_mtim.tv_nsec),
-                                 static_cast<std::uint64_t>(st.st_ctim.tv_sec),
-                                 static_cast<std::uint64_t>(st.st_ctim.tv_nsec)};
-  return XXH64(parts, sizeof(parts), 0);
-}
-
-bool StoreFs::still_true(const ListingWatch::Entry& entry) {
-  const Node& node = entry.node;
-  if (node.kind == NodeKind::kObject) {
-    const std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
-    return object && object_identity(*object) == node.identity && object->size == entry.size;
-  }
-  return open_bag_version(store_.bag_path(node.name))->identity() == node.identity;
-}
-
 void StoreFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     // The listing is taken now, whole: readdir pages through this snapshot,
@@ -863,17 +336,6 @@ struct stat StoreFs::upload_attributes(BagUpload& upload, fuse_ino_t ino) {
   attr.st_ino = ino;
   return attr;
 }
-
-namespace {
-
-// Abandons the upload for good: nothing of it is ever published, and every
-// later write and close reports `error`. Called with its mutex held.
-void abandon(BagUpload& upload, int error) {
-  upload.writer.reset();  // removes the temporary file
-  if (upload.error == 0) upload.error = error;
-}
-
-}  // namespace
 
 // Extends the upload with zeros to `size` bytes (a hole where the filesystem
 // has them). Hashing zeros runs at memory speed, so the hole is bounded by
@@ -1082,42 +544,6 @@ void StoreFs::write(fuse_req_t req, const char* data, std::size_t size, off_t of
   });
 }
 
-namespace {
-
-// Writes the header, fsyncs and renames into place; on failure the upload is
-// abandoned and the error rethrown. Called with its mutex held.
-void commit_upload(BagUpload& upload, const std::string& path) {
-  if (upload.in_place && !upload.size_set && upload.writer->written() == 0) {
-    // Opened for writing and closed with nothing written (touch does that):
-    // no new version; what was asked of its times goes to the bag as it is.
-    upload.writer.reset();
-    upload.published = true;
-    if (upload.times) (void)::utimensat(AT_FDCWD, path.c_str(), upload.times->data(), 0);
-    if (upload.mode_set) (void)::chmod(path.c_str(), upload.mode);
-    return;
-  }
-  if (upload.in_place && !upload.size_set && upload.writer->written() < upload.old_size) {
-    // Part of the bag rewritten in place: what follows it is not in the new
-    // version, and a bag cut short must not replace the old one.
-    abandon(upload, EPERM);
-    throw Errno{EPERM};
-  }
-  try {
-    upload.writer->commit();
-  } catch (const Error& e) {
-    abandon(upload, errno_for(e));
-    throw;
-  }
-  upload.published = true;
-  upload.writer.reset();
-  // Best effort: the bag is published whatever its times (a later touch
-  // or tar x sets them again through setattr).
-  if (upload.times) (void)::utimensat(AT_FDCWD, path.c_str(), upload.times->data(), 0);
-  if (upload.mode_set) (void)::chmod(path.c_str(), upload.mode);
-}
-
-}  // namespace
-
 void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(*this, req, [&] {
     if (BagUpload* upload = file_as<BagUpload>(fi)) {
@@ -1125,17 +551,17 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       std::lock_guard lock(upload->mutex);
       if (!closer.answered) upload->uninspected_close = true;
       if (upload->error != 0) fail(upload->error);  // close() reports what went wrong
-      if (upload->writer) {
-        if (closer.dying_of_signal && closer.process == upload->opener) {
+      switch (at_flush(*upload, closer)) {
+        case AtFlush::kAbandon:
           abandon(*upload, EIO);  // the writer was killed mid-write: nothing is published
-        } else if (closer.answered && closer.process == upload->opener && !closer.holds_another &&
-                   !upload->hidden) {
-          // The opener's last descriptor: publish now, so that `cp` returns
-          // once the bag is there, and close() reports a failure (ENOSPC).
-          commit_upload(*upload, store_.bag_path(upload->name));
-        }
-        // Otherwise a dup, a forked child or an exec closed a copy; the
-        // opener's last close, or the release after the last one, publishes.
+          break;
+        case AtFlush::kPublish:
+          // Now, so that `cp` returns once the bag is there, and close()
+          // reports a failure (ENOSPC).
+          commit_upload(*upload, store_);
+          break;
+        case AtFlush::kNothing:
+          break;
       }
     }
     fuse_reply_err(req, 0);
@@ -1145,33 +571,31 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
   if (BagUpload* upload = file_as<BagUpload>(fi)) {
     std::unique_lock lock(upload->mutex);
-    if (upload->hidden && upload->writer &&
-        publish_at_release(upload->uninspected_close, process_alive(upload->opener))) {
-      // Kept, written, until it is renamed to a bag's name or removed.
+    const AtRelease action =
+        upload->writer ? at_release(*upload, process_alive(upload->opener)) : AtRelease::kPublish;
+    if (upload->writer && action == AtRelease::kKeep) {
+      // A hidden temporary, kept written until it is renamed to a bag's name
+      // or removed (rename_hidden, unlink); it stays in uploads_ meanwhile.
       lock.unlock();
-      delete &handle_of(fi);
-      fuse_reply_err(req, 0);
-      return;
-    }
-    lock.unlock();
-    forget_upload(*upload);
-    lock.lock();
-    // The opener never closed it last itself (another thread or process
-    // did): the last close publishes. Nobody can be told of a failure now.
-    // But not if a close could not be inspected and the opener is gone: it
-    // may have been killed mid-write (its own close was that one).
-    if (upload->writer &&
-        !publish_at_release(upload->uninspected_close, process_alive(upload->opener))) {
-      abandon(*upload, EIO);
-      log(upload->name + ": not published: its writer (pid " + std::to_string(upload->opener) +
-          ") is gone and its close could not be inspected, so it may have been killed mid-write");
-    }
-    if (upload->writer && upload->hidden) abandon(*upload, EIO);
-    if (upload->writer) {
-      try {
-        commit_upload(*upload, store_.bag_path(upload->name));
-      } catch (const std::exception& e) {
-        log(upload->name + ": not published: " + e.what());
+    } else {
+      lock.unlock();
+      forget_upload(*upload);
+      lock.lock();
+      if (upload->writer && action == AtRelease::kAbandon) {
+        abandon(*upload, EIO);
+        log(upload->name + ": not published: its writer (pid " + std::to_string(upload->opener) +
+            ") is gone and its close could not be inspected, so it may have been killed "
+            "mid-write");
+      }
+      // Nobody can be told of a failure now.
+      if (upload->writer) {
+        try {
+          commit_upload(*upload, store_);
+        } catch (const std::exception& e) {
+          log(upload->name + ": not published: " + e.what());
+        } catch (const Errno& e) {
+          log(upload->name + ": not published: " + std::strerror(e.value));
+        }
       }
     }
   }
@@ -1204,20 +628,7 @@ void StoreFs::rename_hidden(fuse_req_t req, const std::string& name, const std::
     std::lock_guard lock(upload->mutex);
     if (upload->error != 0) fail(upload->error);
     if (!upload->writer) fail(ENOENT);
-    try {
-      upload->writer->commit_as(new_name, !(flags & RENAME_NOREPLACE));
-    } catch (const Error& e) {
-      if (e.sys_errno() == EEXIST) fail(EEXIST);  // RENAME_NOREPLACE: the temporary stays
-      abandon(*upload, errno_for(e));
-      throw;
-    }
-    upload->name = new_name;
-    upload->hidden = false;
-    upload->published = true;
-    upload->writer.reset();
-    const std::string path = store_.bag_path(new_name);
-    if (upload->times) (void)::utimensat(AT_FDCWD, path.c_str(), upload->times->data(), 0);
-    if (upload->mode_set) (void)::chmod(path.c_str(), upload->mode);
+    commit_upload(*upload, store_, new_name, !(flags & RENAME_NOREPLACE));
   }
   forget_upload(*upload);
   fuse_reply_err(req, 0);
@@ -1311,34 +722,6 @@ void StoreFs::statfs(fuse_req_t req) {
     if (::statvfs(store_.path().c_str(), &st) != 0) fail(errno);
     fuse_reply_statfs(req, &st);
   });
-}
-
-std::map<std::string, std::string> StoreFs::xattrs(const Node& node) {
-  std::map<std::string, std::string> attrs;
-  if (node.kind == NodeKind::kBag && node.upload == 0) {
-    std::unique_ptr<BagFile> bag = open_bag_version(store_.bag_path(node.name));
-    if (bag->identity() != node.identity) fail(ESTALE);
-    const BagInfo& info = bag->info;
-    // Named by the algorithm, so that a tool knows what it compares with:
-    // user.sheaf.xxh128 (xxhsum -H2 of the payload) or, format 1, user.sheaf.xxh64.
-    attrs[info.checksum.algorithm == BagChecksum::Algorithm::kXxh64 ? "user.sheaf.xxh64"
-                                                                    : "user.sheaf.xxh128"] =
-        info.checksum.hex();
-    attrs["user.sheaf.created"] = std::to_string(info.created_ns);
-    if (!info.element_type.empty()) {
-      attrs["user.sheaf.type"] = info.element_type;
-      attrs["user.sheaf.element_size"] = std::to_string(info.element_size);
-    }
-    for (const auto& [key, value] : info.tags) attrs["user.sheaf.tag." + key] = value;
-  } else if (node.kind == NodeKind::kObject) {
-    std::optional<ObjectInfo> object = heaps_.get(node.heap)->object(node.name);
-    if (!object || object_identity(*object) != node.identity) fail(ESTALE);
-    attrs["user.sheaf.type"] = object->type;
-    attrs["user.sheaf.count"] = std::to_string(object->count);
-    attrs["user.sheaf.offset"] = std::to_string(object->offset);
-    attrs["user.sheaf.serial"] = std::to_string(object->serial);
-  }
-  return attrs;
 }
 
 namespace {

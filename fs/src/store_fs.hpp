@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 
+#include "heap_cache.hpp"
 #include "listing_watch.hpp"
 #include "node_table.hpp"
 #include "sheaf/heap.hpp"
@@ -28,25 +29,6 @@
 #include "sheaf/store.hpp"
 
 namespace sheaf::fs {
-
-// Heaps of the store, opened on first use and kept open.
-class HeapCache {
- public:
-  explicit HeapCache(const Store& store) : store_(store) {}
-  // The heap `name`, with its file's current stat. Throws Error(kNotFound)
-  // when the store has no such heap.
-  std::shared_ptr<Heap> get(const std::string& name, struct stat* file_stat = nullptr);
-
- private:
-  struct Entry {
-    std::shared_ptr<Heap> heap;
-    dev_t dev = 0;
-    ino_t ino = 0;
-  };
-  const Store& store_;
-  std::mutex mutex_;
-  std::map<std::string, Entry> heaps_;
-};
 
 struct BagUpload;
 
