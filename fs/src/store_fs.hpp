@@ -3,13 +3,20 @@
 // request, each replying exactly once.
 //
 // What each path is and what each operation does to it is in
-// sheaf/mount.hpp and docs/fs.md; this file is the machinery:
-//  - NodeTable gives every file a stable inode number;
-//  - HeapCache keeps each heap open while the mount lives (a session on it),
-//    reopening it when its file is replaced;
-//  - a Handle per open file: an object, a generated info text, a bag being
-//    read (its file descriptor, so a replaced bag keeps serving the old
-//    bytes), or a bag being written (a BagWriter that commits on close).
+// sheaf/mount.hpp and docs/fs.md. The machinery, one concern per file:
+//  - store_fs.cpp: the request handlers and the operation table;
+//  - request.hpp, errors.hpp: how a handler fails (an errno or an Error)
+//    and how that becomes its reply;
+//  - tree.cpp (names.hpp): which node a name is, its attributes, how long
+//    the kernel may keep them, listings and extended attributes;
+//  - node_table.hpp: a stable inode number for every node;
+//  - heap_cache.hpp: each heap opened once and kept open while the mount
+//    lives, reopened when its file is replaced;
+//  - handles.hpp: what an open file is: an object, an info text, a bag being
+//    read (bag_version.hpp: its descriptor, so a replaced bag keeps serving
+//    the old bytes), or a bag being written (bag_upload.hpp: the writer and
+//    the policy that decides which close publishes it; closer.hpp: who closes);
+//  - listing_watch.hpp: keeps the attributes a listing gave the kernel true.
 #pragma once
 
 #include <fuse3/fuse_lowlevel.h>
