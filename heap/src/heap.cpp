@@ -82,10 +82,6 @@ Heap::Impl::~Impl() {
   if (direct_fd >= 0) ::close(direct_fd);
 }
 
-bool Heap::Impl::forked() const {
-  return fork_epoch != registry::fork_epoch();
-}
-
 Heap::Heap(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Heap::Heap(Heap&&) noexcept = default;
 Heap& Heap::operator=(Heap&& other) noexcept {

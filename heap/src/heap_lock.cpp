@@ -56,6 +56,11 @@ struct CountedSection {
 };
 thread_local std::vector<CountedSection> counted_sections;
 
+// How many sections (of any heap) this thread is inside: 0 almost always,
+// and then held_by_this_thread() answers from this one word. Raised where
+// owner_tid is set or a counted section begins, lowered where they end.
+thread_local int sections_held = 0;
+
 CountedSection* counted_section(const Heap::Impl* heap) {
   for (CountedSection& section : counted_sections) {
     if (section.heap == heap) return &section;
@@ -66,6 +71,7 @@ CountedSection* counted_section(const Heap::Impl* heap) {
 }  // namespace
 
 bool Heap::Impl::held_by_this_thread() const {
+  if (sections_held == 0) return false;
   return owner_tid.load(std::memory_order_relaxed) == this_thread_id() ||
          (!counted_sections.empty() && counted_section(this) != nullptr);
 }
@@ -247,6 +253,7 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     counted_sections.reserve(counted_sections.size() + 1);  // no bad_alloc after counting in
     if (enter_counted()) {
       counted_sections.push_back({this, 1});
+      ++sections_held;
       return;
     }
   }
@@ -270,6 +277,7 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     lock_network(exclusive, timeout_ns);
   }
   owner_tid.store(this_thread_id(), std::memory_order_relaxed);
+  ++sections_held;
   depth = 1;
   outer_exclusive = exclusive;
   held_lock();  // from here on this thread is inside (the analysis: see impl.hpp)
@@ -313,6 +321,7 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
     __atomic_add_fetch(&state().readers[session_slot], 1, __ATOMIC_SEQ_CST);
     release();
     counted_sections.push_back({this, 1});
+    ++sections_held;
   }
 }
 
@@ -448,11 +457,15 @@ int Heap::Impl::release() noexcept {
     if (--section->depth == 0) {
       if (!in_child) leave_counted();
       counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
+      --sections_held;
     }
     return 0;
   }
   if (in_child) {
-    if (--depth == 0) owner_tid.store(0, std::memory_order_relaxed);
+    if (--depth == 0) {
+      owner_tid.store(0, std::memory_order_relaxed);
+      --sections_held;
+    }
     return 0;
   }
   if (--depth > 0) return 0;
@@ -466,6 +479,7 @@ int Heap::Impl::release() noexcept {
     disown_undo_log();
   }
   owner_tid.store(0, std::memory_order_relaxed);
+  --sections_held;
   if (mode == LockMode::kLocal) {
     // A reader that waited on the mutex lifts the bar (a writer leaves it up
     // for the next writer: bar_readers()), as does anyone who held the

@@ -33,6 +33,10 @@
 
 namespace sheaf {
 
+namespace registry {
+extern std::atomic<std::uint64_t> fork_epoch_counter;  // registry.hpp: raised in a forked child
+}  // namespace registry
+
 // The one way block headers and State::size change: a single aligned store
 // that a process killed at any instant has either made or not, and that
 // (release) no earlier store of this thread can be reordered after.
@@ -123,7 +127,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   [[noreturn]] void throw_outgrown(const char* what) const;
   // True in a child process forked after this heap was opened: nothing of
   // the parent's lock state, sessions or caches is ours to touch there.
-  bool forked() const;
+  bool forked() const {  // inline: every public call checks
+    return fork_epoch != registry::fork_epoch_counter.load(std::memory_order_relaxed);
+  }
 
   template <class T = void>
   T* at(std::uint64_t offset) const {
