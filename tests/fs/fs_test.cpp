@@ -35,6 +35,7 @@
 #include <sys/xattr.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cinttypes>
@@ -1425,6 +1426,38 @@ TEST_F(FsTest, RsyncIntoBagsWithTemporariesAndInPlace) {
   EXPECT_EQ(error_of(::stat(bag(".three.AbC123").c_str(), &st)), ENOENT);
   EXPECT_EQ(store_->bag_names(), (std::vector<std::string>{"one", "two"}));
   EXPECT_TRUE(wait_until([&] { return tmp_entries().empty(); })) << joined(tmp_entries());
+}
+
+// A bag file cut short in the store while the mount reads its header (for
+// a lookup or a listing) must not kill the server: headers are read with
+// pread, never through a mapping, where a page past the new end is SIGBUS.
+// One thread truncates and restores the file, another looks it up, bounded.
+TEST_F(FsTest, ABagTruncatedWhileItsHeaderIsReadDoesNotKillTheServer) {
+  const std::string payload = random_bytes(64 * kKiB, 51);
+  store_->put_bag("t", as_bytes(payload));
+  start_mount();
+  const std::string file = store_->bag_path("t");
+  const std::vector<char> whole = read_file(file);
+  std::atomic<bool> stop{false};
+  std::thread cutter([&] {
+    for (int i = 0; i < 2000 && !stop; ++i) {
+      if (::truncate(file.c_str(), 0) != 0) break;
+      std::ofstream(file, std::ios::binary | std::ios::trunc).write(whole.data(), whole.size());
+    }
+  });
+  int answered = 0;
+  for (int i = 0; i < 2000; ++i) {
+    struct stat st {};
+    ::stat(bag("t").c_str(), &st);  // found, refused (EIO) or gone: any answer but a dead server
+    ++answered;
+  }
+  stop = true;
+  cutter.join();
+  EXPECT_EQ(answered, 2000);
+  // The server lives and serves the restored bag.
+  EXPECT_EQ(sh("ls " + q(bags_dir())).out, "t\n");
+  EXPECT_TRUE(bag_holds("t", payload));
+  EXPECT_EQ(sh("cat " + q(bag("t")) + " | wc -c").out, std::to_string(payload.size()) + "\n");
 }
 
 TEST_F(FsTest, AppendingToABagIsRefused) {
