@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "frame.hpp"
 #include "sheaf/containers.hpp"
 #include "sheaf/heap.hpp"
 #include "sheaf/store.hpp"
@@ -28,7 +29,7 @@ void write_seed(const std::string& path, const std::string& seed) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR (with heap/ and bag/ in it)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s CORPUS_DIR (with heap/, bag/ and frames/ in it)\n", argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -58,5 +59,28 @@ int main(int argc, char** argv) {
     write_seed(store.bag_path(name), dir + "/bag/" + name + ".seed");
   }
   std::system(("rm -rf '" + store_dir + "'").c_str());
+
+  // A stream of message frames: a send with bytes, a heap reference, a ping.
+  // (First byte: the harness's piece size.)
+  std::string stream(1, '\x07');
+  auto append = [&](sheaf::msg::FrameHeader header, std::span<const std::byte> payload) {
+    header.payload_bytes = static_cast<std::uint32_t>(payload.size());
+    const auto bytes = sheaf::msg::encode_header(header);
+    stream.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    stream.append(reinterpret_cast<const char*>(payload.data()), payload.size());
+  };
+  sheaf::msg::FrameHeader send;
+  send.type = sheaf::msg::FrameType::kSend;
+  send.channel = 3;
+  send.request_id = 1;
+  const std::string text = "hello";
+  append(send, std::as_bytes(std::span(text)));
+  sheaf::msg::FrameHeader ref = send;
+  ref.flags = sheaf::msg::kFlagHeapRef;
+  ref.request_id = 2;
+  const auto heap_ref = sheaf::msg::encode_heap_ref({{}, 4096, 64, 9});
+  append(ref, heap_ref);
+  append(sheaf::msg::FrameHeader{}, {});
+  std::ofstream(dir + "/frames/stream.seed", std::ios::binary) << stream;
   return 0;
 }
