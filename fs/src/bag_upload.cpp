@@ -3,11 +3,28 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <vector>
 
 #include "errors.hpp"
 
 namespace sheaf::fs {
+
+void copy_old_bytes(BagUpload& upload, std::uint64_t size,
+                    const std::function<bool()>& interrupted) {
+  if (!upload.old) return;
+  const std::uint64_t end = std::min(size, upload.old_size);
+  std::vector<std::byte> buffer;
+  for (std::uint64_t at = upload.writer->written(); at < end;) {
+    if (interrupted && interrupted()) fail(EINTR);
+    buffer.resize(static_cast<std::size_t>(std::min<std::uint64_t>(end - at, 1 << 20)));
+    const std::size_t got = upload.old->read(buffer, at);
+    if (got == 0) fail(EIO);  // the old version is shorter than its header said
+    upload.writer->write(std::span(buffer.data(), got));
+    at += got;
+  }
+}
 
 void abandon(BagUpload& upload, int error) {
   upload.writer.reset();  // removes the temporary file
@@ -37,13 +54,9 @@ void commit_upload(BagUpload& upload, const Store& store,
     apply_attributes(upload, path);
     return;
   }
-  if (upload.in_place && !upload.size_set && upload.writer->written() < upload.old_size) {
-    // Part of the bag rewritten in place: what follows it is not in the new
-    // version, and a bag cut short must not replace the old one.
-    abandon(upload, EPERM);
-    fail(EPERM);
-  }
   try {
+    // Part of the bag rewritten in place: the rest is the old version's.
+    if (upload.in_place && !upload.size_set) copy_old_bytes(upload, upload.old_size, {});
     if (new_name) {
       upload.writer->commit_as(*new_name, replace);
     } else {

@@ -18,10 +18,13 @@
 #include <array>
 #include <cstdint>
 #include <ctime>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 
+#include "bag_version.hpp"
 #include "closer.hpp"
 #include "sheaf/bag.hpp"
 #include "sheaf/store.hpp"
@@ -51,14 +54,24 @@ struct BagUpload {
   // bag, kept after its close, and published only when it is renamed to a
   // bag name (or dropped when it is removed or the mount ends).
   bool hidden = false;
-  // Opened for writing without O_TRUNC (rsync --inplace): a new version of
-  // the bag, written from its start, published only if it is whole: written
-  // or sized (ftruncate) at least to `old_size`, so a partial in-place edit
-  // never publishes a bag cut short.
+  // Opened for writing without O_TRUNC (rsync --inplace, dd conv=notrunc,
+  // truncate): a new version of the bag, written front to back, in which
+  // every byte the writer skips (a seek past it, a size set past it, or the
+  // rest at close) is the old version's byte there, read from `old`, and
+  // zero past its end. A write behind what was written is ESPIPE and
+  // abandons the upload.
   bool in_place = false;
+  std::unique_ptr<BagFile> old;  // the version being rewritten (in_place)
   std::uint64_t old_size = 0;
-  bool size_set = false;
+  bool size_set = false;  // a size was set (ftruncate): the new version ends there
+  bool released = false;  // the last descriptor is gone (a hidden one may be renamed)
 };
+
+// In place: copies the old version's bytes from what was written up to
+// `size` (at most the old size) into the writer; `interrupted` is asked
+// between slices. The caller abandons the upload if this throws.
+void copy_old_bytes(BagUpload& upload, std::uint64_t size,
+                    const std::function<bool()>& interrupted);
 
 // Abandons the upload for good: nothing of it is ever published, and every
 // later write and close reports `error`. Called with its mutex held.

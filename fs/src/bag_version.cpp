@@ -17,6 +17,19 @@ std::uint64_t BagFile::identity() const {
   return hash == 0 ? 1 : hash;  // 0 means "a bag being written"
 }
 
+std::size_t BagFile::read(std::span<std::byte> out, std::uint64_t offset) const {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done,
+                              static_cast<off_t>(header_bytes + offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(errno);
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  return done;
+}
+
 std::unique_ptr<BagFile> open_bag_version(const std::string& path) {
   auto bag = std::make_unique<BagFile>();
   bag->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "sheaf/bag.hpp"
@@ -34,6 +35,9 @@ struct BagFile {
   // not. (Not the file's mtime: `touch` and `tar x` set it, and the bytes
   // stay the same.)
   std::uint64_t identity() const;
+  // Payload bytes from `offset` into `out`; fewer only at the file's end.
+  // Fails the request with the errno of a failed read.
+  std::size_t read(std::span<std::byte> out, std::uint64_t offset) const;
 };
 
 // Opens the bag file at `path` and reads its header (pread, never a mapping:

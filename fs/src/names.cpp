@@ -1,5 +1,7 @@
 #include "names.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 
 #include "errors.hpp"
@@ -16,7 +18,24 @@ int name_errno(const std::string& name, int otherwise) {
 }
 
 bool hidden_upload_name(const std::string& name) {
-  return name.size() > 1 && name[0] == '.' && valid_name(name.substr(1));
+  // '.', NAME, '.', six letters or digits: what rsync and mkstemp make.
+  constexpr std::size_t kSuffix = 6;
+  if (name.size() < 2 + kSuffix + 1 || name.size() > 255 || name[0] != '.' || name[1] == '.' ||
+      name[name.size() - kSuffix - 1] != '.') {
+    return false;
+  }
+  for (std::size_t i = name.size() - kSuffix; i < name.size(); ++i) {
+    if (!std::isalnum(static_cast<unsigned char>(name[i]))) return false;
+  }
+  for (std::size_t i = 1; i < name.size() - kSuffix - 1; ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    if (!std::isalnum(c) && c != '.' && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
+std::string hidden_upload_writer_name(const std::string& name) {
+  return name.substr(1, std::min<std::size_t>(name.size() - 1, Store::kMaxNameLength));
 }
 
 bool valid_name(const std::string& name) {

@@ -21,9 +21,14 @@ bool valid_name(const std::string& name);
 // The errno for a name the store's rules refuse: ENAMETOOLONG for one too
 // long (tools say "File name too long"), else `otherwise`.
 int name_errno(const std::string& name, int otherwise);
-// Whether `name` is a hidden temporary in bags/: a dot, then what would be a
-// bag's name (rsync's ".NAME.XXXXXX", mkstemp's ".NAME.XXXXXX" of other tools).
+// Whether `name` is a hidden temporary in bags/: ".NAME.XXXXXX" (a dot, a
+// name of the bag rules' characters, a dot, six letters or digits), as rsync
+// and mkstemp make them; up to the kernel's 255 bytes. Other dot names are
+// refused, so that a dotfile is never taken in and silently dropped.
 bool hidden_upload_name(const std::string& name);
+// The name a hidden temporary's writer goes by until it is renamed: a valid
+// bag name (it only names the temporary file in the store's tmp/).
+std::string hidden_upload_writer_name(const std::string& name);
 
 // stat(2) of a path, or the request fails with its errno.
 struct stat stat_path(const std::string& path);

@@ -164,9 +164,16 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
     constexpr int kSettable =
         kTimes | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID;
     if ((to_set & ~kSettable) != 0) fail(EPERM);
-    // Bags are data: read and write bits only (no execute, set-id or sticky).
-    const bool data_mode = (wanted->st_mode & 07777 & ~0666) == 0;
-    if (std::shared_ptr<BagUpload> upload = upload_for(ino, fi)) {
+    // Bags are data: a mode keeps its read and write bits; execute, set-id
+    // and sticky bits are dropped (rsync -a and install -m 755 of programs).
+    std::shared_ptr<BagUpload> upload = upload_for(ino, fi);
+    // A new version being written in place has the bag's inode: a change by
+    // path from another process is about the bag as it is, not that upload.
+    if (upload && fi == nullptr && upload->in_place &&
+        process_of(fuse_req_ctx(req)->pid) != upload->opener) {
+      upload = nullptr;
+    }
+    if (upload) {
       std::unique_lock lock(upload->mutex);
       if (!upload->published) {
         // A mode is kept, and given to the bag's file when it is published
@@ -174,7 +181,6 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
         const struct stat now = file_attr(store_stat_, 0, wanted->st_mode & 0666);
         require_same_mode_and_owner(now, *wanted, to_set & ~FUSE_SET_ATTR_MODE);
         if (to_set & FUSE_SET_ATTR_MODE) {
-          if (!data_mode) fail(EPERM);
           upload->mode = wanted->st_mode & 0666;
           upload->mode_set = true;
         }
@@ -195,7 +201,7 @@ void StoreFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* wanted, int t
     struct stat attr = attributes(node, ino);
     // A bag's mode is its file's (read and write bits: bags are data); an
     // object's is its heap's, shared with every other object.
-    const bool bag_mode = node.kind == NodeKind::kBag && (to_set & FUSE_SET_ATTR_MODE) && data_mode;
+    const bool bag_mode = node.kind == NodeKind::kBag && (to_set & FUSE_SET_ATTR_MODE);
     require_same_mode_and_owner(attr, *wanted, bag_mode ? to_set & ~FUSE_SET_ATTR_MODE : to_set);
     if (bag_mode && ::chmod(store_.bag_path(node.name).c_str(), wanted->st_mode & 0666) != 0) {
       fail(errno);
@@ -290,7 +296,8 @@ void StoreFs::releasedir(fuse_req_t req, fuse_file_info* fi) {
 }
 
 std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t mode,
-                                                 pid_t opener_thread, bool replace) {
+                                                 pid_t opener_thread, bool replace,
+                                                 std::unique_ptr<BagFile> old, bool keep_mode) {
   auto upload = std::make_shared<BagUpload>();
   upload->name = name;
   upload->hidden = hidden_upload_name(name);
@@ -298,7 +305,17 @@ std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t
   upload->opener = process_of(opener_thread);  // it is in open(): no exec can block this
   BagWriteOptions write_options;
   write_options.replace = replace;  // O_EXCL: the publishing rename must not replace
+  if (old) {
+    // A new version in place: of the same type, with the same tags.
+    write_options.element_type = old->info.element_type;
+    write_options.element_size = old->info.element_size;
+    write_options.tags = old->info.tags;
+    upload->in_place = true;
+    upload->old_size = old->info.size;
+    upload->old = std::move(old);
+  }
   upload->mode = mode;
+  upload->mode_set = keep_mode;  // a rewritten bag keeps its mode
   ::clock_gettime(CLOCK_REALTIME, &upload->created);
   // Checked and registered under one lock, so of two exclusive creates of
   // one name racing here, exactly one goes on.
@@ -314,7 +331,8 @@ std::shared_ptr<BagUpload> StoreFs::start_upload(const std::string& name, mode_t
     }
   }
   // A hidden one's writer goes by the name without its dot until renamed.
-  upload->writer.emplace(store_.create_bag(upload->hidden ? name.substr(1) : name, write_options));
+  upload->writer.emplace(
+      store_.create_bag(upload->hidden ? hidden_upload_writer_name(name) : name, write_options));
   uploads_[upload->serial] = upload;
   return upload;
 }
@@ -345,7 +363,10 @@ void StoreFs::extend(fuse_req_t req, BagUpload& upload, std::uint64_t size) {
   if (upload.error != 0) fail(upload.error);
   if (!upload.writer) fail(EPERM);  // published already
   const std::uint64_t written = upload.writer->written();
-  if (size < written) fail(ESPIPE);  // written front to back
+  if (size < written) {
+    abandon(upload, ESPIPE);  // written front to back: what it holds is no longer what was asked
+    fail(ESPIPE);
+  }
   if (size == written) return;
   struct statvfs fs {};
   if (::statvfs(store_.path().c_str(), &fs) == 0 &&
@@ -354,7 +375,9 @@ void StoreFs::extend(fuse_req_t req, BagUpload& upload, std::uint64_t size) {
   }
   constexpr std::uint64_t kSlice = 256 << 20;
   try {
-    for (std::uint64_t at = written; at < size; at += std::min(kSlice, size - at)) {
+    copy_old_bytes(upload, size, [&] { return fuse_req_interrupted(req) != 0; });
+    for (std::uint64_t at = upload.writer->written(); at < size;
+         at += std::min(kSlice, size - at)) {
       if (fuse_req_interrupted(req)) fail(EINTR);
       upload.writer->skip_zeros(std::min(kSlice, size - at));
     }
@@ -393,16 +416,19 @@ void StoreFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       }
       case NodeKind::kBag: {
         if (writing) {
-          // Bags are immutable: a write makes a whole new version. Without
-          // O_TRUNC (rsync --inplace), it must be written whole to be kept.
+          // Bags are immutable: a write makes a whole new version, with the
+          // bag's mode. Without O_TRUNC (rsync --inplace, dd conv=notrunc)
+          // what the writer skips is the old version's (bag_upload.hpp).
           if (fi->flags & O_APPEND) fail(EPERM);
           const struct stat attr = attributes(node, ino);
-          std::shared_ptr<BagUpload> upload =
-              start_upload(node.name, attr.st_mode, fuse_req_ctx(req)->pid, true);
+          std::unique_ptr<BagFile> old;
           if (!(fi->flags & O_TRUNC)) {
-            upload->in_place = true;
-            upload->old_size = static_cast<std::uint64_t>(attr.st_size);
+            old = open_bag_version(store_.bag_path(node.name));
+            if (old->identity() != node.identity) fail(ESTALE);  // replaced meanwhile
           }
+          std::shared_ptr<BagUpload> upload =
+              start_upload(node.name, attr.st_mode & 0666, fuse_req_ctx(req)->pid, true,
+                           std::move(old), /*keep_mode=*/true);
           set_upload_inode(*upload, ino);
           handle->file = std::move(upload);
           fi->direct_io = 1;
@@ -573,6 +599,7 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
     std::unique_lock lock(upload->mutex);
     const AtRelease action =
         upload->writer ? at_release(*upload, process_alive(upload->opener)) : AtRelease::kPublish;
+    upload->released = true;
     if (upload->writer && action == AtRelease::kKeep) {
       // A hidden temporary, kept written until it is renamed to a bag's name
       // or removed (rename_hidden, unlink); it stays in uploads_ meanwhile.
@@ -628,6 +655,8 @@ void StoreFs::rename_hidden(fuse_req_t req, const std::string& name, const std::
     std::lock_guard lock(upload->mutex);
     if (upload->error != 0) fail(upload->error);
     if (!upload->writer) fail(ENOENT);
+    // Its writer may still add to it: published now, it would be cut short.
+    if (!upload->released) fail(EBUSY);
     commit_upload(*upload, store_, new_name, !(flags & RENAME_NOREPLACE));
   }
   forget_upload(*upload);
@@ -680,6 +709,15 @@ void StoreFs::unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     } else if (parent_node.kind == NodeKind::kBagsDir) {
       if (!valid_name(name)) fail(ENOENT);
       removed = store_.remove_bag(name);
+      // A bag being written under that name goes too, as a file being
+      // written does when it is removed: it will never be published.
+      std::lock_guard lock(uploads_mutex_);
+      for (const auto& [serial, upload] : uploads_) {
+        std::lock_guard upload_lock(upload->mutex);
+        if (upload->name != name || upload->hidden || !upload->writer) continue;
+        abandon(*upload, ENOENT);
+        removed = true;
+      }
     } else if (parent_node.kind == NodeKind::kObjectsDir) {
       const std::optional<std::string> object_name = object_name_of(name);
       if (!object_name) fail(ENOENT);

@@ -38,6 +38,7 @@
 namespace sheaf::fs {
 
 struct BagUpload;
+struct BagFile;
 
 class StoreFs {
  public:
@@ -104,8 +105,10 @@ class StoreFs {
   std::shared_ptr<BagUpload> hidden_upload(const std::string& name);
   void rename_hidden(fuse_req_t req, const std::string& name, const std::string& new_name,
                      unsigned int flags);
+  // A bag being written: new, or a new version of one (`old`: in place).
   std::shared_ptr<BagUpload> start_upload(const std::string& name, mode_t mode, pid_t opener_thread,
-                                          bool replace);
+                                          bool replace, std::unique_ptr<BagFile> old = nullptr,
+                                          bool keep_mode = false);
   struct stat upload_attributes(BagUpload& upload, fuse_ino_t ino);
   void extend(fuse_req_t req, BagUpload& upload, std::uint64_t size);
   void forget_upload(const BagUpload& upload);

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../heap_test_util.hpp"
+#include "bag_version.hpp"
 #include "errors.hpp"
 #include "sheaf/store.hpp"
 
@@ -96,44 +97,49 @@ TEST_F(UploadTest, CommitPublishesAndAbandonLeavesNothing) {
   EXPECT_TRUE(std::filesystem::is_empty(dir / "store/tmp"));
 }
 
-TEST_F(UploadTest, AnInPlaceRewriteIsPublishedOnlyWhole) {
-  store.put_bag("b", bytes_of("the old version"));
-  // Part of it rewritten: refused, the old bag stays.
-  start("b", "THE");
-  upload.in_place = true;
-  upload.old_size = 15;
-  try {
-    commit_upload(upload, store);
-    ADD_FAILURE() << "a partial in-place rewrite was published";
-  } catch (const Errno& e) {
-    EXPECT_EQ(e.value, EPERM);
-  }
-  EXPECT_EQ(upload.error, EPERM);
-  EXPECT_EQ(payload_of("b"), "the old version");
+// What an in-place writer skips is the old version's: a part rewritten
+// keeps the rest, a size past the old end adds zeros, and nothing written
+// at all leaves the bag as it was (touch), with the times asked for.
+TEST_F(UploadTest, AnInPlaceRewriteKeepsWhatItSkips) {
+  const std::string old_bytes = "the old version";
+  store.put_bag("b", bytes_of(old_bytes));
+  auto in_place = [&](BagUpload& u) {
+    u.name = "b";
+    u.old = open_bag_version(store.bag_path("b"));
+    u.in_place = true;
+    u.old_size = u.old->info.size;
+    u.writer.emplace(store.create_bag("b"));
+  };
+  BagUpload part;
+  in_place(part);
+  part.writer->write(bytes_of("THE"));
+  commit_upload(part, store);
+  EXPECT_EQ(payload_of("b"), "THE old version");
 
-  // Nothing written (touch): no new version, the times asked for are set.
-  BagUpload touched;
-  touched.name = "b";
-  touched.writer.emplace(store.create_bag("b"));
-  touched.in_place = true;
-  touched.old_size = 15;
+  BagUpload grown;  // a write past the end, as after lseek(SEEK_END)
+  in_place(grown);
+  copy_old_bytes(grown, 20, {});
+  EXPECT_EQ(grown.writer->written(), 15u);
+  grown.writer->skip_zeros(5);
+  grown.writer->write(bytes_of("!"));
+  commit_upload(grown, store);
+  EXPECT_EQ(payload_of("b"), std::string("THE old version") + std::string(5, '\0') + "!");
+
+  BagUpload shrunk;  // ftruncate to 3: the first 3 old bytes
+  in_place(shrunk);
+  copy_old_bytes(shrunk, 3, {});
+  shrunk.size_set = true;
+  commit_upload(shrunk, store);
+  EXPECT_EQ(payload_of("b"), "THE");
+
+  BagUpload touched;  // nothing written, a time set
+  in_place(touched);
   touched.times = std::array<timespec, 2>{timespec{0, UTIME_OMIT}, timespec{981173106, 0}};
   commit_upload(touched, store);
-  EXPECT_EQ(payload_of("b"), "the old version");
+  EXPECT_EQ(payload_of("b"), "THE");
   struct stat st {};
   ASSERT_EQ(::stat(store.bag_path("b").c_str(), &st), 0);
   EXPECT_EQ(st.st_mtim.tv_sec, 981173106);
-
-  // Written whole, or sized with ftruncate: published.
-  BagUpload whole;
-  whole.name = "b";
-  whole.writer.emplace(store.create_bag("b"));
-  whole.in_place = true;
-  whole.old_size = 15;
-  whole.writer->write(bytes_of("short"));
-  whole.size_set = true;
-  commit_upload(whole, store);
-  EXPECT_EQ(payload_of("b"), "short");
 }
 
 TEST_F(UploadTest, AHiddenTemporaryIsPublishedUnderItsNewName) {

@@ -1406,13 +1406,13 @@ TEST_F(FsTest, RsyncIntoBagsWithTemporariesAndInPlace) {
   EXPECT_EQ(inplace.status, 0) << inplace;
   EXPECT_TRUE(bag_holds("one", "short"));
 
-  // Part of a bag rewritten in place, not sized: close fails, the bag stays.
+  // Part of a bag rewritten in place: the rest is the old version's, as in
+  // any file (rsync --inplace --no-whole-file, dd conv=notrunc).
   Fd partial(::open(bag("two").c_str(), O_WRONLY));
   ASSERT_TRUE(partial.ok()) << std::strerror(errno);
   ASSERT_EQ(::write(partial.get(), "TW", 2), 2);
-  EXPECT_EQ(partial.close(), -1);
-  EXPECT_EQ(errno, EPERM);
-  EXPECT_TRUE(bag_holds("two", "two, changed"));
+  EXPECT_EQ(partial.close(), 0) << std::strerror(errno);
+  EXPECT_TRUE(bag_holds("two", "TWo, changed"));
 
   // A temporary removed instead of renamed (rsync interrupted) leaves nothing.
   Fd temp(::open(bag(".three.AbC123").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600));
@@ -1460,6 +1460,110 @@ TEST_F(FsTest, ABagTruncatedWhileItsHeaderIsReadDoesNotKillTheServer) {
   EXPECT_EQ(sh("cat " + q(bag("t")) + " | wc -c").out, std::to_string(payload.size()) + "\n");
 }
 
+// Tools that rewrite a file in place (truncate, dd conv=notrunc, rsync's
+// delta transfer with --inplace, a seek to the end and a write) get a new
+// version of the bag in which what they skipped is the old version's bytes,
+// never zeros; the bag keeps its mode, type and tags. A size change by path
+// from another process while one rewrites is about the bag as it is.
+TEST_F(FsTest, InPlaceRewritesKeepWhatTheySkipAndTheBagsAttributes) {
+  start_mount();
+  ASSERT_EQ(sh("printf 'hello\\n' > " + q(bag("t"))).status, 0);
+  ASSERT_EQ(sh("truncate -s 20 " + q(bag("t"))).status, 0);
+  EXPECT_TRUE(bag_holds("t", "hello\n" + std::string(14, '\0')));
+  ASSERT_EQ(sh("truncate -s 3 " + q(bag("t"))).status, 0);
+  EXPECT_TRUE(bag_holds("t", "hel"));
+  ASSERT_EQ(sh("printf X | dd of=" + q(bag("t")) + " bs=1 seek=1 conv=notrunc status=none").status,
+            0);
+  EXPECT_TRUE(bag_holds("t", "hXl"));
+  ASSERT_EQ(sh("python3 -c 'import os,sys; f=os.open(sys.argv[1], os.O_WRONLY); "
+               "os.lseek(f, 0, os.SEEK_END); os.write(f, b\"!\"); os.close(f)' " +
+               q(bag("t")))
+                .status,
+            0);
+  EXPECT_TRUE(bag_holds("t", "hXl!"));
+
+  // rsync's delta transfer: only the changed block is written.
+  const std::string src = dir_ / "src";
+  std::filesystem::create_directories(src);
+  std::string big = random_bytes(300 * kKiB, 61);
+  write_string(src + "/d", big);
+  ASSERT_EQ(sh("rsync -a " + q(src + "/") + " " + q(bags_dir() + "/")).status, 0);
+  big.replace(150 * kKiB, 8, "CHANGED!");
+  write_string(src + "/d", big);
+  const ShellResult delta = sh("rsync -a --inplace --no-whole-file --ignore-times " + q(src + "/") +
+                               " " + q(bags_dir() + "/"));
+  EXPECT_EQ(delta.status, 0) << delta;
+  EXPECT_TRUE(bag_holds("d", big));
+
+  // A rewrite keeps the bag's mode; in place it keeps its type and tags too.
+  BagWriteOptions typed = BagWriteOptions::of<float>();
+  typed.tags = {{"owner", "ana"}};
+  const std::vector<float> values = {1, 2, 3, 4};
+  store_->put_bag("typed", std::as_bytes(std::span(values)), typed);
+  ASSERT_EQ(::chmod(bag("typed").c_str(), 0600), 0) << std::strerror(errno);
+  ASSERT_EQ(
+      sh("printf '\\0\\0\\0\\0' | dd of=" + q(bag("typed")) + " bs=1 conv=notrunc status=none")
+          .status,
+      0);
+  const BagInfo info = store_->bag_info("typed");
+  EXPECT_EQ(info.element_type, typed.element_type);
+  EXPECT_EQ(info.tags, typed.tags);
+  struct stat st {};
+  ASSERT_EQ(::stat(bag("typed").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(sh("printf new > " + q(bag("typed"))).status, 0);
+  ASSERT_EQ(::stat(bag("typed").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "a rewrite made the bag readable by others";
+
+  // While this process rewrites "t" in place, another truncates it by path
+  // (truncate(2), no descriptor): refused (the bag as it is cannot change
+  // size), and this rewrite is intact.
+  Fd writer(::open(bag("t").c_str(), O_WRONLY));
+  ASSERT_TRUE(writer.ok()) << std::strerror(errno);
+  const ShellResult by_path =
+      sh("python3 -c 'import os,sys; os.truncate(sys.argv[1], 0)' " + q(bag("t")));
+  EXPECT_NE(by_path.status, 0) << by_path;
+  ASSERT_EQ(::write(writer.get(), "H", 1), 1);
+  EXPECT_EQ(writer.close(), 0) << std::strerror(errno);
+  EXPECT_TRUE(bag_holds("t", "HXl!"));
+}
+
+// Dot names other than a tool's temporaries (".NAME.XXXXXX") are refused,
+// never taken in and dropped; rsync of the longest bag names works; a
+// temporary still open cannot be renamed; removing a bag being written
+// abandons it.
+TEST_F(FsTest, DotNamesLongNamesAndRemovalWhileWriting) {
+  start_mount();
+  EXPECT_EQ(open_error(bag(".dotfile"), O_CREAT | O_WRONLY | O_TRUNC), EINVAL);
+  EXPECT_NE(sh("printf x > " + q(bag(".other"))).status, 0);
+  const std::string src = dir_ / "src";
+  std::filesystem::create_directories(src);
+  const std::string longest(Store::kMaxNameLength, 'l');
+  write_string(src + "/" + longest, "long");
+  const ShellResult rsync = sh("rsync -a " + q(src + "/") + " " + q(bags_dir() + "/"));
+  EXPECT_EQ(rsync.status, 0) << rsync;
+  EXPECT_TRUE(bag_holds(longest, "long"));
+
+  Fd temp(::open(bag(".x.AbC123").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600));
+  ASSERT_TRUE(temp.ok()) << std::strerror(errno);
+  ASSERT_EQ(::write(temp.get(), "x", 1), 1);
+  EXPECT_EQ(error_of(::rename(bag(".x.AbC123").c_str(), bag("x").c_str())), EBUSY);
+  EXPECT_EQ(temp.close(), 0);
+  EXPECT_EQ(error_of(::rename(bag(".x.AbC123").c_str(), bag("x").c_str())), 0);
+  EXPECT_TRUE(bag_holds("x", "x"));
+
+  // A bag being rewritten, removed: both versions go (a new bag being
+  // written is not there to remove until it is published).
+  store_->put_bag("gone", as_bytes("old"));
+  Fd writing(::open(bag("gone").c_str(), O_WRONLY | O_TRUNC));
+  ASSERT_TRUE(writing.ok()) << std::strerror(errno);
+  ASSERT_EQ(::write(writing.get(), "g", 1), 1);
+  EXPECT_EQ(error_of(::unlink(bag("gone").c_str())), 0);
+  EXPECT_EQ(writing.close(), -1);
+  EXPECT_FALSE(store_->open_bag("gone").ok());
+  EXPECT_TRUE(wait_until([&] { return tmp_entries().empty(); })) << joined(tmp_entries());
+}
+
 TEST_F(FsTest, AppendingToABagIsRefused) {
   store_->put_bag("b", as_bytes("original"));
   start_mount();
@@ -1472,25 +1576,35 @@ TEST_F(FsTest, AppendingToABagIsRefused) {
 
 TEST_F(FsTest, BagsAreWrittenFrontToBackWithHolesAllowed) {
   start_mount();
-  Fd fd(::open(bag("w").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+  {
+    Fd fd(::open(bag("w").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    ASSERT_TRUE(fd.ok()) << std::strerror(errno);
+    const std::string a(8192, 'a');
+    ASSERT_EQ(::pwrite(fd.get(), a.data(), a.size(), 0), static_cast<ssize_t>(a.size()))
+        << std::strerror(errno);
+    // Forwards past a gap: a hole, read back as zeros.
+    const std::string c(4096, 'c');
+    ASSERT_EQ(::pwrite(fd.get(), c.data(), c.size(), 16384), static_cast<ssize_t>(c.size()))
+        << std::strerror(errno);
+    ASSERT_EQ(fd.close(), 0) << std::strerror(errno);
+    const std::string expected = a + std::string(8192, '\0') + c;
+    const std::optional<std::string> payload = bag_payload("w");
+    ASSERT_TRUE(payload.has_value());
+    EXPECT_TRUE(*payload == expected) << first_difference(*payload, expected);
+  }
+  // Backwards: refused with ESPIPE, and the bag is abandoned (the writer
+  // asked for bytes it cannot have): later writes and close fail, the bag
+  // that was there stays.
+  Fd fd(::open(bag("w").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
   ASSERT_TRUE(fd.ok()) << std::strerror(errno);
-  const std::string a(8192, 'a');
-  ASSERT_EQ(::pwrite(fd.get(), a.data(), a.size(), 0), static_cast<ssize_t>(a.size()))
-      << std::strerror(errno);
-  // Backwards: refused, and nothing written.
+  ASSERT_EQ(::pwrite(fd.get(), "zzzz", 4, 0), 4);
   errno = 0;
-  EXPECT_EQ(::pwrite(fd.get(), "zz", 2, 100), -1);
+  EXPECT_EQ(::pwrite(fd.get(), "zz", 2, 1), -1);
   EXPECT_EQ(errno, ESPIPE) << std::strerror(errno);
-  // Forwards past a gap: a hole, read back as zeros.
-  const std::string c(4096, 'c');
-  ASSERT_EQ(::pwrite(fd.get(), c.data(), c.size(), 16384), static_cast<ssize_t>(c.size()))
-      << std::strerror(errno);
-  ASSERT_EQ(fd.close(), 0) << std::strerror(errno);
-
-  const std::string expected = a + std::string(8192, '\0') + c;
-  const std::optional<std::string> payload = bag_payload("w");
-  ASSERT_TRUE(payload.has_value());
-  EXPECT_TRUE(*payload == expected) << first_difference(*payload, expected);
+  EXPECT_EQ(::pwrite(fd.get(), "zz", 2, 4), -1);
+  EXPECT_EQ(fd.close(), -1);
+  EXPECT_EQ(errno, ESPIPE) << std::strerror(errno);
+  EXPECT_EQ(bag_payload("w")->size(), 8192u + 8192u + 4096u);
 }
 
 TEST_F(FsTest, BadBagNamesAreRefused) {
@@ -1732,7 +1846,11 @@ TEST_F(FsTest, NewObjectsDirectoriesLinksAndChmodAreRefused) {
   EXPECT_EQ(error_of(::link(obj("h", "n").c_str(), obj("h", "n2").c_str())), EPERM);
   EXPECT_EQ(error_of(::symlink("b", bag("s").c_str())), EPERM);
   EXPECT_EQ(error_of(::symlink("n", obj("h", "s").c_str())), EPERM);
-  EXPECT_EQ(error_of(::chmod(bag("b").c_str(), 0777)), EPERM);
+  // A bag's mode keeps its read and write bits only.
+  EXPECT_EQ(error_of(::chmod(bag("b").c_str(), 0777)), 0);
+  struct stat bag_stat {};
+  ASSERT_EQ(::stat(bag("b").c_str(), &bag_stat), 0);
+  EXPECT_EQ(bag_stat.st_mode & 07777, 0666u);
   EXPECT_EQ(error_of(::chmod(obj("h", "n").c_str(), 0777)), EPERM);
   EXPECT_EQ(error_of(::chown(bag("b").c_str(), 12345, 12345)), EPERM);
 
