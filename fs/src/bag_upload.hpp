@@ -63,8 +63,9 @@ struct BagUpload {
   bool in_place = false;
   std::unique_ptr<BagFile> old;  // the version being rewritten (in_place)
   std::uint64_t old_size = 0;
-  bool size_set = false;  // a size was set (ftruncate): the new version ends there
-  bool released = false;  // the last descriptor is gone (a hidden one may be renamed)
+  bool size_set = false;     // a size was set (ftruncate): the new version ends there
+  bool released = false;     // the last descriptor is gone
+  bool writer_done = false;  // its opener closed its last descriptor of it (seen at a close)
 };
 
 // In place: copies the old version's bytes from what was written up to

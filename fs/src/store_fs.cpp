@@ -15,6 +15,7 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <thread>
 #include <variant>
 #include <vector>
 
@@ -576,6 +577,9 @@ void StoreFs::flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       const Closer closer = inspect_closer(fuse_req_ctx(req)->pid, ino, options_.closer_wait);
       std::lock_guard lock(upload->mutex);
       if (!closer.answered) upload->uninspected_close = true;
+      if (closer.answered && closer.process == upload->opener && !closer.holds_another) {
+        upload->writer_done = true;  // (its release may come later: it is asynchronous)
+      }
       if (upload->error != 0) fail(upload->error);  // close() reports what went wrong
       switch (at_flush(*upload, closer)) {
         case AtFlush::kAbandon:
@@ -652,11 +656,18 @@ void StoreFs::rename_hidden(fuse_req_t req, const std::string& name, const std::
   const std::shared_ptr<BagUpload> upload = hidden_upload(name);
   if (!upload) fail(ENOENT);
   {
-    std::lock_guard lock(upload->mutex);
+    std::unique_lock lock(upload->mutex);
+    // Its writer may still add to it: published now, it would be cut short.
+    // A writer that closed it but whose close could not be inspected is
+    // followed by the release, asynchronously and soon: wait for it a little.
+    for (int wait = 0; !upload->released && !upload->writer_done && wait < 200; ++wait) {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      lock.lock();
+    }
     if (upload->error != 0) fail(upload->error);
     if (!upload->writer) fail(ENOENT);
-    // Its writer may still add to it: published now, it would be cut short.
-    if (!upload->released) fail(EBUSY);
+    if (!upload->released && !upload->writer_done) fail(EBUSY);
     commit_upload(*upload, store_, new_name, !(flags & RENAME_NOREPLACE));
   }
   forget_upload(*upload);
