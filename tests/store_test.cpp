@@ -960,8 +960,8 @@ TEST(BagWrite, AbandonedWriterLeavesNothingAndKeepsTheOldBag) {
 
 // Regression (was a bug): commit() accepts a typed payload whose size is not a multiple of the
 // element size and writes a header that parse_bag_header refuses ("element size 4 for 7 bytes",
-// parse_bag_header in heap/src/bags/bag.cpp), so the put succeeds, the previous bag of that name is replaced, and
-// the new one can never be opened.
+// parse_bag_header in heap/src/bags/bag.cpp), so the put succeeds, the previous bag of that name is
+// replaced, and the new one can never be opened.
 TEST(BagWrite, TypedPayloadOfAPartialElementIsRefusedNotCommitted) {
   TempDir dir;
   Store store = Store::init(dir / "s").value();

@@ -34,8 +34,8 @@
 #include <thread>
 #include <vector>
 
-#include "bag_impl.hpp"
 #include "../posix.hpp"
+#include "bag_impl.hpp"
 
 namespace sheaf {
 namespace {

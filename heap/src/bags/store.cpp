@@ -12,8 +12,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "bag_impl.hpp"
 #include "../posix.hpp"
+#include "bag_impl.hpp"
 
 namespace sheaf {
 namespace {
