@@ -1445,15 +1445,12 @@ TEST_F(FsTest, ABagTruncatedWhileItsHeaderIsReadDoesNotKillTheServer) {
       std::ofstream(file, std::ios::binary | std::ios::trunc).write(whole.data(), whole.size());
     }
   });
-  int answered = 0;
   for (int i = 0; i < 2000; ++i) {
     struct stat st {};
     ::stat(bag("t").c_str(), &st);  // found, refused (EIO) or gone: any answer but a dead server
-    ++answered;
   }
   stop = true;
   cutter.join();
-  EXPECT_EQ(answered, 2000);
   // The server lives and serves the restored bag.
   EXPECT_EQ(sh("ls " + q(bags_dir())).out, "t\n");
   EXPECT_TRUE(bag_holds("t", payload));
@@ -1475,11 +1472,13 @@ TEST_F(FsTest, InPlaceRewritesKeepWhatTheySkipAndTheBagsAttributes) {
   ASSERT_EQ(sh("printf X | dd of=" + q(bag("t")) + " bs=1 seek=1 conv=notrunc status=none").status,
             0);
   EXPECT_TRUE(bag_holds("t", "hXl"));
-  ASSERT_EQ(sh("python3 -c 'import os,sys; f=os.open(sys.argv[1], os.O_WRONLY); "
-               "os.lseek(f, 0, os.SEEK_END); os.write(f, b\"!\"); os.close(f)' " +
-               q(bag("t")))
-                .status,
-            0);
+  {
+    Fd appender(::open(bag("t").c_str(), O_WRONLY));  // no O_APPEND: a seek to the end
+    ASSERT_TRUE(appender.ok()) << std::strerror(errno);
+    ASSERT_EQ(::lseek(appender.get(), 0, SEEK_END), 3);
+    ASSERT_EQ(::write(appender.get(), "!", 1), 1);
+    ASSERT_EQ(appender.close(), 0) << std::strerror(errno);
+  }
   EXPECT_TRUE(bag_holds("t", "hXl!"));
 
   // rsync's delta transfer: only the changed block is written.
@@ -1520,9 +1519,9 @@ TEST_F(FsTest, InPlaceRewritesKeepWhatTheySkipAndTheBagsAttributes) {
   // size), and this rewrite is intact.
   Fd writer(::open(bag("t").c_str(), O_WRONLY));
   ASSERT_TRUE(writer.ok()) << std::strerror(errno);
-  const ShellResult by_path =
-      sh("python3 -c 'import os,sys; os.truncate(sys.argv[1], 0)' " + q(bag("t")));
-  EXPECT_NE(by_path.status, 0) << by_path;
+  const std::string path = bag("t");
+  Child by_path([&] { _exit(::truncate(path.c_str(), 0) == 0 ? 0 : errno); });
+  EXPECT_EQ(by_path.wait_code(), EPERM);
   ASSERT_EQ(::write(writer.get(), "H", 1), 1);
   EXPECT_EQ(writer.close(), 0) << std::strerror(errno);
   EXPECT_TRUE(bag_holds("t", "HXl!"));
