@@ -16,21 +16,29 @@
 namespace sheaf::fs {
 namespace {
 
-// Field 9 (flags) and 52 (exit code) of /proc/TID/stat.
-bool read_dying(pid_t tid, bool* dying) {
+// The fields of /proc/TID/stat from field 3 (the state) on: [0] is field 3,
+// [n - 3] field n. Nothing if the task is gone or the line is malformed.
+std::optional<std::vector<std::string>> stat_fields(pid_t tid) {
   std::ifstream in("/proc/" + std::to_string(tid) + "/stat");
   std::string line;
-  if (!std::getline(in, line)) return false;
+  if (!std::getline(in, line)) return std::nullopt;
   const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
-  if (name_end == std::string::npos || name_end + 2 > line.size()) return false;
-  std::istringstream fields(line.substr(name_end + 2));
-  std::vector<std::string> field;  // field[0] is field 3, the state
-  for (std::string f; fields >> f;) field.push_back(f);
-  if (field.size() < 52 - 2) return false;
+  if (name_end == std::string::npos || name_end + 2 > line.size()) return std::nullopt;
+  std::istringstream stream(line.substr(name_end + 2));
+  std::vector<std::string> fields;
+  for (std::string f; stream >> f;) fields.push_back(f);
+  return fields;
+}
+
+constexpr unsigned long kPfExiting = 0x4;  // field 9 (flags): the task is exiting
+
+// Field 9 (flags) and 52 (exit code) of /proc/TID/stat.
+bool read_dying(pid_t tid, bool* dying) {
+  const std::optional<std::vector<std::string>> field = stat_fields(tid);
+  if (!field || field->size() < 52 - 2) return false;
   try {
-    constexpr unsigned long kPfExiting = 0x4;
-    const unsigned long flags = std::stoul(field[9 - 3]);
-    const long exit_code = std::stol(field[52 - 3]);
+    const unsigned long flags = std::stoul((*field)[9 - 3]);
+    const long exit_code = std::stol((*field)[52 - 3]);
     *dying = (flags & kPfExiting) != 0 && (exit_code & 0x7f) != 0;
     return true;
   } catch (const std::exception&) {
@@ -83,23 +91,15 @@ pid_t process_of(pid_t tid) {
 
 bool process_alive(pid_t pid) {
   if (pid <= 0) return false;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return false;
-  const std::size_t name_end = line.rfind(')');  // the command name may hold spaces
-  if (name_end == std::string::npos || name_end + 2 >= line.size()) return false;
-  std::istringstream fields(line.substr(name_end + 2));
-  std::string state;
-  std::string flags;
-  fields >> state;                                              // field 3
-  for (int number = 4; number <= 9; ++number) fields >> flags;  // field 9 last
-  // Z (zombie) or X (dead): gone. PF_EXITING (field 9): its files are being
-  // closed by the kernel as it exits, which is how a killed writer's last
-  // close arrives: not alive either.
+  const std::optional<std::vector<std::string>> field = stat_fields(pid);
+  if (!field || field->size() < 9 - 2) return false;
+  // Z (zombie) or X (dead): gone. PF_EXITING: its files are being closed by
+  // the kernel as it exits, which is how a killed writer's last close
+  // arrives: not alive either.
+  const std::string& state = (*field)[0];
   if (state == "Z" || state == "X") return false;
   try {
-    constexpr unsigned long kPfExiting = 0x4;
-    return (std::stoul(flags) & kPfExiting) == 0;
+    return (std::stoul((*field)[9 - 3]) & kPfExiting) == 0;
   } catch (const std::exception&) {
     return false;
   }

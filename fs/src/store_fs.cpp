@@ -493,18 +493,10 @@ void StoreFs::read(fuse_req_t req, std::size_t size, off_t offset, fuse_file_inf
       // pread, not a mapping: a bag file cut short behind Sheaf's back then
       // gives a short read instead of a SIGBUS in the server. (Splicing the
       // file's pages measured no faster here.)
-      thread_local std::vector<char> buffer;
+      thread_local std::vector<std::byte> buffer;
       buffer.resize(length);
-      std::size_t done = 0;
-      while (done < length) {
-        const ssize_t n = ::pread(bag->fd, buffer.data() + done, length - done,
-                                  static_cast<off_t>(bag->header_bytes + at + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) fail(errno);
-        if (n == 0) break;
-        done += static_cast<std::size_t>(n);
-      }
-      fuse_reply_buf(req, buffer.data(), done);
+      const std::size_t done = bag->read(buffer, at);
+      fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), done);
     } else if (TextFile* text = file_as<TextFile>(fi)) {
       const std::size_t from = std::min<std::size_t>(at, text->text.size());
       const std::size_t length = std::min(size, text->text.size() - from);
@@ -602,7 +594,10 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
   if (BagUpload* upload = file_as<BagUpload>(fi)) {
     std::unique_lock lock(upload->mutex);
     const AtRelease action =
-        upload->writer ? at_release(*upload, process_alive(upload->opener)) : AtRelease::kPublish;
+        upload->writer
+            // (The opener's liveness matters only after an uninspected close.)
+            ? at_release(*upload, !upload->uninspected_close || process_alive(upload->opener))
+            : AtRelease::kPublish;
     upload->released = true;
     if (upload->writer && action == AtRelease::kKeep) {
       // A hidden temporary, kept written until it is renamed to a bag's name
