@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include <array>
+#include <condition_variable>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -63,8 +64,9 @@ struct BagUpload {
   bool in_place = false;
   std::unique_ptr<BagFile> old;  // the version being rewritten (in_place)
   std::uint64_t old_size = 0;
-  bool size_set = false;     // a size was set (ftruncate): the new version ends there
-  bool released = false;     // the last descriptor is gone
+  bool size_set = false;  // a size was set (ftruncate): the new version ends there
+  bool released = false;  // the last descriptor is gone (`released_now` is told)
+  std::condition_variable released_now;
   bool writer_done = false;  // its opener closed its last descriptor of it (seen at a close)
 };
 

@@ -15,7 +15,6 @@
 #include <cstring>
 #include <new>
 #include <optional>
-#include <thread>
 #include <variant>
 #include <vector>
 
@@ -599,6 +598,7 @@ void StoreFs::release(fuse_req_t req, fuse_file_info* fi) {
             ? at_release(*upload, !upload->uninspected_close || process_alive(upload->opener))
             : AtRelease::kPublish;
     upload->released = true;
+    upload->released_now.notify_all();
     if (upload->writer && action == AtRelease::kKeep) {
       // A hidden temporary, kept written until it is renamed to a bag's name
       // or removed (rename_hidden, unlink); it stays in uploads_ meanwhile.
@@ -655,11 +655,8 @@ void StoreFs::rename_hidden(fuse_req_t req, const std::string& name, const std::
     // Its writer may still add to it: published now, it would be cut short.
     // A writer that closed it but whose close could not be inspected is
     // followed by the release, asynchronously and soon: wait for it a little.
-    for (int wait = 0; !upload->released && !upload->writer_done && wait < 200; ++wait) {
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      lock.lock();
-    }
+    upload->released_now.wait_for(lock, std::chrono::seconds(2),
+                                  [&] { return upload->released || upload->writer_done; });
     if (upload->error != 0) fail(upload->error);
     if (!upload->writer) fail(ENOENT);
     if (!upload->released && !upload->writer_done) fail(EBUSY);
