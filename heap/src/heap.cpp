@@ -21,11 +21,20 @@ namespace {
 using namespace format;
 
 // The block an allocate()d pointer belongs to, after checking it is one.
-std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* what) {
+// `or_held`: a held block (Heap::allocate_held) is accepted too; its tag
+// counts its holds, so only a used block's tag is checked.
+std::uint64_t used_block_of(const Heap::Impl& impl, const void* p, const char* what,
+                            bool or_held = false) {
   const std::uint64_t offset = impl.offset_of(p);
   const std::uint64_t block = offset - kBlockHeaderBytes;
   if (!impl.base || p < impl.base || offset < kHeaderBytes + kBlockHeaderBytes ||
-      offset >= impl.heap_size() || offset % kAlign != 0 || impl.block(block)->state() != kUsed ||
+      offset >= impl.heap_size() || offset % kAlign != 0) {
+    throw Error(Errc::kInvalidArgument,
+                "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
+  }
+  const std::uint64_t state = impl.block(block)->state();
+  if (or_held && state == kHeld) return block;
+  if (state != kUsed ||
       (impl.has_feature(kFeatureUsedTags) && impl.block(block)->tag != impl.used_tag(block))) {
     throw Error(Errc::kInvalidArgument,
                 "heap " + impl.path + ": " + what + ": not a block allocated in this heap");
@@ -295,7 +304,7 @@ void* Heap::reallocate(void* p, std::size_t bytes) {
 std::size_t Heap::usable_size(const void* p) const {
   Impl& impl = live();
   SharedSection lock(impl);
-  return impl.block(used_block_of(impl, p, "usable_size"))->size() - kBlockHeaderBytes;
+  return impl.block(used_block_of(impl, p, "usable_size", true))->size() - kBlockHeaderBytes;
 }
 
 void* Heap::construct_named(std::string_view name, const TypeTag& type, std::size_t count,

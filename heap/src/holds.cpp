@@ -224,4 +224,17 @@ std::uint64_t Heap::session() const {
   return live().session_id;
 }
 
+Heap::SessionFate Heap::reclaim_session(std::uint64_t session) {
+  Impl& impl = live();
+  ExclusiveSection lock(impl);
+  State& s = impl.state();
+  for (int i = 0; i < kMaxSessions; ++i) {
+    if (s.sessions[i].id != session || session == 0) continue;
+    if (i == impl.session_slot || impl.session_alive(i)) return SessionFate::kAlive;
+    if (impl.reclaim_dead_sessions()) ++s.walked_recoveries;
+    return SessionFate::kReclaimed;
+  }
+  return SessionFate::kNotListed;
+}
+
 }  // namespace sheaf

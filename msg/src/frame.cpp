@@ -64,6 +64,14 @@ const char* frame_type_name(FrameType type) noexcept {
       return "buffered-send";
     case FrameType::kEvent:
       return "event";
+    case FrameType::kCredit:
+      return "credit";
+    case FrameType::kListChannels:
+      return "list-channels";
+    case FrameType::kChannelList:
+      return "channel-list";
+    case FrameType::kDone:
+      return "done";
   }
   return "unknown";
 }

@@ -45,8 +45,12 @@ enum class FrameType : std::uint8_t {
   kReply = 13,         // request_id: the kSend's; value: the answer
   kBufferedSend = 14,  // asynchronous; value: the message type
   kEvent = 15,         // value: what happened (a timer, a client's death...)
+  kCredit = 16,        // server -> sender: value more buffered sends may go
+  kListChannels = 17,  // client -> manager
+  kChannelList = 18,   // payload: the channels (JSON)
+  kDone = 19,          // the answer to a request that returns nothing
 };
-inline constexpr std::uint8_t kLastFrameType = 15;
+inline constexpr std::uint8_t kLastFrameType = 19;
 const char* frame_type_name(FrameType type) noexcept;
 
 // Header flags. Any other bit set is refused.

@@ -234,7 +234,8 @@ class Heap {
   void deallocate(void* p);
   // Grows or shrinks in place when it can, else moves the bytes.
   void* reallocate(void* p, std::size_t bytes);
-  // Bytes the caller may use at p (at least what was asked for).
+  // Bytes the caller may use at p, a block from allocate() or allocate_held()
+  // (at least what was asked for).
   std::size_t usable_size(const void* p) const;
 
   // --- Held blocks: shared by reference, freed exactly once -------------------
@@ -259,6 +260,13 @@ class Heap {
   std::uint64_t holds(const void* p) const;  // how many holds p has now
   // This process's session in the heap: what a peer hands holds over to.
   std::uint64_t session() const;
+  // What reclaim_session() found.
+  enum class SessionFate { kNotListed, kAlive, kReclaimed };
+  // If `session`'s process is gone, releases its holds and cached blocks now
+  // (and those of any other dead session), instead of at the next open. For
+  // a peer that learns of a death first (the message layer, at a socket's
+  // close): a process that is exiting may still count as alive for a moment.
+  SessionFate reclaim_session(std::uint64_t session);
 
   // --- Named objects -----------------------------------------------------------
   // construct<T>(name)(args...) or construct<T>(name)[n](args...). Throws

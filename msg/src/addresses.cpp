@@ -1,0 +1,95 @@
+#include "addresses.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "sheaf/error.hpp"
+#include "sheaf/msg.hpp"
+
+namespace sheaf::msg {
+
+Address parse_host_port(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) {
+    throw Error(Errc::kInvalidArgument, "address '" + text + "': expected HOST:PORT");
+  }
+  Address address;
+  address.kind = Address::kTcp;
+  address.host = text.substr(0, colon);
+  if (address.host.size() > 2 && address.host.front() == '[' && address.host.back() == ']') {
+    address.host = address.host.substr(1, address.host.size() - 2);
+  }
+  const char* first = text.data() + colon + 1;
+  const char* last = text.data() + text.size();
+  unsigned port = 0;
+  const auto [end, error] = std::from_chars(first, last, port);
+  if (error != std::errc() || end != last || port > 65535) {
+    throw Error(Errc::kInvalidArgument,
+                "address '" + text + "': port '" + std::string(first, last) + "' is not 0-65535");
+  }
+  address.port = static_cast<std::uint16_t>(port);
+  return address;
+}
+
+Address parse_address(const std::string& text) {
+  if (text.starts_with("unix:")) {
+    Address address;
+    address.path = text.substr(5);
+    if (address.path.empty() || address.path.size() >= 108) {  // sun_path
+      throw Error(Errc::kInvalidArgument, "address '" + text + "': bad socket path");
+    }
+    return address;
+  }
+  if (text.starts_with("tcp:")) return parse_host_port(text.substr(4));
+  throw Error(Errc::kInvalidArgument,
+              "address '" + text + "': expected unix:PATH or tcp:HOST:PORT");
+}
+
+std::vector<std::string> split_addresses(const std::string& list) {
+  std::vector<std::string> out;
+  std::istringstream in(list);
+  for (std::string word; in >> word;) out.push_back(word);
+  return out;
+}
+
+std::string runtime_dir() {
+  const uid_t uid = ::getuid();
+  std::string dir;
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg == '/') {
+    dir = std::string(xdg) + "/sheaf";
+  } else {
+    dir = "/tmp/sheaf-" + std::to_string(uid);
+  }
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    throw Error::from_errno(errno, "runtime directory " + dir);
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) throw Error::from_errno(errno, "runtime directory " + dir);
+  if (!S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077) != 0) {
+    throw Error(Errc::kBusy, "runtime directory " + dir +
+                                 " is not a directory of this user closed to others (0700); "
+                                 "refusing to put sockets there");
+  }
+  return dir;
+}
+
+std::string manager_address(const std::string& explicit_address) {
+  if (!explicit_address.empty()) return explicit_address;
+  if (const char* env = std::getenv("SHEAF_MANAGER"); env != nullptr && *env != '\0') return env;
+  std::ifstream config(kManagerConfigFile);
+  std::string line;
+  if (config && std::getline(config, line)) {
+    const auto first = line.find_first_not_of(" \t");
+    const auto last = line.find_last_not_of(" \t\r");
+    if (first != std::string::npos) return line.substr(first, last - first + 1);
+  }
+  return "127.0.0.1:" + std::to_string(kDefaultManagerPort);
+}
+
+}  // namespace sheaf::msg

@@ -1,0 +1,31 @@
+// addresses.hpp: where things listen. Internal.
+//
+// An address is "unix:PATH" or "tcp:HOST:PORT" (a channel may list both,
+// space separated); the manager's is "HOST:PORT". Sockets of this user live
+// in runtime_dir(), made 0700 and refused if someone else owns it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sheaf::msg {
+
+struct Address {
+  enum Kind { kUnix, kTcp } kind = kUnix;
+  std::string path;  // kUnix
+  std::string host;  // kTcp
+  std::uint16_t port = 0;
+};
+
+// Throws Error(kInvalidArgument) naming what is wrong.
+Address parse_address(const std::string& text);
+// "HOST:PORT" (an IPv6 host in brackets); throws kInvalidArgument.
+Address parse_host_port(const std::string& text);
+std::vector<std::string> split_addresses(const std::string& list);
+
+// $XDG_RUNTIME_DIR/sheaf, else /tmp/sheaf-UID; created 0700 if missing;
+// throws Error(kBusy) if it belongs to another user or others may enter it.
+std::string runtime_dir();
+
+}  // namespace sheaf::msg

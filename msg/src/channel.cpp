@@ -1,0 +1,571 @@
+// channel.cpp: the owner's side of a channel.
+//
+// Everything happens in receive(), on the caller's thread: one poll() over
+// the listening sockets, every connected client and the manager link; then
+// whatever arrived is read, checked and queued, and the oldest message or
+// event is returned. Nothing runs behind the caller's back, so a channel
+// needs no thread and no lock (MESSIP's manager ran a thread per client).
+//
+// Buffered messages are bounded per sender by credits: a client starts with
+// max_buffered of them, spends one per buffered send, and gets them back
+// (kCredit) as the owner receives its messages. A sender out of credits
+// waits; nothing is ever buffered beyond the bound.
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <asio/ip/tcp.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <atomic>
+#include <cerrno>
+#include <deque>
+#include <map>
+
+#include "addresses.hpp"
+#include "client_state.hpp"
+#include "sheaf/error.hpp"
+#include "sheaf/heap.hpp"
+
+namespace sheaf::msg {
+
+const char* event_name(Event event) noexcept {
+  switch (event) {
+    case Event::kMessage:
+      return "message";
+    case Event::kBuffered:
+      return "buffered";
+    case Event::kTimer:
+      return "timer";
+    case Event::kDisconnect:
+      return "disconnect";
+    case Event::kDeath:
+      return "death";
+    case Event::kTimeout:
+      return "timeout";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr std::uint32_t kMaxBufferedLimit = 1 << 20;
+// How long a reply or credit may wait for a client's socket to drain.
+constexpr Timeout kWriteTimeout{1000};
+// How often a channel whose manager went away tries to reach it again.
+constexpr auto kManagerRetry = std::chrono::seconds(1);
+
+std::atomic<unsigned> socket_counter{0};
+
+bool is_loopback(const asio::ip::address& address) {
+  return address.is_loopback() || (address.is_v4() && (address.to_v4().to_uint() >> 24) == 127);
+}
+
+}  // namespace
+
+struct Channel::State {
+  struct Peer {
+    Link link;
+    std::string id;  // empty until its hello
+    std::vector<PeerHeap> heaps;
+    std::uint32_t queued_buffered = 0;  // its buffered messages in our queue
+    std::uint32_t credit_owed = 0;      // credits to give back
+  };
+  struct Queued {
+    Message message;
+    std::uint64_t peer = 0;  // for a buffered message: whose credit it returns
+  };
+  struct Pending {  // a synchronous message waiting for its reply
+    std::uint64_t peer = 0;
+    std::uint64_t request_id = 0;
+    bool used = false;
+  };
+  struct Timer {
+    int id = 0;
+    std::int32_t type = 0;
+    std::chrono::steady_clock::time_point due;
+    std::chrono::milliseconds period{0};
+  };
+
+  std::shared_ptr<Client::State> client;
+  std::string name;
+  std::string address;
+  ChannelOptions options;
+  std::string socket_path;
+  std::optional<asio::local::stream_protocol::acceptor> unix_acceptor;
+  std::optional<asio::ip::tcp::acceptor> tcp_acceptor;
+  std::map<std::uint64_t, Peer> peers;
+  std::uint64_t next_peer = 1;
+  std::deque<Queued> queue;
+  std::vector<Pending> pending;
+  std::vector<Timer> timers;
+  int next_timer = 1;
+  std::chrono::steady_clock::time_point next_manager_try{};
+
+  ~State() {
+    for (auto& [key, peer] : peers) peer.link.close();
+    if (!socket_path.empty()) ::unlink(socket_path.c_str());
+    if (!client) return;
+    std::lock_guard lock(client->mutex);
+    std::erase_if(client->channels, [&](const auto& r) { return r.name == name; });
+    if (client->link) {
+      try {
+        const Json request{{"name", name}};
+        client->request({FrameType::kDeleteChannel}, &request, deadline_after(Timeout(1000)),
+                        "deleting channel " + name);
+      } catch (const Error&) {  // the manager forgets it anyway when we go
+      }
+    }
+  }
+
+  void accept_all() {
+    if (unix_acceptor) {
+      for (;;) {
+        asio::error_code ec;
+        asio::local::stream_protocol::socket s(socket_context());
+        unix_acceptor->accept(s, ec);
+        if (ec) break;
+        const int family = AF_UNIX;
+        add_peer(Link(Link::Socket(socket_context(), asio::generic::stream_protocol(family, 0),
+                                   s.release()),
+                      "a client of channel " + name));
+      }
+    }
+    if (tcp_acceptor) {
+      for (;;) {
+        asio::error_code ec;
+        asio::ip::tcp::socket s(socket_context());
+        tcp_acceptor->accept(s, ec);
+        if (ec) break;
+        const int family = s.local_endpoint().protocol().family();
+        add_peer(Link(Link::Socket(socket_context(),
+                                   asio::generic::stream_protocol(family, IPPROTO_TCP), s.release()),
+                      "a client of channel " + name));
+      }
+    }
+  }
+
+  void add_peer(Link link) {
+    if (link.is_unix()) {
+      const ucred who = link.peer_credentials();
+      const bool allowed = who.uid == ::getuid() || who.uid == 0 ||
+                           (options.allow_group >= 0 &&
+                            who.gid == static_cast<gid_t>(options.allow_group));
+      if (!allowed) {
+        const std::string why = "channel " + name + " refuses uid " + std::to_string(who.uid) +
+                                " (pid " + std::to_string(who.pid) + ")";
+        try {
+          link.send({FrameType::kError, 0, 0, 0, 0, EACCES}, error_payload(why),
+                    deadline_after(Timeout(100)));
+        } catch (const Error&) {
+        }
+        link.close();
+        return;
+      }
+    }
+    Peer peer{std::move(link), {}, {}, 0, 0};
+    peers.emplace(next_peer++, std::move(peer));
+  }
+
+  // `reason`: for a peer let go for breaking the protocol, what it broke
+  // (the event's payload).
+  void drop_peer(std::uint64_t key, Event why, const std::string& reason = "") {
+    auto it = peers.find(key);
+    if (it == peers.end()) return;
+    Message m;
+    m.event = why;
+    m.sender = it->second.id;
+    if (!reason.empty()) {
+      const auto* first = reinterpret_cast<const std::byte*>(reason.data());
+      m.payload = Payload(std::vector<std::byte>(first, first + reason.size()));
+    }
+    it->second.link.close();
+    if (why == Event::kDeath && !it->second.heaps.empty()) {
+      std::lock_guard lock(client->mutex);
+      release_dead_peer(client->heaps, it->second.heaps);
+    }
+    peers.erase(it);
+    for (Pending& p : pending) {
+      if (p.used && p.peer == key) p.used = false;  // nobody to answer any more
+    }
+    queue.push_back({std::move(m), 0});
+  }
+
+  // Reads one peer's frames into the queue. False: the peer is gone.
+  void read_peer(std::uint64_t key) {
+    auto found = peers.find(key);
+    if (found == peers.end()) return;
+    Peer& peer = found->second;
+    bool open = true;
+    try {
+      open = peer.link.read_available();
+      while (auto frame = peer.link.next_frame()) {
+        if (!handle(key, peer, *frame)) return;  // said goodbye, or broke the protocol
+      }
+    } catch (const Error& e) {
+      return drop_peer(key, Event::kDisconnect, e.message());  // it broke the protocol
+    }
+    if (!open) drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
+  }
+
+  // False when the peer was dropped.
+  bool handle(std::uint64_t key, Peer& peer, Frame& frame) {
+    const FrameHeader& h = frame.header;
+    if (peer.id.empty() && h.type != FrameType::kHello) {
+      throw Error(Errc::kCorrupted, "a client's first frame must be hello", EPROTO);
+    }
+    switch (h.type) {
+      case FrameType::kHello: {
+        const Json hello = parse_control(frame);
+        std::string id = string_field(hello, "id", frame);
+        check_name(id, "client id");
+        peer.heaps = parse_heaps(hello, frame);
+        peer.id = std::move(id);
+        return true;
+      }
+      case FrameType::kPing:
+        peer.link.send({FrameType::kPong, 0, 0, 0, h.request_id, h.value}, {},
+                       deadline_after(kWriteTimeout));
+        return true;
+      case FrameType::kSend:
+      case FrameType::kBufferedSend: {
+        Message m;
+        m.event = h.type == FrameType::kSend ? Event::kMessage : Event::kBuffered;
+        m.type = h.value;
+        m.sender = peer.id;
+        {
+          std::lock_guard lock(client->mutex);
+          m.payload = Receiver::take(frame, client->heaps);
+        }
+        if (m.event == Event::kMessage) {
+          m.index = pending_slot(key, h.request_id);
+          queue.push_back({std::move(m), 0});
+        } else {
+          if (peer.queued_buffered >= options.max_buffered) {
+            throw Error(Errc::kCorrupted, "a client sent beyond its credit", EPROTO);
+          }
+          ++peer.queued_buffered;
+          queue.push_back({std::move(m), key});
+        }
+        return true;
+      }
+      case FrameType::kDisconnectChannel:
+        drop_peer(key, Event::kDisconnect);
+        return false;
+      default:
+        throw Error(Errc::kCorrupted,
+                    std::string("a channel does not take '") + frame_type_name(h.type) + "' frames",
+                    EPROTO);
+    }
+  }
+
+  int pending_slot(std::uint64_t peer, std::uint64_t request_id) {
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      if (!pending[i].used) {
+        pending[i] = {peer, request_id, true};
+        return static_cast<int>(i);
+      }
+    }
+    pending.push_back({peer, request_id, true});
+    return static_cast<int>(pending.size() - 1);
+  }
+
+  // The credit a buffered message from `key` held goes back to its sender:
+  // in batches, or at once when we have read all it sent.
+  void return_credit(std::uint64_t key) {
+    auto it = peers.find(key);
+    if (it == peers.end()) return;
+    Peer& peer = it->second;
+    --peer.queued_buffered;
+    ++peer.credit_owed;
+    if (peer.credit_owed >= std::max<std::uint32_t>(1, options.max_buffered / 4) ||
+        peer.queued_buffered == 0) {
+      try {
+        peer.link.send({FrameType::kCredit, 0, 0, 0, 0, static_cast<std::int32_t>(peer.credit_owed)},
+                       {}, deadline_after(kWriteTimeout));
+        peer.credit_owed = 0;
+      } catch (const Error&) {  // gone: its death is noticed when its socket is read
+      }
+    }
+  }
+
+  bool fire_timers() {
+    const auto now = std::chrono::steady_clock::now();
+    bool fired = false;
+    for (auto it = timers.begin(); it != timers.end();) {
+      if (it->due > now) {
+        ++it;
+        continue;
+      }
+      Message m;
+      m.event = Event::kTimer;
+      m.type = it->type;
+      queue.push_back({std::move(m), 0});
+      fired = true;
+      if (it->period.count() > 0) {
+        // A late receiver gets one tick, not a burst of the ones it missed.
+        while (it->due <= now) it->due += it->period;
+        ++it;
+      } else {
+        it = timers.erase(it);
+      }
+    }
+    return fired;
+  }
+
+  std::chrono::steady_clock::time_point next_timer_due() const {
+    auto due = std::chrono::steady_clock::time_point::max();
+    for (const Timer& t : timers) due = std::min(due, t.due);
+    return due;
+  }
+
+  // The manager went away (restarted, say): try to reach it again, now and
+  // then, and register this client's channels anew. `readable`: its link
+  // polled readable (the manager sends nothing unasked, so that means it
+  // closed).
+  void tend_manager(bool readable) {
+    std::lock_guard lock(client->mutex);
+    if (client->link) {
+      if (!readable || client->link->read_available()) return;
+      client->link.reset();
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_manager_try) return;
+    next_manager_try = now + kManagerRetry;
+    try {
+      client->connect_manager(deadline_after(Timeout(200)), true);
+    } catch (const Error&) {  // not back yet
+    }
+  }
+
+  Message pop() {
+    Queued q = std::move(queue.front());
+    queue.pop_front();
+    if (q.message.event == Event::kBuffered) return_credit(q.peer);
+    return std::move(q.message);
+  }
+};
+
+namespace {
+
+// What one entry of the poll set stands for.
+struct Watched {
+  Channel::State* channel;
+  enum Kind { kAcceptor, kPeer, kManager } kind;
+  std::uint64_t peer = 0;
+};
+
+// One wait over every channel's sockets, until something is ready, a timer
+// or a retry of the manager is due, or the deadline; then each ready socket
+// is served (and only those: a channel with many clients reads one).
+void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline) {
+  std::vector<pollfd> fds;
+  std::vector<Watched> what;
+  auto until = deadline;
+  for (Channel::State* s : channels) {
+    if (s->unix_acceptor) {
+      fds.push_back({s->unix_acceptor->native_handle(), POLLIN, 0});
+      what.push_back({s, Watched::kAcceptor});
+    }
+    if (s->tcp_acceptor) {
+      fds.push_back({s->tcp_acceptor->native_handle(), POLLIN, 0});
+      what.push_back({s, Watched::kAcceptor});
+    }
+    for (auto& [key, peer] : s->peers) {
+      fds.push_back({peer.link.fd(), POLLIN, 0});
+      what.push_back({s, Watched::kPeer, key});
+    }
+    until = std::min(until, s->next_timer_due());
+    std::lock_guard lock(s->client->mutex);
+    if (s->client->link) {
+      fds.push_back({s->client->link->fd(), POLLIN, 0});
+      what.push_back({s, Watched::kManager});
+    } else {
+      until = std::min(until, s->next_manager_try);
+    }
+  }
+  const int n = ::poll(fds.data(), fds.size(), poll_millis(until));
+  if (n < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+  for (std::size_t i = 0; i < fds.size(); ++i) {
+    if (fds[i].revents == 0) continue;
+    Channel::State& s = *what[i].channel;
+    switch (what[i].kind) {
+      case Watched::kAcceptor:
+        s.accept_all();
+        break;
+      case Watched::kPeer:
+        s.read_peer(what[i].peer);
+        break;
+      case Watched::kManager:
+        s.tend_manager(true);
+        break;
+    }
+  }
+  for (Channel::State* s : channels) s->tend_manager(false);  // a retry may be due
+}
+
+}  // namespace
+
+std::pair<std::size_t, Message> Channel::receive_any(std::span<Channel* const> channels,
+                                                     Timeout timeout) {
+  std::vector<State*> states;
+  for (Channel* c : channels) states.push_back(c->state_.get());
+  const Deadline deadline = deadline_after(timeout);
+  for (bool waited = false;; waited = true) {
+    for (std::size_t i = 0; i < states.size(); ++i) {
+      State& s = *states[i];
+      s.fire_timers();
+      if (!s.queue.empty()) return {i, s.pop()};
+    }
+    if (waited && deadline != Deadline::max() && std::chrono::steady_clock::now() >= deadline) {
+      return {0, Message{}};  // Event::kTimeout
+    }
+    wait_and_serve(states, deadline);
+  }
+}
+
+Message Channel::receive(Timeout timeout) {
+  Channel* self = this;
+  return receive_any(std::span<Channel* const>(&self, 1), timeout).second;
+}
+
+void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> bytes) {
+  State& s = *state_;
+  if (index < 0 || static_cast<std::size_t>(index) >= s.pending.size() || !s.pending[index].used) {
+    throw Error(Errc::kNotFound, "channel " + s.name + ": no message " + std::to_string(index) +
+                                     " awaits a reply (answered already, or its sender is gone)");
+  }
+  const State::Pending p = s.pending[index];
+  s.pending[index].used = false;
+  auto it = s.peers.find(p.peer);
+  if (it == s.peers.end()) return;
+  try {
+    it->second.link.send({FrameType::kReply, 0, 0, 0, p.request_id, answer}, bytes,
+                         deadline_after(kWriteTimeout));
+  } catch (const Error&) {  // the sender died waiting: receive() reports it
+  }
+}
+
+void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
+  State& s = *state_;
+  if (index < 0 || static_cast<std::size_t>(index) >= s.pending.size() || !s.pending[index].used) {
+    throw Error(Errc::kNotFound, "channel " + s.name + ": no message " + std::to_string(index) +
+                                     " awaits a reply (answered already, or its sender is gone)");
+  }
+  const State::Pending p = s.pending[index];
+  s.pending[index].used = false;
+  auto it = s.peers.find(p.peer);
+  if (it == s.peers.end()) return;  // the loan is released with it
+  FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
+  std::vector<std::byte> copy;
+  std::array<std::byte, kHeapRefBytes> ref;
+  std::span<const std::byte> bytes;
+  {
+    std::lock_guard lock(s.client->mutex);
+    bytes = Sender::prepare(loan, s.client->heaps, it->second.heaps, header, copy, ref);
+  }
+  try {
+    it->second.link.send(header, bytes, deadline_after(kWriteTimeout));
+  } catch (const Error&) {
+  }
+}
+
+int Channel::timer_create(std::int32_t type, Timeout first, Timeout repeat) {
+  if (first.count() < 0 || repeat.count() < 0) {
+    throw Error(Errc::kInvalidArgument, "channel " + state_->name + ": a timer's times must be >= 0");
+  }
+  State::Timer t;
+  t.id = state_->next_timer++;
+  t.type = type;
+  t.due = std::chrono::steady_clock::now() + first;
+  t.period = repeat;
+  state_->timers.push_back(t);
+  return t.id;
+}
+
+void Channel::timer_delete(int timer) {
+  if (std::erase_if(state_->timers, [&](const State::Timer& t) { return t.id == timer; }) == 0) {
+    throw Error(Errc::kNotFound, "channel " + state_->name + ": no timer " + std::to_string(timer));
+  }
+}
+
+std::size_t Channel::clients() const { return state_->peers.size(); }
+const std::string& Channel::name() const { return state_->name; }
+const std::string& Channel::address() const { return state_->address; }
+
+Channel::Channel(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+Channel Client::create_channel(const std::string& name, const ChannelOptions& options) {
+  check_name(name, "channel name");
+  if (options.max_buffered > kMaxBufferedLimit) {
+    throw Error(Errc::kInvalidArgument, "channel " + name + ": max_buffered above " +
+                                            std::to_string(kMaxBufferedLimit));
+  }
+  auto state = std::make_unique<Channel::State>();
+  state->name = name;
+  state->options = options;
+  // A Unix socket of our own, in the user's 0700 directory, itself 0600.
+  state->socket_path = runtime_dir() + "/c-" + std::to_string(::getpid()) + "-" +
+                       std::to_string(socket_counter++) + ".sock";
+  ::unlink(state->socket_path.c_str());  // a dead process's, with our pid reused
+  {
+    const mode_t old_mask = ::umask(077);
+    asio::error_code ec;
+    state->unix_acceptor.emplace(socket_context());
+    state->unix_acceptor->open(asio::local::stream_protocol(), ec);
+    if (!ec) state->unix_acceptor->bind(state->socket_path, ec);
+    ::umask(old_mask);
+    if (!ec) state->unix_acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) state->unix_acceptor->non_blocking(true, ec);
+    if (ec) {
+      throw Error(Errc::kSystem, "channel " + name + ": socket " + state->socket_path + ": " +
+                                     ec.message(),
+                  ec.value());
+    }
+  }
+  state->address = "unix:" + state->socket_path;
+  if (!options.tcp_listen.empty()) {
+    const Address where = parse_host_port(options.tcp_listen);
+    asio::error_code ec;
+    const auto host = asio::ip::make_address(where.host, ec);
+    if (ec) {
+      throw Error(Errc::kInvalidArgument, "channel " + name + ": '" + where.host +
+                                              "' is not an IP address");
+    }
+    if (!is_loopback(host)) {
+      throw Error(Errc::kInvalidArgument,
+                  "channel " + name + ": will not listen on " + where.host +
+                      ": a listener other hosts can reach needs authentication (docs/msg.md)");
+    }
+    state->tcp_acceptor.emplace(socket_context());
+    const asio::ip::tcp::endpoint endpoint(host, where.port);
+    state->tcp_acceptor->open(endpoint.protocol(), ec);
+    if (!ec) state->tcp_acceptor->bind(endpoint, ec);
+    if (!ec) state->tcp_acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) state->tcp_acceptor->non_blocking(true, ec);
+    if (ec) {
+      throw Error(Errc::kSystem, "channel " + name + ": listen on " + options.tcp_listen + ": " +
+                                     ec.message(),
+                  ec.value());
+    }
+    const auto bound = state->tcp_acceptor->local_endpoint();
+    state->address +=
+        " tcp:" + bound.address().to_string() + ":" + std::to_string(bound.port());
+  }
+  Client::State::Registration registration{name, state->address, options.max_buffered, {}};
+  {
+    std::lock_guard lock(state_->mutex);
+    registration.heaps = heaps_json(state_->heaps);
+    const Json request{{"name", name}, {"address", state->address}, {"heaps", registration.heaps}};
+    state_->request({FrameType::kCreateChannel, 0, 0, 0, 0,
+                     static_cast<std::int32_t>(options.max_buffered)},
+                    &request, deadline_after(state_->timeout), "creating channel " + name);
+    state_->channels.push_back(registration);
+  }
+  state->client = state_;  // from here on, the destructor deletes the channel
+  return Channel(std::move(state));
+}
+
+}  // namespace sheaf::msg

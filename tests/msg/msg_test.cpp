@@ -1,0 +1,555 @@
+// msg_test.cpp: the message layer between real processes: a manager in a
+// child process, owners and clients in others, real sockets, real kills.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "../heap_test_util.hpp"
+#include "sheaf/error.hpp"
+#include "sheaf/heap.hpp"
+#include "sheaf/msg.hpp"
+#include "sheaf/msg_manager.hpp"
+
+namespace sheaf::msg {
+namespace {
+
+using namespace std::chrono_literals;
+using sheaf::testing::Child;
+using sheaf::testing::Pipe;
+using sheaf::testing::TempDir;
+
+std::span<const std::byte> as_bytes(std::string_view text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
+}
+
+// Blocks until the other end writes a byte (or closes); false on close.
+bool wait_signal(Pipe& pipe) {
+  char byte = 0;
+  return ::read(pipe.read_end(), &byte, 1) == 1;
+}
+void signal(Pipe& pipe) {
+  const char byte = 1;
+  ASSERT_EQ(::write(pipe.write_end(), &byte, 1), 1);
+}
+
+// A manager in a child process, on a port of its choosing (or the one given,
+// to restart it where it was).
+class ManagerProcess {
+ public:
+  explicit ManagerProcess(std::uint16_t port = 0) {
+    Pipe ready;
+    child_ = std::make_unique<Child>([&] {
+      Manager manager({.listen = "127.0.0.1:" + std::to_string(port)});
+      const std::string address = manager.address();
+      const auto colon = address.rfind(':');
+      const std::uint16_t bound = static_cast<std::uint16_t>(std::stoi(address.substr(colon + 1)));
+      if (::write(ready.write_end(), &bound, sizeof(bound)) != sizeof(bound)) _exit(3);
+      manager.run();
+    });
+    ready.close_write();
+    if (::read(ready.read_end(), &port_, sizeof(port_)) != sizeof(port_)) {
+      throw std::runtime_error("the manager did not start");
+    }
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::uint16_t port() const { return port_; }
+  void kill() {
+    child_->kill();
+    child_->wait();
+  }
+
+ private:
+  std::unique_ptr<Child> child_;
+  std::uint16_t port_ = 0;
+};
+
+class MsgTest : public ::testing::Test {
+ protected:
+  Client client(const std::string& id) {
+    return Client::connect(id, {.manager = manager.address(), .timeout = 5000ms});
+  }
+  ManagerProcess manager;
+};
+
+TEST_F(MsgTest, SynchronousSendIsAnsweredByReply) {
+  Child server([&] {
+    Client me = client("server");
+    Channel channel = me.create_channel("upper");
+    // Pings are answered inside receive(), as MESSIP's are: serve until
+    // the client says goodbye.
+    for (int answered = 0;;) {
+      Message m = channel.receive(5s);
+      ASSERT_NE(m.event, Event::kTimeout);
+      if (m.event == Event::kDisconnect) {
+        EXPECT_EQ(answered, 3);
+        break;
+      }
+      ASSERT_EQ(m.event, Event::kMessage);
+      EXPECT_EQ(m.sender, "client");
+      std::string text(m.payload.text());
+      for (char& c : text) c = static_cast<char>(std::toupper(c));
+      channel.reply(m.index, m.type * 10, as_bytes(text));
+      ++answered;
+    }
+  });
+  Client me = client("client");
+  Connection upper = me.connect_channel("upper", 5s, /*wait=*/true);
+  for (int i = 1; i <= 3; ++i) {
+    const std::string text = "message " + std::to_string(i);
+    Reply r = upper.send(i, as_bytes(text), 5s);
+    EXPECT_EQ(r.answer, i * 10);
+    EXPECT_EQ(r.payload.text(), "MESSAGE " + std::to_string(i));
+    EXPECT_FALSE(r.payload.by_reference());
+  }
+  EXPECT_LT(upper.ping(1s), 1s);
+  upper.disconnect();
+  EXPECT_EQ(server.wait_code(), 0);
+}
+
+TEST_F(MsgTest, ChannelNamesAreUniqueAndListed) {
+  Client owner = client("owner");
+  Channel a = owner.create_channel("a", {.max_buffered = 7});
+  Client other = client("other");
+  try {
+    other.create_channel("a");
+    FAIL() << "a second channel named a was created";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kAlreadyExists);
+    EXPECT_NE(e.message().find("owner"), std::string::npos) << e.message();
+  }
+  const auto list = other.channels();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "a");
+  EXPECT_EQ(list[0].owner, "owner");
+  EXPECT_EQ(list[0].pid, ::getpid());
+  EXPECT_EQ(list[0].max_buffered, 7u);
+  EXPECT_TRUE(list[0].address.starts_with("unix:/")) << list[0].address;
+  try {
+    other.connect_channel("nope", 1s);
+    FAIL() << "connected to a channel nobody created";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kNotFound);
+  }
+  EXPECT_THROW(owner.create_channel("bad name"), Error);
+  EXPECT_THROW(owner.create_channel(std::string(48, 'x')), Error);
+}
+
+TEST_F(MsgTest, ChannelsOfADeadOwnerAreForgotten) {
+  Pipe created;
+  Child owner([&] {
+    Client me = client("doomed");
+    Channel c = me.create_channel("doomed-channel");
+    signal(created);
+    ::pause();
+  });
+  created.close_write();
+  ASSERT_TRUE(wait_signal(created));
+  Client me = client("watcher");
+  ASSERT_EQ(me.channels().size(), 1u);
+  owner.kill();
+  owner.wait();
+  for (int i = 0; i < 200 && !me.channels().empty(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(me.channels().empty());
+  // Its name is free again.
+  Channel mine = me.create_channel("doomed-channel");
+}
+
+TEST_F(MsgTest, RepliesInAnyOrderReachTheirSenders) {
+  Client me = client("server");
+  Channel channel = me.create_channel("order");
+  auto sender = [&](std::string id) {
+    return std::make_unique<Child>([this, id] {
+      Client c = client(id);
+      Connection order = c.connect_channel("order", 5s);
+      Reply r = order.send(1, as_bytes(id), 5s);
+      EXPECT_EQ(r.payload.text(), "for " + id);
+    });
+  };
+  auto first = sender("first");
+  auto second = sender("second");
+  std::vector<Message> held;
+  while (held.size() < 2) {
+    Message m = channel.receive(5s);
+    ASSERT_NE(m.event, Event::kTimeout);
+    if (m.event == Event::kMessage) held.push_back(std::move(m));
+  }
+  // Answer the later one first.
+  for (int i = 1; i >= 0; --i) {
+    const std::string text = "for " + held[i].sender;
+    channel.reply(held[i].index, 0, as_bytes(text));
+  }
+  EXPECT_EQ(first->wait_code(), 0);
+  EXPECT_EQ(second->wait_code(), 0);
+  // An index answered already is refused.
+  EXPECT_THROW(channel.reply(held[0].index, 0), Error);
+}
+
+TEST_F(MsgTest, AReplyAfterTheTimeoutIsNeverTakenForTheNextOne) {
+  Client me = client("server");
+  Channel channel = me.create_channel("slow");
+  Child client_process([this] {
+    Client c = client("impatient");
+    Connection slow = c.connect_channel("slow", 5s);
+    try {
+      slow.send(1, as_bytes("first"), 100ms);
+      ADD_FAILURE() << "the first send did not time out";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kTimedOut) << e.message();
+    }
+    Reply r = slow.send(2, as_bytes("second"), 5s);
+    EXPECT_EQ(r.payload.text(), "answer to second");
+    EXPECT_EQ(r.answer, 2);
+  });
+  Message first = channel.receive(5s);
+  ASSERT_EQ(first.event, Event::kMessage);
+  Message second = channel.receive(5s);  // arrives after the first timed out
+  ASSERT_EQ(second.event, Event::kMessage);
+  ASSERT_EQ(second.type, 2);
+  channel.reply(first.index, 1, as_bytes("late answer to first"));
+  channel.reply(second.index, 2, as_bytes("answer to second"));
+  EXPECT_EQ(client_process.wait_code(), 0);
+}
+
+TEST_F(MsgTest, ADeadServerFailsABlockedSendWithinOneSecond) {
+  Pipe received;
+  Child server([&] {
+    Client me = client("server");
+    Channel channel = me.create_channel("dies");
+    for (;;) {
+      Message m = channel.receive(5s);
+      if (m.event == Event::kMessage) {
+        signal(received);
+        ::pause();  // never replies: killed here
+      }
+    }
+  });
+  received.close_write();
+  Client me = client("client");
+  Connection dies = me.connect_channel("dies", 5s, true);
+  std::atomic<bool> killed{false};
+  std::chrono::steady_clock::time_point killed_at;
+  std::thread killer([&] {
+    wait_signal(received);
+    killed_at = std::chrono::steady_clock::now();
+    server.kill();
+    killed = true;
+  });
+  try {
+    dies.send(1, as_bytes("hello"), kForever);
+    ADD_FAILURE() << "a send to a dead server returned normally";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kSystem) << e.message();
+    EXPECT_NE(e.message().find("gone"), std::string::npos) << e.message();
+  }
+  const auto noticed = std::chrono::steady_clock::now();
+  killer.join();
+  ASSERT_TRUE(killed);
+  EXPECT_LT(noticed - killed_at, 1s);
+  // And the next send fails at once, without SIGPIPE.
+  EXPECT_THROW(dies.send(1, as_bytes("again"), kForever), Error);
+}
+
+TEST_F(MsgTest, AClientsDisconnectionAndDeathAreEvents) {
+  Client me = client("server");
+  Channel channel = me.create_channel("events");
+  Pipe connected;
+  Child polite([&] {
+    Client c = client("polite");
+    Connection events = c.connect_channel("events", 5s);
+    events.send(1, as_bytes("hi"), 5s);
+    events.disconnect();
+  });
+  Child rude([&] {
+    Client c = client("rude");
+    Connection events = c.connect_channel("events", 5s);
+    events.buffered_send(1, as_bytes("hi"), 5s);
+    signal(connected);
+    ::pause();  // killed here
+  });
+  connected.close_write();
+  ASSERT_TRUE(wait_signal(connected));
+  rude.kill();
+  bool saw_disconnect = false;
+  bool saw_death = false;
+  for (int i = 0; i < 20 && !(saw_disconnect && saw_death); ++i) {
+    Message m = channel.receive(5s);
+    ASSERT_NE(m.event, Event::kTimeout);
+    if (m.event == Event::kMessage) channel.reply(m.index, 0);
+    if (m.event == Event::kDisconnect) {
+      EXPECT_EQ(m.sender, "polite");
+      saw_disconnect = true;
+    }
+    if (m.event == Event::kDeath) {
+      EXPECT_EQ(m.sender, "rude");
+      saw_death = true;
+    }
+  }
+  EXPECT_TRUE(saw_disconnect);
+  EXPECT_TRUE(saw_death);
+  EXPECT_EQ(polite.wait_code(), 0);
+}
+
+TEST_F(MsgTest, BufferedSendsKeepOrderAndMeetBackPressureAtTheBound) {
+  Client me = client("server");
+  Channel channel = me.create_channel("queue", {.max_buffered = 4});
+  Pipe full;
+  Pipe go_on;
+  Child sender([&] {
+    Client c = client("sender");
+    Connection queue = c.connect_channel("queue", 5s);
+    for (int i = 0; i < 4; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      queue.buffered_send(i, as_bytes(std::to_string(i)), 5s);
+      EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);  // no waiting below the bound
+    }
+    try {
+      queue.buffered_send(4, as_bytes("4"), 200ms);
+      ADD_FAILURE() << "a buffered send past the bound went through";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kBusy) << e.message();
+      EXPECT_NE(e.message().find("bound"), std::string::npos) << e.message();
+    }
+    signal(full);
+    wait_signal(go_on);
+    for (int i = 4; i < 100; ++i) queue.buffered_send(i, as_bytes(std::to_string(i)), 5s);
+  });
+  full.close_write();
+  go_on.close_read();
+  ASSERT_TRUE(wait_signal(full));
+  signal(go_on);
+  for (int expected = 0; expected < 100; ++expected) {
+    Message m = channel.receive(5s);
+    ASSERT_EQ(m.event, Event::kBuffered) << event_name(m.event);
+    EXPECT_EQ(m.type, expected);
+    EXPECT_EQ(m.payload.text(), std::to_string(expected));
+  }
+  EXPECT_EQ(sender.wait_code(), 0);
+}
+
+TEST_F(MsgTest, TimersTickOnceOrRepeatedly) {
+  Client me = client("server");
+  Channel channel = me.create_channel("timers");
+  const auto start = std::chrono::steady_clock::now();
+  channel.timer_create(7, 50ms);
+  const int repeating = channel.timer_create(8, 20ms, 20ms);
+  int sevens = 0;
+  int eights = 0;
+  while (std::chrono::steady_clock::now() - start < 300ms) {
+    Message m = channel.receive(50ms);
+    if (m.event != Event::kTimer) continue;
+    if (m.type == 7) {
+      ++sevens;
+      EXPECT_GE(std::chrono::steady_clock::now() - start, 50ms);
+    }
+    if (m.type == 8) ++eights;
+  }
+  EXPECT_EQ(sevens, 1);
+  EXPECT_GE(eights, 5);
+  EXPECT_LE(eights, 16);
+  channel.timer_delete(repeating);
+  EXPECT_THROW(channel.timer_delete(repeating), Error);
+  Message m = channel.receive(100ms);
+  EXPECT_EQ(m.event, Event::kTimeout);
+}
+
+TEST_F(MsgTest, ReceiveAnyListensOnSeveralChannels) {
+  Client me = client("server");
+  Channel a = me.create_channel("a");
+  Channel b = me.create_channel("b");
+  Child sender([this] {
+    Client c = client("sender");
+    Connection to_b = c.connect_channel("b", 5s);
+    to_b.buffered_send(5, as_bytes("to b"), 5s);
+  });
+  Channel* both[] = {&a, &b};
+  auto [which, m] = Channel::receive_any(both, 5s);
+  EXPECT_EQ(which, 1u);
+  EXPECT_EQ(m.event, Event::kBuffered);
+  EXPECT_EQ(m.payload.text(), "to b");
+  EXPECT_EQ(sender.wait_code(), 0);
+}
+
+TEST_F(MsgTest, ARestartedManagerLearnsTheChannelsAgain) {
+  Client me = client("server");
+  Channel channel = me.create_channel("survivor");
+  Client user = client("user");
+  Connection before = user.connect_channel("survivor", 5s);
+  manager.kill();
+  // Traffic does not go through the manager: it goes on without it.
+  before.buffered_send(1, as_bytes("while down"), 5s);
+  Message m = channel.receive(5s);
+  EXPECT_EQ(m.event, Event::kBuffered);
+  ManagerProcess restarted(manager.port());
+  // The owner registers again from its receive loop (it tries once a second).
+  Client late = Client::connect("late", {.manager = restarted.address()});
+  std::vector<ChannelInfo> list;
+  for (int i = 0; i < 40 && list.empty(); ++i) {
+    channel.receive(100ms);
+    list = late.channels();
+  }
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "survivor");
+  Connection after = late.connect_channel("survivor", 5s);
+  after.buffered_send(2, as_bytes("after"), 5s);
+  Message again = channel.receive(5s);
+  EXPECT_EQ(again.payload.text(), "after");
+  restarted.kill();
+}
+
+TEST_F(MsgTest, ConnectCanWaitForTheChannelToAppear) {
+  Pipe go;
+  Child owner([&] {
+    wait_signal(go);
+    Client me = client("late-owner");
+    Channel c = me.create_channel("later");
+    for (int i = 0; i < 50; ++i) {
+      Message m = c.receive(100ms);
+      if (m.event == Event::kMessage) c.reply(m.index, 42);
+      if (m.event == Event::kDisconnect) return;
+    }
+  });
+  go.close_read();
+  Client me = client("early");
+  std::thread starter([&] {
+    std::this_thread::sleep_for(200ms);
+    signal(go);
+  });
+  Connection later = me.connect_channel("later", 5s, /*wait=*/true);
+  starter.join();
+  EXPECT_EQ(later.send(1, as_bytes("x"), 5s).answer, 42);
+  later.disconnect();
+  EXPECT_EQ(owner.wait_code(), 0);
+}
+
+// --- Payloads by heap reference ------------------------------------------------
+
+class MsgHeapTest : public MsgTest {
+ protected:
+  TempDir dir;
+  std::string heap_path = dir / "shared.heap";
+  void SetUp() override {
+    ASSERT_TRUE(Heap::create(heap_path, {.initial_size = 64 << 20}).ok());
+  }
+  // Bytes in use once this session has held a block (its hold ledger, which
+  // stays): what must be in use again when every message is done with.
+  static std::uint64_t used_at_rest(Heap& heap) {
+    heap.release(heap.allocate_held(1));
+    return heap.info().used;
+  }
+};
+
+TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
+  constexpr std::size_t kBytes = 1 << 20;
+  Pipe done;
+  Child server([&] {
+    Heap heap = Heap::open(heap_path).value();
+    Client me = client("server");
+    me.attach(heap);
+    Channel channel = me.create_channel("refs");
+    Message m = channel.receive(5s);
+    ASSERT_EQ(m.event, Event::kMessage) << event_name(m.event) << ": " << m.payload.text();
+    EXPECT_TRUE(m.payload.by_reference());
+    ASSERT_EQ(m.payload.size(), kBytes);
+    bool intact = true;
+    for (std::size_t i = 0; i < kBytes; ++i) {
+      intact = intact && m.payload.bytes()[i] == std::byte(i % 251);
+    }
+    EXPECT_TRUE(intact);
+    // The view is the held block itself, in this process's mapping: no copy.
+    EXPECT_EQ(heap.holds(m.payload.bytes().data()), 1u);
+    channel.reply(m.index, 1);
+    wait_signal(done);
+  });
+  Heap heap = Heap::open(heap_path).value();
+  Client me = client("client");
+  me.attach(heap);
+  Connection refs = me.connect_channel("refs", 5s, true);
+  EXPECT_TRUE(refs.by_reference(heap));
+  Loan loan = Loan::allocate(heap, kBytes);
+  for (std::size_t i = 0; i < kBytes; ++i) loan.bytes()[i] = std::byte(i % 251);
+  void* block = loan.bytes().data();
+  EXPECT_EQ(refs.send(1, std::move(loan), 5s).answer, 1);
+  EXPECT_FALSE(loan);
+  signal(done);
+  EXPECT_EQ(server.wait_code(), 0);
+  // The receiver released its view when it was done: the block is free.
+  EXPECT_THROW(heap.holds(block), Error);
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok());
+}
+
+TEST_F(MsgHeapTest, ALoanIsCopiedToAPeerThatDoesNotMapTheHeap) {
+  Child server([&] {
+    Client me = client("server");  // attaches no heap
+    Channel channel = me.create_channel("copies");
+    Message m = channel.receive(5s);
+    ASSERT_EQ(m.event, Event::kMessage);
+    EXPECT_FALSE(m.payload.by_reference());
+    EXPECT_EQ(m.payload.text(), "copied bytes");
+    channel.reply(m.index, 2);
+  });
+  Heap heap = Heap::open(heap_path).value();
+  const std::uint64_t used_before = used_at_rest(heap);
+  Client me = client("client");
+  me.attach(heap);
+  Connection copies = me.connect_channel("copies", 5s, true);
+  EXPECT_FALSE(copies.by_reference(heap));
+  Loan loan = Loan::allocate(heap, 12);
+  std::memcpy(loan.bytes().data(), "copied bytes", 12);
+  EXPECT_EQ(copies.send(1, std::move(loan), 5s).answer, 2);
+  EXPECT_EQ(server.wait_code(), 0);
+  EXPECT_EQ(heap.info().used, used_before);  // the loan went back
+}
+
+TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
+  Heap heap = Heap::open(heap_path).value();
+  const std::uint64_t used_before = used_at_rest(heap);
+  Client me = client("sender");
+  me.attach(heap);
+  constexpr int kKills = 100;
+  for (int round = 0; round < kKills; ++round) {
+    Pipe holding;
+    Child receiver([&] {
+      Heap mine = Heap::open(heap_path).value();
+      Client c = client("receiver");
+      c.attach(mine);
+      Channel ch = c.create_channel("hold-" + std::to_string(round));
+      for (;;) {
+        Message m = ch.receive(5s);
+        if (m.event == Event::kBuffered) {
+          signal(holding);
+          ::pause();  // killed holding m's reference
+        }
+      }
+    });
+    holding.close_write();
+    Connection to = me.connect_channel("hold-" + std::to_string(round), 5s, true);
+    Loan loan = Loan::allocate(heap, 4096 + round);
+    std::memset(loan.bytes().data(), round, loan.size());
+    to.buffered_send(round, std::move(loan), 5s);
+    ASSERT_TRUE(wait_signal(holding));
+    receiver.kill();
+    receiver.wait();
+    // The sender learns of the death at its next call, and the dead
+    // receiver's hold on the block is released then, not at the next open.
+    try {
+      to.ping(1s);
+      ADD_FAILURE() << "a dead receiver answered a ping";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kSystem) << e.message();
+    }
+    ASSERT_EQ(heap.info().used, used_before) << "round " << round;
+  }
+  const CheckReport report = heap.check();
+  EXPECT_TRUE(report.ok());
+}
+
+}  // namespace
+}  // namespace sheaf::msg
