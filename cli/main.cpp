@@ -13,6 +13,7 @@
 #include "exit_codes.hpp"
 #include "heap_commands.hpp"
 #include "mount_commands.hpp"
+#include "msg_commands.hpp"
 #include "sheaf/error.hpp"
 #include "store_commands.hpp"
 
@@ -83,6 +84,7 @@ int main(int argc, char** argv) {
   register_heap_commands(app);
   register_bag_commands(app);
   register_mount_commands(app);
+  register_msg_commands(app);
 
   try {
     app.parse(argc, argv);

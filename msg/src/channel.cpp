@@ -269,16 +269,19 @@ struct Channel::State {
     return static_cast<int>(pending.size() - 1);
   }
 
-  // The credit a buffered message from `key` held goes back to its sender:
-  // in batches, or at once when we have read all it sent.
+  // The credit a buffered message from `key` held goes back to its sender,
+  // a quarter of the bound at a time. Never deadlocks: a sender out of credit
+  // has bound messages unread here or owed back, and as we read them the
+  // owed ones reach a quarter of the bound. (Returning credit at every read
+  // would send a frame per message to a sender that reads none while it has
+  // credit: its socket fills, and then ours.)
   void return_credit(std::uint64_t key) {
     auto it = peers.find(key);
     if (it == peers.end()) return;
     Peer& peer = it->second;
     --peer.queued_buffered;
     ++peer.credit_owed;
-    if (peer.credit_owed >= std::max<std::uint32_t>(1, options.max_buffered / 4) ||
-        peer.queued_buffered == 0) {
+    if (peer.credit_owed >= std::max<std::uint32_t>(1, options.max_buffered / 4)) {
       try {
         peer.link.send({FrameType::kCredit, 0, 0, 0, 0, static_cast<std::int32_t>(peer.credit_owed)},
                        {}, deadline_after(kWriteTimeout));

@@ -233,7 +233,17 @@ bool peer_gone(const Error& e) {
 
 void Client::State::connect_manager(Deadline deadline, bool reregister) {
   link.reset();
-  Link fresh = Link::connect("tcp:" + manager, deadline);
+  std::optional<Link> reached;
+  try {
+    reached.emplace(Link::connect("tcp:" + manager, deadline));
+  } catch (const Error& e) {
+    throw Error(e.code(),
+                "no manager answers at " + manager +
+                    " (start one with `sheaf msg manager`, or say where it is with "
+                    "SHEAF_MANAGER=HOST:PORT): " + e.message(),
+                e.sys_errno());
+  }
+  Link& fresh = *reached;
   const Json hello{{"id", id}, {"pid", static_cast<std::int64_t>(::getpid())}};
   const std::uint64_t request_id = next_request++;
   fresh.send({FrameType::kHello, 0, 0, 0, request_id, 0}, to_payload(hello), deadline);

@@ -1,0 +1,483 @@
+// msg_bench.cpp: the message layer beside raw sockets and Boost.Interprocess's
+// message_queue, and payloads by heap reference beside copies. Every benchmark
+// runs between two processes: it forks its peer, which a manager (forked once,
+// on a free loopback port) introduces.
+//
+//   BM_Msg_SyncRoundTrip/<bytes>   Connection::send + Channel::reply, N bytes each way
+//   BM_RawUnix_PingPong/<bytes>    the same bytes over a socketpair, no framing at all
+//   BM_RawTcp_PingPong/<bytes>     the same over loopback TCP (TCP_NODELAY)
+//   BM_BoostMq_PingPong/<bytes>    two boost::interprocess::message_queue, one each way
+//   BM_Msg_Async/100               buffered sends of 100 bytes: items per second
+//   BM_Transfer_HeapRef/<bytes>    a Loan of N bytes sent by reference; the receiver reads
+//                                  its first and last byte and answers with no payload
+//   BM_Transfer_Copy/<bytes>       the same N bytes copied through the channel
+//
+// Round trips also report p50_us and p99_us counters (per-iteration times). At the end a
+// table gives the medians side by side and the ratios the targets are about.
+// The heap for the transfers lives in $SHEAF_BENCH_DIR (default /dev/shm).
+#include <benchmark/benchmark.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <boost/interprocess/ipc/message_queue.hpp>
+#include <chrono>
+#include <map>
+
+#include "bench_util.hpp"
+#include "sheaf/heap.hpp"
+#include "sheaf/msg.hpp"
+#include "sheaf/msg_manager.hpp"
+#include "table_reporter.hpp"
+
+namespace {
+
+namespace bip = boost::interprocess;
+using namespace std::chrono_literals;
+using sheaf_bench::cell;
+
+std::string g_manager;    // "127.0.0.1:PORT"
+pid_t g_manager_pid = -1;
+std::string g_heap_path;  // the transfers' heap
+int g_channel_counter = 0;
+
+std::span<const std::byte> bytes_of(const std::vector<std::byte>& v) { return {v.data(), v.size()}; }
+
+// --- Peers -------------------------------------------------------------------------------------
+// A forked process, killed and reaped when the benchmark is done with it.
+class Peer {
+ public:
+  template <class Body>
+  explicit Peer(Body&& body) {
+    std::fflush(nullptr);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        body();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "peer: %s\n", e.what());
+        code = 1;
+      }
+      std::fflush(nullptr);
+      _exit(code);
+    }
+  }
+  ~Peer() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+void wait_byte(int fd) {
+  char b = 0;
+  if (::read(fd, &b, 1) != 1) throw std::runtime_error("the peer did not start");
+}
+void send_byte(int fd) {
+  const char b = 1;
+  if (::write(fd, &b, 1) != 1) throw std::runtime_error("pipe");
+}
+
+// The Sheaf side of a benchmark: a channel owner in a child that echoes each
+// message (or only acknowledges it), and the parent's connection to it.
+struct SheafPair {
+  enum Mode { kEcho, kAck };
+  std::unique_ptr<Peer> server;
+  std::optional<sheaf::Heap> heap;
+  std::optional<sheaf::msg::Client> client;
+  std::optional<sheaf::msg::Connection> connection;
+
+  SheafPair(Mode mode, bool with_heap, std::uint32_t max_buffered = 1024) {
+    const std::string name = "bench-" + std::to_string(::getpid()) + "-" +
+                             std::to_string(g_channel_counter++);
+    int ready[2];
+    if (::pipe(ready) != 0) throw std::runtime_error("pipe");
+    server = std::make_unique<Peer>([&] {
+      ::close(ready[0]);
+      std::optional<sheaf::Heap> mine;
+      auto me = sheaf::msg::Client::connect("server", {.manager = g_manager});
+      if (with_heap) {
+        mine.emplace(sheaf::Heap::open(g_heap_path).value());
+        me.attach(*mine);
+      }
+      auto channel = me.create_channel(name, {.max_buffered = max_buffered});
+      send_byte(ready[1]);
+      for (;;) {
+        sheaf::msg::Message m = channel.receive(sheaf::msg::kForever);
+        if (m.event == sheaf::msg::Event::kMessage) {
+          if (mode == kEcho) {
+            channel.reply(m.index, 0, m.payload.bytes());
+          } else {
+            const auto b = m.payload.bytes();
+            const int touched = b.empty() ? 0 : static_cast<int>(b.front()) + static_cast<int>(b.back());
+            channel.reply(m.index, touched);
+          }
+        } else if (m.event == sheaf::msg::Event::kDisconnect || m.event == sheaf::msg::Event::kDeath) {
+          return;
+        }
+      }
+    });
+    ::close(ready[1]);
+    wait_byte(ready[0]);
+    ::close(ready[0]);
+    client.emplace(sheaf::msg::Client::connect("client", {.manager = g_manager}));
+    if (with_heap) {
+      heap.emplace(sheaf::Heap::open(g_heap_path).value());
+      client->attach(*heap);
+    }
+    connection.emplace(client->connect_channel(name, 5s));
+  }
+  ~SheafPair() { connection.reset(); }
+};
+
+// Per-iteration round-trip times, as p50/p99 counters.
+class Latencies {
+ public:
+  explicit Latencies(benchmark::State& state) : state_(state) { ns_.reserve(1 << 16); }
+  void start() { started_ = std::chrono::steady_clock::now(); }
+  void stop() {
+    ns_.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() -
+                                                           started_)
+                      .count());
+  }
+  ~Latencies() {
+    if (ns_.empty()) return;
+    std::sort(ns_.begin(), ns_.end());
+    state_.counters["p50_us"] = ns_[ns_.size() / 2] / 1000;
+    state_.counters["p99_us"] = ns_[std::min(ns_.size() - 1, ns_.size() * 99 / 100)] / 1000;
+  }
+
+ private:
+  benchmark::State& state_;
+  std::vector<double> ns_;
+  std::chrono::steady_clock::time_point started_;
+};
+
+// --- Round trips ---------------------------------------------------------------------------------
+void BM_Msg_SyncRoundTrip(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kEcho, false);
+    std::vector<std::byte> payload(n, std::byte{7});
+    Latencies latencies(state);
+    for (auto _ : state) {
+      latencies.start();
+      sheaf::msg::Reply r = pair.connection->send(1, bytes_of(payload), 5s);
+      latencies.stop();
+      if (r.payload.size() != n) throw std::runtime_error("short echo");
+    }
+  });
+}
+
+void read_exactly(int fd, char* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t got = ::read(fd, p, n);
+    if (got <= 0) throw std::runtime_error("read");
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+}
+void write_exactly(int fd, const char* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t put = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (put <= 0) throw std::runtime_error("write");
+    p += put;
+    n -= static_cast<std::size_t>(put);
+  }
+}
+
+// Echoes n-byte messages on fd until it closes.
+void echo_loop(int fd, std::size_t n) {
+  std::vector<char> buffer(n);
+  for (;;) {
+    std::size_t have = 0;
+    while (have < n) {
+      const ssize_t got = ::read(fd, buffer.data() + have, n - have);
+      if (got <= 0) return;
+      have += static_cast<std::size_t>(got);
+    }
+    write_exactly(fd, buffer.data(), n);
+  }
+}
+
+void ping_pong(benchmark::State& state, int fd, std::size_t n) {
+  std::vector<char> out(n, 7);
+  std::vector<char> in(n);
+  Latencies latencies(state);
+  for (auto _ : state) {
+    latencies.start();
+    write_exactly(fd, out.data(), n);
+    read_exactly(fd, in.data(), n);
+    latencies.stop();
+  }
+}
+
+void BM_RawUnix_PingPong(benchmark::State& state) {
+  const auto n = std::max<std::size_t>(1, static_cast<std::size_t>(state.range(0)));
+  sheaf_bench::guarded(state, [&] {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) throw std::runtime_error("socketpair");
+    {
+      Peer echo([&] {
+        ::close(fds[0]);
+        echo_loop(fds[1], n);
+      });
+      ::close(fds[1]);
+      ping_pong(state, fds[0], n);
+      ::close(fds[0]);
+    }
+  });
+}
+
+void BM_RawTcp_PingPong(benchmark::State& state) {
+  const auto n = std::max<std::size_t>(1, static_cast<std::size_t>(state.range(0)));
+  sheaf_bench::guarded(state, [&] {
+    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+        ::listen(listener, 1) != 0 ||
+        ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("listen");
+    }
+    const int one = 1;
+    Peer echo([&] {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) return;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      echo_loop(fd, n);
+    });
+    const int fd = ::accept(listener, nullptr, nullptr);
+    ::close(listener);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ping_pong(state, fd, n);
+    ::close(fd);
+  });
+}
+
+void BM_BoostMq_PingPong(benchmark::State& state) {
+  const auto n = std::max<std::size_t>(1, static_cast<std::size_t>(state.range(0)));
+  sheaf_bench::guarded(state, [&] {
+    const std::string stem = "sheaf-bench-mq-" + std::to_string(::getpid());
+    const std::string to_name = stem + "-to";
+    const std::string from_name = stem + "-from";
+    bip::message_queue::remove(to_name.c_str());
+    bip::message_queue::remove(from_name.c_str());
+    bip::message_queue to(bip::create_only, to_name.c_str(), 4, n);
+    bip::message_queue from(bip::create_only, from_name.c_str(), 4, n);
+    {
+      Peer echo([&] {
+        bip::message_queue in(bip::open_only, to_name.c_str());
+        bip::message_queue out(bip::open_only, from_name.c_str());
+        std::vector<char> buffer(n);
+        for (;;) {
+          std::size_t got = 0;
+          unsigned priority = 0;
+          in.receive(buffer.data(), n, got, priority);
+          if (got == 0 && n > 1) return;
+          out.send(buffer.data(), got, 0);
+        }
+      });
+      std::vector<char> out(n, 7);
+      std::vector<char> in(n);
+      Latencies latencies(state);
+      for (auto _ : state) {
+        latencies.start();
+        to.send(out.data(), n, 0);
+        std::size_t got = 0;
+        unsigned priority = 0;
+        from.receive(in.data(), n, got, priority);
+        latencies.stop();
+      }
+    }
+    bip::message_queue::remove(to_name.c_str());
+    bip::message_queue::remove(from_name.c_str());
+  });
+}
+
+// --- Throughput ----------------------------------------------------------------------------------
+void BM_Msg_Async(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kAck, false, 4096);
+    std::vector<std::byte> payload(n, std::byte{7});
+    for (auto _ : state) pair.connection->buffered_send(1, bytes_of(payload), 5s);
+    // Delivered, not only sent: a synchronous message is answered after every
+    // buffered one before it (one sender's messages stay in order).
+    pair.connection->send(2, std::span<const std::byte>(), 30s);
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
+  });
+}
+
+// --- Transfers -----------------------------------------------------------------------------------
+void BM_Transfer_HeapRef(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kAck, true);
+    if (!pair.connection->by_reference(*pair.heap)) throw std::runtime_error("not by reference");
+    Latencies latencies(state);
+    for (auto _ : state) {
+      latencies.start();
+      auto loan = sheaf::msg::Loan::allocate(*pair.heap, n);
+      loan.bytes().front() = std::byte{1};
+      loan.bytes().back() = std::byte{2};
+      const sheaf::msg::Reply r = pair.connection->send(1, std::move(loan), 5s);
+      latencies.stop();
+      if (r.answer != 3) throw std::runtime_error("the receiver did not see the payload");
+    }
+  });
+}
+
+void BM_Transfer_Copy(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kAck, false);
+    std::vector<std::byte> payload(n, std::byte{0});
+    payload.front() = std::byte{1};
+    payload.back() = std::byte{2};
+    Latencies latencies(state);
+    for (auto _ : state) {
+      latencies.start();
+      const sheaf::msg::Reply r = pair.connection->send(1, bytes_of(payload), 30s);
+      latencies.stop();
+      if (r.answer != 3) throw std::runtime_error("the receiver did not see the payload");
+    }
+  });
+}
+
+constexpr std::int64_t kRoundTripSizes[] = {0, 100, 1000, 10000};
+constexpr std::int64_t kTransferSizes[] = {64, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
+
+void round_trip_args(benchmark::internal::Benchmark* b) {
+  for (auto n : kRoundTripSizes) b->Arg(n);
+  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+void transfer_args(benchmark::internal::Benchmark* b) {
+  for (auto n : kTransferSizes) b->Arg(n);
+  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK(BM_Msg_SyncRoundTrip)->Apply(round_trip_args);
+BENCHMARK(BM_RawUnix_PingPong)->Apply(round_trip_args);
+BENCHMARK(BM_RawTcp_PingPong)->Apply(round_trip_args);
+BENCHMARK(BM_BoostMq_PingPong)->Apply(round_trip_args);
+BENCHMARK(BM_Msg_Async)->Arg(100)->UseRealTime();
+BENCHMARK(BM_Transfer_HeapRef)->Apply(transfer_args);
+BENCHMARK(BM_Transfer_Copy)->Apply(transfer_args);
+
+// --- The table ---------------------------------------------------------------------------------
+class MsgReporter : public sheaf_bench::TableReporter {
+ public:
+  using TableReporter::TableReporter;
+
+ private:
+  void collect(const Run& run) override {
+    const std::string key = run.run_name.function_name + "/" + run.run_name.args;
+    const double us = run.GetAdjustedRealTime() * 1e6 / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    times_[key].add(run, us);
+    if (auto it = run.counters.find("items_per_second"); it != run.counters.end()) {
+      rates_[key].add(run, it->second.value);
+    }
+  }
+
+  double us(const std::string& key) const {
+    auto it = times_.find(key);
+    return it == times_.end() ? -1 : it->second.value();
+  }
+
+  void print_table(std::ostream& out) const override {
+    char line[256];
+    out << "\nRound trips, us (medians), and the message layer's time over raw Unix sockets'\n";
+    std::snprintf(line, sizeof line, "%-8s %10s %10s %10s %10s %12s\n", "bytes", "Sheaf", "RawUnix",
+                  "RawTcp", "BoostMq", "Sheaf/Unix");
+    out << line;
+    for (auto n : kRoundTripSizes) {
+      const std::string a = "/" + std::to_string(n);
+      const double sheaf = us("BM_Msg_SyncRoundTrip" + a);
+      const double unix_socket = us("BM_RawUnix_PingPong" + a);
+      std::snprintf(line, sizeof line, "%-8lld %10s %10s %10s %10s %12s\n",
+                    static_cast<long long>(n), cell(sheaf, "%.1f").c_str(),
+                    cell(unix_socket, "%.1f").c_str(), cell(us("BM_RawTcp_PingPong" + a), "%.1f").c_str(),
+                    cell(us("BM_BoostMq_PingPong" + a), "%.1f").c_str(),
+                    cell(sheaf > 0 && unix_socket > 0 ? sheaf / unix_socket : -1, "%.2fx").c_str());
+      out << line;
+    }
+    if (auto it = rates_.find("BM_Msg_Async/100"); it != rates_.end()) {
+      out << "\nBuffered 100-byte messages: " << cell(it->second.value(), "%.0f") << " per second\n";
+    }
+    out << "\nTransfers (send + empty reply), us (medians): by heap reference and by copy\n";
+    std::snprintf(line, sizeof line, "%-10s %12s %12s %12s\n", "bytes", "HeapRef", "Copy",
+                  "Copy/HeapRef");
+    out << line;
+    for (auto n : kTransferSizes) {
+      const std::string a = "/" + std::to_string(n);
+      const double ref = us("BM_Transfer_HeapRef" + a);
+      const double copy = us("BM_Transfer_Copy" + a);
+      std::snprintf(line, sizeof line, "%-10lld %12s %12s %12s\n", static_cast<long long>(n),
+                    cell(ref, "%.1f").c_str(), cell(copy, "%.1f").c_str(),
+                    cell(ref > 0 && copy > 0 ? copy / ref : -1, "%.1fx").c_str());
+      out << line;
+    }
+    const double smallest = us("BM_Transfer_HeapRef/64");
+    const double largest = us("BM_Transfer_HeapRef/" + std::to_string(kTransferSizes[5]));
+    if (smallest > 0 && largest > 0) {
+      out << "HeapRef 256 MiB / 64 B: " << cell(largest / smallest, "%.2fx") << "\n";
+    }
+    out << std::flush;
+  }
+
+  std::map<std::string, sheaf_bench::Median> times_;
+  std::map<std::string, sheaf_bench::Median> rates_;
+};
+
+void stop_manager() noexcept {
+  if (g_manager_pid > 0) {
+    ::kill(g_manager_pid, SIGKILL);
+    ::waitpid(g_manager_pid, nullptr, 0);
+    g_manager_pid = -1;
+  }
+  if (!g_heap_path.empty()) ::unlink(g_heap_path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!sheaf_bench::initialize_interleaved(argc, argv)) return 1;
+  std::signal(SIGPIPE, SIG_IGN);
+  g_heap_path = sheaf_bench::bench_dir("/dev/shm") + "/sheaf-msg-bench-" +
+                std::to_string(::getpid()) + ".heap";
+  // The transfers' heap: room for the largest payload, twice.
+  sheaf::Heap::create(g_heap_path, {.initial_size = std::uint64_t{640} << 20}).value().close().value();
+  int ready[2];
+  if (::pipe(ready) != 0) return 1;
+  std::fflush(nullptr);
+  g_manager_pid = ::fork();
+  if (g_manager_pid == 0) {
+    ::close(ready[0]);
+    sheaf::msg::Manager manager({.listen = "127.0.0.1:0"});
+    const std::string address = manager.address();
+    if (::write(ready[1], address.data(), address.size()) < 0) _exit(1);
+    ::close(ready[1]);
+    manager.run();
+    _exit(0);
+  }
+  ::close(ready[1]);
+  char text[64] = {};
+  if (::read(ready[0], text, sizeof(text) - 1) <= 0) return 1;
+  ::close(ready[0]);
+  g_manager = text;
+  sheaf_bench::clean_up_on_fatal_signals(stop_manager);
+
+  MsgReporter reporter(sheaf_bench::console_options());
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  stop_manager();
+  return 0;
+}
