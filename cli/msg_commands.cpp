@@ -9,10 +9,12 @@
 #include <string>
 
 #include "io.hpp"
+#include "msg_bench.hpp"
 #include "output.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/msg.hpp"
 #include "sheaf/msg_manager.hpp"
+#include "units.hpp"
 
 namespace sheaf::cli {
 namespace {
@@ -216,6 +218,39 @@ void register_msg_commands(CLI::App& app) {
       ->type_name("N");
   add_common(*verb, listen->common);
   verb->callback([listen] { run_listen(*listen); });
+
+  auto bench = std::make_shared<MsgBenchArgs>();
+  auto sizes = std::make_shared<std::vector<std::string>>(
+      std::vector<std::string>{"64", "4K", "64K", "1M", "16M", "64M"});
+  verb = noun->add_subcommand(
+      "bench",
+      "Measure sending payloads by heap reference and by copy between two processes, by size");
+  verb->add_option("--sizes", *sizes, "Payload sizes (default 64,4K,64K,1M,16M,64M)")
+      ->delimiter(',')
+      ->type_name("LIST");
+  verb->add_option("--rounds", bench->rounds, "Round trips per size and path (default 20)")
+      ->check(CLI::Range(3, 100000))
+      ->type_name("N");
+  verb->add_option("--heap", bench->heap,
+                   "The heap to put payloads in (default: a temporary one in /dev/shm)")
+      ->type_name("PATH");
+  verb->add_option("--manager", bench->manager,
+                   "A manager to use, HOST:PORT (default: one of its own, on loopback)")
+      ->type_name("HOST:PORT");
+  verb->add_option("--plot", bench->plot, "Also draw time against size into this PNG (gnuplot)")
+      ->type_name("FILE.png");
+  add_json_flag(*verb, bench->json);
+  verb->callback([bench, sizes] {
+    bench->sizes.clear();
+    for (const std::string& s : *sizes) {
+      try {
+        bench->sizes.push_back(parse_size(s));
+      } catch (const std::invalid_argument& e) {
+        throw Error(Errc::kInvalidArgument, std::string("--sizes: ") + e.what());
+      }
+    }
+    run_msg_bench(*bench);
+  });
 
   auto ping = std::make_shared<PingArgs>();
   verb = noun->add_subcommand("ping", "Check that a channel's owner answers, and how fast");

@@ -5,7 +5,7 @@
 
 namespace sheaf::cli {
 
-// Adds the `msg` noun and its verbs (manager, channels, send, listen, ping).
+// Adds the `msg` noun and its verbs (manager, channels, send, listen, ping, bench).
 void register_msg_commands(CLI::App& app);
 
 }  // namespace sheaf::cli
