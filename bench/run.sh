@@ -7,7 +7,9 @@
 # beside the same done directly; needs /dev/fuse and, to widen the mount's readahead, root),
 # sheaf_recovery_bench (a 4 GiB heap's first open, clean and after a kill, beside the walk;
 # 5 rounds), sheaf_holds_bench (a block handed between two processes, held beside plain) and
-# sheaf_cli_bench (`sheaf heap` commands on 100,000 objects beside an empty heap).
+# sheaf_cli_bench (`sheaf heap` commands on 100,000 objects beside an empty heap) and
+# sheaf_msg_bench (message round trips beside raw Unix/TCP sockets and Boost message_queue;
+# payloads by heap reference beside copies, 64 B to 256 MiB; 3 repetitions, medians).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
@@ -28,7 +30,7 @@ cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DSHEAF_BUILD_BENCH=ON -DSHEAF_BUILD_TESTS=OFF -DSHEAF_BUILD_CLI=ON >/dev/null
 ninja -C "$build" sheaf_heap_bench sheaf_contention_bench sheaf_bag_bench sheaf_fs_bench \
-  sheaf_recovery_bench sheaf_holds_bench sheaf_cli_bench
+  sheaf_recovery_bench sheaf_holds_bench sheaf_cli_bench sheaf_msg_bench
 
 flags=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 echo
@@ -53,3 +55,6 @@ echo "== sheaf_holds_bench =="
 echo
 echo "== sheaf_cli_bench =="
 "$build/bench/sheaf_cli_bench" "${flags[@]}"
+echo
+echo "== sheaf_msg_bench =="
+"$build/bench/sheaf_msg_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true

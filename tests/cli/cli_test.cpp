@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <thread>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -77,6 +79,12 @@ class Process {
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) pid_ = -1;
   }
+
+  // For a process that runs until told to stop (sheaf msg manager, listen).
+  void signal(int sig) {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+  const fs::path& out_path() const { return out_; }
 
   Output wait() {
     Output result;
@@ -1191,6 +1199,90 @@ TEST_F(CliTest, ProgressBarOnATerminal) {
   EXPECT_EQ(text.substr(text.size() >= 4 ? text.size() - 4 : 0), "\r\033[K") << text;
   EXPECT_EQ(text.find("small"), std::string::npos) << text;
   EXPECT_EQ(ok_json({"bag", "info", store, "big", "--json"})["size"], 200u << 20);
+}
+
+
+// --- sheaf msg ------------------------------------------------------------------
+
+// A manager on a free loopback port, stopped (and reaped) when the test ends.
+class ManagerProcess {
+ public:
+  explicit ManagerProcess(Process process) : process_(std::move(process)) {
+    for (int i = 0; i < 200 && address_.empty(); ++i) {
+      const std::string out = read_file(process_.out_path());
+      if (const auto at = out.find("listening on "); at != std::string::npos) {
+        const auto end = out.find('\n', at);
+        if (end != std::string::npos) address_ = out.substr(at + 13, end - at - 13);
+      }
+      if (address_.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+  }
+  ~ManagerProcess() { stop(); }
+  void stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    process_.signal(SIGTERM);
+    process_.wait();
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  Process process_;
+  std::string address_;
+  bool stopped_ = false;
+};
+
+TEST_F(CliTest, MsgVerbsTalkThroughAChannel) {
+  ManagerProcess manager(start({"msg", "manager", "--listen", "127.0.0.1:0"}));
+  ASSERT_FALSE(manager.address().empty()) << "the manager printed no address";
+  const std::string m = manager.address();
+  Process listener = start({"msg", "listen", "greet", "--echo", "--count", "2", "--manager", m});
+  Json channels;
+  for (int i = 0; i < 200; ++i) {
+    channels = ok_json({"msg", "channels", "--json", "--manager", m});
+    if (channels.is_array() && !channels.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(channels.size(), 1u) << channels.dump();
+  EXPECT_EQ(channels[0]["name"], "greet");
+  EXPECT_EQ(channels[0]["max_buffered"], 64);
+  EXPECT_TRUE(channels[0]["owner"].get<std::string>().starts_with("cli-"));
+
+  EXPECT_EQ(ok({"msg", "ping", "greet", "--manager", m}).find("answer from greet"), 0u);
+  EXPECT_EQ(ok({"msg", "send", "greet", "hello, channel", "--manager", m}), "hello, channel");
+  const Json reply = ok_json({"msg", "send", "greet", "abc", "--type", "7", "--json", "--manager", m});
+  EXPECT_EQ(reply["answer"], 7);  // --echo answers with the message's own type and bytes
+  EXPECT_EQ(reply["text"], "abc");
+  Output done = listener.wait();
+  EXPECT_EQ(done.status, 0) << done.err;
+  EXPECT_NE(done.out.find("message from"), std::string::npos) << done.out;
+  EXPECT_NE(done.out.find("hello, channel"), std::string::npos) << done.out;
+
+  // The listener has gone: its channel with it.
+  Output gone = run({"msg", "send", "greet", "x", "--manager", m});
+  EXPECT_EQ(gone.status, 3) << gone.err;
+  EXPECT_NE(gone.err.find("no channel named 'greet'"), std::string::npos) << gone.err;
+  manager.stop();
+  Output nobody = run({"msg", "channels", "--manager", m});
+  EXPECT_EQ(nobody.status, 8) << nobody.err;
+  EXPECT_NE(nobody.err.find("no manager answers"), std::string::npos) << nobody.err;
+}
+
+TEST_F(CliTest, MsgBenchPrintsBothPathsAsJson) {
+  const Json runs = ok_json({"msg", "bench", "--sizes", "64,1M", "--rounds", "3", "--json"});
+  ASSERT_EQ(runs.size(), 2u) << runs.dump();
+  EXPECT_EQ(runs[1]["bytes"], 1 << 20);
+  for (const Json& r : runs) {
+    EXPECT_GT(r["by_reference_p50_us"].get<double>(), 0);
+    EXPECT_GT(r["by_copy_p50_us"].get<double>(), 0);
+    EXPECT_GE(r["by_copy_p99_us"].get<double>(), r["by_copy_p50_us"].get<double>());
+  }
+  // --plot draws a PNG with gnuplot (installed by scripts/install-deps).
+  const std::string png = path("plot.png");
+  ok({"msg", "bench", "--sizes", "64,4K", "--rounds", "3", "--plot", png});
+  EXPECT_EQ(read_file(png).substr(0, 4), "\x89PNG");
+  Output bad = run({"msg", "bench", "--sizes", "lots"});
+  EXPECT_EQ(bad.status, 2) << bad.err;
 }
 
 }  // namespace

@@ -2,13 +2,33 @@
 //
 // The input is a byte stream as a socket would deliver it. Its first byte
 // sets the size of the pieces it is fed to a FrameReader in; every frame that
-// comes out must be self-consistent, and a heap reference must decode or be
-// refused, never read past its bytes.
+// comes out must be self-consistent, a heap reference must decode or be
+// refused, never read past its bytes, and a control payload (JSON: hello,
+// channel requests, the channel list) must parse into the fields the manager
+// and the channels read, or be refused with an Error.
 #include <cstdint>
 #include <span>
 
+#include "client_state.hpp"
+#include "control.hpp"
 #include "frame.hpp"
 #include "sheaf/error.hpp"
+
+namespace {
+
+// What the manager and a channel owner read from a control frame.
+void read_control(const sheaf::msg::Frame& frame) {
+  try {
+    const sheaf::msg::Json json = sheaf::msg::parse_control(frame);
+    (void)sheaf::msg::parse_heaps(json, frame);
+    const std::string name = sheaf::msg::string_field(json, "name", frame);
+    sheaf::msg::check_name(name, "channel name");
+    (void)sheaf::msg::int_field(json, "pid", frame);
+  } catch (const sheaf::Error&) {
+  }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
@@ -22,8 +42,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (frame->payload.size() != frame->header.payload_bytes) __builtin_trap();
         if (frame->header.payload_bytes > (1u << 16)) __builtin_trap();
         if (frame->header.flags & sheaf::msg::kFlagHeapRef) {
-          (void)sheaf::msg::decode_heap_ref(frame->payload);
+          try {
+            (void)sheaf::msg::decode_heap_ref(frame->payload);
+          } catch (const sheaf::Error&) {
+          }
         }
+        read_control(*frame);
       }
     }
   } catch (const sheaf::Error&) {

@@ -81,6 +81,19 @@ int main(int argc, char** argv) {
   const auto heap_ref = sheaf::msg::encode_heap_ref({{}, 4096, 64, 9});
   append(ref, heap_ref);
   append(sheaf::msg::FrameHeader{}, {});
+  // Control frames as clients send them: a hello listing a heap, a channel
+  // created with its address and heaps.
+  sheaf::msg::FrameHeader hello;
+  hello.type = sheaf::msg::FrameType::kHello;
+  const std::string hello_json =
+      R"({"id":"client","pid":42,"heaps":[{"uuid":"00112233-4455-6677-8899-aabbccddeeff","session":7}]})";
+  append(hello, std::as_bytes(std::span(hello_json)));
+  sheaf::msg::FrameHeader create;
+  create.type = sheaf::msg::FrameType::kCreateChannel;
+  create.value = 64;
+  const std::string create_json =
+      R"({"name":"jobs","address":"unix:/tmp/sheaf-0/c-1-0.sock tcp:127.0.0.1:9300","heaps":[]})";
+  append(create, std::as_bytes(std::span(create_json)));
   std::ofstream(dir + "/frames/stream.seed", std::ios::binary) << stream;
   return 0;
 }
