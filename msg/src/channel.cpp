@@ -190,21 +190,38 @@ struct Channel::State {
     queue.push_back({std::move(m), 0});
   }
 
-  // Reads one peer's frames into the queue. False: the peer is gone.
+  // Reads one peer's frames into the queue, dropping the peer when it is gone.
   void read_peer(std::uint64_t key) {
     auto found = peers.find(key);
     if (found == peers.end()) return;
     Peer& peer = found->second;
     bool open = true;
     try {
-      open = peer.link.read_available();
-      while (auto frame = peer.link.next_frame()) {
-        if (!handle(key, peer, *frame)) return;  // said goodbye, or broke the protocol
+      // A hello can switch the peer to rings: what follows it is read there.
+      for (bool more = true; more;) {
+        const bool had_rings = peer.link.has_rings();
+        open = peer.link.read_available();
+        while (auto frame = peer.link.next_frame()) {
+          if (!handle(key, peer, *frame)) return;  // said goodbye, or broke the protocol
+        }
+        more = open && peer.link.has_rings() && (!had_rings || peer.link.ring_readable());
       }
     } catch (const Error& e) {
       return drop_peer(key, Event::kDisconnect, e.message());  // it broke the protocol
     }
     if (!open) drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
+  }
+
+  // A peer on rings whose socket became readable: it closed (it sends
+  // nothing else there). What it wrote to the ring before is read first.
+  void check_ring_peer(std::uint64_t key) {
+    auto found = peers.find(key);
+    if (found == peers.end() || !found->second.link.peer_closed()) return;
+    read_peer(key);
+    found = peers.find(key);
+    if (found != peers.end()) {
+      drop_peer(key, found->second.id.empty() ? Event::kDisconnect : Event::kDeath);
+    }
   }
 
   // False when the peer was dropped.
@@ -220,6 +237,12 @@ struct Channel::State {
         check_name(id, "client id");
         peer.heaps = parse_heaps(hello, frame);
         peer.id = std::move(id);
+        if (hello.contains("rings") && hello["rings"].is_boolean() && hello["rings"].get<bool>()) {
+          if (!peer.link.is_unix()) {
+            throw Error(Errc::kCorrupted, "rings offered over TCP", EPROTO);
+          }
+          peer.link.accept_rings();
+        }
         return true;
       }
       case FrameType::kPing:
@@ -353,9 +376,36 @@ namespace {
 // What one entry of the poll set stands for.
 struct Watched {
   Channel::State* channel;
-  enum Kind { kAcceptor, kPeer, kManager } kind;
+  enum Kind { kAcceptor, kPeer, kRingPeerSocket, kManager } kind;
   std::uint64_t peer = 0;
 };
+
+// Clients on rings: spin a little on them first (a message is often a few
+// microseconds away when both processes run), then announce the sleep.
+// True if one has data, so poll() must not sleep.
+bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until) {
+  bool any = false;
+  for (Channel::State* s : channels) {
+    for (auto& [key, peer] : s->peers) any = any || peer.link.has_rings();
+  }
+  if (!any) return false;
+  const auto spin_until =
+      std::min<Deadline>(until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns()));
+  do {
+    for (Channel::State* s : channels) {
+      for (auto& [key, peer] : s->peers) {
+        if (peer.link.ring_readable()) return true;
+      }
+    }
+  } while (std::chrono::steady_clock::now() < spin_until);
+  bool ready = false;
+  for (Channel::State* s : channels) {
+    for (auto& [key, peer] : s->peers) {
+      if (!peer.link.prepare_sleep()) ready = true;
+    }
+  }
+  return ready;
+}
 
 // One wait over every channel's sockets, until something is ready, a timer
 // or a retry of the manager is due, or the deadline; then each ready socket
@@ -374,8 +424,15 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       what.push_back({s, Watched::kAcceptor});
     }
     for (auto& [key, peer] : s->peers) {
-      fds.push_back({peer.link.fd(), POLLIN, 0});
-      what.push_back({s, Watched::kPeer, key});
+      if (peer.link.has_rings()) {
+        fds.push_back({peer.link.wake_fd(), POLLIN, 0});
+        what.push_back({s, Watched::kPeer, key});
+        fds.push_back({peer.link.fd(), POLLIN, 0});
+        what.push_back({s, Watched::kRingPeerSocket, key});
+      } else {
+        fds.push_back({peer.link.fd(), POLLIN, 0});
+        what.push_back({s, Watched::kPeer, key});
+      }
     }
     until = std::min(until, s->next_timer_due());
     std::lock_guard lock(s->client->mutex);
@@ -386,17 +443,28 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       until = std::min(until, s->next_manager_try);
     }
   }
-  const int n = ::poll(fds.data(), fds.size(), poll_millis(until));
+  const bool ring_ready = ring_data_soon(channels, until);
+  const int n = ::poll(fds.data(), fds.size(), ring_ready ? 0 : poll_millis(until));
   if (n < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+  for (Channel::State* s : channels) {
+    for (auto& [key, peer] : s->peers) peer.link.finish_sleep();
+  }
   for (std::size_t i = 0; i < fds.size(); ++i) {
-    if (fds[i].revents == 0) continue;
     Channel::State& s = *what[i].channel;
+    const bool ring_has_data = what[i].kind == Watched::kPeer && [&] {
+      auto it = s.peers.find(what[i].peer);
+      return it != s.peers.end() && it->second.link.ring_readable();
+    }();
+    if (fds[i].revents == 0 && !ring_has_data) continue;
     switch (what[i].kind) {
       case Watched::kAcceptor:
         s.accept_all();
         break;
       case Watched::kPeer:
         s.read_peer(what[i].peer);
+        break;
+      case Watched::kRingPeerSocket:
+        s.check_ring_peer(what[i].peer);
         break;
       case Watched::kManager:
         s.tend_manager(true);

@@ -4,7 +4,9 @@
 
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <thread>
 
 #include "addresses.hpp"
@@ -502,10 +504,18 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
       throw Error(Errc::kNotFound, "channel " + name + ": cannot reach its owner: " + last_error,
                   ECONNREFUSED);
     }
-    const Json hello{{"id", state_->id},
-                     {"pid", static_cast<std::int64_t>(::getpid())},
-                     {"heaps", heaps_json(state_->heaps)}};
-    state->link->send({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
+    Json hello{{"id", state_->id},
+               {"pid", static_cast<std::int64_t>(::getpid())},
+               {"heaps", heaps_json(state_->heaps)}};
+    // On one host, frames move into shared-memory rings after the hello
+    // (ring.hpp) unless SHEAF_MSG_RINGS=0.
+    const char* rings = std::getenv("SHEAF_MSG_RINGS");
+    if (state->link->is_unix() && (rings == nullptr || std::string_view(rings) != "0")) {
+      hello["rings"] = true;
+      state->link->offer_rings({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
+    } else {
+      state->link->send({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
+    }
   }
   return Connection(std::move(state));
 }

@@ -117,9 +117,21 @@ Link Link::connect(const std::string& address, Deadline deadline) {
   return Link(std::move(socket), address);
 }
 
+Link::~Link() { close_received_fds(); }
+
+void Link::close_received_fds() {
+  for (const int fd : received_fds_) ::close(fd);
+  received_fds_.clear();
+}
+
 void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline deadline) {
   header.payload_bytes = static_cast<std::uint32_t>(payload.size());
   const auto head = encode_header(header);
+  if (ring_) {
+    send_ring(head, deadline);
+    send_ring(payload, deadline);
+    return;
+  }
   std::array<iovec, 2> parts{iovec{const_cast<std::byte*>(head.data()), head.size()},
                              iovec{const_cast<std::byte*>(payload.data()), payload.size()}};
   std::size_t first = 0;  // the first part not sent whole
@@ -153,9 +165,40 @@ void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline
 }
 
 bool Link::read_available() {
+  if (ring_) {
+    ring_->read_into(reader_);
+    return true;  // the socket says whether the peer is gone (peer_closed)
+  }
+  return read_socket();
+}
+
+bool Link::read_socket() {
   std::array<std::byte, 64 * 1024> buffer;
+  // Room for the descriptors a hello may bring (rings: a memfd, two eventfds).
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
   for (;;) {
-    const ssize_t n = ::recv(fd(), buffer.data(), buffer.size(), MSG_DONTWAIT);
+    iovec part{buffer.data(), buffer.size()};
+    msghdr message{};
+    message.msg_iov = &part;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    const ssize_t n = ::recvmsg(fd(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n >= 0) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&message); c != nullptr; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+          int received = -1;
+          std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+          if (received_fds_.size() < 8) {
+            received_fds_.push_back(received);
+          } else {
+            ::close(received);  // more than any frame brings: not kept
+          }
+        }
+      }
+    }
     if (n > 0) {
       reader_.feed(std::span(buffer.data(), static_cast<std::size_t>(n)));
       if (static_cast<std::size_t>(n) < buffer.size()) return true;
@@ -169,9 +212,148 @@ bool Link::read_available() {
   }
 }
 
+bool Link::peer_closed() {
+  char byte = 0;
+  const ssize_t n = ::recv(fd(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
+void Link::offer_rings(FrameHeader header, std::span<const std::byte> payload, Deadline deadline) {
+  RingPair rings = RingPair::create();
+  const int mine = make_wake_fd();
+  int theirs = -1;
+  try {
+    theirs = make_wake_fd();
+  } catch (...) {
+    ::close(mine);
+    throw;
+  }
+  RingEnd end(std::move(rings), /*write_direction=*/0, mine, theirs);
+  header.payload_bytes = static_cast<std::uint32_t>(payload.size());
+  const auto head = encode_header(header);
+  std::vector<std::byte> frame(head.begin(), head.end());
+  frame.insert(frame.end(), payload.begin(), payload.end());
+  // The owner's end: the segment, its own eventfd, then ours.
+  const int fds[3] = {end.rings().fd(), theirs, mine};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(fds))] = {};
+  iovec part{frame.data(), frame.size()};
+  msghdr message{};
+  message.msg_iov = &part;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof(control);
+  cmsghdr* c = CMSG_FIRSTHDR(&message);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(fds));
+  std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
+  for (;;) {
+    const ssize_t n = ::sendmsg(fd(), &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(frame.size())) break;
+    if (n >= 0) {  // a hello is small; a partial write means a socket in trouble
+      throw Error(Errc::kSystem, "sending to " + peer_ + ": hello cut short", EIO);
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      if (!wait_for(fd(), POLLOUT, deadline)) {
+        throw Error(Errc::kTimedOut, "sending to " + peer_ + ": timed out", ETIMEDOUT);
+      }
+      continue;
+    }
+    if (errno == EPIPE || errno == ECONNRESET) throw_peer_gone(peer_, errno);
+    throw Error::from_errno(errno, "sending to " + peer_);
+  }
+  ring_.emplace(std::move(end));
+}
+
+void Link::accept_rings() {
+  if (received_fds_.size() != 3) {
+    close_received_fds();
+    throw Error(Errc::kCorrupted, "a hello offering rings came without their three descriptors",
+                EPROTO);
+  }
+  const int segment = received_fds_[0];
+  const int mine = received_fds_[1];
+  const int theirs = received_fds_[2];
+  received_fds_.clear();
+  RingPair rings = [&] {
+    try {
+      return RingPair::adopt(segment);
+    } catch (...) {
+      ::close(mine);
+      ::close(theirs);
+      throw;
+    }
+  }();
+  ring_.emplace(std::move(rings), /*write_direction=*/1, mine, theirs);
+}
+
+void Link::finish_sleep() {
+  if (!ring_ || !sleeping_) return;
+  sleeping_ = false;
+  ring_->done_sleeping_reading();
+  ring_->drain_wake();
+}
+
+void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
+  while (!bytes.empty()) {
+    const std::size_t n = ring_->write_some(bytes);
+    bytes = bytes.subspan(n);
+    if (!bytes.empty() && n == 0) {
+      // Full: spin a little, then sleep until the reader makes room.
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
+      while (!ring_->writable() && std::chrono::steady_clock::now() < spin_until) {
+      }
+      if (ring_->writable()) continue;
+      if (ring_->prepare_to_sleep_writing()) {
+        pollfd fds[2] = {{ring_->self_wake(), POLLIN, 0}, {fd(), POLLIN, 0}};
+        const int ready = ::poll(fds, 2, poll_millis(deadline));
+        ring_->done_sleeping_writing();
+        ring_->drain_wake();
+        if (ready < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+        // With rings the peer writes nothing more on the socket but a
+        // refusal before it closes: read it, and stop at the close.
+        if (fds[1].revents != 0 && !read_socket()) throw_peer_gone(peer_, ECONNRESET);
+        if (ready == 0 && deadline != Deadline::max() && std::chrono::steady_clock::now() >= deadline) {
+          throw Error(Errc::kTimedOut, "sending to " + peer_ + ": timed out (the peer reads no more)",
+                      ETIMEDOUT);
+        }
+      }
+    }
+  }
+}
+
+bool Link::wait_ring_readable(Deadline deadline) {
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
+  while (std::chrono::steady_clock::now() < spin_until) {
+    if (ring_->readable()) return true;
+  }
+  for (;;) {
+    if (!ring_->prepare_to_sleep_reading()) return true;
+    pollfd fds[2] = {{ring_->self_wake(), POLLIN, 0}, {fd(), POLLIN, 0}};
+    const int ready = ::poll(fds, 2, poll_millis(deadline));
+    ring_->done_sleeping_reading();
+    ring_->drain_wake();
+    if (ready < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+    if (ring_->readable()) return true;
+    if (fds[1].revents != 0) {  // a refusal, or the close
+      const std::size_t before = reader_.buffered();
+      const bool open = read_socket();
+      if (reader_.buffered() > before) return true;
+      if (!open) throw_peer_gone(peer_, ECONNRESET);
+    }
+    if (deadline != Deadline::max() && std::chrono::steady_clock::now() >= deadline) return false;
+  }
+}
+
 std::optional<Frame> Link::receive(Deadline deadline) {
   for (;;) {
     if (auto frame = reader_.next()) return frame;
+    if (ring_) {
+      if (ring_->read_into(reader_) > 0) continue;
+      if (!wait_ring_readable(deadline)) return std::nullopt;
+      continue;
+    }
     if (!wait_for(fd(), POLLIN, deadline)) return std::nullopt;
     if (!read_available()) {
       if (auto frame = reader_.next()) return frame;  // what came before the close

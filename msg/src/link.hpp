@@ -17,8 +17,10 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "frame.hpp"
+#include "ring.hpp"
 
 namespace sheaf::msg {
 
@@ -44,6 +46,7 @@ class Link {
   explicit Link(Socket socket, std::string peer);
   Link(Link&&) noexcept = default;
   Link& operator=(Link&&) noexcept = default;
+  ~Link();
 
   // Writes one frame whole, waiting (up to the deadline) while the socket's
   // buffer is full. Throws kSystem (EPIPE, ECONNRESET) if the peer is gone.
@@ -59,15 +62,48 @@ class Link {
   int fd() { return socket_.native_handle(); }
   const std::string& peer() const { return peer_; }
   bool is_unix() const { return unix_; }
+
+  // --- Shared-memory rings (ring.hpp), for a Unix socket ---------------------
+  // Client: makes the rings and sends `header` (a hello) with their
+  // descriptors; every frame after it goes through the rings.
+  void offer_rings(FrameHeader header, std::span<const std::byte> payload, Deadline deadline);
+  // Owner: takes the rings the hello came with (their descriptors were
+  // received beside it). Throws Error(kCorrupted) if they are not rings.
+  void accept_rings();
+  bool has_rings() const { return ring_.has_value(); }
+  // The descriptor that becomes readable when ring data (or room) arrives;
+  // -1 without rings.
+  int wake_fd() const { return ring_ ? ring_->self_wake() : -1; }
+  // Without rings the socket is read as usual. With them, the socket
+  // carries nothing more: it becoming readable means the peer closed it.
+  bool peer_closed();
+  // Server side, before sleeping in poll(): false if ring data arrived
+  // meanwhile. finish_sleep() after poll().
+  bool prepare_sleep() {
+    if (!ring_) return true;
+    sleeping_ = ring_->prepare_to_sleep_reading();
+    return sleeping_;
+  }
+  void finish_sleep();
+  bool ring_readable() const { return ring_ && ring_->readable(); }
   // The peer's credentials (Unix sockets); uid -1 for TCP.
   ucred peer_credentials();
   void close();
 
  private:
   Socket socket_;
+  bool read_socket();  // read_available() without rings
+  void send_ring(std::span<const std::byte> bytes, Deadline deadline);
+  // Waits for ring data, spinning first; false at the deadline.
+  bool wait_ring_readable(Deadline deadline);
+  void close_received_fds();
+
   std::string peer_;  // for messages: the address it was reached at
   bool unix_ = false;
   FrameReader reader_{kLinkMaxPayload};
+  std::optional<RingEnd> ring_;
+  std::vector<int> received_fds_;  // descriptors that came with socket data
+  bool sleeping_ = false;           // prepare_sleep() announced a sleep
 };
 
 }  // namespace sheaf::msg

@@ -1,0 +1,119 @@
+// ring.hpp: a shared-memory byte stream between two processes on one host.
+// Internal.
+//
+// A connection on a Unix socket can move its frames into a pair of rings
+// (one per direction) in a memfd segment the client makes and passes to the
+// owner with SCM_RIGHTS, beside one eventfd per side. A frame is then a
+// memcpy into the ring and an index store; the kernel is involved only when
+// the reader was asleep (it says so in the ring, and the writer pokes its
+// eventfd) or the ring is full. The socket stays open: its closing is how
+// each side learns that the other died.
+//
+// Each direction is a byte stream like a socket's, so frames of any size
+// pass (a big one in pieces, as room appears) and FrameReader reads them
+// unchanged. Everything in the segment is written by both processes, so the
+// reader checks the indices it is given (bytes in the ring never more than
+// its capacity) and treats a violation as a broken peer.
+//
+// Waking up, by the reader of a direction:            by its writer:
+//   1. reader_waiting = 1                              1. copy bytes, head += n
+//   2. fence (seq_cst)                                 2. fence (seq_cst)
+//   3. head == tail ? sleep in poll() on its eventfd   3. reader_waiting ? write its eventfd
+// One of the two always sees the other's store, so a wake-up is never lost.
+// A writer that finds the ring full waits the same way on writer_waiting.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace sheaf::msg {
+
+class FrameReader;
+
+// One direction's indices, each on its own cache line.
+struct RingIndices {
+  alignas(64) std::atomic<std::uint64_t> head;  // bytes written, ever
+  alignas(64) std::atomic<std::uint64_t> tail;  // bytes read, ever
+  alignas(64) std::atomic<std::uint32_t> reader_waiting;
+  std::atomic<std::uint32_t> writer_waiting;
+};
+
+class RingPair {
+ public:
+  static constexpr std::uint64_t kDefaultCapacity = 1 << 20;  // per direction
+
+  // Makes a segment (the client does). Throws Error(kSystem).
+  static RingPair create(std::uint64_t capacity = kDefaultCapacity);
+  // Maps a segment received from a peer; throws Error(kCorrupted) if it is
+  // not one (size, magic, capacity). Takes ownership of `fd`.
+  static RingPair adopt(int fd);
+  RingPair(RingPair&& other) noexcept;
+  RingPair& operator=(RingPair&& other) noexcept;
+  RingPair(const RingPair&) = delete;
+  RingPair& operator=(const RingPair&) = delete;
+  ~RingPair();
+
+  int fd() const { return fd_; }
+  std::uint64_t capacity() const { return capacity_; }
+  // Direction 0: client to owner; 1: owner to client.
+  RingIndices& indices(int direction) const;
+  std::byte* data(int direction) const;
+
+ private:
+  RingPair() = default;
+  void map(std::uint64_t bytes);
+  int fd_ = -1;
+  std::byte* base_ = nullptr;
+  std::uint64_t bytes_ = 0;
+  std::uint64_t capacity_ = 0;
+};
+
+// One side's view: it writes one direction and reads the other.
+class RingEnd {
+ public:
+  // `self_wake`: this side's eventfd (poked when it may read or write
+  // again); `peer_wake`: the other side's. Takes ownership of both.
+  RingEnd(RingPair rings, int write_direction, int self_wake, int peer_wake);
+  RingEnd(RingEnd&& other) noexcept;
+  RingEnd& operator=(RingEnd&& other) noexcept;
+  RingEnd(const RingEnd&) = delete;
+  RingEnd& operator=(const RingEnd&) = delete;
+  ~RingEnd();
+
+  int self_wake() const { return self_wake_; }
+  int peer_wake() const { return peer_wake_; }
+  const RingPair& rings() const { return rings_; }
+
+  // Copies as much of `bytes` as fits; returns how much. Pokes the reader if
+  // it sleeps.
+  std::size_t write_some(std::span<const std::byte> bytes);
+  // Feeds what is readable to `reader`; returns the bytes fed. Throws
+  // Error(kCorrupted) when the peer's indices make no sense.
+  std::size_t read_into(FrameReader& reader);
+  bool readable() const;
+  bool writable() const;
+  // Before sleeping until readable (or writable): announce it; false if it
+  // became so meanwhile (then do not sleep). Clear it after waking.
+  bool prepare_to_sleep_reading();
+  void done_sleeping_reading();
+  bool prepare_to_sleep_writing();
+  void done_sleeping_writing();
+  // Empties this side's eventfd after a wake-up.
+  void drain_wake();
+
+ private:
+  RingPair rings_;
+  int write_direction_;
+  int self_wake_;
+  int peer_wake_;
+};
+
+// An eventfd for a RingEnd (non-blocking, close-on-exec); throws Error.
+int make_wake_fd();
+// How long a waiting side spins on the ring before it sleeps in the kernel:
+// $SHEAF_MSG_SPIN_US microseconds (default 20; 0: never spin).
+std::uint64_t spin_ns();
+
+}  // namespace sheaf::msg
