@@ -491,18 +491,20 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
     state->credits = state->max_buffered;
     state->peer_heaps = parse_heaps(where, answer);
     // The owner's addresses, Unix socket first: taken if this host can reach it.
-    std::string last_error;
+    std::optional<Error> last_error;
     for (const std::string& address : split_addresses(string_field(where, "address", answer))) {
       try {
         state->link.emplace(Link::connect(address, deadline));
         break;
       } catch (const Error& e) {
-        last_error = e.message();
+        last_error = e;
       }
     }
     if (!state->link) {
-      throw Error(Errc::kNotFound, "channel " + name + ": cannot reach its owner: " + last_error,
-                  ECONNREFUSED);
+      if (!last_error) throw Error(Errc::kCorrupted, "channel " + name + ": no address", EPROTO);
+      throw Error(last_error->code(), "channel " + name + ": cannot reach its owner: " +
+                                          last_error->message(),
+                  last_error->sys_errno());
     }
     Json hello{{"id", state_->id},
                {"pid", static_cast<std::int64_t>(::getpid())},
@@ -590,6 +592,25 @@ bool Connection::by_reference(const Heap& heap) const {
     if (h.heap == &heap) return peer_heap(state_->peer_heaps, h.uuid) != nullptr;
   }
   return false;
+}
+
+Loan Connection::loan(std::size_t bytes) {
+  Heap* chosen = nullptr;
+  {
+    std::lock_guard lock(state_->client->mutex);
+    for (const LocalHeap& h : state_->client->heaps) {
+      if (peer_heap(state_->peer_heaps, h.uuid) != nullptr) {
+        chosen = h.heap;
+        break;
+      }
+    }
+    if (chosen == nullptr && !state_->client->heaps.empty()) chosen = state_->client->heaps.front().heap;
+  }
+  if (chosen == nullptr) {
+    throw Error(Errc::kInvalidArgument,
+                "channel " + state_->channel + ": a loan needs a heap (Client::attach)");
+  }
+  return Loan::allocate(*chosen, bytes);
 }
 
 void Connection::disconnect() {

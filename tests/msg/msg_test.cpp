@@ -2,6 +2,7 @@
 // child process, owners and clients in others, real sockets, real kills.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -428,6 +429,31 @@ TEST_F(MsgTest, ConnectCanWaitForTheChannelToAppear) {
   EXPECT_EQ(owner.wait_code(), 0);
 }
 
+TEST_F(MsgTest, AnotherUserCannotReachAChannel) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  Client me = client("owner");
+  Channel channel = me.create_channel("private");
+  const int code = sheaf::testing::run_in_child([this] {
+    // What `setpriv --reuid=nobody --regid=nogroup --clear-groups` does.
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      _exit(9);
+    }
+    Client other = client("nobody");  // the manager answers anyone on this host
+    try {
+      other.connect_channel("private", 2s);
+      ADD_FAILURE() << "another user connected to the channel";
+    } catch (const Error& e) {
+      // The owner's socket lies in its 0700 runtime directory.
+      EXPECT_EQ(e.sys_errno(), EACCES) << e.message();
+      EXPECT_NE(e.message().find("channel private: cannot reach its owner"), std::string::npos)
+          << e.message();
+    }
+  });
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(channel.clients(), 0u);
+}
+
 // --- Payloads by heap reference ------------------------------------------------
 
 class MsgHeapTest : public MsgTest {
@@ -472,8 +498,10 @@ TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
   me.attach(heap);
   Connection refs = me.connect_channel("refs", 5s, true);
   EXPECT_TRUE(refs.by_reference(heap));
-  Loan loan = Loan::allocate(heap, kBytes);
-  for (std::size_t i = 0; i < kBytes; ++i) loan.bytes()[i] = std::byte(i % 251);
+  Loan loan = refs.loan<std::uint8_t>(kBytes);  // in the heap both ends map
+  EXPECT_EQ(&loan.heap(), &heap);
+  ASSERT_EQ(loan.size(), kBytes);
+  for (std::size_t i = 0; i < kBytes; ++i) loan.as<std::uint8_t>()[i] = static_cast<std::uint8_t>(i % 251);
   void* block = loan.bytes().data();
   EXPECT_EQ(refs.send(1, std::move(loan), 5s).answer, 1);
   EXPECT_FALSE(loan);
@@ -513,7 +541,7 @@ TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
   const std::uint64_t used_before = used_at_rest(heap);
   Client me = client("sender");
   me.attach(heap);
-  constexpr int kKills = 100;
+  constexpr int kKills = 300;
   for (int round = 0; round < kKills; ++round) {
     Pipe holding;
     Child receiver([&] {

@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -259,6 +260,18 @@ class Connection {
   std::chrono::nanoseconds ping(Timeout timeout);
   // Whether a payload in `heap` travels by reference to this channel.
   bool by_reference(const Heap& heap) const;
+  // A loan of `bytes` in a heap this client attached and the channel's
+  // owner maps too (the first such), so that send() passes it by reference;
+  // in the first attached heap if the owner maps none (it is then copied).
+  // Throws kInvalidArgument if this client attached no heap.
+  Loan loan(std::size_t bytes);
+  // A loan for `count` objects of T (trivially copyable: they are bytes to
+  // a receiver that does not map the heap), default-initialized.
+  template <class T>
+  Loan loan(std::size_t count) {
+    static_assert(std::is_trivially_copyable_v<T>, "a loan carries bytes: T must be trivially copyable");
+    return loan(count * sizeof(T));
+  }
   void disconnect();
 
   struct State;
