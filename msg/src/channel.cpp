@@ -391,12 +391,14 @@ bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until) {
   if (!any) return false;
   const auto spin_until =
       std::min<Deadline>(until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns()));
+  unsigned spins = 0;
   do {
     for (Channel::State* s : channels) {
       for (auto& [key, peer] : s->peers) {
         if (peer.link.ring_readable()) return true;
       }
     }
+    spin_pause(spins);
   } while (std::chrono::steady_clock::now() < spin_until);
   bool ready = false;
   for (Channel::State* s : channels) {

@@ -302,7 +302,8 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
     if (!bytes.empty() && n == 0) {
       // Full: spin a little, then sleep until the reader makes room.
       const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
-      while (!ring_->writable() && std::chrono::steady_clock::now() < spin_until) {
+      for (unsigned spins = 0; !ring_->writable() && std::chrono::steady_clock::now() < spin_until;) {
+        spin_pause(spins);
       }
       if (ring_->writable()) continue;
       if (ring_->prepare_to_sleep_writing()) {
@@ -325,7 +326,7 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
 
 bool Link::wait_ring_readable(Deadline deadline) {
   const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
-  while (std::chrono::steady_clock::now() < spin_until) {
+  for (unsigned spins = 0; std::chrono::steady_clock::now() < spin_until; spin_pause(spins)) {
     if (ring_->readable()) return true;
   }
   for (;;) {

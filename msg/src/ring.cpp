@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -245,6 +246,16 @@ int make_wake_fd() {
   const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (fd < 0) throw Error::from_errno(errno, "eventfd for a message ring");
   return fd;
+}
+
+void spin_pause(unsigned& spins) {
+  if (++spins % 64 == 0) {
+    ::sched_yield();
+  } else {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 std::uint64_t spin_ns() {

@@ -115,5 +115,9 @@ int make_wake_fd();
 // How long a waiting side spins on the ring before it sleeps in the kernel:
 // $SHEAF_MSG_SPIN_US microseconds (default 20; 0: never spin).
 std::uint64_t spin_ns();
+// One step of a spin: a pause, and now and then a sched_yield(), so that a
+// peer on the same core (two processes, one free core) gets to run instead
+// of waiting for our time slice to end.
+void spin_pause(unsigned& spins);
 
 }  // namespace sheaf::msg
