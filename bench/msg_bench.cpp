@@ -36,12 +36,14 @@ namespace bip = boost::interprocess;
 using namespace std::chrono_literals;
 using sheaf_bench::cell;
 
-std::string g_manager;    // "127.0.0.1:PORT"
+std::string g_manager;  // "127.0.0.1:PORT"
 pid_t g_manager_pid = -1;
 std::string g_heap_path;  // the transfers' heap
 int g_channel_counter = 0;
 
-std::span<const std::byte> bytes_of(const std::vector<std::byte>& v) { return {v.data(), v.size()}; }
+std::span<const std::byte> bytes_of(const std::vector<std::byte>& v) {
+  return {v.data(), v.size()};
+}
 
 // --- Peers -------------------------------------------------------------------------------------
 // A forked process, killed and reaped when the benchmark is done with it.
@@ -93,8 +95,8 @@ struct SheafPair {
   std::optional<sheaf::msg::Connection> connection;
 
   SheafPair(Mode mode, bool with_heap, std::uint32_t max_buffered = 1024) {
-    const std::string name = "bench-" + std::to_string(::getpid()) + "-" +
-                             std::to_string(g_channel_counter++);
+    const std::string name =
+        "bench-" + std::to_string(::getpid()) + "-" + std::to_string(g_channel_counter++);
     int ready[2];
     if (::pipe(ready) != 0) throw std::runtime_error("pipe");
     server = std::make_unique<Peer>([&] {
@@ -114,10 +116,12 @@ struct SheafPair {
             channel.reply(m.index, 0, m.payload.bytes());
           } else {
             const auto b = m.payload.bytes();
-            const int touched = b.empty() ? 0 : static_cast<int>(b.front()) + static_cast<int>(b.back());
+            const int touched =
+                b.empty() ? 0 : static_cast<int>(b.front()) + static_cast<int>(b.back());
             channel.reply(m.index, touched);
           }
-        } else if (m.event == sheaf::msg::Event::kDisconnect || m.event == sheaf::msg::Event::kDeath) {
+        } else if (m.event == sheaf::msg::Event::kDisconnect ||
+                   m.event == sheaf::msg::Event::kDeath) {
           return;
         }
       }
@@ -141,9 +145,9 @@ class Latencies {
   explicit Latencies(benchmark::State& state) : state_(state) { ns_.reserve(1 << 16); }
   void start() { started_ = std::chrono::steady_clock::now(); }
   void stop() {
-    ns_.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() -
-                                                           started_)
-                      .count());
+    ns_.push_back(
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_)
+            .count());
   }
   ~Latencies() {
     if (ns_.empty()) return;
@@ -380,7 +384,8 @@ class MsgReporter : public sheaf_bench::TableReporter {
  private:
   void collect(const Run& run) override {
     const std::string key = run.run_name.function_name + "/" + run.run_name.args;
-    const double us = run.GetAdjustedRealTime() * 1e6 / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    const double us =
+        run.GetAdjustedRealTime() * 1e6 / benchmark::GetTimeUnitMultiplier(run.time_unit);
     times_[key].add(run, us);
     if (auto it = run.counters.find("items_per_second"); it != run.counters.end()) {
       rates_[key].add(run, it->second.value);
@@ -404,13 +409,15 @@ class MsgReporter : public sheaf_bench::TableReporter {
       const double unix_socket = us("BM_RawUnix_PingPong" + a);
       std::snprintf(line, sizeof line, "%-8lld %10s %10s %10s %10s %12s\n",
                     static_cast<long long>(n), cell(sheaf, "%.1f").c_str(),
-                    cell(unix_socket, "%.1f").c_str(), cell(us("BM_RawTcp_PingPong" + a), "%.1f").c_str(),
+                    cell(unix_socket, "%.1f").c_str(),
+                    cell(us("BM_RawTcp_PingPong" + a), "%.1f").c_str(),
                     cell(us("BM_BoostMq_PingPong" + a), "%.1f").c_str(),
                     cell(sheaf > 0 && unix_socket > 0 ? sheaf / unix_socket : -1, "%.2fx").c_str());
       out << line;
     }
     if (auto it = rates_.find("BM_Msg_Async/100"); it != rates_.end()) {
-      out << "\nBuffered 100-byte messages: " << cell(it->second.value(), "%.0f") << " per second\n";
+      out << "\nBuffered 100-byte messages: " << cell(it->second.value(), "%.0f")
+          << " per second\n";
     }
     out << "\nTransfers (send + empty reply), us (medians): by heap reference and by copy\n";
     std::snprintf(line, sizeof line, "%-10s %12s %12s %12s\n", "bytes", "HeapRef", "Copy",
@@ -454,7 +461,10 @@ int main(int argc, char** argv) {
   g_heap_path = sheaf_bench::bench_dir("/dev/shm") + "/sheaf-msg-bench-" +
                 std::to_string(::getpid()) + ".heap";
   // The transfers' heap: room for the largest payload, twice.
-  sheaf::Heap::create(g_heap_path, {.initial_size = std::uint64_t{640} << 20}).value().close().value();
+  sheaf::Heap::create(g_heap_path, {.initial_size = std::uint64_t{640} << 20})
+      .value()
+      .close()
+      .value();
   int ready[2];
   if (::pipe(ready) != 0) return 1;
   std::fflush(nullptr);

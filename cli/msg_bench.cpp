@@ -78,8 +78,8 @@ double percentile(std::vector<double> us, double p) {
 }
 
 void plot(const std::string& png, const std::vector<Result>& results) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("sheaf-msg-plot-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("sheaf-msg-plot-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::string data = (dir / "data").string();
   {
@@ -124,9 +124,10 @@ void run_msg_bench(const MsgBenchArgs& args) {
   std::string heap_path = args.heap;
   const bool own_heap = heap_path.empty();
   if (own_heap) {
-    heap_path = (std::filesystem::exists("/dev/shm") ? std::string("/dev/shm")
-                                                     : std::filesystem::temp_directory_path().string()) +
-                "/sheaf-msg-bench-" + std::to_string(::getpid()) + ".heap";
+    heap_path =
+        (std::filesystem::exists("/dev/shm") ? std::string("/dev/shm")
+                                             : std::filesystem::temp_directory_path().string()) +
+        "/sheaf-msg-bench-" + std::to_string(::getpid()) + ".heap";
     Heap::create(heap_path, {.initial_size = 2 * largest + (64 << 20)}).value().close().value();
   }
   struct Cleanup {
@@ -178,7 +179,8 @@ void run_msg_bench(const MsgBenchArgs& args) {
   msg::Client me = msg::Client::connect("bench", {.manager = manager_address});
   me.attach(heap);
   msg::Connection to = me.connect_channel(channel_name, 10s);
-  if (!to.by_reference(heap)) throw Error(Errc::kSystem, "msg bench: the peer does not map the heap");
+  if (!to.by_reference(heap))
+    throw Error(Errc::kSystem, "msg bench: the peer does not map the heap");
 
   std::uint64_t total = 0;
   for (const std::uint64_t n : args.sizes) total += 2 * n * static_cast<std::uint64_t>(args.rounds);
@@ -202,10 +204,12 @@ void run_msg_bench(const MsgBenchArgs& args) {
         loan.bytes().back() = std::byte{2};
       }
       const msg::Reply ref_reply = to.send(1, std::move(loan), 30s);
-      const double ref_us = std::chrono::duration<double, std::micro>(Clock::now() - started).count();
+      const double ref_us =
+          std::chrono::duration<double, std::micro>(Clock::now() - started).count();
       started = Clock::now();
       const msg::Reply copy_reply = to.send(1, copy_source, 60s);
-      const double copy_us = std::chrono::duration<double, std::micro>(Clock::now() - started).count();
+      const double copy_us =
+          std::chrono::duration<double, std::micro>(Clock::now() - started).count();
       const int expected = n == 0 ? 0 : (n == 1 ? 4 : 3);
       if (n > 1 && (ref_reply.answer != expected || copy_reply.answer != expected)) {
         throw Error(Errc::kCorrupted, "msg bench: the peer saw other bytes than were sent");

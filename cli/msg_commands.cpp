@@ -106,14 +106,18 @@ void run_listen(const ListenArgs& args) {
     if (m.event == msg::Event::kTimeout) continue;
     const bool is_message = m.event == msg::Event::kMessage || m.event == msg::Event::kBuffered;
     if (args.common.json) {
-      Json line{{"event", msg::event_name(m.event)}, {"sender", m.sender}, {"type", m.type},
-                {"bytes", m.payload.size()}, {"by_reference", m.payload.by_reference()},
+      Json line{{"event", msg::event_name(m.event)},
+                {"sender", m.sender},
+                {"type", m.type},
+                {"bytes", m.payload.size()},
+                {"by_reference", m.payload.by_reference()},
                 {"text", std::string(m.payload.text())}};
       std::cout << line.dump() << '\n' << std::flush;  // one JSON object per line
     } else {
       std::cout << msg::event_name(m.event) << " from " << (m.sender.empty() ? "-" : m.sender)
                 << " type " << m.type;
-      if (is_message) std::cout << " (" << m.payload.size() << " bytes): " << printable(m.payload.text());
+      if (is_message)
+        std::cout << " (" << m.payload.size() << " bytes): " << printable(m.payload.text());
       std::cout << '\n' << std::flush;
     }
     if (m.event == msg::Event::kMessage) {
@@ -165,8 +169,8 @@ void register_msg_commands(CLI::App& app) {
     }
     std::vector<std::vector<std::string>> rows{{"NAME", "OWNER", "PID", "BUFFERED", "ADDRESS"}};
     for (const auto& c : list) {
-      rows.push_back({c.name, c.owner, std::to_string(c.pid), std::to_string(c.max_buffered),
-                      c.address});
+      rows.push_back(
+          {c.name, c.owner, std::to_string(c.pid), std::to_string(c.max_buffered), c.address});
     }
     print_table(rows, {false, false, true, true, false});
   });
@@ -185,9 +189,9 @@ void register_msg_commands(CLI::App& app) {
     const std::vector<std::byte> bytes =
         send->data.empty() || send->data == "-"
             ? read_input("-")
-            : std::vector<std::byte>(reinterpret_cast<const std::byte*>(send->data.data()),
-                                     reinterpret_cast<const std::byte*>(send->data.data()) +
-                                         send->data.size());
+            : std::vector<std::byte>(
+                  reinterpret_cast<const std::byte*>(send->data.data()),
+                  reinterpret_cast<const std::byte*>(send->data.data()) + send->data.size());
     msg::Client client = send->common.connect();
     msg::Connection to = client.connect_channel(send->channel, send->common.timeout());
     if (send->buffered) {

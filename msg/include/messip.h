@@ -54,10 +54,10 @@ typedef char messip_id_t[MESSIP_MAXLEN_ID + 1];
 
 /* A connection to the manager. */
 typedef struct messip_cnx {
-  messip_id_t id;                /* this process's id, as given to messip_connect */
-  messip_id_t remote_id;         /* (kept for source compatibility) */
-  int32_t death_notify;          /* set by messip_death_notify */
-  void* sheaf;                   /* the sheaf::msg::Client */
+  messip_id_t id;        /* this process's id, as given to messip_connect */
+  messip_id_t remote_id; /* (kept for source compatibility) */
+  int32_t death_notify;  /* set by messip_death_notify */
+  void* sheaf;           /* the sheaf::msg::Client */
 } messip_cnx_t;
 
 /* A channel: created (server side) or connected to (client side). */
@@ -87,10 +87,9 @@ int messip_channel_ping(messip_channel_t* ch, int msec_timeout);
 /* maxlen 0: buffer is a char ** that receives a malloc()ed copy of the
  * message (the caller frees it). A longer message is cut to maxlen bytes
  * (ch->datalen says how long it was, ch->datalenr how much was copied). */
-int messip_receive(messip_channel_t* ch, int32_t* type, void* buffer, int maxlen,
-                   int msec_timeout);
-int messip_reply(messip_channel_t* ch, int index, int32_t answer, void* reply_buffer,
-                 int reply_len, int msec_timeout);
+int messip_receive(messip_channel_t* ch, int32_t* type, void* buffer, int maxlen, int msec_timeout);
+int messip_reply(messip_channel_t* ch, int index, int32_t answer, void* reply_buffer, int reply_len,
+                 int msec_timeout);
 /* reply_maxlen 0: reply_buffer is a char ** that receives a malloc()ed reply. */
 int messip_send(messip_channel_t* ch, int32_t type, void* send_buffer, int send_len,
                 int32_t* answer, void* reply_buffer, int reply_maxlen, int msec_timeout);

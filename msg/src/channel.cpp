@@ -125,9 +125,9 @@ struct Channel::State {
         unix_acceptor->accept(s, ec);
         if (ec) break;
         const int family = AF_UNIX;
-        add_peer(Link(Link::Socket(socket_context(), asio::generic::stream_protocol(family, 0),
-                                   s.release()),
-                      "a client of channel " + name));
+        add_peer(Link(
+            Link::Socket(socket_context(), asio::generic::stream_protocol(family, 0), s.release()),
+            "a client of channel " + name));
       }
     }
     if (tcp_acceptor) {
@@ -137,9 +137,10 @@ struct Channel::State {
         tcp_acceptor->accept(s, ec);
         if (ec) break;
         const int family = s.local_endpoint().protocol().family();
-        add_peer(Link(Link::Socket(socket_context(),
-                                   asio::generic::stream_protocol(family, IPPROTO_TCP), s.release()),
-                      "a client of channel " + name));
+        add_peer(
+            Link(Link::Socket(socket_context(), asio::generic::stream_protocol(family, IPPROTO_TCP),
+                              s.release()),
+                 "a client of channel " + name));
       }
     }
   }
@@ -147,9 +148,9 @@ struct Channel::State {
   void add_peer(Link link) {
     if (link.is_unix()) {
       const ucred who = link.peer_credentials();
-      const bool allowed = who.uid == ::getuid() || who.uid == 0 ||
-                           (options.allow_group >= 0 &&
-                            who.gid == static_cast<gid_t>(options.allow_group));
+      const bool allowed =
+          who.uid == ::getuid() || who.uid == 0 ||
+          (options.allow_group >= 0 && who.gid == static_cast<gid_t>(options.allow_group));
       if (!allowed) {
         const std::string why = "channel " + name + " refuses uid " + std::to_string(who.uid) +
                                 " (pid " + std::to_string(who.pid) + ")";
@@ -281,6 +282,9 @@ struct Channel::State {
     }
   }
 
+  // The pending message `index` names, now answered; throws kNotFound.
+  Pending take_pending(int index);
+
   int pending_slot(std::uint64_t peer, std::uint64_t request_id) {
     for (std::size_t i = 0; i < pending.size(); ++i) {
       if (!pending[i].used) {
@@ -306,8 +310,9 @@ struct Channel::State {
     ++peer.credit_owed;
     if (peer.credit_owed >= std::max<std::uint32_t>(1, options.max_buffered / 4)) {
       try {
-        peer.link.send({FrameType::kCredit, 0, 0, 0, 0, static_cast<std::int32_t>(peer.credit_owed)},
-                       {}, deadline_after(kWriteTimeout));
+        peer.link.send(
+            {FrameType::kCredit, 0, 0, 0, 0, static_cast<std::int32_t>(peer.credit_owed)}, {},
+            deadline_after(kWriteTimeout));
         peer.credit_owed = 0;
       } catch (const Error&) {  // gone: its death is noticed when its socket is read
       }
@@ -389,8 +394,8 @@ bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until) {
     for (auto& [key, peer] : s->peers) any = any || peer.link.has_rings();
   }
   if (!any) return false;
-  const auto spin_until =
-      std::min<Deadline>(until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns()));
+  const auto spin_until = std::min<Deadline>(
+      until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns()));
   unsigned spins = 0;
   do {
     for (Channel::State* s : channels) {
@@ -501,14 +506,18 @@ Message Channel::receive(Timeout timeout) {
   return receive_any(std::span<Channel* const>(&self, 1), timeout).second;
 }
 
-void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> bytes) {
-  State& s = *state_;
-  if (index < 0 || static_cast<std::size_t>(index) >= s.pending.size() || !s.pending[index].used) {
-    throw Error(Errc::kNotFound, "channel " + s.name + ": no message " + std::to_string(index) +
+Channel::State::Pending Channel::State::take_pending(int index) {
+  if (index < 0 || static_cast<std::size_t>(index) >= pending.size() || !pending[index].used) {
+    throw Error(Errc::kNotFound, "channel " + name + ": no message " + std::to_string(index) +
                                      " awaits a reply (answered already, or its sender is gone)");
   }
-  const State::Pending p = s.pending[index];
-  s.pending[index].used = false;
+  pending[index].used = false;
+  return pending[index];
+}
+
+void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> bytes) {
+  State& s = *state_;
+  const State::Pending p = s.take_pending(index);
   auto it = s.peers.find(p.peer);
   if (it == s.peers.end()) return;
   try {
@@ -520,12 +529,7 @@ void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> b
 
 void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
   State& s = *state_;
-  if (index < 0 || static_cast<std::size_t>(index) >= s.pending.size() || !s.pending[index].used) {
-    throw Error(Errc::kNotFound, "channel " + s.name + ": no message " + std::to_string(index) +
-                                     " awaits a reply (answered already, or its sender is gone)");
-  }
-  const State::Pending p = s.pending[index];
-  s.pending[index].used = false;
+  const State::Pending p = s.take_pending(index);
   auto it = s.peers.find(p.peer);
   if (it == s.peers.end()) return;  // the loan is released with it
   FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
@@ -544,7 +548,8 @@ void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
 
 int Channel::timer_create(std::int32_t type, Timeout first, Timeout repeat) {
   if (first.count() < 0 || repeat.count() < 0) {
-    throw Error(Errc::kInvalidArgument, "channel " + state_->name + ": a timer's times must be >= 0");
+    throw Error(Errc::kInvalidArgument,
+                "channel " + state_->name + ": a timer's times must be >= 0");
   }
   State::Timer t;
   t.id = state_->next_timer++;
@@ -561,9 +566,15 @@ void Channel::timer_delete(int timer) {
   }
 }
 
-std::size_t Channel::clients() const { return state_->peers.size(); }
-const std::string& Channel::name() const { return state_->name; }
-const std::string& Channel::address() const { return state_->address; }
+std::size_t Channel::clients() const {
+  return state_->peers.size();
+}
+const std::string& Channel::name() const {
+  return state_->name;
+}
+const std::string& Channel::address() const {
+  return state_->address;
+}
 
 Channel::Channel(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Channel::Channel(Channel&&) noexcept = default;
@@ -573,8 +584,8 @@ Channel::~Channel() = default;
 Channel Client::create_channel(const std::string& name, const ChannelOptions& options) {
   check_name(name, "channel name");
   if (options.max_buffered > kMaxBufferedLimit) {
-    throw Error(Errc::kInvalidArgument, "channel " + name + ": max_buffered above " +
-                                            std::to_string(kMaxBufferedLimit));
+    throw Error(Errc::kInvalidArgument,
+                "channel " + name + ": max_buffered above " + std::to_string(kMaxBufferedLimit));
   }
   auto state = std::make_unique<Channel::State>();
   state->name = name;
@@ -593,8 +604,8 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
     if (!ec) state->unix_acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (!ec) state->unix_acceptor->non_blocking(true, ec);
     if (ec) {
-      throw Error(Errc::kSystem, "channel " + name + ": socket " + state->socket_path + ": " +
-                                     ec.message(),
+      throw Error(Errc::kSystem,
+                  "channel " + name + ": socket " + state->socket_path + ": " + ec.message(),
                   ec.value());
     }
   }
@@ -604,8 +615,8 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
     asio::error_code ec;
     const auto host = asio::ip::make_address(where.host, ec);
     if (ec) {
-      throw Error(Errc::kInvalidArgument, "channel " + name + ": '" + where.host +
-                                              "' is not an IP address");
+      throw Error(Errc::kInvalidArgument,
+                  "channel " + name + ": '" + where.host + "' is not an IP address");
     }
     if (!is_loopback(host)) {
       throw Error(Errc::kInvalidArgument,
@@ -619,22 +630,21 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
     if (!ec) state->tcp_acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (!ec) state->tcp_acceptor->non_blocking(true, ec);
     if (ec) {
-      throw Error(Errc::kSystem, "channel " + name + ": listen on " + options.tcp_listen + ": " +
-                                     ec.message(),
+      throw Error(Errc::kSystem,
+                  "channel " + name + ": listen on " + options.tcp_listen + ": " + ec.message(),
                   ec.value());
     }
     const auto bound = state->tcp_acceptor->local_endpoint();
-    state->address +=
-        " tcp:" + bound.address().to_string() + ":" + std::to_string(bound.port());
+    state->address += " tcp:" + bound.address().to_string() + ":" + std::to_string(bound.port());
   }
   Client::State::Registration registration{name, state->address, options.max_buffered, {}};
   {
     std::lock_guard lock(state_->mutex);
     registration.heaps = heaps_json(state_->heaps);
     const Json request{{"name", name}, {"address", state->address}, {"heaps", registration.heaps}};
-    state_->request({FrameType::kCreateChannel, 0, 0, 0, 0,
-                     static_cast<std::int32_t>(options.max_buffered)},
-                    &request, deadline_after(state_->timeout), "creating channel " + name);
+    state_->request(
+        {FrameType::kCreateChannel, 0, 0, 0, 0, static_cast<std::int32_t>(options.max_buffered)},
+        &request, deadline_after(state_->timeout), "creating channel " + name);
     state_->channels.push_back(registration);
   }
   state->client = state_;  // from here on, the destructor deletes the channel

@@ -38,7 +38,9 @@ Loan& Loan::operator=(Loan&& other) noexcept {
   return *this;
 }
 
-Loan::~Loan() { reset(); }
+Loan::~Loan() {
+  reset();
+}
 
 void Loan::reset() noexcept {
   if (data_ != nullptr && heap_ != nullptr && heap_->is_open()) {
@@ -69,7 +71,9 @@ Payload& Payload::operator=(Payload&& other) noexcept {
   return *this;
 }
 
-Payload::~Payload() { reset(); }
+Payload::~Payload() {
+  reset();
+}
 
 void Payload::reset() noexcept {
   if (heap_ != nullptr && heap_->is_open()) {
@@ -122,7 +126,8 @@ const PeerHeap* peer_heap(const std::vector<PeerHeap>& theirs, const Uuid& uuid)
 
 Json heaps_json(const std::vector<LocalHeap>& heaps) {
   Json list = Json::array();
-  for (const LocalHeap& h : heaps) list.push_back({{"uuid", uuid_hex(h.uuid)}, {"session", h.session}});
+  for (const LocalHeap& h : heaps)
+    list.push_back({{"uuid", uuid_hex(h.uuid)}, {"session", h.session}});
   return list;
 }
 
@@ -131,8 +136,9 @@ std::vector<PeerHeap> parse_heaps(const Json& json, const Frame& frame) {
   if (!json.is_object() || !json.contains("heaps")) return out;
   const Json& list = json["heaps"];
   if (!list.is_array() || list.size() > 1024) {
-    throw Error(Errc::kCorrupted, "message frame '" + std::string(frame_type_name(frame.header.type)) +
-                                      "': 'heaps' is not a list",
+    throw Error(Errc::kCorrupted,
+                "message frame '" + std::string(frame_type_name(frame.header.type)) +
+                    "': 'heaps' is not a list",
                 EPROTO);
   }
   for (const Json& entry : list) {
@@ -140,9 +146,9 @@ std::vector<PeerHeap> parse_heaps(const Json& json, const Frame& frame) {
     if (!entry.is_object() || !entry.contains("uuid") || !entry["uuid"].is_string() ||
         !parse_uuid(entry["uuid"].get<std::string>(), h.uuid) || !entry.contains("session") ||
         !entry["session"].is_number_unsigned()) {
-      throw Error(Errc::kCorrupted, "message frame '" +
-                                        std::string(frame_type_name(frame.header.type)) +
-                                        "': a malformed entry in 'heaps'",
+      throw Error(Errc::kCorrupted,
+                  "message frame '" + std::string(frame_type_name(frame.header.type)) +
+                      "': a malformed entry in 'heaps'",
                   EPROTO);
     }
     h.session = entry["session"].get<std::uint64_t>();
@@ -152,8 +158,8 @@ std::vector<PeerHeap> parse_heaps(const Json& json, const Frame& frame) {
 }
 
 std::span<const std::byte> Sender::prepare(Loan& loan, const std::vector<LocalHeap>& mine,
-                                           const std::vector<PeerHeap>& theirs,
-                                           FrameHeader& header, std::vector<std::byte>& copy,
+                                           const std::vector<PeerHeap>& theirs, FrameHeader& header,
+                                           std::vector<std::byte>& copy,
                                            std::array<std::byte, kHeapRefBytes>& ref) {
   if (!loan) throw Error(Errc::kInvalidArgument, "sending an empty (moved-from or sent) loan");
   const LocalHeap* local = nullptr;
@@ -206,8 +212,9 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
     payload.size_ = r.length;
     return payload;
   }
-  throw Error(Errc::kCorrupted, "a heap reference into heap " + uuid_hex(r.heap_uuid) +
-                                    ", which this process has not attached",
+  throw Error(Errc::kCorrupted,
+              "a heap reference into heap " + uuid_hex(r.heap_uuid) +
+                  ", which this process has not attached",
               EPROTO);
 }
 
@@ -242,7 +249,8 @@ void Client::State::connect_manager(Deadline deadline, bool reregister) {
     throw Error(e.code(),
                 "no manager answers at " + manager +
                     " (start one with `sheaf msg manager`, or say where it is with "
-                    "SHEAF_MANAGER=HOST:PORT): " + e.message(),
+                    "SHEAF_MANAGER=HOST:PORT): " +
+                    e.message(),
                 e.sys_errno());
   }
   Link& fresh = *reached;
@@ -257,8 +265,9 @@ void Client::State::connect_manager(Deadline deadline, bool reregister) {
     if (answer->header.request_id != request_id) continue;
     if (answer->header.type == FrameType::kError) throw_error_frame(*answer, "manager " + manager);
     if (answer->header.type != FrameType::kWelcome) {
-      throw Error(Errc::kCorrupted, "manager " + manager + ": answered hello with '" +
-                                        frame_type_name(answer->header.type) + "'",
+      throw Error(Errc::kCorrupted,
+                  "manager " + manager + ": answered hello with '" +
+                      frame_type_name(answer->header.type) + "'",
                   EPROTO);
     }
     break;
@@ -274,8 +283,9 @@ void Client::State::connect_manager(Deadline deadline, bool reregister) {
 void register_channel(Link& link, std::uint64_t request_id, const Client::State::Registration& r,
                       Deadline deadline) {
   const Json request{{"name", r.name}, {"address", r.address}, {"heaps", r.heaps}};
-  link.send({FrameType::kCreateChannel, 0, 0, 0, request_id, static_cast<std::int32_t>(r.max_buffered)},
-            to_payload(request), deadline);
+  link.send(
+      {FrameType::kCreateChannel, 0, 0, 0, request_id, static_cast<std::int32_t>(r.max_buffered)},
+      to_payload(request), deadline);
   for (;;) {
     auto answer = link.receive(deadline);
     if (!answer) {
@@ -292,8 +302,8 @@ Frame Client::State::request(FrameHeader header, const Json* payload, Deadline d
                              const std::string& what) {
   if (!link) connect_manager(deadline, true);
   header.request_id = next_request++;
-  const std::vector<std::byte> bytes = payload != nullptr ? to_payload(*payload)
-                                                          : std::vector<std::byte>{};
+  const std::vector<std::byte> bytes =
+      payload != nullptr ? to_payload(*payload) : std::vector<std::byte>{};
   try {
     link->send(header, bytes, deadline);
     for (;;) {
@@ -304,7 +314,8 @@ Frame Client::State::request(FrameHeader header, const Json* payload, Deadline d
       return std::move(*answer);
     }
   } catch (const Error& e) {
-    if (e.code() == Errc::kSystem || e.code() == Errc::kCorrupted) link.reset();  // reconnect next time
+    if (e.code() == Errc::kSystem || e.code() == Errc::kCorrupted)
+      link.reset();  // reconnect next time
     throw;
   }
 }
@@ -325,7 +336,9 @@ Client Client::connect(const std::string& id, const ConnectOptions& options) {
   return Client(std::move(state));
 }
 
-const std::string& Client::id() const { return state_->id; }
+const std::string& Client::id() const {
+  return state_->id;
+}
 
 void Client::attach(Heap& heap) {
   LocalHeap h;
@@ -484,8 +497,8 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
     Frame answer = state_->request({FrameType::kConnectChannel, 0, 0, 0, 0, wait ? 1 : 0}, &request,
                                    deadline, "connecting to channel " + name);
     where = parse_control(answer);
-    state->max_buffered =
-        static_cast<std::uint32_t>(std::max<std::int64_t>(0, int_field(where, "max_buffered", answer)));
+    state->max_buffered = static_cast<std::uint32_t>(
+        std::max<std::int64_t>(0, int_field(where, "max_buffered", answer)));
     // Sends start before the owner has read our hello: what it maps and how
     // much it buffers come from its registration.
     state->credits = state->max_buffered;
@@ -502,8 +515,8 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
     }
     if (!state->link) {
       if (!last_error) throw Error(Errc::kCorrupted, "channel " + name + ": no address", EPROTO);
-      throw Error(last_error->code(), "channel " + name + ": cannot reach its owner: " +
-                                          last_error->message(),
+      throw Error(last_error->code(),
+                  "channel " + name + ": cannot reach its owner: " + last_error->message(),
                   last_error->sys_errno());
     }
     Json hello{{"id", state_->id},
@@ -529,7 +542,9 @@ Connection::~Connection() {
   if (state_) disconnect();
 }
 
-const std::string& Connection::channel() const { return state_->channel; }
+const std::string& Connection::channel() const {
+  return state_->channel;
+}
 
 Reply Connection::send(std::int32_t type, std::span<const std::byte> bytes, Timeout timeout) {
   FrameHeader header{FrameType::kSend, 0, 0, 0, 0, type};
@@ -604,7 +619,8 @@ Loan Connection::loan(std::size_t bytes) {
         break;
       }
     }
-    if (chosen == nullptr && !state_->client->heaps.empty()) chosen = state_->client->heaps.front().heap;
+    if (chosen == nullptr && !state_->client->heaps.empty())
+      chosen = state_->client->heaps.front().heap;
   }
   if (chosen == nullptr) {
     throw Error(Errc::kInvalidArgument,

@@ -77,7 +77,8 @@ struct Client::State {
 
   // Sends a request to the manager and returns its answer; an error frame
   // is thrown as the Error it names. Reconnects first if the link is down.
-  Frame request(FrameHeader header, const Json* payload, Deadline deadline, const std::string& what);
+  Frame request(FrameHeader header, const Json* payload, Deadline deadline,
+                const std::string& what);
   // (Re)connects to the manager and says hello; with `reregister`, creates
   // this client's channels again. Caller holds the mutex.
   void connect_manager(Deadline deadline, bool reregister);

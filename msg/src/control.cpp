@@ -68,30 +68,10 @@ std::vector<std::byte> error_payload(const std::string& message) {
 }
 
 void throw_error_frame(const Frame& frame, const std::string& context) {
-  const std::string text(reinterpret_cast<const char*>(frame.payload.data()),
-                         frame.payload.size());
+  const std::string text(reinterpret_cast<const char*>(frame.payload.data()), frame.payload.size());
   const int error = frame.header.value;
-  Errc code = Errc::kSystem;
-  switch (error) {
-    case ENOENT:
-      code = Errc::kNotFound;
-      break;
-    case EEXIST:
-      code = Errc::kAlreadyExists;
-      break;
-    case EINVAL:
-      code = Errc::kInvalidArgument;
-      break;
-    case EPROTO:
-      code = Errc::kCorrupted;
-      break;
-    case EACCES:
-    case EPERM:
-      code = Errc::kSystem;
-      break;
-    default:
-      break;
-  }
+  // The category the errno has everywhere else; a broken protocol is damage.
+  const Errc code = error == EPROTO ? Errc::kCorrupted : Error::from_errno(error, "").code();
   throw Error(code, context + ": " + text, error);
 }
 

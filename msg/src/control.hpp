@@ -18,7 +18,7 @@ namespace sheaf::msg {
 
 using Json = nlohmann::json;
 
-inline constexpr std::size_t kMaxIdLength = 47;    // client ids and channel names
+inline constexpr std::size_t kMaxIdLength = 47;             // client ids and channel names
 inline constexpr std::uint32_t kMaxControlBytes = 1 << 20;  // a control payload
 
 std::vector<std::byte> to_payload(const Json& json);

@@ -61,9 +61,10 @@ void set_non_blocking(int fd) {
 }
 
 [[noreturn]] void throw_peer_gone(const std::string& peer, int error) {
-  throw Error(Errc::kSystem, "connection to " + peer + ": the peer is gone (" +
-                                 std::string(std::strerror(error)) + ")",
-              error);
+  throw Error(
+      Errc::kSystem,
+      "connection to " + peer + ": the peer is gone (" + std::string(std::strerror(error)) + ")",
+      error);
 }
 
 }  // namespace
@@ -97,8 +98,8 @@ Link Link::connect(const std::string& address, Deadline deadline) {
   if (ec) throw Error(Errc::kSystem, "socket for " + address + ": " + ec.message(), ec.value());
   set_non_blocking(socket.native_handle());
   for (;;) {
-    if (::connect(socket.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) ==
-        0) {
+    if (::connect(socket.native_handle(), endpoint.data(),
+                  static_cast<socklen_t>(endpoint.size())) == 0) {
       break;
     }
     if (errno == EINTR) continue;
@@ -117,7 +118,9 @@ Link Link::connect(const std::string& address, Deadline deadline) {
   return Link(std::move(socket), address);
 }
 
-Link::~Link() { close_received_fds(); }
+Link::~Link() {
+  close_received_fds();
+}
 
 void Link::close_received_fds() {
   for (const int fd : received_fds_) ::close(fd);
@@ -144,8 +147,8 @@ void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         if (!wait_for(fd(), POLLOUT, deadline)) {
-          throw Error(Errc::kTimedOut, "sending to " + peer_ + ": timed out (the peer reads no more)",
-                      ETIMEDOUT);
+          throw Error(Errc::kTimedOut,
+                      "sending to " + peer_ + ": timed out (the peer reads no more)", ETIMEDOUT);
         }
         continue;
       }
@@ -301,8 +304,10 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
     bytes = bytes.subspan(n);
     if (!bytes.empty() && n == 0) {
       // Full: spin a little, then sleep until the reader makes room.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
-      for (unsigned spins = 0; !ring_->writable() && std::chrono::steady_clock::now() < spin_until;) {
+      const auto spin_until =
+          std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
+      for (unsigned spins = 0;
+           !ring_->writable() && std::chrono::steady_clock::now() < spin_until;) {
         spin_pause(spins);
       }
       if (ring_->writable()) continue;
@@ -315,9 +320,10 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
         // With rings the peer writes nothing more on the socket but a
         // refusal before it closes: read it, and stop at the close.
         if (fds[1].revents != 0 && !read_socket()) throw_peer_gone(peer_, ECONNRESET);
-        if (ready == 0 && deadline != Deadline::max() && std::chrono::steady_clock::now() >= deadline) {
-          throw Error(Errc::kTimedOut, "sending to " + peer_ + ": timed out (the peer reads no more)",
-                      ETIMEDOUT);
+        if (ready == 0 && deadline != Deadline::max() &&
+            std::chrono::steady_clock::now() >= deadline) {
+          throw Error(Errc::kTimedOut,
+                      "sending to " + peer_ + ": timed out (the peer reads no more)", ETIMEDOUT);
         }
       }
     }

@@ -103,7 +103,7 @@ class Link {
   FrameReader reader_{kLinkMaxPayload};
   std::optional<RingEnd> ring_;
   std::vector<int> received_fds_;  // descriptors that came with socket data
-  bool sleeping_ = false;           // prepare_sleep() announced a sleep
+  bool sleeping_ = false;          // prepare_sleep() announced a sleep
 };
 
 }  // namespace sheaf::msg

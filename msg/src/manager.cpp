@@ -67,27 +67,26 @@ struct Session : std::enable_shared_from_this<Session> {
   FrameReader reader{kMaxControlBytes};
   std::array<std::byte, 16 * 1024> buffer;
   std::deque<std::vector<std::byte>> outgoing;  // whole frames, written in order
-  std::string id;                              // empty until hello
+  std::string id;                               // empty until hello
   std::int64_t pid = 0;
   bool closed = false;
 
   void start() { read_more(); }
 
   void read_more() {
-    socket.async_read_some(asio::buffer(buffer),
-                           [self = shared_from_this()](asio::error_code ec, std::size_t n) {
-                             if (ec) return self->close();
-                             self->reader.feed(std::span(self->buffer.data(), n));
-                             try {
-                               while (auto frame = self->reader.next()) self->handle(*frame);
-                             } catch (const Error& e) {
-                               // A peer that breaks the protocol: tell it why, then hang up.
-                               self->answer({FrameType::kError, 0, 0, 0, 0, EPROTO},
-                                            error_payload(e.message()));
-                               return self->close_after_writes();
-                             }
-                             if (!self->closed) self->read_more();
-                           });
+    socket.async_read_some(
+        asio::buffer(buffer), [self = shared_from_this()](asio::error_code ec, std::size_t n) {
+          if (ec) return self->close();
+          self->reader.feed(std::span(self->buffer.data(), n));
+          try {
+            while (auto frame = self->reader.next()) self->handle(*frame);
+          } catch (const Error& e) {
+            // A peer that breaks the protocol: tell it why, then hang up.
+            self->answer({FrameType::kError, 0, 0, 0, 0, EPROTO}, error_payload(e.message()));
+            return self->close_after_writes();
+          }
+          if (!self->closed) self->read_more();
+        });
   }
 
   void answer(FrameHeader header, std::vector<std::byte> payload = {}) {
@@ -219,8 +218,9 @@ struct Session : std::enable_shared_from_this<Session> {
                         std::to_string(it->second.pid) + ")");
       }
     }
-    ChannelEntry entry{weak_from_this(), id, pid, address,
-                       static_cast<std::uint32_t>(frame.header.value), Json::array()};
+    ChannelEntry entry{
+        weak_from_this(), id, pid, address, static_cast<std::uint32_t>(frame.header.value),
+        Json::array()};
     if (request.contains("heaps")) {
       // Checked here, so that a malformed list is refused to its sender
       // rather than passed on to every client that connects.
@@ -326,6 +326,8 @@ void Manager::run() {
   state_->io.run();
 }
 
-void Manager::stop() { state_->io.stop(); }
+void Manager::stop() {
+  state_->io.stop();
+}
 
 }  // namespace sheaf::msg

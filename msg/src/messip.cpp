@@ -23,15 +23,23 @@ using sheaf::msg::Timeout;
 
 unsigned g_log_level = MESSIP_LOG_ERROR | MESSIP_LOG_WARNING;
 
-Timeout timeout_of(int msec) { return msec < 0 ? sheaf::msg::kForever : Timeout(msec); }
+Timeout timeout_of(int msec) {
+  return msec < 0 ? sheaf::msg::kForever : Timeout(msec);
+}
 
 void copy_id(messip_id_t out, const std::string& id) {
   std::snprintf(out, sizeof(messip_id_t), "%s", id.c_str());  // MESSIP's ids are 8 characters
 }
 
-Client& client_of(messip_cnx_t* cnx) { return *static_cast<Client*>(cnx->sheaf); }
-Channel& owned(messip_channel_t* ch) { return *static_cast<Channel*>(ch->sheaf); }
-Connection& connected(messip_channel_t* ch) { return *static_cast<Connection*>(ch->sheaf); }
+Client& client_of(messip_cnx_t* cnx) {
+  return *static_cast<Client*>(cnx->sheaf);
+}
+Channel& owned(messip_channel_t* ch) {
+  return *static_cast<Channel*>(ch->sheaf);
+}
+Connection& connected(messip_channel_t* ch) {
+  return *static_cast<Connection*>(ch->sheaf);
+}
 
 // An error as MESSIP reports it: logged, then -1 (or MESSIP_MSG_TIMEOUT).
 int fail(const char* function, const sheaf::Error& e) {
@@ -82,7 +90,8 @@ messip_cnx_t* messip_connect(char* mgr_ref, const char* id, int msec_timeout) {
   if (id == nullptr) return nullptr;
   try {
     const std::string manager = mgr_ref != nullptr ? mgr_ref : "";
-    auto* client = new Client(Client::connect(id, {.manager = manager, .timeout = timeout_of(msec_timeout)}));
+    auto* client =
+        new Client(Client::connect(id, {.manager = manager, .timeout = timeout_of(msec_timeout)}));
     auto* cnx = static_cast<messip_cnx_t*>(std::calloc(1, sizeof(messip_cnx_t)));
     if (cnx == nullptr) {
       delete client;
@@ -103,7 +112,8 @@ messip_channel_t* messip_channel_create(messip_cnx_t* cnx, const char* name, int
   try {
     sheaf::msg::ChannelOptions options;
     // MESSIP's 0 means no buffered messages; ours needs room for one.
-    options.max_buffered = static_cast<std::uint32_t>(maxnb_msg_buffered > 0 ? maxnb_msg_buffered : 1);
+    options.max_buffered =
+        static_cast<std::uint32_t>(maxnb_msg_buffered > 0 ? maxnb_msg_buffered : 1);
     auto* channel = new Channel(client_of(cnx).create_channel(name, options));
     messip_channel_t* ch = new_channel(cnx, name, channel, true);
     if (ch == nullptr) delete channel;
@@ -117,7 +127,8 @@ messip_channel_t* messip_channel_create(messip_cnx_t* cnx, const char* name, int
 int messip_channel_delete(messip_channel_t* ch, int /*msec_timeout*/) {
   if (ch == nullptr || !ch->is_owner) return -1;
   if (owned(ch).clients() > 0) {
-    messip_log(MESSIP_LOG_WARNING, "messip_channel_delete: channel %s still has clients\n", ch->name);
+    messip_log(MESSIP_LOG_WARNING, "messip_channel_delete: channel %s still has clients\n",
+               ch->name);
     return -1;
   }
   delete &owned(ch);
@@ -128,7 +139,8 @@ int messip_channel_delete(messip_channel_t* ch, int /*msec_timeout*/) {
 messip_channel_t* messip_channel_connect(messip_cnx_t* cnx, const char* name, int msec_timeout) {
   if (cnx == nullptr || name == nullptr) return nullptr;
   try {
-    auto* connection = new Connection(client_of(cnx).connect_channel(name, timeout_of(msec_timeout)));
+    auto* connection =
+        new Connection(client_of(cnx).connect_channel(name, timeout_of(msec_timeout)));
     messip_channel_t* ch = new_channel(cnx, name, connection, false);
     if (ch == nullptr) delete connection;
     return ch;
@@ -188,8 +200,8 @@ int messip_receive(messip_channel_t* ch, int32_t* type, void* buffer, int maxlen
   }
 }
 
-int messip_reply(messip_channel_t* ch, int index, int32_t answer, void* reply_buffer,
-                 int reply_len, int /*msec_timeout*/) {
+int messip_reply(messip_channel_t* ch, int index, int32_t answer, void* reply_buffer, int reply_len,
+                 int /*msec_timeout*/) {
   if (ch == nullptr || !ch->is_owner) return -1;
   try {
     owned(ch).reply(index, answer, span_of(reply_buffer, reply_len));
@@ -259,8 +271,12 @@ int messip_death_notify(messip_cnx_t* cnx, int /*msec_timeout*/, int status) {
   return MESSIP_OK;
 }
 
-void messip_set_log_level(unsigned level) { g_log_level = level; }
-unsigned messip_get_log_level(void) { return g_log_level; }
+void messip_set_log_level(unsigned level) {
+  g_log_level = level;
+}
+unsigned messip_get_log_level(void) {
+  return g_log_level;
+}
 
 int messip_log(unsigned level, const char* fmt, ...) {
   if ((level & g_log_level) == 0) return 0;

@@ -1,9 +1,9 @@
 #include "ring.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,7 +32,9 @@ struct Header {
 constexpr std::uint64_t kHeaderBytes = 4096;
 static_assert(sizeof(Header) <= kHeaderBytes);
 
-Header* header_of(std::byte* base) { return reinterpret_cast<Header*>(base); }
+Header* header_of(std::byte* base) {
+  return reinterpret_cast<Header*>(base);
+}
 
 [[noreturn]] void broken(const std::string& what) {
   throw Error(Errc::kCorrupted, "shared-memory ring: " + what, EPROTO);
@@ -79,7 +81,8 @@ RingPair RingPair::adopt(int fd) {
   ring.map(bytes);
   const Header* h = header_of(ring.base_);
   const std::uint64_t capacity = h->capacity;
-  if (std::atomic_ref<const std::uint64_t>(h->magic).load(std::memory_order_acquire) != kRingMagic ||
+  if (std::atomic_ref<const std::uint64_t>(h->magic).load(std::memory_order_acquire) !=
+          kRingMagic ||
       capacity < kMinCapacity || (capacity & (capacity - 1)) != 0 ||
       bytes != kHeaderBytes + 2 * capacity) {
     broken("bad header");
@@ -114,7 +117,9 @@ RingPair::~RingPair() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-RingIndices& RingPair::indices(int direction) const { return header_of(base_)->direction[direction]; }
+RingIndices& RingPair::indices(int direction) const {
+  return header_of(base_)->direction[direction];
+}
 std::byte* RingPair::data(int direction) const {
   return base_ + kHeaderBytes + static_cast<std::uint64_t>(direction) * capacity_;
 }

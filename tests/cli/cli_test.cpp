@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
-#include <thread>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern char** environ;
@@ -1201,7 +1201,6 @@ TEST_F(CliTest, ProgressBarOnATerminal) {
   EXPECT_EQ(ok_json({"bag", "info", store, "big", "--json"})["size"], 200u << 20);
 }
 
-
 // --- sheaf msg ------------------------------------------------------------------
 
 // A manager on a free loopback port, stopped (and reaped) when the test ends.
@@ -1250,7 +1249,8 @@ TEST_F(CliTest, MsgVerbsTalkThroughAChannel) {
 
   EXPECT_EQ(ok({"msg", "ping", "greet", "--manager", m}).find("answer from greet"), 0u);
   EXPECT_EQ(ok({"msg", "send", "greet", "hello, channel", "--manager", m}), "hello, channel");
-  const Json reply = ok_json({"msg", "send", "greet", "abc", "--type", "7", "--json", "--manager", m});
+  const Json reply =
+      ok_json({"msg", "send", "greet", "abc", "--type", "7", "--json", "--manager", m});
   EXPECT_EQ(reply["answer"], 7);  // --echo answers with the message's own type and bytes
   EXPECT_EQ(reply["text"], "abc");
   Output done = listener.wait();

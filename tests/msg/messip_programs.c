@@ -20,12 +20,12 @@
 
 #include "messip.h"
 
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
       fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                              \
-    }                                                                       \
+      exit(1);                                                                 \
+    }                                                                          \
   } while (0)
 
 enum { kBig = 5000, kLong = 200 };

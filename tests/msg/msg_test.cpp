@@ -1,8 +1,8 @@
 // msg_test.cpp: the message layer between real processes: a manager in a
 // child process, owners and clients in others, real sockets, real kills.
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -460,9 +460,7 @@ class MsgHeapTest : public MsgTest {
  protected:
   TempDir dir;
   std::string heap_path = dir / "shared.heap";
-  void SetUp() override {
-    ASSERT_TRUE(Heap::create(heap_path, {.initial_size = 64 << 20}).ok());
-  }
+  void SetUp() override { ASSERT_TRUE(Heap::create(heap_path, {.initial_size = 64 << 20}).ok()); }
   // Bytes in use once this session has held a block (its hold ledger, which
   // stays): what must be in use again when every message is done with.
   static std::uint64_t used_at_rest(Heap& heap) {
@@ -501,7 +499,8 @@ TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
   Loan loan = refs.loan<std::uint8_t>(kBytes);  // in the heap both ends map
   EXPECT_EQ(&loan.heap(), &heap);
   ASSERT_EQ(loan.size(), kBytes);
-  for (std::size_t i = 0; i < kBytes; ++i) loan.as<std::uint8_t>()[i] = static_cast<std::uint8_t>(i % 251);
+  for (std::size_t i = 0; i < kBytes; ++i)
+    loan.as<std::uint8_t>()[i] = static_cast<std::uint8_t>(i % 251);
   void* block = loan.bytes().data();
   EXPECT_EQ(refs.send(1, std::move(loan), 5s).answer, 1);
   EXPECT_FALSE(loan);

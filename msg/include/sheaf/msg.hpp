@@ -146,9 +146,9 @@ struct Reply {
 
 struct ChannelInfo {
   std::string name;
-  std::string owner;    // the owning client's id
+  std::string owner;     // the owning client's id
   std::int64_t pid = 0;  // the owner's process
-  std::string address;  // where it listens: "unix:PATH" and/or "tcp:HOST:PORT", space separated
+  std::string address;   // where it listens: "unix:PATH" and/or "tcp:HOST:PORT", space separated
   std::uint32_t max_buffered = 0;
 };
 
@@ -269,7 +269,8 @@ class Connection {
   // a receiver that does not map the heap), default-initialized.
   template <class T>
   Loan loan(std::size_t count) {
-    static_assert(std::is_trivially_copyable_v<T>, "a loan carries bytes: T must be trivially copyable");
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "a loan carries bytes: T must be trivially copyable");
     return loan(count * sizeof(T));
   }
   void disconnect();
