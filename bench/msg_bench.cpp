@@ -18,6 +18,7 @@
 #include <benchmark/benchmark.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 
 #include <boost/interprocess/ipc/message_queue.hpp>
@@ -54,6 +55,7 @@ class Peer {
     std::fflush(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a benchmark that was killed
       int code = 0;
       try {
         body();

@@ -9,6 +9,7 @@
 // --manager names one.
 #include "msg_bench.hpp"
 
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +152,7 @@ void run_msg_bench(const MsgBenchArgs& args) {
   const pid_t peer = ::fork();
   if (peer < 0) throw Error::from_errno(errno, "fork");
   if (peer == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the command
     ::close(ready[0]);
     serve(manager_address, heap_path, channel_name, ready[1]);
   }

@@ -16,10 +16,11 @@
 // its capacity) and treats a violation as a broken peer.
 //
 // Waking up, by the reader of a direction:            by its writer:
-//   1. reader_waiting = 1                              1. copy bytes, head += n
-//   2. fence (seq_cst)                                 2. fence (seq_cst)
-//   3. head == tail ? sleep in poll() on its eventfd   3. reader_waiting ? write its eventfd
-// One of the two always sees the other's store, so a wake-up is never lost.
+//   1. reader_waiting = 1 (seq_cst store)              1. copy bytes, head += n (seq_cst store)
+//   2. head == tail (seq_cst load) ?                   2. reader_waiting (seq_cst load) ?
+//      sleep in poll() on its eventfd                     write its eventfd
+// In the single order of seq_cst operations one of the two loads comes after
+// the other side's store, so a wake-up is never lost.
 // A writer that finds the ring full waits the same way on writer_waiting.
 #pragma once
 
