@@ -569,6 +569,18 @@ void Channel::timer_delete(int timer) {
 std::size_t Channel::clients() const {
   return state_->peers.size();
 }
+
+void Channel::join(const std::string& group) {
+  check_name(group, "group name");
+  Client::State& client = *state_->client;
+  std::lock_guard lock(client.mutex);
+  const Json request{{"group", group}, {"channel", state_->name}};
+  client.request({FrameType::kJoinGroup}, &request, deadline_after(client.timeout),
+                 "channel " + state_->name + " joining group " + group);
+  for (auto& r : client.channels) {
+    if (r.name == state_->name) r.groups.push_back(group);
+  }
+}
 const std::string& Channel::name() const {
   return state_->name;
 }
@@ -637,7 +649,7 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
     const auto bound = state->tcp_acceptor->local_endpoint();
     state->address += " tcp:" + bound.address().to_string() + ":" + std::to_string(bound.port());
   }
-  Client::State::Registration registration{name, state->address, options.max_buffered, {}};
+  Client::State::Registration registration{name, state->address, options.max_buffered, {}, {}};
   {
     std::lock_guard lock(state_->mutex);
     registration.heaps = heaps_json(state_->heaps);

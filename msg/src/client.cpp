@@ -275,26 +275,40 @@ void Client::State::connect_manager(Deadline deadline, bool reregister) {
   // A manager that restarted knows none of our channels: tell it again.
   // (Messages never went through it, so no client of ours noticed.)
   if (reregister) {
-    for (const Registration& r : channels) register_channel(fresh, next_request++, r, deadline);
+    for (const Registration& r : channels) register_channel(fresh, next_request, r, deadline);
   }
   link.emplace(std::move(fresh));
 }
 
-void register_channel(Link& link, std::uint64_t request_id, const Client::State::Registration& r,
-                      Deadline deadline) {
-  const Json request{{"name", r.name}, {"address", r.address}, {"heaps", r.heaps}};
-  link.send(
-      {FrameType::kCreateChannel, 0, 0, 0, request_id, static_cast<std::int32_t>(r.max_buffered)},
-      to_payload(request), deadline);
+namespace {
+
+// Sends one request on a manager link and waits for its answer (an error
+// frame is thrown as the Error it names).
+Frame ask(Link& link, FrameHeader header, const Json& payload, Deadline deadline,
+          const std::string& what) {
+  link.send(header, to_payload(payload), deadline);
   for (;;) {
     auto answer = link.receive(deadline);
-    if (!answer) {
-      throw Error(Errc::kTimedOut, "creating channel " + r.name + ": the manager did not answer",
-                  ETIMEDOUT);
-    }
-    if (answer->header.request_id != request_id) continue;
-    if (answer->header.type == FrameType::kError) throw_error_frame(*answer, "channel " + r.name);
-    return;
+    if (!answer) throw Error(Errc::kTimedOut, what + ": the manager did not answer", ETIMEDOUT);
+    if (answer->header.request_id != header.request_id) continue;  // one given up on
+    if (answer->header.type == FrameType::kError) throw_error_frame(*answer, what);
+    return std::move(*answer);
+  }
+}
+
+}  // namespace
+
+void register_channel(Link& link, std::uint64_t& next_request, const Client::State::Registration& r,
+                      Deadline deadline) {
+  const Json request{{"name", r.name}, {"address", r.address}, {"heaps", r.heaps}};
+  ask(link,
+      {FrameType::kCreateChannel, 0, 0, 0, next_request++,
+       static_cast<std::int32_t>(r.max_buffered)},
+      request, deadline, "creating channel " + r.name);
+  for (const std::string& group : r.groups) {
+    ask(link, {FrameType::kJoinGroup, 0, 0, 0, next_request++, 0},
+        Json{{"group", group}, {"channel", r.name}}, deadline,
+        "channel " + r.name + " joining group " + group);
   }
 }
 
@@ -379,6 +393,32 @@ std::chrono::nanoseconds Client::ping(Timeout timeout) {
   const auto start = std::chrono::steady_clock::now();
   state_->request({FrameType::kPing}, nullptr, deadline_after(timeout), "pinging the manager");
   return std::chrono::steady_clock::now() - start;
+}
+
+Client::GroupSend Client::group_send(const std::string& group, std::int32_t type,
+                                     std::span<const std::byte> bytes, Timeout timeout) {
+  check_name(group, "group name");
+  std::vector<std::string> members;
+  {
+    std::lock_guard lock(state_->mutex);
+    const Json request{{"group", group}};
+    Frame answer = state_->request({FrameType::kListGroup}, &request, deadline_after(timeout),
+                                   "listing group " + group);
+    const Json list = parse_control(answer);
+    if (!list.is_array()) throw Error(Errc::kCorrupted, "group " + group + ": not a list", EPROTO);
+    for (const Json& entry : list) members.push_back(string_field(entry, "name", answer));
+  }
+  GroupSend result;
+  for (const std::string& member : members) {
+    try {
+      Connection to = connect_channel(member, timeout);
+      to.buffered_send(type, bytes, timeout);
+      result.delivered.push_back(member);
+    } catch (const Error& e) {
+      result.failures.push_back(member + ": " + e.message());
+    }
+  }
+  return result;
 }
 
 // --- Connection ------------------------------------------------------------------

@@ -71,7 +71,8 @@ struct Client::State {
     std::string name;
     std::string address;
     std::uint32_t max_buffered = 0;
-    Json heaps;  // heaps_json() of the heaps attached when it was created
+    Json heaps;                       // heaps_json() of the heaps attached when it was created
+    std::vector<std::string> groups;  // joined, and joined again after a restart
   };
   std::vector<Registration> channels;  // registered, and registered again after a manager restart
 
@@ -84,8 +85,9 @@ struct Client::State {
   void connect_manager(Deadline deadline, bool reregister);
 };
 
-// Asks the manager to create the channel (on `link`, which says hello first).
-void register_channel(Link& link, std::uint64_t request_id, const Client::State::Registration& r,
+// Asks the manager to create the channel and join its groups (on `link`,
+// which said hello already).
+void register_channel(Link& link, std::uint64_t& next_request, const Client::State::Registration& r,
                       Deadline deadline);
 
 }  // namespace sheaf::msg

@@ -72,6 +72,10 @@ const char* frame_type_name(FrameType type) noexcept {
       return "channel-list";
     case FrameType::kDone:
       return "done";
+    case FrameType::kJoinGroup:
+      return "join-group";
+    case FrameType::kListGroup:
+      return "list-group";
   }
   return "unknown";
 }

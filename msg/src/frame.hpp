@@ -49,8 +49,10 @@ enum class FrameType : std::uint8_t {
   kListChannels = 17,  // client -> manager
   kChannelList = 18,   // payload: the channels (JSON)
   kDone = 19,          // the answer to a request that returns nothing
+  kJoinGroup = 20,     // owner -> manager: {"group", "channel"}: the channel joins the group
+  kListGroup = 21,     // client -> manager: {"group"}; answered with a channel list
 };
-inline constexpr std::uint8_t kLastFrameType = 19;
+inline constexpr std::uint8_t kLastFrameType = 21;
 const char* frame_type_name(FrameType type) noexcept;
 
 // Header flags. Any other bit set is refused.

@@ -35,7 +35,8 @@ struct ChannelEntry {
   std::int64_t pid = 0;
   std::string address;
   std::uint32_t max_buffered = 0;
-  Json heaps = Json::array();  // what the owner maps, passed on to who connects
+  Json heaps = Json::array();    // what the owner maps, passed on to who connects
+  std::set<std::string> groups;  // the groups it joined (it leaves them when it goes)
 };
 
 struct Waiter {  // a connect request for a channel that does not exist yet
@@ -186,6 +187,32 @@ struct Session : std::enable_shared_from_this<Session> {
         }
         return fail(frame, ENOENT, "no channel named '" + name + "'");
       }
+      case FrameType::kJoinGroup: {
+        const Json request = parse_control(frame);
+        const std::string group = string_field(request, "group", frame);
+        const std::string name = string_field(request, "channel", frame);
+        try {
+          check_name(group, "group name");
+        } catch (const Error& e) {
+          return fail(frame, EINVAL, e.message());
+        }
+        auto it = registry.channels.find(name);
+        if (it == registry.channels.end() || it->second.owner.lock().get() != this) {
+          return fail(frame, ENOENT, "no channel '" + name + "' of this client");
+        }
+        it->second.groups.insert(group);
+        return answer({FrameType::kDone, 0, 0, 0, h.request_id, 0});
+      }
+      case FrameType::kListGroup: {
+        const std::string group = string_field(parse_control(frame), "group", frame);
+        Json list = Json::array();
+        for (const auto& [name, entry] : registry.channels) {
+          if (entry.groups.contains(group) && !entry.owner.expired()) {
+            list.push_back(describe(name, entry));
+          }
+        }
+        return answer({FrameType::kChannelList, 0, 0, 0, h.request_id, 0}, to_payload(list));
+      }
       case FrameType::kListChannels: {
         Json list = Json::array();
         for (const auto& [name, entry] : registry.channels) list.push_back(describe(name, entry));
@@ -220,7 +247,7 @@ struct Session : std::enable_shared_from_this<Session> {
     }
     ChannelEntry entry{
         weak_from_this(), id, pid, address, static_cast<std::uint32_t>(frame.header.value),
-        Json::array()};
+        Json::array(),    {}};
     if (request.contains("heaps")) {
       // Checked here, so that a malformed list is refused to its sender
       // rather than passed on to every client that connects.

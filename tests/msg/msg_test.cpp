@@ -429,6 +429,39 @@ TEST_F(MsgTest, ConnectCanWaitForTheChannelToAppear) {
   EXPECT_EQ(owner.wait_code(), 0);
 }
 
+TEST_F(MsgTest, AGroupSendReachesEveryMemberAndOnlyThem) {
+  Client me = client("owners");
+  Channel a = me.create_channel("member-a");
+  Channel b = me.create_channel("member-b");
+  Channel outsider = me.create_channel("outsider");
+  a.join("team");
+  b.join("team");
+  outsider.join("other-team");
+  Pipe sent;
+  Child sender([&] {
+    Client c = client("broadcaster");
+    const Client::GroupSend result = c.group_send("team", 9, as_bytes("to all"), 5s);
+    EXPECT_EQ(result.delivered.size(), 2u);
+    EXPECT_TRUE(result.failures.empty());
+    EXPECT_TRUE(c.group_send("nobody-here", 9, as_bytes("x"), 5s).delivered.empty());
+    signal(sent);
+  });
+  sent.close_write();
+  ASSERT_TRUE(wait_signal(sent));
+  for (Channel* member : {&a, &b}) {
+    Message m;
+    do {
+      m = member->receive(5s);
+    } while (m.event == Event::kDisconnect);
+    EXPECT_EQ(m.event, Event::kBuffered) << event_name(m.event);
+    EXPECT_EQ(m.type, 9);
+    EXPECT_EQ(m.payload.text(), "to all");
+  }
+  Message none = outsider.receive(200ms);
+  EXPECT_EQ(none.event, Event::kTimeout) << event_name(none.event);
+  EXPECT_EQ(sender.wait_code(), 0);
+}
+
 TEST_F(MsgTest, AnotherUserCannotReachAChannel) {
   if (::getuid() != 0) GTEST_SKIP() << "needs root to become another user";
   Client me = client("owner");

@@ -195,6 +195,19 @@ class Client {
   // A round trip to the manager.
   std::chrono::nanoseconds ping(Timeout timeout = Timeout(5000));
 
+  // What group_send() did: which members took the message, and why the
+  // others did not (one line each, naming the channel).
+  struct GroupSend {
+    std::vector<std::string> delivered;
+    std::vector<std::string> failures;
+  };
+  // A buffered send of the same bytes to every channel in `group`
+  // (Channel::join), in turn; a member that cannot take it (gone, or at its
+  // bound for `timeout`) does not stop the others. Throws only if the
+  // manager cannot say who the members are.
+  GroupSend group_send(const std::string& group, std::int32_t type,
+                       std::span<const std::byte> bytes, Timeout timeout);
+
   struct State;
 
  private:
@@ -226,6 +239,9 @@ class Channel {
   int timer_create(std::int32_t type, Timeout first, Timeout repeat = Timeout(0));
   void timer_delete(int timer);
   std::size_t clients() const;
+  // Joins a named group: Client::group_send to it reaches this channel too,
+  // until the channel is gone.
+  void join(const std::string& group);
   // "unix:PATH" and, with ChannelOptions::tcp_listen, " tcp:HOST:PORT".
   const std::string& address() const;
 
