@@ -197,40 +197,38 @@ void run_msg_bench(const MsgBenchArgs& args) {
       copy_source.front() = std::byte{1};
       copy_source.back() = std::byte{2};
     }
-    std::vector<double> by_ref, by_copy;
-    const int expected = n == 0 ? 0 : (n == 1 ? 4 : 3);
+    const int expected = 1 + 2;  // the first and the last byte, as the peer reads them
     // All the rounds by reference, then all by copy: interleaved, a round
     // would also pay for the peer still freeing the previous copy (a 64 MiB
     // buffer takes milliseconds to give back).
-    for (int round = -1; round < args.rounds; ++round) {  // round -1: a warm-up, not counted
-      const auto started = Clock::now();
+    // `rounds` round trips of `send` (after one warm-up, not counted), each
+    // checked for what the peer saw; their times in microseconds.
+    auto time_rounds = [&](auto&& send) {
+      std::vector<double> us;
+      for (int round = -1; round < args.rounds; ++round) {
+        const auto started = Clock::now();
+        const msg::Reply reply = send();
+        const double took =
+            std::chrono::duration<double, std::micro>(Clock::now() - started).count();
+        if (n > 1 && reply.answer != expected) {
+          throw Error(Errc::kCorrupted, "msg bench: the peer saw other bytes than were sent");
+        }
+        if (round < 0) continue;
+        us.push_back(took);
+        done += n;
+        progress.update(done);
+      }
+      return us;
+    };
+    const std::vector<double> by_ref = time_rounds([&] {
       msg::Loan loan = msg::Loan::allocate(heap, n);
       if (n > 0) {
         loan.bytes().front() = std::byte{1};
         loan.bytes().back() = std::byte{2};
       }
-      const msg::Reply reply = to.send(1, std::move(loan), 30s);
-      const double us = std::chrono::duration<double, std::micro>(Clock::now() - started).count();
-      if (n > 1 && reply.answer != expected) {
-        throw Error(Errc::kCorrupted, "msg bench: the peer saw other bytes than were sent");
-      }
-      if (round < 0) continue;
-      by_ref.push_back(us);
-      done += n;
-      progress.update(done);
-    }
-    for (int round = -1; round < args.rounds; ++round) {
-      const auto started = Clock::now();
-      const msg::Reply reply = to.send(1, copy_source, 60s);
-      const double us = std::chrono::duration<double, std::micro>(Clock::now() - started).count();
-      if (n > 1 && reply.answer != expected) {
-        throw Error(Errc::kCorrupted, "msg bench: the peer saw other bytes than were sent");
-      }
-      if (round < 0) continue;
-      by_copy.push_back(us);
-      done += n;
-      progress.update(done);
-    }
+      return to.send(1, std::move(loan), 30s);
+    });
+    const std::vector<double> by_copy = time_rounds([&] { return to.send(1, copy_source, 60s); });
     r.ref_p50_us = percentile(by_ref, 0.5);
     r.ref_p99_us = percentile(by_ref, 0.99);
     r.copy_p50_us = percentile(by_copy, 0.5);

@@ -56,10 +56,6 @@ constexpr auto kManagerRetry = std::chrono::seconds(1);
 
 std::atomic<unsigned> socket_counter{0};
 
-bool is_loopback(const asio::ip::address& address) {
-  return address.is_loopback() || (address.is_v4() && (address.to_v4().to_uint() >> 24) == 127);
-}
-
 }  // namespace
 
 struct Channel::State {
@@ -623,20 +619,10 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   }
   state->address = "unix:" + state->socket_path;
   if (!options.tcp_listen.empty()) {
-    const Address where = parse_host_port(options.tcp_listen);
+    const asio::ip::tcp::endpoint endpoint =
+        loopback_endpoint(options.tcp_listen, "channel " + name);
     asio::error_code ec;
-    const auto host = asio::ip::make_address(where.host, ec);
-    if (ec) {
-      throw Error(Errc::kInvalidArgument,
-                  "channel " + name + ": '" + where.host + "' is not an IP address");
-    }
-    if (!is_loopback(host)) {
-      throw Error(Errc::kInvalidArgument,
-                  "channel " + name + ": will not listen on " + where.host +
-                      ": a listener other hosts can reach needs authentication (docs/msg.md)");
-    }
     state->tcp_acceptor.emplace(socket_context());
-    const asio::ip::tcp::endpoint endpoint(host, where.port);
     state->tcp_acceptor->open(endpoint.protocol(), ec);
     if (!ec) state->tcp_acceptor->bind(endpoint, ec);
     if (!ec) state->tcp_acceptor->listen(asio::socket_base::max_listen_connections, ec);

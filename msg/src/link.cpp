@@ -135,13 +135,32 @@ void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline
     send_ring(payload, deadline);
     return;
   }
+  send_socket(head, payload, {}, deadline);
+}
+
+void Link::send_socket(std::span<const std::byte> head, std::span<const std::byte> payload,
+                       std::span<const int> fds, Deadline deadline) {
   std::array<iovec, 2> parts{iovec{const_cast<std::byte*>(head.data()), head.size()},
                              iovec{const_cast<std::byte*>(payload.data()), payload.size()}};
+  // The descriptors go with the first byte sent (SCM_RIGHTS).
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
+  const bool with_fds = !fds.empty();
+  if (fds.size() > 4) throw Error(Errc::kInvalidArgument, "sending more than 4 descriptors");
   std::size_t first = 0;  // the first part not sent whole
+  bool fds_sent = !with_fds;
   while (first < parts.size()) {
     msghdr message{};
     message.msg_iov = parts.data() + first;
     message.msg_iovlen = parts.size() - first;
+    if (!fds_sent) {
+      message.msg_control = control;
+      message.msg_controllen = CMSG_SPACE(fds.size_bytes());
+      cmsghdr* c = CMSG_FIRSTHDR(&message);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(fds.size_bytes());
+      std::memcpy(CMSG_DATA(c), fds.data(), fds.size_bytes());
+    }
     const ssize_t n = ::sendmsg(fd(), &message, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -155,6 +174,7 @@ void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline
       if (errno == EPIPE || errno == ECONNRESET) throw_peer_gone(peer_, errno);
       throw Error::from_errno(errno, "sending to " + peer_);
     }
+    fds_sent = true;
     auto sent = static_cast<std::size_t>(n);
     while (first < parts.size() && sent >= parts[first].iov_len) {
       sent -= parts[first].iov_len;
@@ -233,39 +253,9 @@ void Link::offer_rings(FrameHeader header, std::span<const std::byte> payload, D
   }
   RingEnd end(std::move(rings), /*write_direction=*/0, mine, theirs);
   header.payload_bytes = static_cast<std::uint32_t>(payload.size());
-  const auto head = encode_header(header);
-  std::vector<std::byte> frame(head.begin(), head.end());
-  frame.insert(frame.end(), payload.begin(), payload.end());
   // The owner's end: the segment, its own eventfd, then ours.
   const int fds[3] = {end.rings().fd(), theirs, mine};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(fds))] = {};
-  iovec part{frame.data(), frame.size()};
-  msghdr message{};
-  message.msg_iov = &part;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&message);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(fds));
-  std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
-  for (;;) {
-    const ssize_t n = ::sendmsg(fd(), &message, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n == static_cast<ssize_t>(frame.size())) break;
-    if (n >= 0) {  // a hello is small; a partial write means a socket in trouble
-      throw Error(Errc::kSystem, "sending to " + peer_ + ": hello cut short", EIO);
-    }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) {
-      if (!wait_for(fd(), POLLOUT, deadline)) {
-        throw Error(Errc::kTimedOut, "sending to " + peer_ + ": timed out", ETIMEDOUT);
-      }
-      continue;
-    }
-    if (errno == EPIPE || errno == ECONNRESET) throw_peer_gone(peer_, errno);
-    throw Error::from_errno(errno, "sending to " + peer_);
-  }
+  send_socket(encode_header(header), payload, fds, deadline);
   ring_.emplace(std::move(end));
 }
 

@@ -93,6 +93,9 @@ class Link {
  private:
   Socket socket_;
   bool read_socket();  // read_available() without rings
+  // One frame's bytes on the socket, with `fds` (SCM_RIGHTS) if any.
+  void send_socket(std::span<const std::byte> head, std::span<const std::byte> payload,
+                   std::span<const int> fds, Deadline deadline);
   void send_ring(std::span<const std::byte> bytes, Deadline deadline);
   // Waits for ring data, spinning first; false at the deadline.
   bool wait_ring_readable(Deadline deadline);

@@ -280,11 +280,6 @@ struct Session : std::enable_shared_from_this<Session> {
   }
 };
 
-bool is_loopback(const asio::ip::address& address) {
-  if (address.is_loopback()) return true;
-  return address.is_v4() && (address.to_v4().to_uint() >> 24) == 127;  // 127.0.0.0/8
-}
-
 }  // namespace
 
 struct Manager::State {
@@ -309,20 +304,8 @@ struct Manager::State {
 };
 
 Manager::Manager(const ManagerOptions& options) : state_(std::make_unique<State>()) {
-  const Address where = parse_host_port(options.listen);
+  const tcp::endpoint endpoint = loopback_endpoint(options.listen, "manager");
   asio::error_code ec;
-  const auto host = asio::ip::make_address(where.host, ec);
-  if (ec) {
-    throw Error(Errc::kInvalidArgument,
-                "manager: listen address '" + where.host + "' is not an IP address");
-  }
-  if (!is_loopback(host)) {
-    throw Error(Errc::kInvalidArgument,
-                "manager: will not listen on " + where.host +
-                    ": other hosts could reach it, and a listener they can reach needs "
-                    "authentication, which this version does not have yet (docs/msg.md)");
-  }
-  const tcp::endpoint endpoint(host, where.port);
   auto& acceptor = state_->acceptor;
   acceptor.open(endpoint.protocol());
   acceptor.set_option(tcp::acceptor::reuse_address(true));
