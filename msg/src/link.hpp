@@ -60,7 +60,6 @@ class Link {
   std::optional<Frame> next_frame() { return reader_.next(); }
 
   int fd() { return socket_.native_handle(); }
-  const std::string& peer() const { return peer_; }
   bool is_unix() const { return unix_; }
 
   // --- Shared-memory rings (ring.hpp), for a Unix socket ---------------------

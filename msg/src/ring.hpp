@@ -84,7 +84,6 @@ class RingEnd {
   ~RingEnd();
 
   int self_wake() const { return self_wake_; }
-  int peer_wake() const { return peer_wake_; }
   const RingPair& rings() const { return rings_; }
 
   // Copies as much of `bytes` as fits; returns how much. Pokes the reader if

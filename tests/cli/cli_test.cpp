@@ -1275,7 +1275,6 @@ TEST_F(CliTest, MsgBenchPrintsBothPathsAsJson) {
   for (const Json& r : runs) {
     EXPECT_GT(r["by_reference_p50_us"].get<double>(), 0);
     EXPECT_GT(r["by_copy_p50_us"].get<double>(), 0);
-    EXPECT_GE(r["by_copy_p99_us"].get<double>(), r["by_copy_p50_us"].get<double>());
   }
   // --plot draws a PNG with gnuplot (installed by scripts/install-deps).
   const std::string png = path("plot.png");
