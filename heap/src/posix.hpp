@@ -1,5 +1,6 @@
 // posix.hpp: every system call the heap and the store make on files, in one
-// place. Internal; never in public headers.
+// place, and the fault switches of the message layer's sockets. Internal;
+// never in public headers.
 //
 // After LevelDB's Env: one layer between Sheaf and the operating system, so
 // that (1) each call's retry on EINTR, short reads and writes, and the shape of
@@ -33,6 +34,11 @@ enum class Op {
   kLock,       // OFD byte-range locks (set, not probe)
   kLink,       // link and rename
   kStat,
+  // The message layer's links (msg/src/link.cpp) ask injected() before a
+  // frame goes out or is awaited; an injected error there breaks the
+  // connection for real (shutdown), as a reset on the wire would.
+  kSocketSend,
+  kSocketReceive,
   kCount
 };
 

@@ -6,6 +6,11 @@
 // event is returned. Nothing runs behind the caller's back, so a channel
 // needs no thread and no lock (MESSIP's manager ran a thread per client).
 //
+// A client's connection carries a token (its hello's): when the link breaks
+// and the client connects again and sends the same request (same id), the
+// request is not run twice. The copy gets the reply the first got, or will
+// get, however the owner's reply() and the reconnection interleave.
+//
 // Buffered messages are bounded per sender by credits: a client starts with
 // max_buffered of them, spends one per buffered send, and gets them back
 // (kCredit) as the owner receives its messages. A sender out of credits
@@ -14,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <asio/ip/tcp.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <atomic>
@@ -53,6 +59,16 @@ constexpr std::uint32_t kMaxBufferedLimit = 1 << 20;
 constexpr Timeout kWriteTimeout{1000};
 // How often a channel whose manager went away tries to reach it again.
 constexpr auto kManagerRetry = std::chrono::seconds(1);
+// How long a client whose link broke may come back for its request, and how
+// many such clients are remembered.
+constexpr auto kResumeWindow = std::chrono::seconds(30);
+constexpr std::size_t kMaxDetached = 1024;
+
+bool valid_token(const std::string& token) {
+  return token.size() == 32 && std::all_of(token.begin(), token.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
 
 std::atomic<unsigned> socket_counter{0};
 
@@ -61,7 +77,8 @@ std::atomic<unsigned> socket_counter{0};
 struct Channel::State {
   struct Peer {
     Link link;
-    std::string id;  // empty until its hello
+    std::string id;     // empty until its hello
+    std::string token;  // its hello's; empty: its requests are not deduplicated
     std::vector<PeerHeap> heaps;
     std::uint32_t queued_buffered = 0;  // its buffered messages in our queue
     std::uint32_t credit_owed = 0;      // credits to give back
@@ -74,6 +91,18 @@ struct Channel::State {
     std::uint64_t peer = 0;
     std::uint64_t request_id = 0;
     bool used = false;
+    std::string token;  // its sender's
+  };
+  // What the owner remembers of a connection's token: its newest request,
+  // until the next one, so that a copy sent after a reconnection is
+  // answered instead of run again.
+  struct Resumable {
+    std::uint64_t peer = 0;          // the live connection with this token; 0: none
+    std::uint64_t last_request = 0;  // the newest request id seen
+    int pending = -1;                // its index while it awaits reply()
+    std::optional<Frame> reply;      // its reply, once given
+    std::uint64_t replied_on = 0;    // the connection that reply went to
+    std::chrono::steady_clock::time_point detached{};  // when its link broke
   };
   struct Timer {
     int id = 0;
@@ -93,6 +122,7 @@ struct Channel::State {
   std::uint64_t next_peer = 1;
   std::deque<Queued> queue;
   std::vector<Pending> pending;
+  std::map<std::string, Resumable> resumable;  // by token
   std::vector<Timer> timers;
   int next_timer = 1;
   std::chrono::steady_clock::time_point next_manager_try{};
@@ -159,7 +189,7 @@ struct Channel::State {
         return;
       }
     }
-    Peer peer{std::move(link), {}, {}, 0, 0};
+    Peer peer{std::move(link), {}, {}, {}, 0, 0};
     peers.emplace(next_peer++, std::move(peer));
   }
 
@@ -180,11 +210,56 @@ struct Channel::State {
       std::lock_guard lock(client->mutex);
       release_dead_peer(client->heaps, it->second.heaps);
     }
+    // A link that broke (rather than said goodbye) may be a live client's:
+    // what it awaits is kept for kResumeWindow, in case it comes back.
+    const auto r = resumable.find(it->second.token);
+    const bool may_return = why == Event::kDeath && r != resumable.end();
+    if (r != resumable.end() && r->second.peer == key) {
+      if (may_return) {
+        r->second.peer = 0;
+        r->second.detached = std::chrono::steady_clock::now();
+      } else {
+        forget(r);
+      }
+    }
     peers.erase(it);
-    for (Pending& p : pending) {
-      if (p.used && p.peer == key) p.used = false;  // nobody to answer any more
+    if (!may_return) {
+      for (Pending& p : pending) {
+        if (p.used && p.peer == key) p.used = false;  // nobody to answer any more
+      }
     }
     queue.push_back({std::move(m), 0});
+    expire_resumable();
+  }
+
+  void forget(std::map<std::string, Resumable>::iterator r) {
+    if (r->second.pending >= 0) pending[r->second.pending].used = false;
+    resumable.erase(r);
+  }
+
+  // Tokens whose client did not come back in time, oldest first when too many.
+  void expire_resumable() {
+    const auto now = std::chrono::steady_clock::now();
+    std::size_t detached = 0;
+    for (auto r = resumable.begin(); r != resumable.end();) {
+      if (r->second.peer == 0 && now - r->second.detached > kResumeWindow) {
+        forget(r++);
+      } else {
+        detached += r->second.peer == 0 ? 1 : 0;
+        ++r;
+      }
+    }
+    while (detached > kMaxDetached) {
+      auto oldest = resumable.end();
+      for (auto r = resumable.begin(); r != resumable.end(); ++r) {
+        if (r->second.peer == 0 &&
+            (oldest == resumable.end() || r->second.detached < oldest->second.detached)) {
+          oldest = r;
+        }
+      }
+      forget(oldest);
+      --detached;
+    }
   }
 
   // Reads one peer's frames into the queue, dropping the peer when it is gone.
@@ -234,6 +309,14 @@ struct Channel::State {
         check_name(id, "client id");
         peer.heaps = parse_heaps(hello, frame);
         peer.id = std::move(id);
+        if (hello.contains("token")) {
+          std::string token = string_field(hello, "token", frame);
+          if (!valid_token(token)) {
+            throw Error(Errc::kCorrupted, "a hello's token is not 32 hex digits", EPROTO);
+          }
+          resumable[token].peer = key;  // a new token, or one back after a broken link
+          peer.token = std::move(token);
+        }
         if (hello.contains("rings") && hello["rings"].is_boolean() && hello["rings"].get<bool>()) {
           if (!peer.link.is_unix()) {
             throw Error(Errc::kCorrupted, "rings offered over TCP", EPROTO);
@@ -248,6 +331,24 @@ struct Channel::State {
         return true;
       case FrameType::kSend:
       case FrameType::kBufferedSend: {
+        Resumable* r = nullptr;
+        if (h.type == FrameType::kSend && !peer.token.empty()) {
+          r = &resumable[peer.token];
+          if (h.request_id <= r->last_request) {
+            if (h.request_id < r->last_request) {
+              throw Error(Errc::kCorrupted, "a client's request ids went backwards", EPROTO);
+            }
+            // Sent again after a reconnection: answered, not run again (its
+            // payload is the one the first copy brought, taken then).
+            if (r->reply && r->replied_on != key) {  // (never twice on one link)
+              r->replied_on = key;
+              peer.link.send(r->reply->header, r->reply->payload, deadline_after(kWriteTimeout));
+            } else if (r->pending >= 0) {
+              pending[r->pending].peer = key;
+            }
+            return true;
+          }
+        }
         Message m;
         m.event = h.type == FrameType::kSend ? Event::kMessage : Event::kBuffered;
         m.type = h.value;
@@ -257,7 +358,12 @@ struct Channel::State {
           m.payload = Receiver::take(frame, client->heaps);
         }
         if (m.event == Event::kMessage) {
-          m.index = pending_slot(key, h.request_id);
+          m.index = pending_slot(key, h.request_id, peer.token);
+          if (r != nullptr) {
+            r->last_request = h.request_id;
+            r->reply.reset();
+            r->pending = m.index;
+          }
           queue.push_back({std::move(m), 0});
         } else {
           if (peer.queued_buffered >= options.max_buffered) {
@@ -281,15 +387,36 @@ struct Channel::State {
   // The pending message `index` names, now answered; throws kNotFound.
   Pending take_pending(int index);
 
-  int pending_slot(std::uint64_t peer, std::uint64_t request_id) {
+  int pending_slot(std::uint64_t peer, std::uint64_t request_id, const std::string& token) {
     for (std::size_t i = 0; i < pending.size(); ++i) {
       if (!pending[i].used) {
-        pending[i] = {peer, request_id, true};
+        pending[i] = {peer, request_id, true, token};
         return static_cast<int>(i);
       }
     }
-    pending.push_back({peer, request_id, true});
+    pending.push_back({peer, request_id, true, token});
     return static_cast<int>(pending.size() - 1);
+  }
+
+  // Where the reply to `p` goes: its sender's connection now, which may be
+  // a newer one than it came on (none: nullptr); and, when its sender may
+  // send it again, where the reply is kept for that.
+  struct Route {
+    Peer* to = nullptr;
+    Resumable* keep = nullptr;
+  };
+  Route reply_route(const Pending& p, int index) {
+    Route route;
+    std::uint64_t to = p.peer;
+    if (auto found = resumable.find(p.token); found != resumable.end()) {
+      if (found->second.pending == index && found->second.last_request == p.request_id) {
+        route.keep = &found->second;
+        route.keep->pending = -1;
+        route.keep->replied_on = to = route.keep->peer;
+      }
+    }
+    if (auto it = peers.find(to); it != peers.end()) route.to = &it->second;
+    return route;
   }
 
   // The credit a buffered message from `key` held goes back to its sender,
@@ -514,30 +641,36 @@ Channel::State::Pending Channel::State::take_pending(int index) {
 void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> bytes) {
   State& s = *state_;
   const State::Pending p = s.take_pending(index);
-  auto it = s.peers.find(p.peer);
-  if (it == s.peers.end()) return;
+  const FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
+  const auto [to, keep] = s.reply_route(p, index);
+  if (keep != nullptr) keep->reply = Frame{header, {bytes.begin(), bytes.end()}};
+  if (to == nullptr) return;
   try {
-    it->second.link.send({FrameType::kReply, 0, 0, 0, p.request_id, answer}, bytes,
-                         deadline_after(kWriteTimeout));
-  } catch (const Error&) {  // the sender died waiting: receive() reports it
+    to->link.send(header, bytes, deadline_after(kWriteTimeout));
+  } catch (const Error&) {  // its link broke: receive() reports it
   }
 }
 
 void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
   State& s = *state_;
   const State::Pending p = s.take_pending(index);
-  auto it = s.peers.find(p.peer);
-  if (it == s.peers.end()) return;  // the loan is released with it
+  const auto [to, keep] = s.reply_route(p, index);
+  if (to == nullptr && keep == nullptr) return;  // nobody to answer: the loan is released
   FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
   std::vector<std::byte> copy;
   std::array<std::byte, kHeapRefBytes> ref;
   std::span<const std::byte> bytes;
   {
+    // No live connection: kept as a copy (what the client maps then is unknown).
+    static const std::vector<PeerHeap> kNone;
     std::lock_guard lock(s.client->mutex);
-    bytes = Sender::prepare(loan, s.client->heaps, it->second.heaps, header, copy, ref);
+    bytes = Sender::prepare(loan, s.client->heaps, to != nullptr ? to->heaps : kNone, header, copy,
+                            ref);
   }
+  if (keep != nullptr) keep->reply = Frame{header, {bytes.begin(), bytes.end()}};
+  if (to == nullptr) return;
   try {
-    it->second.link.send(header, bytes, deadline_after(kWriteTimeout));
+    to->link.send(header, bytes, deadline_after(kWriteTimeout));
   } catch (const Error&) {
   }
 }

@@ -1,5 +1,6 @@
 // client.cpp: Client (the manager connection), Connection (a client's side
 // of a channel), and the payload types Loan and Payload.
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -120,6 +121,22 @@ const PeerHeap* peer_heap(const std::vector<PeerHeap>& theirs, const Uuid& uuid)
     if (h.uuid == uuid) return &h;
   }
   return nullptr;
+}
+
+// 128 random bits as 32 hex digits: a connection's token, unique across
+// processes and hosts.
+std::string random_token() {
+  Uuid bits{};
+  std::size_t got = 0;
+  while (got < bits.size()) {
+    const ssize_t n = ::getrandom(bits.data() + got, bits.size() - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error::from_errno(errno, "getrandom");
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  return uuid_hex(bits);
 }
 
 }  // namespace
@@ -426,13 +443,73 @@ Client::GroupSend Client::group_send(const std::string& group, std::int32_t type
 struct Connection::State {
   std::shared_ptr<Client::State> client;
   std::string channel;
+  std::string addresses;  // the owner's, from the manager: reconnections go there
+  // Names this connection to the owner across reconnections, so that a
+  // request sent again after one is executed at most once (docs/msg.md).
+  std::string token;
   std::optional<Link> link;
   std::vector<PeerHeap> peer_heaps;
-  std::uint64_t next_request = 1;
-  std::int64_t credits = 0;  // buffered sends the receiver has room for
+  std::uint64_t next_request = 1;  // counts on across reconnections
+  std::int64_t credits = 0;        // buffered sends the receiver has room for
   std::uint32_t max_buffered = 0;
 
+  // Connects to the owner (its Unix socket first, if this host can reach
+  // it) and says hello. Called with the client's mutex held.
+  void open_link(Deadline deadline) {
+    std::optional<Error> last_error;
+    for (const std::string& address : split_addresses(addresses)) {
+      try {
+        link.emplace(Link::connect(address, deadline));
+        break;
+      } catch (const Error& e) {
+        last_error = e;
+      }
+    }
+    if (!link) {
+      if (!last_error) throw Error(Errc::kCorrupted, "channel " + channel + ": no address", EPROTO);
+      throw Error(last_error->code(),
+                  "channel " + channel + ": cannot reach its owner: " + last_error->message(),
+                  last_error->sys_errno());
+    }
+    Json hello{{"id", client->id},
+               {"pid", static_cast<std::int64_t>(::getpid())},
+               {"token", token},
+               {"heaps", heaps_json(client->heaps)}};
+    // On one host, frames move into shared-memory rings after the hello
+    // (ring.hpp) unless SHEAF_MSG_RINGS=0.
+    const char* rings = std::getenv("SHEAF_MSG_RINGS");
+    if (link->is_unix() && (rings == nullptr || std::string_view(rings) != "0")) {
+      hello["rings"] = true;
+      link->offer_rings({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
+    } else {
+      link->send({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
+    }
+    // The owner counts buffered messages per connection.
+    credits = max_buffered;
+  }
+
+  // The link broke while both ends may live (a reset, a dropped TCP
+  // connection): connect again, before the deadline. False if the owner
+  // cannot be reached (it is gone, most likely).
+  bool reconnect(const Error& why, Deadline deadline) {
+    link->close();
+    link.reset();
+    lost = why;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    try {
+      std::lock_guard lock(client->mutex);
+      open_link(deadline);
+      lost.reset();
+      return true;
+    } catch (const Error&) {
+      return false;
+    }
+  }
+
+  std::optional<Error> lost;  // why the link is gone, when it broke
+
   Link& live_link() {
+    if (lost) throw *lost;
     if (!link) {
       throw Error(Errc::kInvalidArgument, "channel " + channel + ": disconnected");
     }
@@ -471,10 +548,26 @@ struct Connection::State {
     }
   }
 
-  // Sends a request and waits for the frame answering it.
+  // Sends a request and waits for the frame answering it. If the link
+  // breaks meanwhile, it connects again and sends the same request (same
+  // id): the owner runs it at most once and answers the copy with the
+  // reply it gave, or will give, to the first (channel.cpp).
   Frame round_trip(FrameHeader header, std::span<const std::byte> payload, Deadline deadline,
                    const char* what) {
     header.request_id = next_request++;
+    live_link();
+    for (int attempt = 0;; ++attempt) {
+      try {
+        return send_and_wait(header, payload, deadline, what);
+      } catch (const Error& e) {
+        if (!peer_gone(e) || attempt == kMaxReconnects || !reconnect(e, deadline)) throw;
+      }
+    }
+  }
+  static constexpr int kMaxReconnects = 3;
+
+  Frame send_and_wait(const FrameHeader& header, std::span<const std::byte> payload,
+                      Deadline deadline, const char* what) {
     Link& l = live_link();
     l.send(header, payload, deadline);
     for (;;) {
@@ -541,36 +634,10 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
         std::max<std::int64_t>(0, int_field(where, "max_buffered", answer)));
     // Sends start before the owner has read our hello: what it maps and how
     // much it buffers come from its registration.
-    state->credits = state->max_buffered;
     state->peer_heaps = parse_heaps(where, answer);
-    // The owner's addresses, Unix socket first: taken if this host can reach it.
-    std::optional<Error> last_error;
-    for (const std::string& address : split_addresses(string_field(where, "address", answer))) {
-      try {
-        state->link.emplace(Link::connect(address, deadline));
-        break;
-      } catch (const Error& e) {
-        last_error = e;
-      }
-    }
-    if (!state->link) {
-      if (!last_error) throw Error(Errc::kCorrupted, "channel " + name + ": no address", EPROTO);
-      throw Error(last_error->code(),
-                  "channel " + name + ": cannot reach its owner: " + last_error->message(),
-                  last_error->sys_errno());
-    }
-    Json hello{{"id", state_->id},
-               {"pid", static_cast<std::int64_t>(::getpid())},
-               {"heaps", heaps_json(state_->heaps)}};
-    // On one host, frames move into shared-memory rings after the hello
-    // (ring.hpp) unless SHEAF_MSG_RINGS=0.
-    const char* rings = std::getenv("SHEAF_MSG_RINGS");
-    if (state->link->is_unix() && (rings == nullptr || std::string_view(rings) != "0")) {
-      hello["rings"] = true;
-      state->link->offer_rings({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
-    } else {
-      state->link->send({FrameType::kHello, 0, 0, 0, 0, 0}, to_payload(hello), deadline);
-    }
+    state->addresses = string_field(where, "address", answer);
+    state->token = random_token();
+    state->open_link(deadline);
   }
   return Connection(std::move(state));
 }

@@ -13,6 +13,7 @@
 #include <cerrno>
 
 #include "addresses.hpp"
+#include "posix.hpp"
 #include "sheaf/error.hpp"
 
 namespace sheaf::msg {
@@ -127,7 +128,15 @@ void Link::close_received_fds() {
   received_fds_.clear();
 }
 
+void Link::break_if_injected(posix::Op op) {
+  if (const int error = posix::injected(op); error != 0) {
+    ::shutdown(fd(), SHUT_RDWR);  // the peer sees the connection end, as after a reset
+    throw_peer_gone(peer_, error);
+  }
+}
+
 void Link::send(FrameHeader header, std::span<const std::byte> payload, Deadline deadline) {
+  break_if_injected(posix::Op::kSocketSend);
   header.payload_bytes = static_cast<std::uint32_t>(payload.size());
   const auto head = encode_header(header);
   if (ring_) {
@@ -344,6 +353,7 @@ bool Link::wait_ring_readable(Deadline deadline) {
 }
 
 std::optional<Frame> Link::receive(Deadline deadline) {
+  break_if_injected(posix::Op::kSocketReceive);
   for (;;) {
     if (auto frame = reader_.next()) return frame;
     if (ring_) {

@@ -22,6 +22,10 @@
 #include "frame.hpp"
 #include "ring.hpp"
 
+namespace sheaf::posix {
+enum class Op;
+}  // namespace sheaf::posix
+
 namespace sheaf::msg {
 
 using Deadline = std::chrono::steady_clock::time_point;
@@ -91,6 +95,8 @@ class Link {
 
  private:
   Socket socket_;
+  // Test hook (posix::inject_fault): an injected error ends the connection.
+  void break_if_injected(posix::Op op);
   bool read_socket();  // read_available() without rings
   // One frame's bytes on the socket, with `fds` (SCM_RIGHTS) if any.
   void send_socket(std::span<const std::byte> head, std::span<const std::byte> payload,

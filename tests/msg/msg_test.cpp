@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "../heap_test_util.hpp"
+#include "posix.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
 #include "sheaf/msg.hpp"
@@ -216,6 +217,74 @@ TEST_F(MsgTest, AReplyAfterTheTimeoutIsNeverTakenForTheNextOne) {
   channel.reply(first.index, 1, as_bytes("late answer to first"));
   channel.reply(second.index, 2, as_bytes("answer to second"));
   EXPECT_EQ(client_process.wait_code(), 0);
+}
+
+// A link that breaks while both ends live (a reset on the wire, here made by
+// the one POSIX layer's fault switch, which really shuts the socket down):
+// the client connects again and sends the same request, which must not run
+// twice, whichever of the two copies reaches the owner and whenever the
+// owner answers.
+TEST_F(MsgTest, ARequestSentAgainAfterItsReplyWasLostRunsOnce) {
+  Client me = client("server");
+  Channel channel = me.create_channel("once");
+  Child sender([this] {
+    Client c = client("sender");
+    Connection once = c.connect_channel("once", 5s);
+    for (int i = 1; i <= 3; ++i) {
+      const std::string text = "request " + std::to_string(i);
+      Reply r = once.send(i, as_bytes(text), 5s);
+      EXPECT_EQ(r.answer, i * 10);
+      EXPECT_EQ(r.payload.text(), "ran " + text);
+    }
+  });
+  // The reply to the first request breaks the link on its way out.
+  posix::inject_fault(posix::Op::kSocketSend, ECONNRESET);
+  int runs = 0;
+  int deaths = 0;
+  for (int i = 0; i < 20; ++i) {
+    Message m = channel.receive(5s);
+    ASSERT_NE(m.event, Event::kTimeout);
+    if (m.event == Event::kDisconnect) break;
+    if (m.event == Event::kDeath) ++deaths;
+    if (m.event == Event::kMessage) {
+      ++runs;
+      EXPECT_EQ(m.type, runs);  // never the first one again
+      channel.reply(m.index, m.type * 10, as_bytes("ran " + std::string(m.payload.text())));
+    }
+  }
+  posix::clear_faults();
+  EXPECT_EQ(runs, 3);
+  EXPECT_EQ(deaths, 1);  // the link did break once
+  EXPECT_EQ(sender.wait_code(), 0);
+}
+
+TEST_F(MsgTest, ARequestSentAgainWhileItAwaitsItsReplyRunsOnce) {
+  Client me = client("server");
+  Channel channel = me.create_channel("pending");
+  Child sender([this] {
+    Client c = client("sender");
+    Connection pending = c.connect_channel("pending", 5s);
+    // The link breaks while the first send waits for its answer.
+    posix::inject_fault(posix::Op::kSocketReceive, ECONNRESET);
+    EXPECT_EQ(pending.send(1, as_bytes("first"), 5s).answer, 100);
+    EXPECT_EQ(pending.send(2, as_bytes("second"), 5s).answer, 200);
+  });
+  Message first = channel.receive(5s);
+  ASSERT_EQ(first.event, Event::kMessage) << event_name(first.event);
+  EXPECT_EQ(first.payload.text(), "first");
+  Message broke = channel.receive(5s);
+  EXPECT_EQ(broke.event, Event::kDeath) << event_name(broke.event);
+  // The copy sent on the new connection is absorbed, not a second message.
+  Message none = channel.receive(500ms);
+  EXPECT_EQ(none.event, Event::kTimeout) << event_name(none.event);
+  EXPECT_EQ(channel.clients(), 1u);  // it came back
+  channel.reply(first.index, 100);   // reaches it on its new connection
+  Message second = channel.receive(5s);
+  ASSERT_EQ(second.event, Event::kMessage) << event_name(second.event);
+  EXPECT_EQ(second.payload.text(), "second");
+  channel.reply(second.index, 200);
+  EXPECT_EQ(channel.receive(5s).event, Event::kDisconnect);
+  EXPECT_EQ(sender.wait_code(), 0);
 }
 
 TEST_F(MsgTest, ADeadServerFailsABlockedSendWithinOneSecond) {
@@ -566,6 +635,48 @@ TEST_F(MsgHeapTest, ALoanIsCopiedToAPeerThatDoesNotMapTheHeap) {
   EXPECT_EQ(copies.send(1, std::move(loan), 5s).answer, 2);
   EXPECT_EQ(server.wait_code(), 0);
   EXPECT_EQ(heap.info().used, used_before);  // the loan went back
+}
+
+// The lost reply was a heap reference: the copy sent after the reconnection
+// is the same reference, whose hold the client already has; taken once,
+// released once.
+TEST_F(MsgHeapTest, AReplyByReferenceLostOnABrokenLinkArrivesOnce) {
+  constexpr std::size_t kBytes = 64 << 10;
+  Child server([&] {
+    Heap heap = Heap::open(heap_path).value();
+    Client me = client("server");
+    me.attach(heap);
+    Channel channel = me.create_channel("ref-once");
+    posix::inject_fault(posix::Op::kSocketSend, ECONNRESET);
+    int runs = 0;
+    for (int i = 0; i < 10; ++i) {
+      Message m = channel.receive(5s);
+      ASSERT_NE(m.event, Event::kTimeout);
+      if (m.event == Event::kDisconnect) break;
+      if (m.event != Event::kMessage) continue;
+      ++runs;
+      Loan loan = Loan::allocate(heap, kBytes);
+      std::memset(loan.bytes().data(), 0x5a, kBytes);
+      channel.reply(m.index, runs, std::move(loan));
+    }
+    EXPECT_EQ(runs, 1);
+  });
+  Heap heap = Heap::open(heap_path).value();
+  const std::uint64_t used_before = used_at_rest(heap);
+  Client me = client("client");
+  me.attach(heap);
+  {
+    Connection to = me.connect_channel("ref-once", 5s, true);
+    Reply r = to.send(1, as_bytes("once"), 5s);
+    EXPECT_EQ(r.answer, 1);
+    ASSERT_TRUE(r.payload.by_reference());
+    ASSERT_EQ(r.payload.size(), kBytes);
+    EXPECT_EQ(heap.holds(r.payload.bytes().data()), 1u);
+    EXPECT_EQ(r.payload.bytes()[kBytes - 1], std::byte{0x5a});
+  }
+  EXPECT_EQ(server.wait_code(), 0);
+  EXPECT_EQ(heap.info().used, used_before);
+  EXPECT_TRUE(heap.check().ok());
 }
 
 TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
