@@ -23,17 +23,26 @@ using namespace std::chrono_literals;
 
 // What every verb that talks to a manager takes.
 struct Common {
-  std::string manager;  // empty: SHEAF_MANAGER, /etc/sheaf/manager, 127.0.0.1:9200
-  std::string id;       // empty: cli-PID
+  std::string manager;      // empty: SHEAF_MANAGER, /etc/sheaf/manager, 127.0.0.1:9200
+  std::string id;           // empty: cli-PID
+  std::string secret_file;  // empty: $SHEAF_SECRET_FILE, ~/.config/sheaf/secret, /etc/sheaf/secret
   int timeout_ms = 5000;
   bool json = false;
 
   msg::Client connect() const {
     const std::string who = id.empty() ? "cli-" + std::to_string(::getpid()) : id;
-    return msg::Client::connect(who, {.manager = manager, .timeout = msg::Timeout(timeout_ms)});
+    return msg::Client::connect(
+        who, {.manager = manager, .timeout = msg::Timeout(timeout_ms), .secret_file = secret_file});
   }
   msg::Timeout timeout() const { return msg::Timeout(timeout_ms); }
 };
+
+void add_secret_option(CLI::App& verb, std::string& file) {
+  verb.add_option("--secret-file", file,
+                  "The shared secret for managers and channels on other hosts (default: "
+                  "$SHEAF_SECRET_FILE, then ~/.config/sheaf/secret, then /etc/sheaf/secret)")
+      ->type_name("FILE");
+}
 
 void add_common(CLI::App& verb, Common& common, bool with_json = true) {
   verb.add_option("--manager", common.manager,
@@ -42,6 +51,7 @@ void add_common(CLI::App& verb, Common& common, bool with_json = true) {
       ->type_name("HOST:PORT");
   verb.add_option("--id", common.id, "The client id to connect as (default: cli-PID)")
       ->type_name("ID");
+  add_secret_option(verb, common.secret_file);
   verb.add_option("--timeout", common.timeout_ms,
                   "Milliseconds to wait for the manager, the channel and answers (default 5000; "
                   "-1: forever)")
@@ -63,6 +73,7 @@ std::string printable(std::string_view text) {
 
 struct ManagerArgs {
   std::string listen = "127.0.0.1:" + std::to_string(msg::kDefaultManagerPort);
+  std::string secret_file;
 };
 
 struct SendArgs {
@@ -81,6 +92,7 @@ struct ListenArgs {
   std::string reply;
   bool echo = false;
   std::uint32_t max_buffered = 64;
+  std::string tcp;  // also listen there
 };
 
 struct PingArgs {
@@ -93,7 +105,8 @@ volatile std::sig_atomic_t interrupted = 0;
 
 void run_listen(const ListenArgs& args) {
   msg::Client client = args.common.connect();
-  msg::Channel channel = client.create_channel(args.channel, {.max_buffered = args.max_buffered});
+  msg::Channel channel = client.create_channel(
+      args.channel, {.max_buffered = args.max_buffered, .tcp_listen = args.tcp});
   std::signal(SIGINT, [](int) { interrupted = 1; });
   std::signal(SIGTERM, [](int) { interrupted = 1; });
   if (!args.common.json) {
@@ -142,12 +155,27 @@ void register_msg_commands(CLI::App& app) {
   CLI::App* verb = noun->add_subcommand(
       "manager", "Run a manager (the name service of channels) until interrupted");
   verb->add_option("--listen", manager->listen,
-                   "Where to listen, HOST:PORT (default 127.0.0.1:9200; loopback only)")
+                   "Where to listen, HOST:PORT (default 127.0.0.1:9200); beyond loopback, "
+                   "clients of other hosts must know the shared secret")
       ->type_name("HOST:PORT");
+  add_secret_option(*verb, manager->secret_file);
   verb->callback([manager] {
-    msg::Manager server({.listen = manager->listen, .stop_on_signals = true});
+    msg::Manager server(
+        {.listen = manager->listen, .secret_file = manager->secret_file, .stop_on_signals = true});
     std::cout << "sheaf msg manager: listening on " << server.address() << std::endl;
     server.run();
+  });
+
+  auto secret = std::make_shared<std::string>();
+  verb = noun->add_subcommand(
+      "secret", "Make a new shared secret (32 random bytes, hex) in FILE, readable by you only");
+  verb->add_option("FILE", *secret, "Where to write it (it must not exist)")
+      ->required()
+      ->type_name("");
+  verb->callback([secret] {
+    msg::create_secret_file(*secret);
+    std::cerr << "sheaf msg secret: wrote " << *secret
+              << " (copy it to the other hosts, mode 600)\n";
   });
 
   auto channels = std::make_shared<Common>();
@@ -220,6 +248,10 @@ void register_msg_commands(CLI::App& app) {
   verb->add_option("--max-buffered", listen->max_buffered,
                    "Buffered messages a sender may have waiting (default 64)")
       ->type_name("N");
+  verb->add_option("--tcp", listen->tcp,
+                   "Also listen on TCP there, HOST:PORT (port 0: any), for clients of other hosts "
+                   "(who must know the shared secret unless HOST is loopback)")
+      ->type_name("HOST:PORT");
   add_common(*verb, listen->common);
   verb->callback([listen] { run_listen(*listen); });
 

@@ -58,22 +58,26 @@ std::vector<std::string> split_addresses(const std::string& list) {
   return out;
 }
 
-asio::ip::tcp::endpoint loopback_endpoint(const std::string& host_port, const std::string& who) {
+asio::ip::tcp::endpoint listen_endpoint(const std::string& host_port, const std::string& who) {
   const Address where = parse_host_port(host_port);
   asio::error_code ec;
   const auto host = asio::ip::make_address(where.host, ec);
   if (ec) {
     throw Error(Errc::kInvalidArgument, who + ": '" + where.host + "' is not an IP address");
   }
-  const bool loopback =
-      host.is_loopback() || (host.is_v4() && (host.to_v4().to_uint() >> 24) == 127);
-  if (!loopback) {
-    throw Error(Errc::kInvalidArgument,
-                who + ": will not listen on " + where.host +
-                    ": other hosts could reach it, and a listener they can reach needs "
-                    "authentication, which this version does not have yet (docs/msg.md)");
-  }
   return {host, where.port};
+}
+
+const std::string& host_identity() {
+  static const std::string identity = [] {
+    std::string boot = "unknown-boot";
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    if (in) std::getline(in, boot);
+    struct stat st {};
+    const auto netns = ::stat("/proc/self/ns/net", &st) == 0 ? st.st_ino : 0;
+    return boot + "/" + std::to_string(netns);
+  }();
+  return identity;
 }
 
 std::string runtime_dir() {

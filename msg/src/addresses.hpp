@@ -25,11 +25,17 @@ Address parse_address(const std::string& text);
 Address parse_host_port(const std::string& text);
 std::vector<std::string> split_addresses(const std::string& list);
 
-// Where a listener may listen: "HOST:PORT" with HOST a loopback address
-// (127.0.0.0/8, ::1). Throws Error(kInvalidArgument) naming `who` for any
-// other: a listener other hosts can reach needs authentication, which this
-// version does not have yet (docs/msg.md, "Security").
-asio::ip::tcp::endpoint loopback_endpoint(const std::string& host_port, const std::string& who);
+// Where a listener listens: "HOST:PORT" with HOST an IP address. Throws
+// Error(kInvalidArgument) naming `who` otherwise. One that is not loopback
+// needs a shared secret (auth.hpp).
+asio::ip::tcp::endpoint listen_endpoint(const std::string& host_port, const std::string& who);
+
+// What makes two processes one host for the message layer: the same kernel
+// boot and the same network namespace ("BOOT_ID/NETNS_INODE"). A channel's
+// Unix socket is used only by clients of its own host; others use its TCP
+// address, even where they could open the socket's path (a process of
+// another host with the same pid would own the same path there).
+const std::string& host_identity();
 
 // $XDG_RUNTIME_DIR/sheaf, else /tmp/sheaf-UID; created 0700 if missing;
 // throws Error(kBusy) if it belongs to another user or others may enter it.

@@ -28,6 +28,7 @@
 #include <map>
 
 #include "addresses.hpp"
+#include "auth.hpp"
 #include "client_state.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
@@ -77,8 +78,9 @@ std::atomic<unsigned> socket_counter{0};
 struct Channel::State {
   struct Peer {
     Link link;
-    std::string id;     // empty until its hello
-    std::string token;  // its hello's; empty: its requests are not deduplicated
+    std::string id;                  // empty until its hello
+    std::string token;               // its hello's; empty: its requests are not deduplicated
+    std::optional<Nonce> challenge;  // sent to a client on another host, not yet answered
     std::vector<PeerHeap> heaps;
     std::uint32_t queued_buffered = 0;  // its buffered messages in our queue
     std::uint32_t credit_owed = 0;      // credits to give back
@@ -118,6 +120,7 @@ struct Channel::State {
   std::string socket_path;
   std::optional<asio::local::stream_protocol::acceptor> unix_acceptor;
   std::optional<asio::ip::tcp::acceptor> tcp_acceptor;
+  std::optional<Secret> secret;  // tcp_acceptor listens beyond loopback
   std::map<std::uint64_t, Peer> peers;
   std::uint64_t next_peer = 1;
   std::deque<Queued> queue;
@@ -163,15 +166,19 @@ struct Channel::State {
         tcp_acceptor->accept(s, ec);
         if (ec) break;
         const int family = s.local_endpoint().protocol().family();
+        const auto remote = s.remote_endpoint(ec);
+        const bool other_host = secret && (ec || !is_loopback(remote.address()));
         add_peer(
             Link(Link::Socket(socket_context(), asio::generic::stream_protocol(family, IPPROTO_TCP),
                               s.release()),
-                 "a client of channel " + name));
+                 "a client of channel " + name),
+            other_host);
       }
     }
   }
 
-  void add_peer(Link link) {
+  // `other_host`: a client from another host, which must authenticate first.
+  void add_peer(Link link, bool other_host = false) {
     if (link.is_unix()) {
       const ucred who = link.peer_credentials();
       const bool allowed =
@@ -189,8 +196,31 @@ struct Channel::State {
         return;
       }
     }
-    Peer peer{std::move(link), {}, {}, {}, 0, 0};
+    Peer peer{std::move(link), {}, {}, {}, {}, 0, 0};
+    if (other_host) {
+      peer.challenge = random_nonce();
+      try {
+        peer.link.send({FrameType::kChallenge}, *peer.challenge, deadline_after(kWriteTimeout));
+      } catch (const Error&) {
+        return;  // gone already
+      }
+    }
     peers.emplace(next_peer++, std::move(peer));
+  }
+
+  // A client from another host that failed to authenticate (or left before
+  // it did): told why if it is still there, and let go without an event,
+  // since it never was a client of the channel.
+  void refuse_peer(std::uint64_t key, const std::string& why) {
+    auto it = peers.find(key);
+    if (it == peers.end()) return;
+    try {
+      it->second.link.send({FrameType::kError, 0, 0, 0, 0, EACCES}, error_payload(why),
+                           deadline_after(Timeout(100)));
+    } catch (const Error&) {
+    }
+    it->second.link.close();
+    peers.erase(it);
   }
 
   // `reason`: for a peer let go for breaking the protocol, what it broke
@@ -279,8 +309,10 @@ struct Channel::State {
         more = open && peer.link.has_rings() && (!had_rings || peer.link.ring_readable());
       }
     } catch (const Error& e) {
+      if (peer.challenge) return refuse_peer(key, e.message());
       return drop_peer(key, Event::kDisconnect, e.message());  // it broke the protocol
     }
+    if (!open && peer.challenge) return refuse_peer(key, "");
     if (!open) drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
   }
 
@@ -299,6 +331,18 @@ struct Channel::State {
   // False when the peer was dropped.
   bool handle(std::uint64_t key, Peer& peer, Frame& frame) {
     const FrameHeader& h = frame.header;
+    if (peer.challenge) {
+      if (h.type != FrameType::kAuthenticate) {
+        throw Error(Errc::kSystem,
+                    "authentication failed: channel " + name +
+                        " takes clients from other hosts only with the shared secret",
+                    EACCES);
+      }
+      const std::vector<std::byte> proof = answer_client(*secret, *peer.challenge, frame.payload);
+      peer.challenge.reset();
+      peer.link.send({FrameType::kAuthenticated}, proof, deadline_after(kWriteTimeout));
+      return true;
+    }
     if (peer.id.empty() && h.type != FrameType::kHello) {
       throw Error(Errc::kCorrupted, "a client's first frame must be hello", EPROTO);
     }
@@ -752,8 +796,17 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   }
   state->address = "unix:" + state->socket_path;
   if (!options.tcp_listen.empty()) {
-    const asio::ip::tcp::endpoint endpoint =
-        loopback_endpoint(options.tcp_listen, "channel " + name);
+    const asio::ip::tcp::endpoint endpoint = listen_endpoint(options.tcp_listen, "channel " + name);
+    if (!is_loopback(endpoint.address())) {
+      try {
+        state->secret = load_secret(state_->secret_file);
+      } catch (const Error& e) {
+        throw Error(e.code(),
+                    "channel " + name + ": listening on " + options.tcp_listen +
+                        ", which other hosts can reach, needs a shared secret: " + e.message(),
+                    e.sys_errno());
+      }
+    }
     asio::error_code ec;
     state->tcp_acceptor.emplace(socket_context());
     state->tcp_acceptor->open(endpoint.protocol(), ec);
@@ -772,7 +825,10 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   {
     std::lock_guard lock(state_->mutex);
     registration.heaps = heaps_json(state_->heaps);
-    const Json request{{"name", name}, {"address", state->address}, {"heaps", registration.heaps}};
+    const Json request{{"name", name},
+                       {"address", state->address},
+                       {"host", host_identity()},
+                       {"heaps", registration.heaps}};
     state_->request(
         {FrameType::kCreateChannel, 0, 0, 0, 0, static_cast<std::int32_t>(options.max_buffered)},
         &request, deadline_after(state_->timeout), "creating channel " + name);

@@ -261,7 +261,7 @@ void Client::State::connect_manager(Deadline deadline, bool reregister) {
   link.reset();
   std::optional<Link> reached;
   try {
-    reached.emplace(Link::connect("tcp:" + manager, deadline));
+    reached.emplace(Link::connect("tcp:" + manager, deadline, secret_file));
   } catch (const Error& e) {
     throw Error(e.code(),
                 "no manager answers at " + manager +
@@ -317,7 +317,8 @@ Frame ask(Link& link, FrameHeader header, const Json& payload, Deadline deadline
 
 void register_channel(Link& link, std::uint64_t& next_request, const Client::State::Registration& r,
                       Deadline deadline) {
-  const Json request{{"name", r.name}, {"address", r.address}, {"heaps", r.heaps}};
+  const Json request{
+      {"name", r.name}, {"address", r.address}, {"host", host_identity()}, {"heaps", r.heaps}};
   ask(link,
       {FrameType::kCreateChannel, 0, 0, 0, next_request++,
        static_cast<std::int32_t>(r.max_buffered)},
@@ -361,6 +362,7 @@ Client Client::connect(const std::string& id, const ConnectOptions& options) {
   auto state = std::make_shared<State>();
   state->id = id;
   state->manager = manager_address(options.manager);
+  state->secret_file = options.secret_file;
   state->timeout = options.timeout;
   std::lock_guard lock(state->mutex);
   state->connect_manager(deadline_after(options.timeout), false);
@@ -444,6 +446,7 @@ struct Connection::State {
   std::shared_ptr<Client::State> client;
   std::string channel;
   std::string addresses;  // the owner's, from the manager: reconnections go there
+  bool same_host = true;  // the owner's host_identity() is ours: its Unix socket is usable
   // Names this connection to the owner across reconnections, so that a
   // request sent again after one is executed at most once (docs/msg.md).
   std::string token;
@@ -458,8 +461,9 @@ struct Connection::State {
   void open_link(Deadline deadline) {
     std::optional<Error> last_error;
     for (const std::string& address : split_addresses(addresses)) {
+      if (!same_host && address.starts_with("unix:")) continue;
       try {
-        link.emplace(Link::connect(address, deadline));
+        link.emplace(Link::connect(address, deadline, client->secret_file));
         break;
       } catch (const Error& e) {
         last_error = e;
@@ -636,6 +640,7 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
     // much it buffers come from its registration.
     state->peer_heaps = parse_heaps(where, answer);
     state->addresses = string_field(where, "address", answer);
+    state->same_host = !where.contains("host") || where["host"] == host_identity();
     state->token = random_token();
     state->open_link(deadline);
   }

@@ -63,6 +63,7 @@ struct Client::State {
   std::mutex mutex;  // the manager link: a Client's channels may live on several threads
   std::string id;
   std::string manager;
+  std::string secret_file;  // ConnectOptions::secret_file
   Timeout timeout{5000};
   std::optional<Link> link;  // to the manager; empty while it is down
   std::uint64_t next_request = 1;

@@ -76,6 +76,12 @@ const char* frame_type_name(FrameType type) noexcept {
       return "join-group";
     case FrameType::kListGroup:
       return "list-group";
+    case FrameType::kChallenge:
+      return "challenge";
+    case FrameType::kAuthenticate:
+      return "authenticate";
+    case FrameType::kAuthenticated:
+      return "authenticated";
   }
   return "unknown";
 }

@@ -51,8 +51,12 @@ enum class FrameType : std::uint8_t {
   kDone = 19,          // the answer to a request that returns nothing
   kJoinGroup = 20,     // owner -> manager: {"group", "channel"}: the channel joins the group
   kListGroup = 21,     // client -> manager: {"group"}; answered with a channel list
+  // Before the hello, on a connection from another host (auth.hpp):
+  kChallenge = 22,      // listener -> client: a random nonce
+  kAuthenticate = 23,   // client -> listener: its nonce and its proof
+  kAuthenticated = 24,  // listener -> client: the listener's proof
 };
-inline constexpr std::uint8_t kLastFrameType = 21;
+inline constexpr std::uint8_t kLastFrameType = 24;
 const char* frame_type_name(FrameType type) noexcept;
 
 // Header flags. Any other bit set is refused.

@@ -13,6 +13,7 @@
 #include <cerrno>
 
 #include "addresses.hpp"
+#include "auth.hpp"
 #include "posix.hpp"
 #include "sheaf/error.hpp"
 
@@ -79,10 +80,11 @@ Link::Link(Socket socket, std::string peer) : socket_(std::move(socket)), peer_(
   }
 }
 
-Link Link::connect(const std::string& address, Deadline deadline) {
+Link Link::connect(const std::string& address, Deadline deadline, const std::string& secret_file) {
   const Address where = parse_address(address);
   Socket socket(socket_context());
   asio::generic::stream_protocol::endpoint endpoint;
+  bool other_host = false;  // a TCP peer not on loopback: authenticated (auth.hpp)
   if (where.kind == Address::kUnix) {
     endpoint = asio::local::stream_protocol::endpoint(where.path);
   } else {
@@ -93,6 +95,7 @@ Link Link::connect(const std::string& address, Deadline deadline) {
       throw Error(Errc::kNotFound, "cannot resolve host '" + where.host + "': " + ec.message());
     }
     endpoint = results.begin()->endpoint();
+    other_host = !is_loopback(results.begin()->endpoint().address());
   }
   asio::error_code ec;
   socket.open(endpoint.protocol(), ec);
@@ -116,7 +119,18 @@ Link Link::connect(const std::string& address, Deadline deadline) {
     if (error != 0) throw Error::from_errno(error, "connect to " + address);
     break;
   }
-  return Link(std::move(socket), address);
+  Link link(std::move(socket), address);
+  if (other_host) {
+    Secret secret;
+    try {
+      secret = load_secret(secret_file);
+    } catch (const Error& e) {
+      throw Error(e.code(), "connect to " + address + " (another host): " + e.message(),
+                  e.sys_errno());
+    }
+    authenticate_to(link, secret, address, deadline);
+  }
+  return link;
 }
 
 Link::~Link() {

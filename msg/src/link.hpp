@@ -45,8 +45,11 @@ class Link {
   using Socket = asio::generic::stream_protocol::socket;
 
   // "unix:PATH" or "tcp:HOST:PORT". Throws kTimedOut past the deadline,
-  // kNotFound for a Unix socket that is not there, kSystem otherwise.
-  static Link connect(const std::string& address, Deadline deadline);
+  // kNotFound for a Unix socket that is not there, kSystem otherwise. A TCP
+  // peer that is not on loopback is authenticated first (auth.hpp), with the
+  // shared secret in `secret_file` (empty: where load_secret looks).
+  static Link connect(const std::string& address, Deadline deadline,
+                      const std::string& secret_file = {});
   explicit Link(Socket socket, std::string peer);
   Link(Link&&) noexcept = default;
   Link& operator=(Link&&) noexcept = default;

@@ -18,6 +18,7 @@
 #include <set>
 
 #include "addresses.hpp"
+#include "auth.hpp"
 #include "control.hpp"
 #include "frame.hpp"
 #include "sheaf/error.hpp"
@@ -34,6 +35,7 @@ struct ChannelEntry {
   std::string owner_id;
   std::int64_t pid = 0;
   std::string address;
+  std::string host;  // the owner's host_identity(), passed on
   std::uint32_t max_buffered = 0;
   Json heaps = Json::array();    // what the owner maps, passed on to who connects
   std::set<std::string> groups;  // the groups it joined (it leaves them when it goes)
@@ -52,27 +54,41 @@ struct Registry {
 };
 
 Json describe(const std::string& name, const ChannelEntry& entry) {
-  return Json{{"name", name},
-              {"owner", entry.owner_id},
-              {"pid", entry.pid},
-              {"address", entry.address},
-              {"max_buffered", entry.max_buffered},
-              {"heaps", entry.heaps}};
+  Json json{{"name", name},
+            {"owner", entry.owner_id},
+            {"pid", entry.pid},
+            {"address", entry.address},
+            {"max_buffered", entry.max_buffered},
+            {"heaps", entry.heaps}};
+  if (!entry.host.empty()) json["host"] = entry.host;  // (absent: the owner did not say)
+  return json;
 }
 
 struct Session : std::enable_shared_from_this<Session> {
-  Session(tcp::socket s, Registry& r) : socket(std::move(s)), registry(r) {}
+  Session(tcp::socket s, Registry& r, const Secret* secret)
+      : socket(std::move(s)), registry(r), secret(secret) {}
 
   tcp::socket socket;
   Registry& registry;
+  const Secret* secret;            // set when the manager listens beyond loopback
+  std::optional<Nonce> challenge;  // sent, and not answered yet: nothing else is taken
   FrameReader reader{kMaxControlBytes};
   std::array<std::byte, 16 * 1024> buffer;
   std::deque<std::vector<std::byte>> outgoing;  // whole frames, written in order
   std::string id;                               // empty until hello
   std::int64_t pid = 0;
+  bool closing = false;  // close_after_writes() was called
   bool closed = false;
 
-  void start() { read_more(); }
+  void start() {
+    asio::error_code ec;
+    const auto remote = socket.remote_endpoint(ec);
+    if (secret != nullptr && (ec || !is_loopback(remote.address()))) {
+      challenge = random_nonce();
+      answer({FrameType::kChallenge}, {challenge->begin(), challenge->end()});
+    }
+    read_more();
+  }
 
   void read_more() {
     socket.async_read_some(
@@ -82,11 +98,13 @@ struct Session : std::enable_shared_from_this<Session> {
           try {
             while (auto frame = self->reader.next()) self->handle(*frame);
           } catch (const Error& e) {
-            // A peer that breaks the protocol: tell it why, then hang up.
-            self->answer({FrameType::kError, 0, 0, 0, 0, EPROTO}, error_payload(e.message()));
+            // A peer that breaks the protocol or fails to authenticate:
+            // tell it why, then hang up.
+            const int error = e.sys_errno() == EACCES ? EACCES : EPROTO;
+            self->answer({FrameType::kError, 0, 0, 0, 0, error}, error_payload(e.message()));
             return self->close_after_writes();
           }
-          if (!self->closed) self->read_more();
+          if (!self->closed && !self->closing) self->read_more();
         });
   }
 
@@ -110,18 +128,18 @@ struct Session : std::enable_shared_from_this<Session> {
                       [self = shared_from_this()](asio::error_code ec, std::size_t) {
                         if (ec) return self->close();
                         self->outgoing.pop_front();
+                        if (self->closing && self->outgoing.empty()) return self->close();
                         self->write_next();
                       });
   }
 
+  // Reads no more; closes once what is queued (the error frame saying why)
+  // is written. (Writing it here, beside an async_write that may be under
+  // way with the queue's front, would send that frame twice and free it
+  // twice.)
   void close_after_writes() {
-    // The error frame is small: send it now, without waiting, then close.
-    for (auto& frame : outgoing) {
-      asio::error_code ignored;
-      asio::write(socket, asio::buffer(frame), ignored);
-    }
-    outgoing.clear();
-    close();
+    closing = true;
+    if (outgoing.empty()) close();
   }
 
   void close() {
@@ -145,6 +163,17 @@ struct Session : std::enable_shared_from_this<Session> {
 
   void handle(const Frame& frame) {
     const FrameHeader& h = frame.header;
+    if (challenge) {
+      if (h.type != FrameType::kAuthenticate) {
+        throw Error(Errc::kSystem,
+                    "authentication failed: this manager takes connections from other hosts only "
+                    "with the shared secret",
+                    EACCES);
+      }
+      const std::vector<std::byte> proof = answer_client(*secret, *challenge, frame.payload);
+      challenge.reset();
+      return answer({FrameType::kAuthenticated}, proof);
+    }
     if (id.empty() && h.type != FrameType::kHello && h.type != FrameType::kPing) {
       throw Error(Errc::kCorrupted, "the first frame must be hello", EPROTO);
     }
@@ -245,9 +274,15 @@ struct Session : std::enable_shared_from_this<Session> {
                         std::to_string(it->second.pid) + ")");
       }
     }
-    ChannelEntry entry{
-        weak_from_this(), id, pid, address, static_cast<std::uint32_t>(frame.header.value),
-        Json::array(),    {}};
+    ChannelEntry entry{weak_from_this(),
+                       id,
+                       pid,
+                       address,
+                       request.contains("host") ? string_field(request, "host", frame) : "",
+                       static_cast<std::uint32_t>(frame.header.value),
+                       Json::array(),
+                       {}};
+    if (entry.host.size() > 256) return fail(frame, EINVAL, "'host' longer than 256 bytes");
     if (request.contains("heaps")) {
       // Checked here, so that a malformed list is refused to its sender
       // rather than passed on to every client that connects.
@@ -286,6 +321,7 @@ struct Manager::State {
   asio::io_context io;
   tcp::acceptor acceptor{io};
   Registry registry;
+  std::optional<Secret> secret;  // listening beyond loopback
   std::optional<asio::signal_set> signals;
 
   void accept() {
@@ -294,7 +330,8 @@ struct Manager::State {
       if (!ec) {
         asio::error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        auto session = std::make_shared<Session>(std::move(socket), registry);
+        auto session =
+            std::make_shared<Session>(std::move(socket), registry, secret ? &*secret : nullptr);
         registry.sessions.insert(session);
         session->start();
       }
@@ -304,7 +341,17 @@ struct Manager::State {
 };
 
 Manager::Manager(const ManagerOptions& options) : state_(std::make_unique<State>()) {
-  const tcp::endpoint endpoint = loopback_endpoint(options.listen, "manager");
+  const tcp::endpoint endpoint = listen_endpoint(options.listen, "manager");
+  if (!is_loopback(endpoint.address())) {
+    try {
+      state_->secret = load_secret(options.secret_file);
+    } catch (const Error& e) {
+      throw Error(e.code(),
+                  "manager: listening on " + options.listen +
+                      ", which other hosts can reach, needs a shared secret: " + e.message(),
+                  e.sys_errno());
+    }
+  }
   asio::error_code ec;
   auto& acceptor = state_->acceptor;
   acceptor.open(endpoint.protocol());

@@ -5,10 +5,13 @@
 // comes out must be self-consistent, a heap reference must decode or be
 // refused, never read past its bytes, and a control payload (JSON: hello,
 // channel requests, the channel list) must parse into the fields the manager
-// and the channels read, or be refused with an Error.
+// and the channels read, or be refused with an Error; an authenticate frame's
+// payload is checked as a listener checks it (and never accepted: the fuzzer
+// cannot know the proof).
 #include <cstdint>
 #include <span>
 
+#include "auth.hpp"
 #include "client_state.hpp"
 #include "control.hpp"
 #include "frame.hpp"
@@ -24,6 +27,17 @@ void read_control(const sheaf::msg::Frame& frame) {
     const std::string name = sheaf::msg::string_field(json, "name", frame);
     sheaf::msg::check_name(name, "channel name");
     (void)sheaf::msg::int_field(json, "pid", frame);
+  } catch (const sheaf::Error&) {
+  }
+}
+
+// What a listener beyond loopback does with an authenticate frame.
+void read_authenticate(const sheaf::msg::Frame& frame) {
+  static const sheaf::msg::Secret secret{std::vector<unsigned char>(32, 'k'), "fuzz"};
+  static const sheaf::msg::Nonce challenge = sheaf::msg::random_nonce();
+  try {
+    (void)sheaf::msg::answer_client(secret, challenge, frame.payload);
+    __builtin_trap();  // a forged proof was taken
   } catch (const sheaf::Error&) {
   }
 }
@@ -48,6 +62,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           }
         }
         read_control(*frame);
+        if (frame->header.type == sheaf::msg::FrameType::kAuthenticate) read_authenticate(*frame);
       }
     }
   } catch (const sheaf::Error&) {

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   sheaf::msg::FrameHeader hello;
   hello.type = sheaf::msg::FrameType::kHello;
   const std::string hello_json =
-      R"({"id":"client","pid":42,"heaps":[{"uuid":"00112233-4455-6677-8899-aabbccddeeff","session":7}]})";
+      R"({"id":"client","pid":42,"token":"00112233445566778899aabbccddeeff","heaps":[{"uuid":"00112233-4455-6677-8899-aabbccddeeff","session":7}]})";
   append(hello, std::as_bytes(std::span(hello_json)));
   sheaf::msg::FrameHeader create;
   create.type = sheaf::msg::FrameType::kCreateChannel;
@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   const std::string create_json =
       R"({"name":"jobs","address":"unix:/tmp/sheaf-0/c-1-0.sock tcp:127.0.0.1:9300","heaps":[]})";
   append(create, std::as_bytes(std::span(create_json)));
+  // A client's answer to a challenge: its nonce and a proof (made up).
+  sheaf::msg::FrameHeader authenticate;
+  authenticate.type = sheaf::msg::FrameType::kAuthenticate;
+  const std::vector<std::byte> proof(64, std::byte{0x5a});
+  append(authenticate, proof);
   std::ofstream(dir + "/frames/stream.seed", std::ios::binary) << stream;
   return 0;
 }

@@ -5,7 +5,8 @@
 #
 #   cluster.sh up   STATEDIR            bring everything up; the last lines on
 #                                       stdout are MOUNT1=, MOUNT2= and (when
-#                                       network namespaces are used) NS1=, NS2=
+#                                       network namespaces are used) NS1=, NS2=,
+#                                       HOST1_IP=, HOST2_IP=
 #   cluster.sh down STATEDIR            tear everything down; idempotent, also
 #                                       after an `up` that failed halfway
 #   cluster.sh exec STATEDIR 1|2 CMD..  run CMD as host 1 or host 2
@@ -460,6 +461,8 @@ cmd_up() {
         if ((use_ns)); then
             echo "NS1=$NS1"
             echo "NS2=$NS2"
+            echo "HOST1_IP=10.77.0.11"
+            echo "HOST2_IP=10.77.0.12"
         fi
     } >"$ENVFILE"
     say "up in ${SECONDS}s (volume $VOL, server $SRV_IP$where, logs in $LOGDIR)"
@@ -479,7 +482,7 @@ cmd_exec() {
     [[ $host == 1 || $host == 2 ]] || usage
     (($#)) || usage
     [[ -f $ENVFILE ]] || die "cluster is not up ($ENVFILE missing); run: $0 up $S"
-    local MOUNT1='' MOUNT2='' NS1='' NS2=''
+    local MOUNT1='' MOUNT2='' NS1='' NS2='' HOST1_IP='' HOST2_IP=''
     # shellcheck source=/dev/null
     . "$ENVFILE"
     local ns mnt

@@ -56,6 +56,11 @@ inline constexpr const char* kManagerConfigFile = "/etc/sheaf/manager";
 // 127.0.0.1 and kDefaultManagerPort.
 std::string manager_address(const std::string& explicit_address = "");
 
+// Writes a new shared secret (32 random bytes, as hex) to `file`, mode 0600,
+// for listeners that other hosts can reach (docs/msg.md, "Security"); throws
+// kAlreadyExists rather than replace a file.
+void create_secret_file(const std::string& file);
+
 // A held block of a heap (Heap::allocate_held), lent to the caller to fill in
 // place and then sent: the hold goes to the receiver, so the bytes are never
 // copied when the receiver maps the heap too (else they are copied and the
@@ -155,6 +160,11 @@ struct ChannelInfo {
 struct ConnectOptions {
   std::string manager{};  // "HOST:PORT"; empty: manager_address()
   Timeout timeout{5000};
+  // The shared secret that proves this client to a manager or channel on
+  // another host, and them to it (docs/msg.md, "Security"); also what the
+  // client's channels that listen beyond loopback ask for. Empty:
+  // $SHEAF_SECRET_FILE, then ~/.config/sheaf/secret, then /etc/sheaf/secret.
+  std::string secret_file{};
 };
 
 struct ChannelOptions {
@@ -163,6 +173,9 @@ struct ChannelOptions {
   std::uint32_t max_buffered = 64;
   // Also listen on TCP ("HOST:PORT", port 0 for any), for clients on other
   // hosts. Empty: a Unix socket only (0600, in a 0700 directory of the user).
+  // Beyond loopback, clients from other hosts must prove they know the
+  // shared secret (ConnectOptions::secret_file); without one, create_channel
+  // throws.
   std::string tcp_listen{};
   // Clients of another user are refused (SO_PEERCRED) unless they are in this
   // group; -1: none. (Root is always let in.)

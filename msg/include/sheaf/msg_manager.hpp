@@ -14,16 +14,21 @@
 namespace sheaf::msg {
 
 struct ManagerOptions {
-  // "HOST:PORT". Only loopback addresses are accepted for now: a listener
-  // other hosts can reach needs authentication (docs/msg.md, "Security").
+  // "HOST:PORT". On an address other hosts can reach (not loopback), every
+  // connection from another host must prove it knows the shared secret
+  // (docs/msg.md, "Security"); the manager does not start without one.
   std::string listen = "127.0.0.1:9200";
+  // The shared secret's file; empty: $SHEAF_SECRET_FILE, then
+  // ~/.config/sheaf/secret, then /etc/sheaf/secret.
+  std::string secret_file{};
   bool stop_on_signals = false;  // SIGINT and SIGTERM make run() return
 };
 
 class Manager {
  public:
   // Binds the listener; throws sheaf::Error (kAlreadyExists if the port is
-  // taken, kInvalidArgument for an address it will not listen on).
+  // taken, kInvalidArgument for an address it cannot listen on, kNotFound
+  // when it needs a shared secret and finds none).
   explicit Manager(const ManagerOptions& options);
   ~Manager();
   Manager(const Manager&) = delete;
