@@ -11,6 +11,10 @@
 //   BM_Transfer_HeapRef/<bytes>    a Loan of N bytes sent by reference; the receiver reads
 //                                  its first and last byte and answers with no payload
 //   BM_Transfer_Copy/<bytes>       the same N bytes copied through the channel
+//   BM_Iceoryx_PingPong/<bytes>    iceoryx 2.0 (Debian), the zero-copy peer: a loaned chunk
+//                                  of N bytes whose first and last byte the peer reads, and
+//                                  an 8-byte loaned answer, both sides polling; its daemon
+//                                  RouDi is started and stopped by the benchmark
 //
 // Round trips also report p50_us and p99_us counters (per-iteration times). At the end a
 // table gives the medians side by side and the ratios the targets are about.
@@ -30,6 +34,11 @@
 #include "sheaf/msg.hpp"
 #include "sheaf/msg_manager.hpp"
 #include "table_reporter.hpp"
+#if defined(SHEAF_HAVE_ICEORYX)
+#include <filesystem>
+
+#include "iceoryx_peer.hpp"
+#endif
 
 namespace {
 
@@ -358,6 +367,79 @@ void BM_Transfer_Copy(benchmark::State& state) {
   });
 }
 
+#if defined(SHEAF_HAVE_ICEORYX)
+// --- iceoryx -------------------------------------------------------------------------------------
+// The peer is this program run again (iceoryx's runtime must not be
+// forked), once for the whole run (iceoryx_peer.hpp says why).
+class IceoryxPeer {
+ public:
+  IceoryxPeer() {
+    std::string self = "/proc/self/exe";
+    std::string flag = "--iceoryx-peer";
+    std::string name = "sheaf-bench-peer-" + std::to_string(::getpid());
+    std::string parent = std::to_string(::getpid());
+    char* argv[] = {self.data(), flag.data(), name.data(), parent.data(), nullptr};
+    if (posix_spawn(&pid_, "/proc/self/exe", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
+  }
+  ~IceoryxPeer() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  bool started() const { return pid_ > 0; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+struct Iceoryx {
+  std::string dir;
+  std::unique_ptr<sheaf_bench::iceoryx::Roudi> roudi;
+  std::unique_ptr<sheaf_bench::iceoryx::Side> side;
+  std::unique_ptr<IceoryxPeer> peer;
+  bool failed = false;
+};
+Iceoryx g_iceoryx;
+
+void BM_Iceoryx_PingPong(benchmark::State& state) {
+  const auto n = static_cast<std::uint32_t>(state.range(0));
+  Iceoryx& x = g_iceoryx;
+  if (!x.side && !x.failed) {
+    x.failed = true;  // until it works
+    char pattern[] = "/tmp/sheaf-iceoryx-XXXXXX";
+    if (::mkdtemp(pattern) == nullptr) return state.SkipWithError("mkdtemp");
+    x.dir = pattern;
+    x.roudi = std::make_unique<sheaf_bench::iceoryx::Roudi>(x.dir);
+    if (!x.roudi->started()) return state.SkipWithError("iox-roudi did not start");
+    x.side = std::make_unique<sheaf_bench::iceoryx::Side>();
+    x.peer = std::make_unique<IceoryxPeer>();
+    x.failed = !x.peer->started();
+  }
+  if (x.failed) return state.SkipWithError("iceoryx did not start");
+  if (!x.side->warm_up()) {
+    return state.SkipWithError("the iceoryx peer did not answer");
+  }
+  Latencies latencies(state);
+  for (auto _ : state) {
+    latencies.start();
+    const auto ends = x.side->round_trip(n, 5s);
+    latencies.stop();
+    if (ends != 3u) return state.SkipWithError("the iceoryx peer did not answer right");
+  }
+}
+
+void stop_iceoryx() noexcept {
+  g_iceoryx.peer.reset();
+  g_iceoryx.side.reset();
+  g_iceoryx.roudi.reset();
+  if (!g_iceoryx.dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(g_iceoryx.dir, ignored);
+  }
+}
+#endif
+
 constexpr std::int64_t kRoundTripSizes[] = {0, 100, 1000, 10000};
 constexpr std::int64_t kTransferSizes[] = {64, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
 
@@ -377,6 +459,9 @@ BENCHMARK(BM_BoostMq_PingPong)->Apply(round_trip_args);
 BENCHMARK(BM_Msg_Async)->Arg(100)->UseRealTime();
 BENCHMARK(BM_Transfer_HeapRef)->Apply(transfer_args);
 BENCHMARK(BM_Transfer_Copy)->Apply(transfer_args);
+#if defined(SHEAF_HAVE_ICEORYX)
+BENCHMARK(BM_Iceoryx_PingPong)->Apply(transfer_args);
+#endif
 
 // --- The table ---------------------------------------------------------------------------------
 class MsgReporter : public sheaf_bench::TableReporter {
@@ -421,17 +506,22 @@ class MsgReporter : public sheaf_bench::TableReporter {
       out << "\nBuffered 100-byte messages: " << cell(it->second.value(), "%.0f")
           << " per second\n";
     }
-    out << "\nTransfers (send + empty reply), us (medians): by heap reference and by copy\n";
-    std::snprintf(line, sizeof line, "%-10s %12s %12s %12s\n", "bytes", "HeapRef", "Copy",
-                  "Copy/HeapRef");
+    out << "\nTransfers (send + empty reply), us (medians): by heap reference, by copy, and "
+           "iceoryx's loaned-chunk ping-pong\n";
+    std::snprintf(line, sizeof line, "%-10s %12s %12s %12s %10s %15s\n", "bytes", "HeapRef", "Copy",
+                  "Copy/HeapRef", "Iceoryx", "HeapRef/Iceoryx");
     out << line;
     for (auto n : kTransferSizes) {
       const std::string a = "/" + std::to_string(n);
       const double ref = us("BM_Transfer_HeapRef" + a);
       const double copy = us("BM_Transfer_Copy" + a);
-      std::snprintf(line, sizeof line, "%-10lld %12s %12s %12s\n", static_cast<long long>(n),
-                    cell(ref, "%.1f").c_str(), cell(copy, "%.1f").c_str(),
-                    cell(ref > 0 && copy > 0 ? copy / ref : -1, "%.1fx").c_str());
+      const double iceoryx = us("BM_Iceoryx_PingPong" + a);
+      std::snprintf(line, sizeof line, "%-10lld %12s %12s %12s %10s %15s\n",
+                    static_cast<long long>(n), cell(ref, "%.1f").c_str(),
+                    cell(copy, "%.1f").c_str(),
+                    cell(ref > 0 && copy > 0 ? copy / ref : -1, "%.1fx").c_str(),
+                    cell(iceoryx, "%.1f").c_str(),
+                    cell(ref > 0 && iceoryx > 0 ? ref / iceoryx : -1, "%.2fx").c_str());
       out << line;
     }
     const double smallest = us("BM_Transfer_HeapRef/64");
@@ -447,6 +537,9 @@ class MsgReporter : public sheaf_bench::TableReporter {
 };
 
 void stop_manager() noexcept {
+#if defined(SHEAF_HAVE_ICEORYX)
+  stop_iceoryx();
+#endif
   if (g_manager_pid > 0) {
     ::kill(g_manager_pid, SIGKILL);
     ::waitpid(g_manager_pid, nullptr, 0);
@@ -458,6 +551,11 @@ void stop_manager() noexcept {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(SHEAF_HAVE_ICEORYX)
+  if (argc == 4 && std::string_view(argv[1]) == "--iceoryx-peer") {
+    sheaf_bench::iceoryx::run_peer(argv[2], static_cast<pid_t>(std::atol(argv[3])));
+  }
+#endif
   if (!sheaf_bench::initialize_interleaved(argc, argv)) return 1;
   std::signal(SIGPIPE, SIG_IGN);
   g_heap_path = sheaf_bench::bench_dir("/dev/shm") + "/sheaf-msg-bench-" +
@@ -491,5 +589,10 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   stop_manager();
+#if defined(SHEAF_HAVE_ICEORYX)
+  // iceoryx's runtime, a static, would say goodbye to a RouDi that is gone.
+  std::fflush(nullptr);
+  _exit(0);
+#endif
   return 0;
 }

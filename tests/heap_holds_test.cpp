@@ -64,6 +64,8 @@ TEST(HeapHolds, MisuseIsAnErrorAndChangesNothing) {
   expect_error(Errc::kInvalidArgument, [&] { heap.deallocate(held); });
   expect_error(Errc::kInvalidArgument, [&] { heap.release(plain); });
   expect_error(Errc::kInvalidArgument, [&] { heap.hold(static_cast<char*>(held) + 16); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.held_size(plain); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.held_size(static_cast<char*>(held) + 16); });
   // Bytes that look like a held block's header: not a block this process
   // holds, so no hold is counted on them.
   auto* fake = static_cast<std::uint64_t*>(heap.allocate(256));
@@ -93,6 +95,8 @@ TEST(HeapHolds, AHoldHandedToAnotherProcessIsItsToRelease) {
     auto* p = static_cast<char*>(mine.pointer_at(offset));
     if (std::strcmp(p, "by reference") != 0) _exit(4);
     if (mine.holds(p) != 1) _exit(5);
+    // Its now: what a receiver checks (held_size) says so, with its size.
+    if (mine.held_size(p) < 64) _exit(6);
     mine.release(p);
     send_value(from_child.write_end(), std::uint64_t{1});
     receive_value<char>(to_child.read_end());  // stay open until told
@@ -102,9 +106,11 @@ TEST(HeapHolds, AHoldHandedToAnotherProcessIsItsToRelease) {
   ASSERT_NE(session, 0u);
   auto* p = static_cast<char*>(heap.allocate_held(64));
   std::strcpy(p, "by reference");
+  EXPECT_GE(heap.held_size(p), 64u);
   heap.hand_over(p, session);
   expect_error(Errc::kInvalidArgument, [&] { heap.release(p); });
   EXPECT_EQ(heap.holds(p), 1u);
+  EXPECT_EQ(heap.held_size(p), 0u);  // held, but not by this process any more
   send_value(to_child.write_end(), heap.offset_of(p));
   ASSERT_EQ(receive_value<std::uint64_t>(from_child.read_end()), 1u);
   expect_error(Errc::kInvalidArgument, [&] { heap.holds(p); });  // freed

@@ -192,6 +192,8 @@ constexpr int bin_of(std::uint64_t size) {
 }
 
 inline constexpr int kMaxSessions = 128;
+// The top bit of State::readers[i]: a writer sleeps on that count (futex).
+inline constexpr std::uint32_t kReaderWaiter = std::uint32_t{1} << 31;
 inline constexpr int kUndoEntries = 256;
 
 // Thread caches (thread_cache.cpp) hold free blocks up to this size, header
@@ -358,7 +360,9 @@ struct State {
   // readers_barred is 0; a writer, holding the mutex, sets readers_barred,
   // then waits until every count below reader_slots is 0 (resetting the
   // counts of dead sessions). Both with sequentially consistent atomics, so
-  // one of the two always sees the other.
+  // one of the two always sees the other. The top bit (kReaderWaiter) says a
+  // writer sleeps on the count (futex) and must be woken as it falls; the
+  // count is the other 31 bits.
   alignas(64) std::uint32_t readers[kMaxSessions];
   std::uint32_t readers_barred;  // 1 from a writer's mutex until the next reader's (or a death)
   std::uint32_t reader_slots;    // every slot ever registered is below it

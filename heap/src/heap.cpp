@@ -538,6 +538,14 @@ std::uint64_t Heap::generation() const {
   return value;
 }
 
+std::size_t Heap::held_size(const void* p) const {
+  Impl& impl = live();
+  // Without the lock when it can (a receiver checks each reference it gets:
+  // the lock would bounce between sender and receiver once more per message).
+  return read_consistently(
+      impl, [&] { return impl.held_bytes(p); }, true);
+}
+
 HeapInfo Heap::info() const {
   Impl& impl = live();
   return read_consistently(impl, [&] { return impl.info(); });

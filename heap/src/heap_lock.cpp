@@ -108,12 +108,13 @@ bool Heap::Impl::enter_counted() {
   return false;
 }
 
+// Wakes a writer only if one said it sleeps on our count: a reader that
+// found the bar up (as every reader after a write does) would otherwise pay
+// a system call here each time.
 void Heap::Impl::leave_counted() noexcept {
   State& s = state();
-  __atomic_sub_fetch(&s.readers[session_slot], 1, __ATOMIC_SEQ_CST);
-  if (__atomic_load_n(&s.readers_barred, __ATOMIC_SEQ_CST) != 0) {
-    posix::futex_wake(&s.readers[session_slot]);  // a writer may be waiting for us
-  }
+  const std::uint32_t left = __atomic_sub_fetch(&s.readers[session_slot], 1, __ATOMIC_SEQ_CST);
+  if ((left & kReaderWaiter) != 0) posix::futex_wake(&s.readers[session_slot]);
 }
 
 // The bar stays up after the writer leaves: the first reader to come next
@@ -134,8 +135,11 @@ void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
   std::uint64_t started = 0;
   for (std::uint32_t i = 0; i < slots; ++i) {
     for (int spin = 0;; ++spin) {
-      const std::uint32_t count = __atomic_load_n(&s.readers[i], __ATOMIC_SEQ_CST);
-      if (count == 0) break;
+      std::uint32_t count = __atomic_load_n(&s.readers[i], __ATOMIC_SEQ_CST);
+      if ((count & ~kReaderWaiter) == 0) {
+        if (count != 0) __atomic_fetch_and(&s.readers[i], ~kReaderWaiter, __ATOMIC_SEQ_CST);
+        break;
+      }
       if (spin < 200) {  // shared sections are usually short
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -157,7 +161,17 @@ void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
                         " is inside a shared section",
                     ETIMEDOUT);
       }
-      posix::futex_wait(&s.readers[i], count, 1000000);  // then look again (and at liveness)
+      // Say we sleep (the readers' leave_counted() then wakes us), and sleep
+      // unless the count moved meanwhile; at most 1 ms, then look again
+      // (and at liveness).
+      if ((count & kReaderWaiter) == 0) {
+        if (!__atomic_compare_exchange_n(&s.readers[i], &count, count | kReaderWaiter, false,
+                                         __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+          continue;
+        }
+        count |= kReaderWaiter;
+      }
+      posix::futex_wait(&s.readers[i], count, 1000000);
     }
   }
 }

@@ -56,15 +56,21 @@ void require_holds(const Heap::Impl& impl) {
 
 }  // namespace
 
-HoldLedger* Heap::Impl::hold_ledger(int slot, std::uint64_t session, bool create) {
-  State& s = state();
+HoldLedger* Heap::Impl::find_hold_ledger(int slot) {
+  const State& s = state();
   for (std::uint64_t at_block = s.session_ledgers[slot], guard = 0; at_block != 0 && guard < 100000;
        ++guard) {
     auto* head = at<LedgerHead>(at_block + kBlockHeaderBytes);
     if (head->magic == kHoldLedgerMagic) return reinterpret_cast<HoldLedger*>(head);
     at_block = head->next;
   }
+  return nullptr;
+}
+
+HoldLedger* Heap::Impl::hold_ledger(int slot, std::uint64_t session, bool create) {
+  if (HoldLedger* found = find_hold_ledger(slot)) return found;
   if (!create) return nullptr;
+  State& s = state();
   const std::uint64_t fresh =
       allocate_block(sizeof(HoldLedger) + kFirstLedgerEntries * sizeof(std::uint64_t), kAlign);
   auto* ledger = at<HoldLedger>(fresh + kBlockHeaderBytes);
@@ -115,7 +121,7 @@ bool Heap::Impl::drop_hold(int slot, std::uint64_t block_offset) {
 }
 
 bool Heap::Impl::holds_one(int slot, std::uint64_t block_offset) {
-  const HoldLedger* ledger = hold_ledger(slot, 0, false);
+  const HoldLedger* ledger = find_hold_ledger(slot);
   if (ledger == nullptr) return false;
   const std::uint64_t* entries = ledger->entries();
   return std::find(entries, entries + ledger->count, block_offset) != entries + ledger->count;
@@ -218,6 +224,36 @@ std::uint64_t Heap::holds(const void* p) const {
   Impl& impl = live();
   SharedSection lock(impl);
   return impl.block(held_block_of(impl, p, "holds"))->tag;
+}
+
+// Read under the lock or without it (Heap::held_size, read_consistently):
+// every offset it follows is checked first, and what is torn by a writer
+// throws kCorrupted, which there means "read again".
+std::size_t Heap::Impl::held_bytes(const void* p) {
+  const std::uint64_t block = held_block_of(*this, p, "held_size");
+  const std::uint64_t size = heap_size();
+  const auto torn = [&] { return Error(Errc::kCorrupted, "heap " + path + ": a ledger moved"); };
+  for (std::uint64_t at_block = state().session_ledgers[session_slot], guard = 0; at_block != 0;
+       ++guard) {
+    if (guard > 100000 || at_block % kAlign != 0 || at_block < kHeaderBytes ||
+        at_block > size - kBlockHeaderBytes - sizeof(HoldLedger)) {
+      throw torn();
+    }
+    const auto* head = at<LedgerHead>(at_block + kBlockHeaderBytes);
+    if (head->magic != kHoldLedgerMagic) {
+      at_block = head->next;
+      continue;
+    }
+    const auto* ledger = reinterpret_cast<const HoldLedger*>(head);
+    const std::uint64_t count = ledger->count;
+    const std::uint64_t room =
+        (size - offset_of(ledger) - sizeof(HoldLedger)) / sizeof(std::uint64_t);
+    if (count > ledger->capacity || count > room) throw torn();
+    const std::uint64_t* entries = ledger->entries();
+    if (std::find(entries, entries + count, block) == entries + count) return 0;
+    return this->block(block)->size() - kBlockHeaderBytes;
+  }
+  return 0;
 }
 
 std::uint64_t Heap::session() const {

@@ -223,11 +223,14 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // --- holds.cpp (under the exclusive lock, inside an Operation) ---
   // The session's hold ledger (slot `slot`), made if `create`; nullptr if none.
   format::HoldLedger* hold_ledger(int slot, std::uint64_t session, bool create) REQUIRES(heap_lock);
+  format::HoldLedger* find_hold_ledger(int slot) REQUIRES_SHARED(heap_lock);  // nullptr: none
   void add_hold(int slot, std::uint64_t session, std::uint64_t block_offset) REQUIRES(heap_lock);
   bool drop_hold(int slot, std::uint64_t block_offset)
       REQUIRES(heap_lock);  // false if it has none on it
   bool holds_one(int slot, std::uint64_t block_offset)
-      REQUIRES(heap_lock);  // its ledger lists the block
+      REQUIRES_SHARED(heap_lock);  // its ledger lists the block
+  // Heap::held_size's answer; also read without the lock (holds.cpp).
+  std::size_t held_bytes(const void* p) NO_THREAD_SAFETY_ANALYSIS;
   void count_off_hold(std::uint64_t block_offset)
       REQUIRES(heap_lock);                        // one hold fewer; the last frees it
   int live_slot_of(std::uint64_t session) const;  // -1 unless open and alive

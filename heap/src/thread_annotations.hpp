@@ -16,6 +16,7 @@
 #define SCOPED_CAPABILITY SHEAF_THREAD_ATTRIBUTE(scoped_lockable)
 #define GUARDED_BY(x) SHEAF_THREAD_ATTRIBUTE(guarded_by(x))
 #define REQUIRES(...) SHEAF_THREAD_ATTRIBUTE(requires_capability(__VA_ARGS__))
+#define REQUIRES_SHARED(...) SHEAF_THREAD_ATTRIBUTE(requires_shared_capability(__VA_ARGS__))
 #define ACQUIRE(...) SHEAF_THREAD_ATTRIBUTE(acquire_capability(__VA_ARGS__))
 #define ACQUIRE_SHARED(...) SHEAF_THREAD_ATTRIBUTE(acquire_shared_capability(__VA_ARGS__))
 #define RELEASE(...) SHEAF_THREAD_ATTRIBUTE(release_capability(__VA_ARGS__))

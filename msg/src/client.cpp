@@ -213,7 +213,8 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
     void* p = nullptr;
     try {
       p = h.heap->pointer_at(r.offset);
-      if (h.heap->holds(p) == 0 || h.heap->usable_size(p) < r.length) p = nullptr;
+      // Handed to this process (Sender::prepare), and long enough.
+      if (h.heap->held_size(p) < std::max<std::uint64_t>(r.length, 1)) p = nullptr;
     } catch (const Error&) {
       p = nullptr;
     }

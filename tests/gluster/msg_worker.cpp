@@ -97,8 +97,8 @@ int send(const std::string& path, const std::string& manager, const std::string&
       for (std::size_t i = 0; i < loan.size(); ++i) loan.bytes()[i] = pattern(round, i);
     });
     msg::Reply r = across.send(round, std::move(loan), 10s);
-    if (r.answer != round) return fail("reply " + std::to_string(r.answer) + " to " +
-                                       std::to_string(round));
+    if (r.answer != round)
+      return fail("reply " + std::to_string(r.answer) + " to " + std::to_string(round));
     if (!r.payload.by_reference()) return fail("a reply came by copy, not by reference");
     if (!reads_right(heap, r.payload.bytes(), round, 1)) {
       return fail("reply " + std::to_string(round) + " reads wrong on this host");

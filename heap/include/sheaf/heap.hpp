@@ -258,6 +258,9 @@ class Heap {
   // this heap: kNotFound otherwise); the block's count does not change.
   void hand_over(const void* p, std::uint64_t session);
   std::uint64_t holds(const void* p) const;  // how many holds p has now
+  // Bytes usable at p if this session holds p, else 0: in one section, what
+  // the receiver of a reference checks before it reads.
+  std::size_t held_size(const void* p) const;
   // This process's session in the heap: what a peer hands holds over to.
   std::uint64_t session() const;
   // What reclaim_session() found.
