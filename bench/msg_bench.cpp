@@ -537,15 +537,15 @@ class MsgReporter : public sheaf_bench::TableReporter {
 };
 
 void stop_manager() noexcept {
-#if defined(SHEAF_HAVE_ICEORYX)
-  stop_iceoryx();
-#endif
   if (g_manager_pid > 0) {
     ::kill(g_manager_pid, SIGKILL);
     ::waitpid(g_manager_pid, nullptr, 0);
     g_manager_pid = -1;
   }
   if (!g_heap_path.empty()) ::unlink(g_heap_path.c_str());
+#if defined(SHEAF_HAVE_ICEORYX)
+  stop_iceoryx();  // last: this process's iceoryx runtime complains once RouDi is gone
+#endif
 }
 
 }  // namespace
