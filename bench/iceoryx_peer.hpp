@@ -14,8 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <optional>
 #include <stdexcept>
@@ -48,22 +48,27 @@ class Roudi {
     toml << "[[segment.mempool]]\nsize = 1024\ncount = 64\n\n";
     for (const std::uint64_t size : kSizes) {
       toml << "[[segment.mempool]]\nsize = " << size + 1024 << "\ncount = "
-           << (size >= (16u << 20) ? 2 : size >= (1u << 20) ? 4 : 64) << "\n\n";
+           << (size >= (16u << 20)  ? 2
+               : size >= (1u << 20) ? 4
+                                    : 64)
+           << "\n\n";
     }
     toml.close();
     // Its shared memory: removed after it stops unless it was there before
     // (then it is another RouDi's, which ours could not replace anyway).
     const passwd* user = ::getpwuid(::getuid());  // RouDi names a segment after its user
-    const std::string user_segment = std::string("/dev/shm/") + (user != nullptr ? user->pw_name : "root");
-    for (const std::string& name :
-         {std::string("/dev/shm/iceoryx_mgmt"), user_segment, std::string("/tmp/iox-unique-roudi.lock")}) {
+    const std::string user_segment =
+        std::string("/dev/shm/") + (user != nullptr ? user->pw_name : "root");
+    for (const std::string& name : {std::string("/dev/shm/iceoryx_mgmt"), user_segment,
+                                    std::string("/tmp/iox-unique-roudi.lock")}) {
       if (::access(name.c_str(), F_OK) != 0) ours_.push_back(name);
     }
     std::string program = "iox-roudi";
     std::string flag = "-c";
     std::string quiet = "-l";
     std::string level = "off";
-    char* argv[] = {program.data(), flag.data(), config_.data(), quiet.data(), level.data(), nullptr};
+    char* argv[] = {program.data(), flag.data(),  config_.data(),
+                    quiet.data(),   level.data(), nullptr};
     if (posix_spawnp(&pid_, "iox-roudi", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
   }
   // Killed outright: asked to stop, RouDi signals every process still

@@ -48,8 +48,9 @@ TEST(HeapFormat, NewHeapsAreCurrentWithSerials) {
   Heap heap = Heap::create(dir / "h").value();
   const HeapInfo info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds",
-                                                     "used-tags", "shared-readers"}));
+  EXPECT_EQ(info.features,
+            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags",
+                                      "shared-readers", "held-serials"}));
   EXPECT_FALSE(heap.upgrade().value());  // nothing to do
 }
 
@@ -131,8 +132,9 @@ TEST(HeapFormat, OpensAndUpgradesAHeapOfTheFirstFormat) {
   heap.deallocate(from_a_cache);
   info = heap.info();
   EXPECT_EQ(info.format_version, 2u);
-  EXPECT_EQ(info.features, (std::vector<std::string>{"object-serials", "cache-ledgers", "holds",
-                                                     "used-tags", "shared-readers"}));
+  EXPECT_EQ(info.features,
+            (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags",
+                                      "shared-readers", "held-serials"}));
   std::vector<std::uint64_t> serials;
   for (const ObjectInfo& object : heap.objects()) serials.push_back(object.serial);
   std::sort(serials.begin(), serials.end());
@@ -222,7 +224,7 @@ TEST(HeapFormat, AHeapWithoutLedgersIsWalkedAfterADeathUntilUpgraded) {
     ASSERT_TRUE(heap.upgrade().value());
     EXPECT_EQ(heap.info().features,
               (std::vector<std::string>{"object-serials", "cache-ledgers", "holds", "used-tags",
-                                        "shared-readers"}));
+                                        "shared-readers", "held-serials"}));
   }
   die_with_a_full_cache();
   Heap heap = Heap::open(path).value();

@@ -1,6 +1,7 @@
 // heap_holds_test.cpp: held blocks, shared between sessions and freed exactly once.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -64,8 +65,8 @@ TEST(HeapHolds, MisuseIsAnErrorAndChangesNothing) {
   expect_error(Errc::kInvalidArgument, [&] { heap.deallocate(held); });
   expect_error(Errc::kInvalidArgument, [&] { heap.release(plain); });
   expect_error(Errc::kInvalidArgument, [&] { heap.hold(static_cast<char*>(held) + 16); });
-  expect_error(Errc::kInvalidArgument, [&] { heap.held_size(plain); });
-  expect_error(Errc::kInvalidArgument, [&] { heap.held_size(static_cast<char*>(held) + 16); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.held_block(plain); });
+  expect_error(Errc::kInvalidArgument, [&] { heap.held_block(static_cast<char*>(held) + 16); });
   // Bytes that look like a held block's header: not a block this process
   // holds, so no hold is counted on them.
   auto* fake = static_cast<std::uint64_t*>(heap.allocate(256));
@@ -79,6 +80,30 @@ TEST(HeapHolds, MisuseIsAnErrorAndChangesNothing) {
   heap.release(held);
   expect_error(Errc::kInvalidArgument, [&] { heap.release(held); });  // not ours any more
   EXPECT_TRUE(heap.check().ok());
+}
+
+// Every held block gets a serial of its own, kept across recovery's recount,
+// so that a reference to a block freed since is told from one to a block
+// that took its place.
+TEST(HeapHolds, EachHeldBlockHasItsOwnSerial) {
+  TempDir dir;
+  Heap heap = Heap::create(dir / "h").value();
+  void* first = heap.allocate_held(64);
+  const Heap::HeldBlock a = heap.held_block(first);
+  EXPECT_GE(a.bytes, 64u);
+  EXPECT_NE(a.serial, 0u);
+  heap.hold(first);  // the count changes, the serial does not
+  EXPECT_EQ(heap.holds(first), 2u);
+  EXPECT_EQ(heap.held_block(first).serial, a.serial);
+  heap.release(first);
+  heap.release(first);
+  void* second = heap.allocate_held(64);  // most likely in the same place
+  const Heap::HeldBlock b = heap.held_block(second);
+  EXPECT_NE(b.serial, a.serial);
+  EXPECT_EQ(heap.holds(second), 1u);
+  EXPECT_TRUE(heap.check().ok());
+  const auto features = heap.info().features;
+  EXPECT_NE(std::find(features.begin(), features.end(), "held-serials"), features.end());
 }
 
 // A sender hands its hold to a receiver in another process; the receiver's
@@ -95,8 +120,8 @@ TEST(HeapHolds, AHoldHandedToAnotherProcessIsItsToRelease) {
     auto* p = static_cast<char*>(mine.pointer_at(offset));
     if (std::strcmp(p, "by reference") != 0) _exit(4);
     if (mine.holds(p) != 1) _exit(5);
-    // Its now: what a receiver checks (held_size) says so, with its size.
-    if (mine.held_size(p) < 64) _exit(6);
+    // Its now: what a receiver checks (held_block) says so, with its size.
+    if (mine.held_block(p).bytes < 64) _exit(6);
     mine.release(p);
     send_value(from_child.write_end(), std::uint64_t{1});
     receive_value<char>(to_child.read_end());  // stay open until told
@@ -106,11 +131,11 @@ TEST(HeapHolds, AHoldHandedToAnotherProcessIsItsToRelease) {
   ASSERT_NE(session, 0u);
   auto* p = static_cast<char*>(heap.allocate_held(64));
   std::strcpy(p, "by reference");
-  EXPECT_GE(heap.held_size(p), 64u);
+  EXPECT_GE(heap.held_block(p).bytes, 64u);
   heap.hand_over(p, session);
   expect_error(Errc::kInvalidArgument, [&] { heap.release(p); });
   EXPECT_EQ(heap.holds(p), 1u);
-  EXPECT_EQ(heap.held_size(p), 0u);  // held, but not by this process any more
+  EXPECT_EQ(heap.held_block(p).bytes, 0u);  // held, but not by this process any more
   send_value(to_child.write_end(), heap.offset_of(p));
   ASSERT_EQ(receive_value<std::uint64_t>(from_child.read_end()), 1u);
   expect_error(Errc::kInvalidArgument, [&] { heap.holds(p); });  // freed

@@ -68,11 +68,17 @@ enum Feature : std::uint64_t {
   // readers and wait for the counted ones (heap_lock.cpp). An older writer
   // would not wait for them: ro_compat.
   kFeatureSharedReaders = std::uint64_t{1} << 4,
+  // A kHeld block's `tag` carries its serial (from State::next_serial) above
+  // the hold count (hold_count(), held_serial()), so that a reference to a
+  // block freed since and reused is told apart (the message layer's
+  // HeapRef::serial). An older Sheaf would read the whole tag as the count:
+  // incompat. Held blocks of a heap upgraded to it keep serial 0.
+  kFeatureHeldSerials = std::uint64_t{1} << 5,
 };
 inline constexpr std::uint64_t kKnownCompat = 0;
 inline constexpr std::uint64_t kKnownRoCompat =
     kFeatureObjectSerials | kFeatureCacheLedgers | kFeatureUsedTags | kFeatureSharedReaders;
-inline constexpr std::uint64_t kKnownIncompat = kFeatureHolds;
+inline constexpr std::uint64_t kKnownIncompat = kFeatureHolds | kFeatureHeldSerials;
 inline constexpr std::uint32_t kPageSize = 4096;      // recorded; the heap refuses other page sizes
 inline constexpr std::uint64_t kHeaderBytes = 16384;  // Identity + State; blocks start here
 
@@ -107,7 +113,9 @@ struct BlockHeader {
   std::uint64_t size_and_state;  // size (multiple of 16, header included) | BlockState
   // What the block's state makes it mean:
   //   kCached           the session whose thread cache holds it (thread_cache.cpp);
-  //   kHeld             how many holds it has (holds.cpp), at least 1;
+  //   kHeld             how many holds it has (holds.cpp), at least 1, in the
+  //                     low kHoldCountBits; its serial above them
+  //                     (kFeatureHeldSerials; 0 in heaps without the feature);
   //   kNamed, kPending  the object's creation serial (kFeatureObjectSerials; 0 in
   //                     heaps without the feature);
   //   kUsed             its check word, used_tag(offset, key) (kFeatureUsedTags);
@@ -122,6 +130,16 @@ struct BlockHeader {
   std::uint64_t state() const { return word() & kStateMask; }
 };
 static_assert(sizeof(BlockHeader) == kBlockHeaderBytes);
+
+// A kHeld block's tag: the count of its holds below, its serial above.
+inline constexpr unsigned kHoldCountBits = 24;
+inline constexpr std::uint64_t kMaxHolds = (std::uint64_t{1} << kHoldCountBits) - 1;
+inline constexpr std::uint64_t hold_count(std::uint64_t tag) {
+  return tag & kMaxHolds;
+}
+inline constexpr std::uint64_t held_serial(std::uint64_t tag) {
+  return tag >> kHoldCountBits;
+}
 
 // The check word of a kUsed block at `offset` (kFeatureUsedTags): a mix of
 // the offset with the heap's key (its UUID's two halves xored), so that bytes

@@ -538,12 +538,12 @@ std::uint64_t Heap::generation() const {
   return value;
 }
 
-std::size_t Heap::held_size(const void* p) const {
+Heap::HeldBlock Heap::held_block(const void* p) const {
   Impl& impl = live();
   // Without the lock when it can (a receiver checks each reference it gets:
   // the lock would bounce between sender and receiver once more per message).
   return read_consistently(
-      impl, [&] { return impl.held_bytes(p); }, true);
+      impl, [&] { return impl.held_block(p); }, true);
 }
 
 HeapInfo Heap::info() const {
@@ -564,6 +564,7 @@ HeapInfo Heap::Impl::info() const {
   if (impl.has_feature(kFeatureHolds)) info.features.push_back("holds");
   if (impl.has_feature(kFeatureUsedTags)) info.features.push_back("used-tags");
   if (impl.has_feature(kFeatureSharedReaders)) info.features.push_back("shared-readers");
+  if (impl.has_feature(kFeatureHeldSerials)) info.features.push_back("held-serials");
   info.page_size = id.page_size;
   info.size = s.size;
   info.used = s.used_bytes;

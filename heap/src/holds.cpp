@@ -129,7 +129,7 @@ bool Heap::Impl::holds_one(int slot, std::uint64_t block_offset) {
 
 void Heap::Impl::count_off_hold(std::uint64_t block_offset) {
   BlockHeader* header = block(block_offset);
-  if (header->tag <= 1) {
+  if (hold_count(header->tag) <= 1) {
     free_block(block_offset);
   } else {
     store(header->tag, header->tag - 1);
@@ -173,7 +173,15 @@ void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
   ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = impl.allocate_block(bytes, alignment, kHeld);
-  publish(impl.block(block)->tag, std::uint64_t{1});  // a block this operation took: not saved
+  std::uint64_t serial = 0;
+  if (impl.has_feature(kFeatureHeldSerials)) {
+    State& s = impl.state();
+    if (s.next_serial == 0) impl.store(s.next_serial, std::uint64_t{1});
+    serial = s.next_serial;
+    impl.store(s.next_serial, serial + 1);
+  }
+  // A block this operation took: not saved.
+  publish(impl.block(block)->tag, (serial << kHoldCountBits) | 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
   return impl.at(block + kBlockHeaderBytes);
 }
@@ -190,6 +198,10 @@ void Heap::hold(const void* p) {
   // refused here rather than counted.
   if (!impl.holds_one(impl.session_slot, block)) {
     throw_holds_none(impl, "hold", " (take holds from a holder: hand_over)");
+  }
+  if (hold_count(impl.block(block)->tag) == kMaxHolds) {
+    throw Error(Errc::kOutOfSpace, "heap " + impl.path + ": hold: the block has " +
+                                       std::to_string(kMaxHolds) + " holds, the most it counts");
   }
   impl.store(impl.block(block)->tag, impl.block(block)->tag + 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
@@ -223,14 +235,14 @@ void Heap::hand_over(const void* p, std::uint64_t session) {
 std::uint64_t Heap::holds(const void* p) const {
   Impl& impl = live();
   SharedSection lock(impl);
-  return impl.block(held_block_of(impl, p, "holds"))->tag;
+  return hold_count(impl.block(held_block_of(impl, p, "holds"))->tag);
 }
 
-// Read under the lock or without it (Heap::held_size, read_consistently):
+// Read under the lock or without it (Heap::held_block, read_consistently):
 // every offset it follows is checked first, and what is torn by a writer
 // throws kCorrupted, which there means "read again".
-std::size_t Heap::Impl::held_bytes(const void* p) {
-  const std::uint64_t block = held_block_of(*this, p, "held_size");
+Heap::HeldBlock Heap::Impl::held_block(const void* p) {
+  const std::uint64_t block = held_block_of(*this, p, "held_block");
   const std::uint64_t size = heap_size();
   const auto torn = [&] { return Error(Errc::kCorrupted, "heap " + path + ": a ledger moved"); };
   for (std::uint64_t at_block = state().session_ledgers[session_slot], guard = 0; at_block != 0;
@@ -250,10 +262,11 @@ std::size_t Heap::Impl::held_bytes(const void* p) {
         (size - offset_of(ledger) - sizeof(HoldLedger)) / sizeof(std::uint64_t);
     if (count > ledger->capacity || count > room) throw torn();
     const std::uint64_t* entries = ledger->entries();
-    if (std::find(entries, entries + count, block) == entries + count) return 0;
-    return this->block(block)->size() - kBlockHeaderBytes;
+    if (std::find(entries, entries + count, block) == entries + count) return {};
+    const BlockHeader* header = this->block(block);
+    return {header->size() - kBlockHeaderBytes, held_serial(header->tag)};
   }
-  return 0;
+  return {};
 }
 
 std::uint64_t Heap::session() const {

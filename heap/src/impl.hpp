@@ -229,8 +229,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
       REQUIRES(heap_lock);  // false if it has none on it
   bool holds_one(int slot, std::uint64_t block_offset)
       REQUIRES_SHARED(heap_lock);  // its ledger lists the block
-  // Heap::held_size's answer; also read without the lock (holds.cpp).
-  std::size_t held_bytes(const void* p) NO_THREAD_SAFETY_ANALYSIS;
+  // Heap::held_block's answer; also read without the lock (holds.cpp).
+  Heap::HeldBlock held_block(const void* p) NO_THREAD_SAFETY_ANALYSIS;
   void count_off_hold(std::uint64_t block_offset)
       REQUIRES(heap_lock);                        // one hold fewer; the last frees it
   int live_slot_of(std::uint64_t session) const;  // -1 unless open and alive

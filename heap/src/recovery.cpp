@@ -517,8 +517,9 @@ void Heap::Impl::rebuild(Rebuild kind) {
                         (state_bits == kCached && owner_gone(header)) ||
                         (state_bits == kUsed && dead_in_flight.count(offset) != 0) ||
                         (state_bits == kHeld && holds_of(offset) == 0)));
-    if (recovering && state_bits == kHeld && !reclaim && header->tag != holds_of(offset)) {
-      publish(header->tag, holds_of(offset));
+    if (recovering && state_bits == kHeld && !reclaim &&
+        hold_count(header->tag) != holds_of(offset)) {
+      publish(header->tag, (header->tag & ~kMaxHolds) | holds_of(offset));  // the serial stays
     }
     if (reclaim) {
       if (run == 0) {
@@ -752,9 +753,15 @@ CheckReport Heap::Impl::check(bool full, bool* chain_sound) const {
     if (block(offset)->state() != kHeld) continue;
     const auto it = held_entries.find(offset);
     const std::uint64_t listed = it == held_entries.end() ? 0 : it->second;
-    if (block(offset)->tag != listed) {
-      problem(at_offset(offset) + ": counts " + std::to_string(block(offset)->tag) +
+    if (hold_count(block(offset)->tag) != listed) {
+      problem(at_offset(offset) + ": counts " + std::to_string(hold_count(block(offset)->tag)) +
               " holds, but " + std::to_string(listed) + " are listed");
+    }
+    if (has_feature(kFeatureHeldSerials) && held_serial(block(offset)->tag) >= s.next_serial &&
+        held_serial(block(offset)->tag) != 0) {
+      problem(at_offset(offset) + ": a held block's serial " +
+              std::to_string(held_serial(block(offset)->tag)) + " was never given (next is " +
+              std::to_string(s.next_serial) + ")");
     }
   }
   if (dead_holds != 0) {

@@ -101,21 +101,6 @@ std::string uuid_hex(const Uuid& uuid) {
   return text;
 }
 
-// "0011...-..." (HeapInfo::uuid) or 32 hex digits; false if neither.
-bool parse_uuid(const std::string& text, Uuid& uuid) {
-  std::string digits;
-  for (const char c : text) {
-    if (c != '-') digits += c;
-  }
-  if (digits.size() != 32) return false;
-  for (std::size_t i = 0; i < 16; ++i) {
-    const auto [end, error] =
-        std::from_chars(digits.data() + 2 * i, digits.data() + 2 * i + 2, uuid[i], 16);
-    if (error != std::errc() || end != digits.data() + 2 * i + 2) return false;
-  }
-  return true;
-}
-
 const PeerHeap* peer_heap(const std::vector<PeerHeap>& theirs, const Uuid& uuid) {
   for (const PeerHeap& h : theirs) {
     if (h.uuid == uuid) return &h;
@@ -140,6 +125,20 @@ std::string random_token() {
 }
 
 }  // namespace
+
+bool parse_uuid(const std::string& text, Uuid& uuid) {
+  std::string digits;
+  for (const char c : text) {
+    if (c != '-') digits += c;
+  }
+  if (digits.size() != 32) return false;
+  for (std::size_t i = 0; i < 16; ++i) {
+    const auto [end, error] =
+        std::from_chars(digits.data() + 2 * i, digits.data() + 2 * i + 2, uuid[i], 16);
+    if (error != std::errc() || end != digits.data() + 2 * i + 2) return false;
+  }
+  return true;
+}
 
 Json heaps_json(const std::vector<LocalHeap>& heaps) {
   Json list = Json::array();
@@ -194,6 +193,7 @@ std::span<const std::byte> Sender::prepare(Loan& loan, const std::vector<LocalHe
   r.heap_uuid = local->uuid;
   r.offset = loan.heap_->offset_of(loan.data_);
   r.length = loan.size_;
+  r.serial = loan.heap_->held_block(loan.data_).serial;
   // The hold is the receiver's from here on: if it dies before it reads the
   // message, recovery releases the hold with its session.
   loan.heap_->hand_over(loan.data_, peer->session);
@@ -211,12 +211,21 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
   for (const LocalHeap& h : mine) {
     if (h.uuid != r.heap_uuid) continue;
     void* p = nullptr;
+    Heap::HeldBlock held;
     try {
       p = h.heap->pointer_at(r.offset);
       // Handed to this process (Sender::prepare), and long enough.
-      if (h.heap->held_size(p) < std::max<std::uint64_t>(r.length, 1)) p = nullptr;
+      held = h.heap->held_block(p);
+      if (held.bytes < std::max<std::uint64_t>(r.length, 1)) p = nullptr;
     } catch (const Error&) {
       p = nullptr;
+    }
+    if (p != nullptr && held.serial != r.serial) {
+      throw Error(Errc::kCorrupted,
+                  "a stale heap reference: the block at offset " + std::to_string(r.offset) +
+                      " is not the one it named (serial " + std::to_string(held.serial) +
+                      ", the reference says " + std::to_string(r.serial) + ")",
+                  EPROTO);
     }
     if (p == nullptr) {
       throw Error(Errc::kCorrupted,

@@ -29,6 +29,9 @@ struct PeerHeap {
   std::uint64_t session = 0;
 };
 
+// "0011...-..." (HeapInfo::uuid) or 32 hex digits into `uuid`; false if neither.
+bool parse_uuid(const std::string& text, Uuid& uuid);
+
 // [{"uuid": "...", "session": N}, ...]: the heaps a channel's owner maps
 // (in its registration) and a client maps (in its hello to the owner).
 Json heaps_json(const std::vector<LocalHeap>& heaps);

@@ -241,11 +241,11 @@ TEST_F(CliTest, UpgradeBringsAnOldHeapToTheCurrentFormat) {
   EXPECT_EQ(ok({"heap", "upgrade", heap}),
             "upgraded " + heap +
                 " from format 1 to 2 (features: object-serials, cache-ledgers, holds, used-tags, "
-                "shared-readers)\n");
+                "shared-readers, held-serials)\n");
   info = ok_json({"heap", "info", heap, "--json"});
   EXPECT_EQ(info["format_version"], 2);
   EXPECT_EQ(info["features"], Json::array({"object-serials", "cache-ledgers", "holds", "used-tags",
-                                           "shared-readers"}));
+                                           "shared-readers", "held-serials"}));
   Json list = ok_json({"heap", "ls", heap, "--json"});
   ASSERT_EQ(list.size(), 2u);
   EXPECT_NE(list[0]["serial"], list[1]["serial"]);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "../heap_test_util.hpp"
+#include "client_state.hpp"
 #include "posix.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
@@ -676,6 +677,52 @@ TEST_F(MsgHeapTest, AReplyByReferenceLostOnABrokenLinkArrivesOnce) {
   }
   EXPECT_EQ(server.wait_code(), 0);
   EXPECT_EQ(heap.info().used, used_before);
+  EXPECT_TRUE(heap.check().ok());
+}
+
+// A reference is taken only for the block it was made for: not one freed
+// since whose place a block of the same receiver took (serials), and not
+// one this process does not hold.
+TEST_F(MsgHeapTest, AStaleReferenceIsRefused) {
+  Heap heap = Heap::open(heap_path).value();
+  const HeapInfo info = heap.info();
+  std::vector<LocalHeap> mine(1);
+  mine[0].heap = &heap;
+  ASSERT_TRUE(parse_uuid(info.uuid, mine[0].uuid));
+  mine[0].session = heap.session();
+  auto frame_for = [&](void* p, std::uint64_t serial) {
+    Frame f;
+    f.header.type = FrameType::kSend;
+    f.header.flags = kFlagHeapRef;
+    const auto ref = encode_heap_ref({mine[0].uuid, heap.offset_of(p), 64, serial});
+    f.payload.assign(ref.begin(), ref.end());
+    return f;
+  };
+  void* old_block = heap.allocate_held(64);
+  const std::uint64_t old_serial = heap.held_block(old_block).serial;
+  Frame stale = frame_for(old_block, old_serial);
+  heap.release(old_block);
+  void* reused = heap.allocate_held(64);
+  ASSERT_EQ(reused, old_block) << "the allocator did not reuse the place; the test needs it";
+  try {
+    Receiver::take(stale, mine);
+    ADD_FAILURE() << "a stale reference was taken";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kCorrupted);
+    EXPECT_NE(e.message().find("stale"), std::string::npos) << e.message();
+  }
+  EXPECT_EQ(heap.holds(reused), 1u);  // untouched
+  {
+    Frame fresh = frame_for(reused, heap.held_block(reused).serial);
+    Payload taken = Receiver::take(fresh, mine);
+    EXPECT_TRUE(taken.by_reference());
+  }  // released with the view
+  EXPECT_THROW(heap.holds(reused), Error);
+  // A block this process does not hold is refused too.
+  void* plain = heap.allocate(64);
+  Frame not_held = frame_for(plain, 0);
+  EXPECT_THROW(Receiver::take(not_held, mine), Error);
+  heap.deallocate(plain);
   EXPECT_TRUE(heap.check().ok());
 }
 

@@ -258,9 +258,17 @@ class Heap {
   // this heap: kNotFound otherwise); the block's count does not change.
   void hand_over(const void* p, std::uint64_t session);
   std::uint64_t holds(const void* p) const;  // how many holds p has now
-  // Bytes usable at p if this session holds p, else 0: in one section, what
-  // the receiver of a reference checks before it reads.
-  std::size_t held_size(const void* p) const;
+  // What the receiver of a reference checks before it reads, in one read
+  // (without the lock in local mode): whether this session holds p (bytes 0
+  // if not), its usable bytes, and its serial: a number given to each held
+  // block at allocate_held(), never twice in the heap, so that a reference
+  // to a block freed since and reused is told apart (0 in heaps made before
+  // held serials, until `sheaf heap upgrade`).
+  struct HeldBlock {
+    std::size_t bytes = 0;
+    std::uint64_t serial = 0;
+  };
+  HeldBlock held_block(const void* p) const;
   // This process's session in the heap: what a peer hands holds over to.
   std::uint64_t session() const;
   // What reclaim_session() found.
