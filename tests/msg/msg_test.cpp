@@ -447,6 +447,46 @@ TEST_F(MsgTest, ReceiveAnyListensOnSeveralChannels) {
   EXPECT_EQ(sender.wait_code(), 0);
 }
 
+// One client's channels, each served on a thread of its own, while the
+// main thread asks the manager through the same client (the client's
+// manager link is shared, under its mutex; CI runs this under TSan too).
+TEST_F(MsgTest, OneClientsChannelsServeOnSeveralThreads) {
+  Client me = client("server");
+  constexpr int kThreads = 3;
+  constexpr int kMessages = 50;
+  std::vector<std::thread> servers;
+  std::atomic<int> answered{0};
+  {
+    std::vector<Channel> channels;
+    for (int i = 0; i < kThreads; ++i)
+      channels.push_back(me.create_channel("t" + std::to_string(i)));
+    for (int i = 0; i < kThreads; ++i) {
+      servers.emplace_back([&, channel = std::move(channels[i])]() mutable {
+        for (int seen = 0; seen < kMessages;) {
+          Message m = channel.receive(10s);
+          if (m.event == Event::kTimeout) return;
+          if (m.event != Event::kMessage) continue;
+          channel.reply(m.index, m.type + 1);
+          ++seen;
+          ++answered;
+        }
+      });
+    }
+  }
+  Child sender([this] {
+    Client c = client("sender");
+    std::vector<Connection> to;
+    for (int i = 0; i < kThreads; ++i) to.push_back(c.connect_channel("t" + std::to_string(i), 5s));
+    for (int k = 0; k < kMessages; ++k) {
+      for (int i = 0; i < kThreads; ++i) EXPECT_EQ(to[i].send(k, as_bytes("x"), 5s).answer, k + 1);
+    }
+  });
+  for (int k = 0; k < 20; ++k) EXPECT_EQ(me.channels().size(), static_cast<std::size_t>(kThreads));
+  EXPECT_EQ(sender.wait_code(), 0);
+  for (auto& t : servers) t.join();
+  EXPECT_EQ(answered.load(), kThreads * kMessages);
+}
+
 TEST_F(MsgTest, ARestartedManagerLearnsTheChannelsAgain) {
   Client me = client("server");
   Channel channel = me.create_channel("survivor");
