@@ -153,6 +153,8 @@ void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
       }
       if (timeout_ns >= 0 &&
           posix::monotonic_ns() - started >= static_cast<std::uint64_t>(timeout_ns)) {
+        // No one sleeps on the count any more: readers need not wake anyone.
+        __atomic_fetch_and(&s.readers[i], ~kReaderWaiter, __ATOMIC_SEQ_CST);
         const Session& reader = s.sessions[i];
         throw Error(Errc::kTimedOut,
                     "heap " + path + ": waited " + std::to_string(timeout_ns / 1000000) +

@@ -64,6 +64,13 @@ constexpr auto kManagerRetry = std::chrono::seconds(1);
 // many such clients are remembered.
 constexpr auto kResumeWindow = std::chrono::seconds(30);
 constexpr std::size_t kMaxDetached = 1024;
+// A reply is kept for a copy of its request only up to this size; a copy
+// of a request whose larger reply was lost gets an error, never a second run.
+constexpr std::size_t kMaxKeptReply = std::size_t{1} << 20;
+// A client of another host has this long to authenticate, with one frame
+// of exactly kNonceBytes + kProofBytes; at most this many may be at it.
+constexpr auto kHandshakeTime = std::chrono::seconds(5);
+constexpr std::size_t kMaxHandshakes = 64;
 
 bool valid_token(const std::string& token) {
   return token.size() == 32 && std::all_of(token.begin(), token.end(), [](char c) {
@@ -78,10 +85,12 @@ std::atomic<unsigned> socket_counter{0};
 struct Channel::State {
   struct Peer {
     Link link;
-    std::string id;                  // empty until its hello
-    std::string token;               // its hello's; empty: its requests are not deduplicated
-    std::optional<Nonce> challenge;  // sent to a client on another host, not yet answered
-    std::vector<PeerHeap> heaps;
+    std::string id{};                  // empty until its hello
+    std::string token{};               // its hello's; empty: its requests are not deduplicated
+    std::optional<Nonce> challenge{};  // sent to a client on another host, not yet answered
+    std::chrono::steady_clock::time_point handshake_until{};  // then it is let go
+    std::uint64_t replied = 0;  // the request id of the last reply sent on this link
+    std::vector<PeerHeap> heaps{};
     std::uint32_t queued_buffered = 0;  // its buffered messages in our queue
     std::uint32_t credit_owed = 0;      // credits to give back
   };
@@ -89,7 +98,11 @@ struct Channel::State {
     Message message;
     std::uint64_t peer = 0;  // for a buffered message: whose credit it returns
   };
-  struct Pending {  // a synchronous message waiting for its reply
+  // A synchronous message waiting for its reply. Its slot (the index the
+  // owner holds) is freed only by reply(): a slot freed while the owner still
+  // held its index would be handed to another message and answered with
+  // what was meant for this one. Its sender gone, `peer` is 0.
+  struct Pending {
     std::uint64_t peer = 0;
     std::uint64_t request_id = 0;
     bool used = false;
@@ -102,8 +115,8 @@ struct Channel::State {
     std::uint64_t peer = 0;          // the live connection with this token; 0: none
     std::uint64_t last_request = 0;  // the newest request id seen
     int pending = -1;                // its index while it awaits reply()
-    std::optional<Frame> reply;      // its reply, once given
-    std::uint64_t replied_on = 0;    // the connection that reply went to
+    std::optional<Frame> reply;      // its reply, once given (if at most kMaxKeptReply)
+    bool reply_not_kept = false;     // given, but too large to keep
     std::chrono::steady_clock::time_point detached{};  // when its link broke
   };
   struct Timer {
@@ -196,8 +209,17 @@ struct Channel::State {
         return;
       }
     }
-    Peer peer{std::move(link), {}, {}, {}, {}, 0, 0};
+    Peer peer{.link = std::move(link)};
     if (other_host) {
+      const auto handshaking = std::count_if(peers.begin(), peers.end(),
+                                             [](const auto& kv) { return kv.second.challenge; });
+      if (static_cast<std::size_t>(handshaking) >= kMaxHandshakes) {
+        peer.link.close();  // too many at it already: try again later
+        return;
+      }
+      // Until it has authenticated, nothing longer than its proof is read.
+      peer.link.limit_payload(static_cast<std::uint32_t>(kNonceBytes + kProofBytes));
+      peer.handshake_until = std::chrono::steady_clock::now() + kHandshakeTime;
       peer.challenge = random_nonce();
       try {
         peer.link.send({FrameType::kChallenge}, *peer.challenge, deadline_after(kWriteTimeout));
@@ -206,6 +228,15 @@ struct Channel::State {
       }
     }
     peers.emplace(next_peer++, std::move(peer));
+  }
+
+  void refuse_slow_handshakes() {
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<std::uint64_t> slow;
+    for (const auto& [key, peer] : peers) {
+      if (peer.challenge && now >= peer.handshake_until) slow.push_back(key);
+    }
+    for (const std::uint64_t key : slow) refuse_peer(key, "authentication failed: took too long");
   }
 
   // A client from another host that failed to authenticate (or left before
@@ -255,7 +286,7 @@ struct Channel::State {
     peers.erase(it);
     if (!may_return) {
       for (Pending& p : pending) {
-        if (p.used && p.peer == key) p.used = false;  // nobody to answer any more
+        if (p.used && p.peer == key) p.peer = 0;  // nobody to answer any more
       }
     }
     queue.push_back({std::move(m), 0});
@@ -263,7 +294,10 @@ struct Channel::State {
   }
 
   void forget(std::map<std::string, Resumable>::iterator r) {
-    if (r->second.pending >= 0) pending[r->second.pending].used = false;
+    if (r->second.pending >= 0) {
+      pending[r->second.pending].peer = 0;  // the owner still holds its index
+      pending[r->second.pending].token.clear();
+    }
     resumable.erase(r);
   }
 
@@ -310,7 +344,13 @@ struct Channel::State {
       }
     } catch (const Error& e) {
       if (peer.challenge) return refuse_peer(key, e.message());
-      return drop_peer(key, Event::kDisconnect, e.message());  // it broke the protocol
+      // A link that failed (a write that broke or timed out on the way) is a
+      // broken link, which its client may replace; anything else broke the
+      // protocol, and what its client awaits is forgotten with it.
+      if (e.code() == Errc::kSystem || e.code() == Errc::kTimedOut) {
+        return drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
+      }
+      return drop_peer(key, Event::kDisconnect, e.message());
     }
     if (!open && peer.challenge) return refuse_peer(key, "");
     if (!open) drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
@@ -340,6 +380,7 @@ struct Channel::State {
       }
       const std::vector<std::byte> proof = answer_client(*secret, *peer.challenge, frame.payload);
       peer.challenge.reset();
+      peer.link.limit_payload(kLinkMaxPayload);
       peer.link.send({FrameType::kAuthenticated}, proof, deadline_after(kWriteTimeout));
       return true;
     }
@@ -348,6 +389,7 @@ struct Channel::State {
     }
     switch (h.type) {
       case FrameType::kHello: {
+        if (!peer.id.empty()) throw Error(Errc::kCorrupted, "a second hello", EPROTO);
         const Json hello = parse_control(frame);
         std::string id = string_field(hello, "id", frame);
         check_name(id, "client id");
@@ -384,9 +426,17 @@ struct Channel::State {
             }
             // Sent again after a reconnection: answered, not run again (its
             // payload is the one the first copy brought, taken then).
-            if (r->reply && r->replied_on != key) {  // (never twice on one link)
-              r->replied_on = key;
-              peer.link.send(r->reply->header, r->reply->payload, deadline_after(kWriteTimeout));
+            if (r->reply) {
+              if (peer.replied != h.request_id) {  // never twice on one link
+                peer.replied = h.request_id;
+                peer.link.send(r->reply->header, r->reply->payload, deadline_after(kWriteTimeout));
+              }
+            } else if (r->reply_not_kept) {
+              peer.link.send({FrameType::kError, 0, 0, 0, h.request_id, ECONNRESET},
+                             error_payload("channel " + name +
+                                           ": the reply to this request was lost with a broken "
+                                           "link and was too large to keep; it is not run again"),
+                             deadline_after(kWriteTimeout));
             } else if (r->pending >= 0) {
               pending[r->pending].peer = key;
             }
@@ -406,6 +456,7 @@ struct Channel::State {
           if (r != nullptr) {
             r->last_request = h.request_id;
             r->reply.reset();
+            r->reply_not_kept = false;
             r->pending = m.index;
           }
           queue.push_back({std::move(m), 0});
@@ -446,22 +497,41 @@ struct Channel::State {
   // a newer one than it came on (none: nullptr); and, when its sender may
   // send it again, where the reply is kept for that.
   struct Route {
+    std::uint64_t key = 0;
     Peer* to = nullptr;
     Resumable* keep = nullptr;
   };
   Route reply_route(const Pending& p, int index) {
     Route route;
-    std::uint64_t to = p.peer;
-    if (auto found = resumable.find(p.token); found != resumable.end()) {
+    route.key = p.peer;
+    if (auto found = resumable.find(p.token); found != resumable.end() && !p.token.empty()) {
       if (found->second.pending == index && found->second.last_request == p.request_id) {
         route.keep = &found->second;
         route.keep->pending = -1;
-        route.keep->replied_on = to = route.keep->peer;
+        route.key = route.keep->peer;
       }
     }
-    if (auto it = peers.find(to); it != peers.end()) route.to = &it->second;
+    if (auto it = peers.find(route.key); it != peers.end() && route.key != 0) {
+      route.to = &it->second;
+      route.to->replied = p.request_id;
+    }
     return route;
   }
+
+  // Keeps a reply for a copy of its request (kMaxKeptReply at most).
+  static void keep_reply(Resumable* keep, const FrameHeader& header,
+                         std::span<const std::byte> bytes) {
+    if (keep == nullptr) return;
+    if (bytes.size() > kMaxKeptReply) {
+      keep->reply_not_kept = true;
+      return;
+    }
+    keep->reply = Frame{header, {bytes.begin(), bytes.end()}};
+  }
+
+  // A reply that could not be written whole leaves the link unusable (a
+  // torn frame): it is let go as a broken link, which its client may replace.
+  void reply_failed(std::uint64_t key) { drop_peer(key, Event::kDeath); }
 
   // The credit a buffered message from `key` held goes back to its sender,
   // a quarter of the bound at a time. Never deadlocks: a sender out of credit
@@ -609,6 +679,9 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       }
     }
     until = std::min(until, s->next_timer_due());
+    for (const auto& [key, peer] : s->peers) {
+      if (peer.challenge) until = std::min(until, peer.handshake_until);
+    }
     std::lock_guard lock(s->client->mutex);
     if (s->client->link) {
       fds.push_back({s->client->link->fd(), POLLIN, 0});
@@ -645,7 +718,10 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
         break;
     }
   }
-  for (Channel::State* s : channels) s->tend_manager(false);  // a retry may be due
+  for (Channel::State* s : channels) {
+    s->tend_manager(false);  // a retry may be due
+    s->refuse_slow_handshakes();
+  }
 }
 
 }  // namespace
@@ -676,7 +752,7 @@ Message Channel::receive(Timeout timeout) {
 Channel::State::Pending Channel::State::take_pending(int index) {
   if (index < 0 || static_cast<std::size_t>(index) >= pending.size() || !pending[index].used) {
     throw Error(Errc::kNotFound, "channel " + name + ": no message " + std::to_string(index) +
-                                     " awaits a reply (answered already, or its sender is gone)");
+                                     " awaits a reply (answered already)");
   }
   pending[index].used = false;
   return pending[index];
@@ -686,20 +762,21 @@ void Channel::reply(int index, std::int32_t answer, std::span<const std::byte> b
   State& s = *state_;
   const State::Pending p = s.take_pending(index);
   const FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
-  const auto [to, keep] = s.reply_route(p, index);
-  if (keep != nullptr) keep->reply = Frame{header, {bytes.begin(), bytes.end()}};
-  if (to == nullptr) return;
+  const State::Route route = s.reply_route(p, index);
+  State::keep_reply(route.keep, header, bytes);
+  if (route.to == nullptr) return;
   try {
-    to->link.send(header, bytes, deadline_after(kWriteTimeout));
-  } catch (const Error&) {  // its link broke: receive() reports it
+    route.to->link.send(header, bytes, deadline_after(kWriteTimeout));
+  } catch (const Error&) {
+    s.reply_failed(route.key);
   }
 }
 
 void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
   State& s = *state_;
   const State::Pending p = s.take_pending(index);
-  const auto [to, keep] = s.reply_route(p, index);
-  if (to == nullptr && keep == nullptr) return;  // nobody to answer: the loan is released
+  const State::Route route = s.reply_route(p, index);
+  if (route.to == nullptr && route.keep == nullptr) return;  // nobody to answer: the loan goes
   FrameHeader header{FrameType::kReply, 0, 0, 0, p.request_id, answer};
   std::vector<std::byte> copy;
   std::array<std::byte, kHeapRefBytes> ref;
@@ -708,14 +785,15 @@ void Channel::reply(int index, std::int32_t answer, Loan&& loan) {
     // No live connection: kept as a copy (what the client maps then is unknown).
     static const std::vector<PeerHeap> kNone;
     std::lock_guard lock(s.client->mutex);
-    bytes = Sender::prepare(loan, s.client->heaps, to != nullptr ? to->heaps : kNone, header, copy,
-                            ref);
+    bytes = Sender::prepare(loan, s.client->heaps, route.to != nullptr ? route.to->heaps : kNone,
+                            header, copy, ref);
   }
-  if (keep != nullptr) keep->reply = Frame{header, {bytes.begin(), bytes.end()}};
-  if (to == nullptr) return;
+  State::keep_reply(route.keep, header, bytes);
+  if (route.to == nullptr) return;
   try {
-    to->link.send(header, bytes, deadline_after(kWriteTimeout));
+    route.to->link.send(header, bytes, deadline_after(kWriteTimeout));
   } catch (const Error&) {
+    s.reply_failed(route.key);
   }
 }
 
@@ -740,7 +818,10 @@ void Channel::timer_delete(int timer) {
 }
 
 std::size_t Channel::clients() const {
-  return state_->peers.size();
+  // Not those still proving who they are (clients of other hosts).
+  return static_cast<std::size_t>(
+      std::count_if(state_->peers.begin(), state_->peers.end(),
+                    [](const auto& kv) { return !kv.second.challenge; }));
 }
 
 void Channel::join(const std::string& group) {
@@ -797,6 +878,14 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   state->address = "unix:" + state->socket_path;
   if (!options.tcp_listen.empty()) {
     const asio::ip::tcp::endpoint endpoint = listen_endpoint(options.tcp_listen, "channel " + name);
+    if (endpoint.address().is_unspecified()) {
+      // Its address is what clients are told: one that means "this host"
+      // to whoever reads it would send them to their own.
+      throw Error(Errc::kInvalidArgument,
+                  "channel " + name +
+                      ": listen on the address other hosts reach this one at, not " +
+                      options.tcp_listen);
+    }
     if (!is_loopback(endpoint.address())) {
       try {
         state->secret = load_secret(state_->secret_file);

@@ -3,6 +3,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "addresses.hpp"
+#include "auth.hpp"
 #include "client_state.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
@@ -106,6 +108,19 @@ const PeerHeap* peer_heap(const std::vector<PeerHeap>& theirs, const Uuid& uuid)
     if (h.uuid == uuid) return &h;
   }
   return nullptr;
+}
+
+// Whether a "tcp:HOST:PORT" address names a loopback address.
+bool names_loopback(const std::string& address) {
+  try {
+    const Address where = parse_address(address);
+    if (where.kind != Address::kTcp) return false;
+    asio::error_code ec;
+    const auto host = asio::ip::make_address(where.host, ec);
+    return !ec && is_loopback(host);
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 // 128 random bits as 32 hex digits: a connection's token, unique across
@@ -471,7 +486,8 @@ struct Connection::State {
   void open_link(Deadline deadline) {
     std::optional<Error> last_error;
     for (const std::string& address : split_addresses(addresses)) {
-      if (!same_host && address.starts_with("unix:")) continue;
+      // Another host's Unix socket, or its loopback address, would be ours.
+      if (!same_host && (address.starts_with("unix:") || names_loopback(address))) continue;
       try {
         link.emplace(Link::connect(address, deadline, client->secret_file));
         break;
@@ -554,6 +570,12 @@ struct Connection::State {
       credits += frame.header.value;
     } else if (frame.header.type == FrameType::kReply) {
       // The reply to a send that timed out: dropped (its payload released).
+      // Any other is a copy of a reply taken already (the owner answered
+      // both a request and its copy sent after a reconnection): not taken
+      // again, since a heap reference's hold is released once.
+      const auto it = std::find(abandoned.begin(), abandoned.end(), frame.header.request_id);
+      if (it == abandoned.end()) return;
+      abandoned.erase(it);
       std::lock_guard lock(client->mutex);
       try {
         Payload dropped = Receiver::take(frame, client->heaps);
@@ -574,10 +596,18 @@ struct Connection::State {
       try {
         return send_and_wait(header, payload, deadline, what);
       } catch (const Error& e) {
+        if (e.code() == Errc::kTimedOut) {
+          // Its reply may still come: recognised then, and released.
+          if (abandoned.size() == kMaxAbandoned) abandoned.erase(abandoned.begin());
+          abandoned.push_back(header.request_id);
+          throw;
+        }
         if (!peer_gone(e) || attempt == kMaxReconnects || !reconnect(e, deadline)) throw;
       }
     }
   }
+  std::vector<std::uint64_t> abandoned;  // requests that timed out, newest last
+  static constexpr std::size_t kMaxAbandoned = 64;
   static constexpr int kMaxReconnects = 3;
 
   Frame send_and_wait(const FrameHeader& header, std::span<const std::byte> payload,

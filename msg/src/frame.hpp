@@ -10,6 +10,7 @@
 // allocated for a payload before its length has been checked.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -108,6 +109,8 @@ class FrameReader {
   void feed(std::span<const std::byte> bytes);
   std::optional<Frame> next();
   std::size_t buffered() const noexcept { return buffer_.size() - start_; }
+  // From the next header on, payloads longer than this are refused.
+  void limit(std::uint32_t max_payload) { max_payload_ = std::min(max_payload, kMaxPayloadBytes); }
 
  private:
   std::uint32_t max_payload_;

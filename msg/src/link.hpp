@@ -65,6 +65,8 @@ class Link {
   bool read_available();
   // A whole frame read already, if any (after read_available()).
   std::optional<Frame> next_frame() { return reader_.next(); }
+  // The longest payload the peer may send from now on (kLinkMaxPayload at first).
+  void limit_payload(std::uint32_t bytes) { reader_.limit(bytes); }
 
   int fd() { return socket_.native_handle(); }
   bool is_unix() const { return unix_; }

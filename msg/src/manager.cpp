@@ -10,6 +10,7 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/read.hpp>
 #include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/write.hpp>
 #include <cerrno>
 #include <csignal>
@@ -72,6 +73,7 @@ struct Session : std::enable_shared_from_this<Session> {
   Registry& registry;
   const Secret* secret;            // set when the manager listens beyond loopback
   std::optional<Nonce> challenge;  // sent, and not answered yet: nothing else is taken
+  asio::steady_timer handshake_timer{socket.get_executor()};  // then it is hung up on
   FrameReader reader{kMaxControlBytes};
   std::array<std::byte, 16 * 1024> buffer;
   std::deque<std::vector<std::byte>> outgoing;  // whole frames, written in order
@@ -85,6 +87,13 @@ struct Session : std::enable_shared_from_this<Session> {
     const auto remote = socket.remote_endpoint(ec);
     if (secret != nullptr && (ec || !is_loopback(remote.address()))) {
       challenge = random_nonce();
+      // Until it has authenticated, nothing longer than its proof is read,
+      // and it has a few seconds for that.
+      reader.limit(static_cast<std::uint32_t>(kNonceBytes + kProofBytes));
+      handshake_timer.expires_after(std::chrono::seconds(5));
+      handshake_timer.async_wait([self = shared_from_this()](asio::error_code timer_ec) {
+        if (!timer_ec && self->challenge) self->close();
+      });
       answer({FrameType::kChallenge}, {challenge->begin(), challenge->end()});
     }
     read_more();
@@ -172,6 +181,8 @@ struct Session : std::enable_shared_from_this<Session> {
       }
       const std::vector<std::byte> proof = answer_client(*secret, *challenge, frame.payload);
       challenge.reset();
+      handshake_timer.cancel();
+      reader.limit(kMaxControlBytes);
       return answer({FrameType::kAuthenticated}, proof);
     }
     if (id.empty() && h.type != FrameType::kHello && h.type != FrameType::kPing) {

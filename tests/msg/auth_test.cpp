@@ -258,6 +258,19 @@ TEST_F(MsgAuthTest, OnlyClientsThatKnowTheSecretReachTheManagerAndChannels) {
     raw.read_some(asio::buffer(rest), ec);
     EXPECT_EQ(ec, asio::error::eof);
 
+    // Nor can one that says it sends a megabyte before authenticating make
+    // the owner wait for (and keep) it: refused at the header.
+    asio::ip::tcp::socket greedy(io);
+    greedy.connect({asio::ip::make_address(host), port});
+    EXPECT_EQ(read_frame(greedy).header.type, FrameType::kChallenge);
+    FrameHeader big{FrameType::kAuthenticate};
+    big.payload_bytes = 1 << 20;
+    const auto head = encode_header(big);
+    asio::write(greedy, asio::buffer(head.data(), head.size()));
+    Frame cut_off = read_frame(greedy);
+    EXPECT_EQ(cut_off.header.type, FrameType::kError);
+    EXPECT_EQ(cut_off.header.value, EACCES);
+
     // With the secret, through TCP across the two hosts (its Unix socket is
     // another host's, and not used).
     Connection far = near.connect_channel("far", 5s, true);

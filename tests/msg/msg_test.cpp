@@ -288,6 +288,40 @@ TEST_F(MsgTest, ARequestSentAgainWhileItAwaitsItsReplyRunsOnce) {
   EXPECT_EQ(sender.wait_code(), 0);
 }
 
+// The owner holds a message's index until it replies, even after its sender
+// gave up and left: the index is never handed to another message, whose
+// sender would then get the answer meant for the first.
+TEST_F(MsgTest, AnIndexIsNeverReusedWhileTheOwnerHoldsIt) {
+  Client me = client("server");
+  Channel channel = me.create_channel("indices");
+  Pipe first_left;
+  Child impatient([&] {
+    Client c = client("impatient");
+    Connection to = c.connect_channel("indices", 5s);
+    EXPECT_THROW(to.send(1, as_bytes("first"), 100ms), Error);
+    to.disconnect();
+    signal(first_left);
+  });
+  first_left.close_write();
+  Message first = channel.receive(5s);
+  ASSERT_EQ(first.event, Event::kMessage);
+  ASSERT_TRUE(wait_signal(first_left));
+  Message left = channel.receive(5s);
+  EXPECT_EQ(left.event, Event::kDisconnect) << event_name(left.event);
+  EXPECT_EQ(impatient.wait_code(), 0);
+  Child patient([this] {
+    Client c = client("patient");
+    Connection to = c.connect_channel("indices", 5s);
+    EXPECT_EQ(to.send(2, as_bytes("second"), 5s).answer, 2);
+  });
+  Message second = channel.receive(5s);
+  ASSERT_EQ(second.event, Event::kMessage);
+  EXPECT_NE(second.index, first.index);
+  channel.reply(first.index, 1);  // its sender is gone: dropped, not sent to another
+  channel.reply(second.index, 2);
+  EXPECT_EQ(patient.wait_code(), 0);
+}
+
 TEST_F(MsgTest, ADeadServerFailsABlockedSendWithinOneSecond) {
   Pipe received;
   Child server([&] {
