@@ -136,11 +136,22 @@ void Heap::Impl::count_off_hold(std::uint64_t block_offset) {
   }
 }
 
-int Heap::Impl::live_slot_of(std::uint64_t session) const {
+// A session probed alive within the last 50 ms is taken for alive without
+// another probe. One that died meanwhile gets the hold in its ledger anyway,
+// and recovery releases it with the rest of that ledger (a session gone from
+// its slot is not found at all: the lock orders the two).
+int Heap::Impl::live_slot_of(std::uint64_t session) {
+  constexpr std::uint64_t kTrustAliveNs = 50'000'000;
   const State& s = state();
   for (int i = 0; i < kMaxSessions; ++i) {
     if (session == 0 || s.sessions[i].id != session) continue;
-    return i == session_slot || session_alive(i) ? i : -1;
+    if (i == session_slot) return i;
+    const std::uint64_t now = posix::monotonic_ns();
+    SeenAlive& seen = seen_alive[static_cast<std::size_t>(i)];
+    if (seen.session == session && now - seen.at_ns < kTrustAliveNs) return i;
+    if (!session_alive(i)) return -1;
+    seen = {session, now};
+    return i;
   }
   return -1;
 }

@@ -232,8 +232,15 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Heap::held_block's answer; also read without the lock (holds.cpp).
   Heap::HeldBlock held_block(const void* p) NO_THREAD_SAFETY_ANALYSIS;
   void count_off_hold(std::uint64_t block_offset)
-      REQUIRES(heap_lock);                        // one hold fewer; the last frees it
-  int live_slot_of(std::uint64_t session) const;  // -1 unless open and alive
+      REQUIRES(heap_lock);                                      // one hold fewer; the last frees it
+  int live_slot_of(std::uint64_t session) REQUIRES(heap_lock);  // -1 unless open and alive
+  // Sessions live_slot_of() probed alive, and when (monotonic ns): a probe
+  // is a system call, which a hand-over per message should not pay each time.
+  struct SeenAlive {
+    std::uint64_t session = 0;
+    std::uint64_t at_ns = 0;
+  };
+  std::array<SeenAlive, format::kMaxSessions> seen_alive GUARDED_BY(heap_lock){};
   // Releases every hold a dead session's hold ledger lists, one operation
   // each; false if the ledger or an entry is unreadable (then walk).
   bool release_holds_of(std::uint64_t ledger_block) REQUIRES(heap_lock);

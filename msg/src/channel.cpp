@@ -142,6 +142,7 @@ struct Channel::State {
   std::vector<Timer> timers;
   int next_timer = 1;
   std::chrono::steady_clock::time_point next_manager_try{};
+  std::chrono::steady_clock::time_point last_socket_poll{};  // wait_and_serve()'s
 
   ~State() {
     for (auto& [key, peer] : peers) peer.link.close();
@@ -691,8 +692,15 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
     }
   }
   const bool ring_ready = ring_data_soon(channels, until);
-  const int n = ::poll(fds.data(), fds.size(), ring_ready ? 0 : poll_millis(until));
-  if (n < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+  // Ring data at hand: served without a system call, while the sockets (new
+  // clients, deaths, the manager) are still looked at every millisecond.
+  Channel::State& first = *channels.front();
+  const auto now = std::chrono::steady_clock::now();
+  if (!ring_ready || now - first.last_socket_poll >= std::chrono::milliseconds(1)) {
+    first.last_socket_poll = now;
+    const int n = ::poll(fds.data(), fds.size(), ring_ready ? 0 : poll_millis(until));
+    if (n < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
+  }
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) peer.link.finish_sleep();
   }
