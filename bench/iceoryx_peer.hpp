@@ -95,8 +95,8 @@ inline void quiet() {
 // The peer, one for the whole run (a peer killed between benchmarks would
 // leave its subscriber, and the chunks queued to it, behind in RouDi for a
 // while: iceoryx's known leak after kill -9). It answers each ping with a
-// pong; it polls while pings come and naps when none came for 10 ms, so it
-// does not eat a core during the other benchmarks; it dies with the
+// pong; it polls while pings come and naps when none came for 10 ms (for
+// 50 ms at a time after 200 ms), so it does not disturb the other benchmarks; it dies with the
 // benchmark (PR_SET_PDEATHSIG) and after 10 minutes without a ping.
 [[noreturn]] inline void run_peer(const char* name, pid_t parent) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -110,7 +110,12 @@ inline void quiet() {
     if ((polls & 0x3ff) == 0) {
       const auto idle = std::chrono::steady_clock::now() - last;
       if (idle > std::chrono::minutes(10)) _exit(0);
-      if (idle > std::chrono::milliseconds(10)) {
+      // Idle: nap, longer the longer it lasts (a peer that wakes a thousand
+      // times a second while the other benchmarks run knocks their two
+      // processes off their cores: it made them bimodal).
+      if (idle > std::chrono::milliseconds(200)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      } else if (idle > std::chrono::milliseconds(10)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
     }
