@@ -65,7 +65,14 @@ std::vector<std::string> default_secret_files() {
 
 }  // namespace
 
-Secret load_secret(const std::string& file) {
+Secret load_secret(const std::string& file, const std::string& who) {
+  if (!who.empty()) {
+    try {
+      return load_secret(file);
+    } catch (const Error& e) {
+      throw Error(e.code(), who + ": " + e.message(), e.sys_errno());
+    }
+  }
   const std::vector<std::string> candidates =
       file.empty() ? default_secret_files() : std::vector<std::string>{file};
   for (const std::string& path : candidates) {
@@ -101,14 +108,18 @@ Secret load_secret(const std::string& file) {
                                    "FILE` makes one, $" + kSecretEnv + " names it)");
 }
 
-void create_secret_file(const std::string& file) {
+std::string random_hex(std::size_t bytes) {
   init_sodium();
-  std::array<unsigned char, 32> bits;
+  std::vector<unsigned char> bits(bytes);
   ::randombytes_buf(bits.data(), bits.size());
-  std::array<char, 2 * 32 + 1> hex;
+  std::string hex(2 * bytes + 1, '\0');
   ::sodium_bin2hex(hex.data(), hex.size(), bits.data(), bits.size());
-  std::string text(hex.data());
-  text += '\n';
+  hex.pop_back();  // the terminating zero
+  return hex;
+}
+
+void create_secret_file(const std::string& file) {
+  const std::string text = random_hex(32) + '\n';
   posix::Fd fd = posix::open_file(file, O_WRONLY | O_CREAT | O_EXCL, "shared secret " + file, 0600);
   posix::write_all(fd.get(), std::as_bytes(std::span(text.data(), text.size())),
                    "shared secret " + file);
@@ -133,9 +144,14 @@ Nonce random_nonce() {
   return nonce;
 }
 
-std::vector<std::byte> answer_client(const Secret& secret, const Nonce& ours,
-                                     std::span<const std::byte> authenticate) {
-  if (authenticate.size() != kNonceBytes + kProofBytes) refuse("authentication failed");
+std::vector<std::byte> answer_client(const Secret& secret, const Nonce& ours, const Frame& frame,
+                                     const std::string& listener) {
+  if (frame.header.type != FrameType::kAuthenticate) {
+    refuse("authentication failed: " + listener +
+           " takes connections from other hosts only with the shared secret");
+  }
+  const std::span<const std::byte> authenticate = frame.payload;
+  if (authenticate.size() != kAuthenticateBytes) refuse("authentication failed");
   Nonce theirs;
   std::copy_n(authenticate.begin(), kNonceBytes, theirs.begin());
   if (!same(proof(secret, kClientLabel, ours, theirs), authenticate.subspan(kNonceBytes))) {

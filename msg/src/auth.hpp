@@ -20,6 +20,7 @@
 
 #include <array>
 #include <asio/ip/address.hpp>
+#include <chrono>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -40,21 +41,28 @@ struct Secret {
 };
 // The secret in `file`, or (empty) the first of the places above that
 // exists. Throws kNotFound naming where it looked, kInvalidArgument for a
-// file group or others may read, or shorter than kMinSecretBytes.
-Secret load_secret(const std::string& file);
+// file group or others may read, or shorter than kMinSecretBytes; each
+// message begins with `who` (what needed the secret) when it is given.
+Secret load_secret(const std::string& file, const std::string& who = "");
 
 bool is_loopback(const asio::ip::address& address);
 
 inline constexpr std::size_t kNonceBytes = 32;
 inline constexpr std::size_t kProofBytes = 32;
+// What a client that must authenticate may send, and how long it has.
+inline constexpr std::uint32_t kAuthenticateBytes = kNonceBytes + kProofBytes;
+inline constexpr std::chrono::seconds kHandshakeTime{5};
 using Nonce = std::array<std::byte, kNonceBytes>;
 Nonce random_nonce();
+// `bytes` random bytes as lowercase hex (tokens, new secrets).
+std::string random_hex(std::size_t bytes);
 
-// The owner's side. After sending challenge(Ns): checks the client's
-// authenticate payload; on success returns the authenticated payload.
-// Throws Error(kSystem, EACCES) "authentication failed" otherwise.
-std::vector<std::byte> answer_client(const Secret& secret, const Nonce& ours,
-                                     std::span<const std::byte> authenticate);
+// The listener's side. After sending challenge(Ns): checks that `frame` is
+// the client's authenticate frame with a right proof; on success returns the
+// authenticated frame's payload. Throws Error(kSystem, EACCES)
+// "authentication failed", naming `listener`, otherwise.
+std::vector<std::byte> answer_client(const Secret& secret, const Nonce& ours, const Frame& frame,
+                                     const std::string& listener);
 
 // The client's side, on a fresh link to a host that is not this one: the
 // whole exchange, before anything else is sent. Throws the owner's refusal

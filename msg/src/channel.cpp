@@ -67,9 +67,7 @@ constexpr std::size_t kMaxDetached = 1024;
 // A reply is kept for a copy of its request only up to this size; a copy
 // of a request whose larger reply was lost gets an error, never a second run.
 constexpr std::size_t kMaxKeptReply = std::size_t{1} << 20;
-// A client of another host has this long to authenticate, with one frame
-// of exactly kNonceBytes + kProofBytes; at most this many may be at it.
-constexpr auto kHandshakeTime = std::chrono::seconds(5);
+// At most this many clients of other hosts may be authenticating at once.
 constexpr std::size_t kMaxHandshakes = 64;
 
 bool valid_token(const std::string& token) {
@@ -219,7 +217,7 @@ struct Channel::State {
         return;
       }
       // Until it has authenticated, nothing longer than its proof is read.
-      peer.link.limit_payload(static_cast<std::uint32_t>(kNonceBytes + kProofBytes));
+      peer.link.limit_payload(kAuthenticateBytes);
       peer.handshake_until = std::chrono::steady_clock::now() + kHandshakeTime;
       peer.challenge = random_nonce();
       try {
@@ -373,13 +371,8 @@ struct Channel::State {
   bool handle(std::uint64_t key, Peer& peer, Frame& frame) {
     const FrameHeader& h = frame.header;
     if (peer.challenge) {
-      if (h.type != FrameType::kAuthenticate) {
-        throw Error(Errc::kSystem,
-                    "authentication failed: channel " + name +
-                        " takes clients from other hosts only with the shared secret",
-                    EACCES);
-      }
-      const std::vector<std::byte> proof = answer_client(*secret, *peer.challenge, frame.payload);
+      const std::vector<std::byte> proof =
+          answer_client(*secret, *peer.challenge, frame, "channel " + name);
       peer.challenge.reset();
       peer.link.limit_payload(kLinkMaxPayload);
       peer.link.send({FrameType::kAuthenticated}, proof, deadline_after(kWriteTimeout));
@@ -895,14 +888,9 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
                       options.tcp_listen);
     }
     if (!is_loopback(endpoint.address())) {
-      try {
-        state->secret = load_secret(state_->secret_file);
-      } catch (const Error& e) {
-        throw Error(e.code(),
-                    "channel " + name + ": listening on " + options.tcp_listen +
-                        ", which other hosts can reach, needs a shared secret: " + e.message(),
-                    e.sys_errno());
-      }
+      state->secret = load_secret(state_->secret_file,
+                                  "channel " + name + ": listening on " + options.tcp_listen +
+                                      ", which other hosts can reach, needs a shared secret");
     }
     asio::error_code ec;
     state->tcp_acceptor.emplace(socket_context());

@@ -1,6 +1,5 @@
 // client.cpp: Client (the manager connection), Connection (a client's side
 // of a channel), and the payload types Loan and Payload.
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -121,22 +120,6 @@ bool names_loopback(const std::string& address) {
   } catch (const Error&) {
     return false;
   }
-}
-
-// 128 random bits as 32 hex digits: a connection's token, unique across
-// processes and hosts.
-std::string random_token() {
-  Uuid bits{};
-  std::size_t got = 0;
-  while (got < bits.size()) {
-    const ssize_t n = ::getrandom(bits.data() + got, bits.size() - got, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw Error::from_errno(errno, "getrandom");
-    }
-    got += static_cast<std::size_t>(n);
-  }
-  return uuid_hex(bits);
 }
 
 }  // namespace
@@ -681,7 +664,7 @@ Connection Client::connect_channel(const std::string& name, Timeout timeout, boo
     state->peer_heaps = parse_heaps(where, answer);
     state->addresses = string_field(where, "address", answer);
     state->same_host = !where.contains("host") || where["host"] == host_identity();
-    state->token = random_token();
+    state->token = random_hex(16);  // 128 bits: unique across processes and hosts
     state->open_link(deadline);
   }
   return Connection(std::move(state));

@@ -121,13 +121,7 @@ Link Link::connect(const std::string& address, Deadline deadline, const std::str
   }
   Link link(std::move(socket), address);
   if (other_host) {
-    Secret secret;
-    try {
-      secret = load_secret(secret_file);
-    } catch (const Error& e) {
-      throw Error(e.code(), "connect to " + address + " (another host): " + e.message(),
-                  e.sys_errno());
-    }
+    const Secret secret = load_secret(secret_file, "connect to " + address + " (another host)");
     authenticate_to(link, secret, address, deadline);
   }
   return link;

@@ -89,8 +89,8 @@ struct Session : std::enable_shared_from_this<Session> {
       challenge = random_nonce();
       // Until it has authenticated, nothing longer than its proof is read,
       // and it has a few seconds for that.
-      reader.limit(static_cast<std::uint32_t>(kNonceBytes + kProofBytes));
-      handshake_timer.expires_after(std::chrono::seconds(5));
+      reader.limit(kAuthenticateBytes);
+      handshake_timer.expires_after(kHandshakeTime);
       handshake_timer.async_wait([self = shared_from_this()](asio::error_code timer_ec) {
         if (!timer_ec && self->challenge) self->close();
       });
@@ -173,13 +173,8 @@ struct Session : std::enable_shared_from_this<Session> {
   void handle(const Frame& frame) {
     const FrameHeader& h = frame.header;
     if (challenge) {
-      if (h.type != FrameType::kAuthenticate) {
-        throw Error(Errc::kSystem,
-                    "authentication failed: this manager takes connections from other hosts only "
-                    "with the shared secret",
-                    EACCES);
-      }
-      const std::vector<std::byte> proof = answer_client(*secret, *challenge, frame.payload);
+      const std::vector<std::byte> proof =
+          answer_client(*secret, *challenge, frame, "this manager");
       challenge.reset();
       handshake_timer.cancel();
       reader.limit(kMaxControlBytes);
@@ -354,14 +349,9 @@ struct Manager::State {
 Manager::Manager(const ManagerOptions& options) : state_(std::make_unique<State>()) {
   const tcp::endpoint endpoint = listen_endpoint(options.listen, "manager");
   if (!is_loopback(endpoint.address())) {
-    try {
-      state_->secret = load_secret(options.secret_file);
-    } catch (const Error& e) {
-      throw Error(e.code(),
-                  "manager: listening on " + options.listen +
-                      ", which other hosts can reach, needs a shared secret: " + e.message(),
-                  e.sys_errno());
-    }
+    state_->secret = load_secret(options.secret_file,
+                                 "manager: listening on " + options.listen +
+                                     ", which other hosts can reach, needs a shared secret");
   }
   asio::error_code ec;
   auto& acceptor = state_->acceptor;

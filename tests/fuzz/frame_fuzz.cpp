@@ -5,8 +5,8 @@
 // comes out must be self-consistent, a heap reference must decode or be
 // refused, never read past its bytes, and a control payload (JSON: hello,
 // channel requests, the channel list) must parse into the fields the manager
-// and the channels read, or be refused with an Error; an authenticate frame's
-// payload is checked as a listener checks it (and never accepted: the fuzzer
+// and the channels read, or be refused with an Error; every frame is checked
+// as a listener checks a client's first one (and never accepted: the fuzzer
 // cannot know the proof).
 #include <cstdint>
 #include <span>
@@ -31,12 +31,12 @@ void read_control(const sheaf::msg::Frame& frame) {
   }
 }
 
-// What a listener beyond loopback does with an authenticate frame.
+// What a listener beyond loopback does with a client's first frame.
 void read_authenticate(const sheaf::msg::Frame& frame) {
   static const sheaf::msg::Secret secret{std::vector<unsigned char>(32, 'k'), "fuzz"};
   static const sheaf::msg::Nonce challenge = sheaf::msg::random_nonce();
   try {
-    (void)sheaf::msg::answer_client(secret, challenge, frame.payload);
+    (void)sheaf::msg::answer_client(secret, challenge, frame, "fuzz");
     __builtin_trap();  // a forged proof was taken
   } catch (const sheaf::Error&) {
   }
@@ -62,7 +62,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           }
         }
         read_control(*frame);
-        if (frame->header.type == sheaf::msg::FrameType::kAuthenticate) read_authenticate(*frame);
+        read_authenticate(*frame);
       }
     }
   } catch (const sheaf::Error&) {
