@@ -56,10 +56,18 @@ void require_holds(const Heap::Impl& impl) {
 
 }  // namespace
 
+// Every offset of the chain is checked before it is followed (a chain that
+// leads astray ends there, as one too long does), so that held_block(),
+// which reads without the lock, never leaves the mapping.
 HoldLedger* Heap::Impl::find_hold_ledger(int slot) {
   const State& s = state();
+  const std::uint64_t size = heap_size();
   for (std::uint64_t at_block = s.session_ledgers[slot], guard = 0; at_block != 0 && guard < 100000;
        ++guard) {
+    if (at_block % kAlign != 0 || at_block < kHeaderBytes ||
+        at_block > size - kBlockHeaderBytes - sizeof(HoldLedger)) {
+      return nullptr;
+    }
     auto* head = at<LedgerHead>(at_block + kBlockHeaderBytes);
     if (head->magic == kHoldLedgerMagic) return reinterpret_cast<HoldLedger*>(head);
     at_block = head->next;
@@ -254,30 +262,18 @@ std::uint64_t Heap::holds(const void* p) const {
 // throws kCorrupted, which there means "read again".
 Heap::HeldBlock Heap::Impl::held_block(const void* p) {
   const std::uint64_t block = held_block_of(*this, p, "held_block");
-  const std::uint64_t size = heap_size();
-  const auto torn = [&] { return Error(Errc::kCorrupted, "heap " + path + ": a ledger moved"); };
-  for (std::uint64_t at_block = state().session_ledgers[session_slot], guard = 0; at_block != 0;
-       ++guard) {
-    if (guard > 100000 || at_block % kAlign != 0 || at_block < kHeaderBytes ||
-        at_block > size - kBlockHeaderBytes - sizeof(HoldLedger)) {
-      throw torn();
-    }
-    const auto* head = at<LedgerHead>(at_block + kBlockHeaderBytes);
-    if (head->magic != kHoldLedgerMagic) {
-      at_block = head->next;
-      continue;
-    }
-    const auto* ledger = reinterpret_cast<const HoldLedger*>(head);
-    const std::uint64_t count = ledger->count;
-    const std::uint64_t room =
-        (size - offset_of(ledger) - sizeof(HoldLedger)) / sizeof(std::uint64_t);
-    if (count > ledger->capacity || count > room) throw torn();
-    const std::uint64_t* entries = ledger->entries();
-    if (std::find(entries, entries + count, block) == entries + count) return {};
-    const BlockHeader* header = this->block(block);
-    return {header->size() - kBlockHeaderBytes, held_serial(header->tag)};
+  const HoldLedger* ledger = find_hold_ledger(session_slot);
+  if (ledger == nullptr) return {};
+  const std::uint64_t count = ledger->count;
+  const std::uint64_t room =
+      (heap_size() - offset_of(ledger) - sizeof(HoldLedger)) / sizeof(std::uint64_t);
+  if (count > ledger->capacity || count > room) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": a hold ledger moved");  // read again
   }
-  return {};
+  const std::uint64_t* entries = ledger->entries();
+  if (std::find(entries, entries + count, block) == entries + count) return {};
+  const BlockHeader* header = this->block(block);
+  return {header->size() - kBlockHeaderBytes, held_serial(header->tag)};
 }
 
 std::uint64_t Heap::session() const {
