@@ -267,8 +267,20 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Bounds-checked; nullptr if none. `capacity`: its capacity as checked
   // (read once; a reader without the lock uses this, not the table's).
   const format::NameTable* name_table(std::uint64_t* capacity = nullptr) const;
-  void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const;
-  std::string record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash,
+  // Throws unless a record of `name_bytes` name bytes at `slot` lies inside
+  // the heap and this process's mapping of it. Inline: every probe of a
+  // lookup checks one.
+  void require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const {
+    const std::uint64_t need = format::kBlockHeaderBytes + sizeof(format::NamedRecord) + name_bytes;
+    const std::uint64_t size = heap_size();
+    if (slot >= format::kHeaderBytes && slot % format::kAlign == 0 && slot < size &&
+        size - slot >= need) [[likely]] {
+      return;
+    }
+    refuse_record_at(slot, need);
+  }
+  [[noreturn]] void refuse_record_at(std::uint64_t slot, std::uint64_t need) const;
+  const char* record_problem(std::uint64_t block_offset, std::uint64_t size, bool check_hash,
                              const format::NamedRecord* copy = nullptr) const;
   // The name's bytes (then the type's) of the record in the block.
   const char* record_names(std::uint64_t block_offset) const {
@@ -429,13 +441,18 @@ inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
 // pass; code that writes plain bytes after saving fences itself
 // (save_range(), unlink_free()).
 inline void Heap::Impl::save(const std::uint64_t* word) {
-  if (undo_next >= format::kUndoEntries) [[unlikely]]
+  // Read once, into locals: the stores below could alias undo_next as far
+  // as the compiler knows, which would make it load it again after each.
+  const std::uint64_t next = undo_next;
+  if (next >= format::kUndoEntries) [[unlikely]]
     return save_past_the_end();
   posix::crash_point();
   format::State& s = state();
-  s.undo[undo_next].offset = offset_of(word);
-  s.undo[undo_next].old_value = *word;
-  publish(s.undo_count, ++undo_next);  // release: the entry is whole before it counts
+  const std::uint64_t old_value = *word;
+  undo_next = next + 1;
+  s.undo[next].offset = offset_of(word);
+  s.undo[next].old_value = old_value;
+  publish(s.undo_count, next + 1);  // release: the entry is whole before it counts
 }
 
 }  // namespace sheaf

@@ -32,32 +32,29 @@ const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
   if (at == 0) return nullptr;
   const std::uint64_t size = heap_size();
   const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
-  if (beyond_mapping(head)) throw_outgrown("finding names");
-  if (at < kHeaderBytes || head > size) {
+  if (at < kHeaderBytes || at > size || head > size) {
+    if (at >= kHeaderBytes && beyond_mapping(head)) throw_outgrown("finding names");
     throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
   }
   const NameTable* table = table_at(*this, at);
   const std::uint64_t capacity = __atomic_load_n(&table->capacity, __ATOMIC_RELAXED);
-  if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
   if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8) {
+    if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
     throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
   }
   if (checked_capacity != nullptr) *checked_capacity = capacity;
   return table;
 }
 
-// Throws kCorrupted unless a record of `name_bytes` name bytes at `slot` lies
-// inside the heap.
-void Heap::Impl::require_record_inside(std::uint64_t slot, std::uint64_t name_bytes) const {
-  const std::uint64_t need = kBlockHeaderBytes + sizeof(NamedRecord) + name_bytes;
-  // (Checked without overflow: a reader without the lock may meet any value.)
-  if (slot < full_size() && full_size() - slot >= need && beyond_mapping(slot + need)) {
+// Why a record at `slot` of `need` bytes is unreadable: past this process's
+// mapping (the heap grew beyond it), or outside the heap. (Checked without
+// overflow: a reader without the lock may meet any value.)
+void Heap::Impl::refuse_record_at(std::uint64_t slot, std::uint64_t need) const {
+  const std::uint64_t full = full_size();
+  if (slot < full && full - slot >= need && beyond_mapping(slot + need)) {
     throw_outgrown("an object there");
   }
-  const std::uint64_t size = heap_size();
-  if (slot < kHeaderBytes || slot % kAlign != 0 || slot >= size || size - slot < need) {
-    throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
-  }
+  throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
 }
 
 std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
@@ -170,7 +167,7 @@ NamedRecord Heap::Impl::checked_record(std::uint64_t block_offset) const {
   NamedRecord copy;
   std::memcpy(&copy, record(block_offset), sizeof(copy));
   // Bounds only: the name's hash is check()'s business, not every listing's.
-  if (std::string why = record_problem(block_offset, size, false, &copy); !why.empty()) {
+  if (const char* why = record_problem(block_offset, size, false, &copy); why != nullptr) {
     throw Error(Errc::kCorrupted, "heap " + path + ": block at offset " +
                                       std::to_string(block_offset) + ": named record: " + why);
   }

@@ -72,11 +72,11 @@ std::string at_offset(std::uint64_t offset) {
 }  // namespace
 
 // Why the named record of the block at `offset` (of `size` bytes, inside the
-// heap) is unsound, or "". Without `check_hash`, only whether every length
+// heap) is unsound, or nullptr. Without `check_hash`, only whether every length
 // and offset in it stays inside the block (enough to read it safely).
 // `copy`: a copy of the record taken once, which is what is checked (a
 // reader without the lock checks and then uses only its copy).
-std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size, bool check_hash,
+const char* Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size, bool check_hash,
                                        const NamedRecord* copy) const {
   if (sizeof(NamedRecord) + kBlockHeaderBytes > size) return "too small for a named record";
   const NamedRecord* r = copy != nullptr ? copy : record(offset);
@@ -103,7 +103,7 @@ std::string Heap::Impl::record_problem(std::uint64_t offset, std::uint64_t size,
       r->name_hash != hash_name(std::string_view(record_names(offset), r->name_length))) {
     return "name hash mismatch";
   }
-  return "";
+  return nullptr;
 }
 
 namespace {
@@ -126,7 +126,7 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
     // A pending block's record may be half written (its constructor had not
     // returned); recovery frees it whatever it says, so only named ones count.
     if (state == kNamed) {
-      if (std::string why = impl.record_problem(offset, size, true); !why.empty()) {
+      if (const char* why = impl.record_problem(offset, size, true); why != nullptr) {
         return at_offset(offset) + ": named record: " + why;
       }
     }
