@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "iceoryx_hoofs/log/logmanager.hpp"
+#include "iceoryx_hoofs/platform/platform_settings.hpp"
 #include "iceoryx_posh/popo/untyped_publisher.hpp"
 #include "iceoryx_posh/popo/untyped_subscriber.hpp"
 #include "iceoryx_posh/runtime/posh_runtime.hpp"
@@ -37,6 +38,13 @@ constexpr std::uint64_t kSizes[] = {64, 4096, 65536, 1 << 20, 16 << 20, 256 << 2
 
 inline const iox::capro::ServiceDescription kPing{"Sheaf", "Bench", "Ping"};
 inline const iox::capro::ServiceDescription kPong{"Sheaf", "Bench", "Pong"};
+
+// What a runtime named `name` leaves when it dies or exits without saying
+// goodbye (as every one here does): its socket and its lock file.
+inline void remove_runtime_files(const std::string& name) {
+  ::unlink((std::string(iox::platform::IOX_UDS_SOCKET_PATH_PREFIX) + name).c_str());
+  ::unlink((std::string(iox::platform::IOX_LOCK_FILE_PATH_PREFIX) + name + ".lock").c_str());
+}
 
 // RouDi with pools for every size above (a chunk holds its header too, hence the room).
 class Roudi {
@@ -59,8 +67,11 @@ class Roudi {
     const passwd* user = ::getpwuid(::getuid());  // RouDi names a segment after its user
     const std::string user_segment =
         std::string("/dev/shm/") + (user != nullptr ? user->pw_name : "root");
+    // (RouDi's runtime is called "roudi": its socket and lock file too.)
+    const std::string tmp = iox::platform::IOX_UDS_SOCKET_PATH_PREFIX;
     for (const std::string& name : {std::string("/dev/shm/iceoryx_mgmt"), user_segment,
-                                    std::string("/tmp/iox-unique-roudi.lock")}) {
+                                    tmp + "iox-unique-roudi.lock", tmp + "roudi",
+                                    tmp + "roudi.lock"}) {
       if (::access(name.c_str(), F_OK) != 0) ours_.push_back(name);
     }
     std::string program = "iox-roudi";
@@ -136,10 +147,12 @@ inline void quiet() {
 }
 
 // This process's side, made once (iceoryx allows one runtime per process).
+// `name`: its runtime's, unique to this run (remove_runtime_files() at the end).
 class Side {
  public:
-  Side()
-      : runtime_((quiet(), iox::runtime::PoshRuntime::initRuntime("sheaf-bench"))),
+  explicit Side(const std::string& name)
+      : runtime_((quiet(), iox::runtime::PoshRuntime::initRuntime(
+                               iox::RuntimeName_t(iox::cxx::TruncateToCapacity, name)))),
         pings_(kPing),
         pongs_(kPong, {/*queueCapacity=*/4}) {}
 

@@ -376,22 +376,26 @@ class IceoryxPeer {
   IceoryxPeer() {
     std::string self = "/proc/self/exe";
     std::string flag = "--iceoryx-peer";
-    std::string name = "sheaf-bench-peer-" + std::to_string(::getpid());
     std::string parent = std::to_string(::getpid());
-    char* argv[] = {self.data(), flag.data(), name.data(), parent.data(), nullptr};
+    char* argv[] = {self.data(), flag.data(), name_.data(), parent.data(), nullptr};
     if (posix_spawn(&pid_, "/proc/self/exe", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
   }
   ~IceoryxPeer() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
+      sheaf_bench::iceoryx::remove_runtime_files(name_);
     }
   }
   bool started() const { return pid_ > 0; }
 
  private:
+  std::string name_ = "sheaf-bench-peer-" + std::to_string(::getpid());
   pid_t pid_ = -1;
 };
+
+// This process's runtime (a static of iceoryx's, never destroyed).
+const std::string kIceoryxSide = "sheaf-bench-" + std::to_string(::getpid());
 
 struct Iceoryx {
   std::string dir;
@@ -412,7 +416,7 @@ void BM_Iceoryx_PingPong(benchmark::State& state) {
     x.dir = pattern;
     x.roudi = std::make_unique<sheaf_bench::iceoryx::Roudi>(x.dir);
     if (!x.roudi->started()) return state.SkipWithError("iox-roudi did not start");
-    x.side = std::make_unique<sheaf_bench::iceoryx::Side>();
+    x.side = std::make_unique<sheaf_bench::iceoryx::Side>(kIceoryxSide);
     x.peer = std::make_unique<IceoryxPeer>();
     x.failed = !x.peer->started();
   }
@@ -431,8 +435,10 @@ void BM_Iceoryx_PingPong(benchmark::State& state) {
 
 void stop_iceoryx() noexcept {
   g_iceoryx.peer.reset();
+  const bool had_side = g_iceoryx.side != nullptr;
   g_iceoryx.side.reset();
   g_iceoryx.roudi.reset();
+  if (had_side) sheaf_bench::iceoryx::remove_runtime_files(kIceoryxSide);
   if (!g_iceoryx.dir.empty()) {
     std::error_code ignored;
     std::filesystem::remove_all(g_iceoryx.dir, ignored);
