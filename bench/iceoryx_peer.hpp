@@ -69,9 +69,9 @@ class Roudi {
         std::string("/dev/shm/") + (user != nullptr ? user->pw_name : "root");
     // (RouDi's runtime is called "roudi": its socket and lock file too.)
     const std::string tmp = iox::platform::IOX_UDS_SOCKET_PATH_PREFIX;
-    for (const std::string& name : {std::string("/dev/shm/iceoryx_mgmt"), user_segment,
-                                    tmp + "iox-unique-roudi.lock", tmp + "roudi",
-                                    tmp + "roudi.lock"}) {
+    for (const std::string& name :
+         {std::string("/dev/shm/iceoryx_mgmt"), user_segment, tmp + "iox-unique-roudi.lock",
+          tmp + "roudi", tmp + "roudi.lock"}) {
       if (::access(name.c_str(), F_OK) != 0) ours_.push_back(name);
     }
     std::string program = "iox-roudi";
