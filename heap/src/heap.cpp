@@ -341,11 +341,8 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   // Pending blocks carry their serial too: a serial is never reused, even
   // when the object is never finished.
   if (impl.has_feature(kFeatureObjectSerials)) {
-    State& s = impl.state();
-    // Neither is saved in the undo log: a serial is never handed out twice,
-    // and the tag of a block this operation took means nothing once undone.
-    if (s.next_serial == 0) s.next_serial = 1;
-    publish(impl.block(block)->tag, s.next_serial++);
+    // Not saved: the tag of a block this operation took means nothing once undone.
+    publish(impl.block(block)->tag, impl.take_serial());
   }
   NamedRecord* r = impl.record(block);
   r->name_hash = name_hash;

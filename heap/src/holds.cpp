@@ -192,13 +192,7 @@ void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
   ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = impl.allocate_block(bytes, alignment, kHeld);
-  std::uint64_t serial = 0;
-  if (impl.has_feature(kFeatureHeldSerials)) {
-    State& s = impl.state();
-    if (s.next_serial == 0) impl.store(s.next_serial, std::uint64_t{1});
-    serial = s.next_serial;
-    impl.store(s.next_serial, serial + 1);
-  }
+  const std::uint64_t serial = impl.has_feature(kFeatureHeldSerials) ? impl.take_serial() : 0;
   // A block this operation took: not saved.
   publish(impl.block(block)->tag, (serial << kHoldCountBits) | 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);

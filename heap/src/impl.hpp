@@ -310,6 +310,15 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
     publish(word, value);
   }
   void save(const std::uint64_t* word) REQUIRES(heap_lock);  // into the undo log, if one is kept
+  // The next serial (State::next_serial) for a named or held block. Not
+  // saved in the undo log: an undone operation leaves it taken, so that no
+  // serial is ever handed out twice.
+  std::uint64_t take_serial() REQUIRES(heap_lock) {
+    format::State& s = state();
+    const std::uint64_t serial = s.next_serial == 0 ? 1 : s.next_serial;
+    publish(s.next_serial, serial + 1);
+    return serial;
+  }
   void save_past_the_end() REQUIRES(heap_lock);  // save()'s rare case: no log, or a full one
   // A counter of State's (used_bytes .. small_freed): saved once per
   // operation, since the undo needs only its value before the operation.
