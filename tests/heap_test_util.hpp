@@ -103,9 +103,6 @@ class Child {
   pid_t pid_ = -1;
 };
 
-// Runs body in a child process and waits for it: 0 when body returned
-// normally, 1 when it threw, 2 when a gtest expectation failed in it,
-// 128 + signal when it died of one.
 // The sheaf::Error `call` throws, which must say `text` (a test failure if
 // it throws none, or one that does not say it):
 //   EXPECT_EQ(refusal([&] { heap.release(p); }, "holds no hold").code(), Errc::kInvalidArgument);
@@ -120,6 +117,9 @@ inline Error refusal(const std::function<void()>& call, const std::string& text)
   return Error(Errc::kOk, "");
 }
 
+// Runs body in a child process and waits for it: 0 when body returned
+// normally, 1 when it threw, 2 when a gtest expectation failed in it,
+// 128 + signal when it died of one.
 inline int run_in_child(const std::function<void()>& body) {
   return Child(body).wait_code();
 }
