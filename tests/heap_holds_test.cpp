@@ -101,6 +101,8 @@ TEST(HeapHolds, EachHeldBlockHasItsOwnSerial) {
   const Heap::HeldBlock b = heap.held_block(second);
   EXPECT_NE(b.serial, a.serial);
   EXPECT_EQ(heap.holds(second), 1u);
+  // What the sender of a reference puts in it: hand_over's answer.
+  EXPECT_EQ(heap.hand_over(second, heap.session()), b.serial);
   EXPECT_TRUE(heap.check().ok());
   const auto features = heap.info().features;
   EXPECT_NE(std::find(features.begin(), features.end(), "held-serials"), features.end());

@@ -230,7 +230,7 @@ void Heap::release(const void* p) {
   impl.count_off_hold(block);
 }
 
-void Heap::hand_over(const void* p, std::uint64_t session) {
+std::uint64_t Heap::hand_over(const void* p, std::uint64_t session) {
   Impl& impl = live();
   require_holds(impl);
   ExclusiveSection lock(impl);
@@ -243,6 +243,7 @@ void Heap::hand_over(const void* p, std::uint64_t session) {
   }
   if (!impl.drop_hold(impl.session_slot, block)) throw_holds_none(impl, "hand_over");
   impl.add_hold(slot, session, block);
+  return held_serial(impl.block(block)->tag);
 }
 
 std::uint64_t Heap::holds(const void* p) const {

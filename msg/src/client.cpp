@@ -191,10 +191,9 @@ std::span<const std::byte> Sender::prepare(Loan& loan, const std::vector<LocalHe
   r.heap_uuid = local->uuid;
   r.offset = loan.heap_->offset_of(loan.data_);
   r.length = loan.size_;
-  r.serial = loan.heap_->held_block(loan.data_).serial;
   // The hold is the receiver's from here on: if it dies before it reads the
   // message, recovery releases the hold with its session.
-  loan.heap_->hand_over(loan.data_, peer->session);
+  r.serial = loan.heap_->hand_over(loan.data_, peer->session);
   loan.heap_ = nullptr;
   loan.data_ = nullptr;
   loan.size_ = 0;

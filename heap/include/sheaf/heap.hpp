@@ -256,7 +256,9 @@ class Heap {
   void release(const void* p);  // one of this session's holds on p gone; the last frees it
   // One of this session's holds on p becomes `session`'s (a live session of
   // this heap: kNotFound otherwise); the block's count does not change.
-  void hand_over(const void* p, std::uint64_t session);
+  // Returns the block's serial (as held_block() gives it), for the reference
+  // that tells the receiver which block it was handed.
+  std::uint64_t hand_over(const void* p, std::uint64_t session);
   std::uint64_t holds(const void* p) const;  // how many holds p has now
   // What the receiver of a reference checks before it reads, in one read
   // (without the lock in local mode): whether this session holds p (bytes 0
