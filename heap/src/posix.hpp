@@ -155,6 +155,10 @@ void futex_wait(const std::uint32_t* word, std::uint32_t expected,
                 std::uint64_t timeout_ns) noexcept;
 void futex_wake(const std::uint32_t* word) noexcept;
 
+// `bytes` bytes from the kernel's random generator (getrandom), as lowercase
+// hex: temporary file names, store markers, connection tokens, secrets.
+std::string random_hex(std::size_t bytes);
+
 // Clocks.
 std::uint64_t monotonic_ns() noexcept;
 std::uint64_t realtime_ns() noexcept;

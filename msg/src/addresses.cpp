@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "posix.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/msg.hpp"
 
@@ -70,12 +71,9 @@ asio::ip::tcp::endpoint listen_endpoint(const std::string& host_port, const std:
 
 const std::string& host_identity() {
   static const std::string identity = [] {
-    std::string boot = "unknown-boot";
-    std::ifstream in("/proc/sys/kernel/random/boot_id");
-    if (in) std::getline(in, boot);
     struct stat st {};
     const auto netns = ::stat("/proc/self/ns/net", &st) == 0 ? st.st_ino : 0;
-    return boot + "/" + std::to_string(netns);
+    return std::to_string(posix::boot_id()) + "/" + std::to_string(netns);
   }();
   return identity;
 }

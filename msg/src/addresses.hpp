@@ -31,7 +31,8 @@ std::vector<std::string> split_addresses(const std::string& list);
 asio::ip::tcp::endpoint listen_endpoint(const std::string& host_port, const std::string& who);
 
 // What makes two processes one host for the message layer: the same kernel
-// boot and the same network namespace ("BOOT_ID/NETNS_INODE"). A channel's
+// boot and the same network namespace ("BOOT/NETNS_INODE", the boot id as
+// posix::boot_id() folds it). A channel's
 // Unix socket is used only by clients of its own host; others use its TCP
 // address, even where they could open the socket's path (a process of
 // another host with the same pid would own the same path there).

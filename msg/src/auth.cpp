@@ -108,18 +108,8 @@ Secret load_secret(const std::string& file, const std::string& who) {
                                    "FILE` makes one, $" + kSecretEnv + " names it)");
 }
 
-std::string random_hex(std::size_t bytes) {
-  init_sodium();
-  std::vector<unsigned char> bits(bytes);
-  ::randombytes_buf(bits.data(), bits.size());
-  std::string hex(2 * bytes + 1, '\0');
-  ::sodium_bin2hex(hex.data(), hex.size(), bits.data(), bits.size());
-  hex.pop_back();  // the terminating zero
-  return hex;
-}
-
 void create_secret_file(const std::string& file) {
-  const std::string text = random_hex(32) + '\n';
+  const std::string text = posix::random_hex(32) + '\n';
   posix::Fd fd = posix::open_file(file, O_WRONLY | O_CREAT | O_EXCL, "shared secret " + file, 0600);
   posix::write_all(fd.get(), std::as_bytes(std::span(text.data(), text.size())),
                    "shared secret " + file);

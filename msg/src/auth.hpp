@@ -54,8 +54,6 @@ inline constexpr std::uint32_t kAuthenticateBytes = kNonceBytes + kProofBytes;
 inline constexpr std::chrono::seconds kHandshakeTime{5};
 using Nonce = std::array<std::byte, kNonceBytes>;
 Nonce random_nonce();
-// `bytes` random bytes as lowercase hex (tokens, new secrets).
-std::string random_hex(std::size_t bytes);
 
 // The listener's side. After sending challenge(Ns): checks that `frame` is
 // the client's authenticate frame with a right proof; on success returns the

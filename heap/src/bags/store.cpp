@@ -2,7 +2,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,20 +41,6 @@ std::vector<std::string> names_in(const std::string& dir, const std::string& suf
   ::closedir(d);
   std::sort(names.begin(), names.end());
   return names;
-}
-
-std::string random_hex(std::size_t bytes) {
-  unsigned char raw[16] = {};
-  if (getrandom(raw, bytes, 0) != static_cast<ssize_t>(bytes)) {
-    throw Error::from_errno(errno, "getrandom");
-  }
-  static const char digits[] = "0123456789abcdef";
-  std::string hex;
-  for (std::size_t i = 0; i < bytes; ++i) {
-    hex += digits[raw[i] >> 4];
-    hex += digits[raw[i] & 15];
-  }
-  return hex;
 }
 
 // tmp/ itself is flock()ed: shared while a writer creates and locks its
@@ -157,8 +142,9 @@ Result<Store> Store::init(const std::string& dir) {
     }
     for (const char* sub : {"heaps", "bags", "tmp"}) make_directory(dir + "/" + sub);
     // The marker last, durably, by rename: a directory is a store once it is there.
-    const std::string temp = dir + "/tmp/marker-" + random_hex(8);
-    const std::string text = std::string(kMarkerFirstLine) + "\nuuid " + random_hex(16) + "\n";
+    const std::string temp = dir + "/tmp/marker-" + posix::random_hex(8);
+    const std::string text =
+        std::string(kMarkerFirstLine) + "\nuuid " + posix::random_hex(16) + "\n";
     try {
       posix::Fd fd = posix::open_file(temp, O_WRONLY | O_CREAT | O_TRUNC,
                                       "store " + dir + ": cannot write the marker", 0644);
@@ -239,7 +225,7 @@ BagWriter Store::create_bag(std::string_view name, const BagWriteOptions& option
   if (!options.replace && ::access(impl->final_path.c_str(), F_OK) == 0) {
     throw Error(Errc::kAlreadyExists, "bag " + impl->info.name + ": already exists", EEXIST);
   }
-  impl->temp_path = path_ + "/tmp/" + impl->info.name + "." + random_hex(8) + ".writing";
+  impl->temp_path = path_ + "/tmp/" + impl->info.name + "." + posix::random_hex(8) + ".writing";
   TmpGuard creating(path_ + "/tmp", LOCK_SH);
   impl->fd = posix::try_open(impl->temp_path, O_RDWR | O_CREAT | O_EXCL, 0644).release();
   if (impl->fd < 0) {
