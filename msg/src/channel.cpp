@@ -9,7 +9,8 @@
 // A client's connection carries a token (its hello's): when the link breaks
 // and the client connects again and sends the same request (same id), the
 // request is not run twice. The copy gets the reply the first got, or will
-// get, however the owner's reply() and the reconnection interleave.
+// get, however the owner's reply() and the reconnection interleave (or, for
+// a reply too large to keep, an ECONNRESET error: never a second run).
 //
 // Buffered messages are bounded per sender by credits: a client starts with
 // max_buffered of them, spends one per buffered send, and gets them back
@@ -230,6 +231,7 @@ struct Channel::State {
   }
 
   void refuse_slow_handshakes() {
+    if (!secret) return;  // (no peer is asked to prove anything)
     const auto now = std::chrono::steady_clock::now();
     std::vector<std::uint64_t> slow;
     for (const auto& [key, peer] : peers) {
@@ -671,11 +673,9 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
         fds.push_back({peer.link.fd(), POLLIN, 0});
         what.push_back({s, Watched::kPeer, key});
       }
-    }
-    until = std::min(until, s->next_timer_due());
-    for (const auto& [key, peer] : s->peers) {
       if (peer.challenge) until = std::min(until, peer.handshake_until);
     }
+    until = std::min(until, s->next_timer_due());
     std::lock_guard lock(s->client->mutex);
     if (s->client->link) {
       fds.push_back({s->client->link->fd(), POLLIN, 0});
@@ -829,11 +829,14 @@ void Channel::join(const std::string& group) {
   check_name(group, "group name");
   Client::State& client = *state_->client;
   std::lock_guard lock(client.mutex);
-  const Json request{{"group", group}, {"channel", state_->name}};
+  const Json request = join_request(group, state_->name);
   client.request({FrameType::kJoinGroup}, &request, deadline_after(client.timeout),
                  "channel " + state_->name + " joining group " + group);
   for (auto& r : client.channels) {
-    if (r.name == state_->name) r.groups.push_back(group);
+    if (r.name == state_->name &&
+        std::find(r.groups.begin(), r.groups.end(), group) == r.groups.end()) {
+      r.groups.push_back(group);  // (once: joined again after a manager restart)
+    }
   }
 }
 const std::string& Channel::name() const {
@@ -910,10 +913,7 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   {
     std::lock_guard lock(state_->mutex);
     registration.heaps = heaps_json(state_->heaps);
-    const Json request{{"name", name},
-                       {"address", state->address},
-                       {"host", host_identity()},
-                       {"heaps", registration.heaps}};
+    const Json request = registration.create_request();
     state_->request(
         {FrameType::kCreateChannel, 0, 0, 0, 0, static_cast<std::int32_t>(options.max_buffered)},
         &request, deadline_after(state_->timeout), "creating channel " + name);

@@ -13,6 +13,7 @@
 #include "addresses.hpp"
 #include "auth.hpp"
 #include "client_state.hpp"
+#include "posix.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
 
@@ -308,9 +309,9 @@ namespace {
 
 // Sends one request on a manager link and waits for its answer (an error
 // frame is thrown as the Error it names).
-Frame ask(Link& link, FrameHeader header, const Json& payload, Deadline deadline,
-          const std::string& what) {
-  link.send(header, to_payload(payload), deadline);
+Frame ask(Link& link, const FrameHeader& header, std::span<const std::byte> payload,
+          Deadline deadline, const std::string& what) {
+  link.send(header, payload, deadline);
   for (;;) {
     auto answer = link.receive(deadline);
     if (!answer) throw Error(Errc::kTimedOut, what + ": the manager did not answer", ETIMEDOUT);
@@ -322,17 +323,23 @@ Frame ask(Link& link, FrameHeader header, const Json& payload, Deadline deadline
 
 }  // namespace
 
+Json Client::State::Registration::create_request() const {
+  return {{"name", name}, {"address", address}, {"host", host_identity()}, {"heaps", heaps}};
+}
+
+Json join_request(const std::string& group, const std::string& channel) {
+  return {{"group", group}, {"channel", channel}};
+}
+
 void register_channel(Link& link, std::uint64_t& next_request, const Client::State::Registration& r,
                       Deadline deadline) {
-  const Json request{
-      {"name", r.name}, {"address", r.address}, {"host", host_identity()}, {"heaps", r.heaps}};
   ask(link,
       {FrameType::kCreateChannel, 0, 0, 0, next_request++,
        static_cast<std::int32_t>(r.max_buffered)},
-      request, deadline, "creating channel " + r.name);
+      to_payload(r.create_request()), deadline, "creating channel " + r.name);
   for (const std::string& group : r.groups) {
     ask(link, {FrameType::kJoinGroup, 0, 0, 0, next_request++, 0},
-        Json{{"group", group}, {"channel", r.name}}, deadline,
+        to_payload(join_request(group, r.name)), deadline,
         "channel " + r.name + " joining group " + group);
   }
 }
@@ -344,14 +351,7 @@ Frame Client::State::request(FrameHeader header, const Json* payload, Deadline d
   const std::vector<std::byte> bytes =
       payload != nullptr ? to_payload(*payload) : std::vector<std::byte>{};
   try {
-    link->send(header, bytes, deadline);
-    for (;;) {
-      auto answer = link->receive(deadline);
-      if (!answer) throw Error(Errc::kTimedOut, what + ": the manager did not answer", ETIMEDOUT);
-      if (answer->header.request_id != header.request_id) continue;  // an answer given up on
-      if (answer->header.type == FrameType::kError) throw_error_frame(*answer, what);
-      return std::move(*answer);
-    }
+    return ask(*link, header, bytes, deadline, what);
   } catch (const Error& e) {
     if (e.code() == Errc::kSystem || e.code() == Errc::kCorrupted)
       link.reset();  // reconnect next time
@@ -419,32 +419,6 @@ std::chrono::nanoseconds Client::ping(Timeout timeout) {
   const auto start = std::chrono::steady_clock::now();
   state_->request({FrameType::kPing}, nullptr, deadline_after(timeout), "pinging the manager");
   return std::chrono::steady_clock::now() - start;
-}
-
-Client::GroupSend Client::group_send(const std::string& group, std::int32_t type,
-                                     std::span<const std::byte> bytes, Timeout timeout) {
-  check_name(group, "group name");
-  std::vector<std::string> members;
-  {
-    std::lock_guard lock(state_->mutex);
-    const Json request{{"group", group}};
-    Frame answer = state_->request({FrameType::kListGroup}, &request, deadline_after(timeout),
-                                   "listing group " + group);
-    const Json list = parse_control(answer);
-    if (!list.is_array()) throw Error(Errc::kCorrupted, "group " + group + ": not a list", EPROTO);
-    for (const Json& entry : list) members.push_back(string_field(entry, "name", answer));
-  }
-  GroupSend result;
-  for (const std::string& member : members) {
-    try {
-      Connection to = connect_channel(member, timeout);
-      to.buffered_send(type, bytes, timeout);
-      result.delivered.push_back(member);
-    } catch (const Error& e) {
-      result.failures.push_back(member + ": " + e.message());
-    }
-  }
-  return result;
 }
 
 // --- Connection ------------------------------------------------------------------
@@ -643,30 +617,77 @@ struct Connection::State {
   }
 };
 
+namespace {
+
+// A connection, not open yet, to the channel the manager described in
+// `where` (its answer to kConnectChannel, or an entry of a group's list).
+std::unique_ptr<Connection::State> connection_to(std::shared_ptr<Client::State> client,
+                                                 const std::string& name, const Json& where,
+                                                 const Frame& answer) {
+  auto state = std::make_unique<Connection::State>();
+  state->client = std::move(client);
+  state->channel = name;
+  state->max_buffered = static_cast<std::uint32_t>(
+      std::max<std::int64_t>(0, int_field(where, "max_buffered", answer)));
+  // Sends start before the owner has read our hello: what it maps and how
+  // much it buffers come from its registration.
+  state->peer_heaps = parse_heaps(where, answer);
+  state->addresses = string_field(where, "address", answer);
+  state->same_host = !where.contains("host") || where["host"] == host_identity();
+  state->token = posix::random_hex(16);  // 128 bits: unique across processes and hosts
+  return state;
+}
+
+}  // namespace
+
 Connection Client::connect_channel(const std::string& name, Timeout timeout, bool wait) {
   check_name(name, "channel name");
   const Deadline deadline = deadline_after(timeout);
-  auto state = std::make_unique<Connection::State>();
-  state->client = state_;
-  state->channel = name;
-  Json where;
+  std::unique_ptr<Connection::State> state;
   {
     std::lock_guard lock(state_->mutex);
     const Json request{{"name", name}};
     Frame answer = state_->request({FrameType::kConnectChannel, 0, 0, 0, 0, wait ? 1 : 0}, &request,
                                    deadline, "connecting to channel " + name);
-    where = parse_control(answer);
-    state->max_buffered = static_cast<std::uint32_t>(
-        std::max<std::int64_t>(0, int_field(where, "max_buffered", answer)));
-    // Sends start before the owner has read our hello: what it maps and how
-    // much it buffers come from its registration.
-    state->peer_heaps = parse_heaps(where, answer);
-    state->addresses = string_field(where, "address", answer);
-    state->same_host = !where.contains("host") || where["host"] == host_identity();
-    state->token = random_hex(16);  // 128 bits: unique across processes and hosts
+    state = connection_to(state_, name, parse_control(answer), answer);
     state->open_link(deadline);
   }
   return Connection(std::move(state));
+}
+
+Client::GroupSend Client::group_send(const std::string& group, std::int32_t type,
+                                     std::span<const std::byte> bytes, Timeout timeout) {
+  check_name(group, "group name");
+  Frame answer;
+  Json list;
+  {
+    std::lock_guard lock(state_->mutex);
+    const Json request{{"group", group}};
+    answer = state_->request({FrameType::kListGroup}, &request, deadline_after(timeout),
+                             "listing group " + group);
+    list = parse_control(answer);
+    if (!list.is_array()) throw Error(Errc::kCorrupted, "group " + group + ": not a list", EPROTO);
+  }
+  GroupSend result;
+  for (const Json& entry : list) {
+    // The list describes each member as a kConnectChannel answer would: no
+    // second question to the manager per member.
+    const std::string member = string_field(entry, "name", answer);
+    try {
+      const Deadline deadline = deadline_after(timeout);
+      std::unique_ptr<Connection::State> state = connection_to(state_, member, entry, answer);
+      {
+        std::lock_guard lock(state_->mutex);
+        state->open_link(deadline);
+      }
+      Connection to(std::move(state));
+      to.buffered_send(type, bytes, timeout);
+      result.delivered.push_back(member);
+    } catch (const Error& e) {
+      result.failures.push_back(member + ": " + e.message());
+    }
+  }
+  return result;
 }
 
 Connection::Connection(std::unique_ptr<State> state) : state_(std::move(state)) {}

@@ -77,6 +77,7 @@ struct Client::State {
     std::uint32_t max_buffered = 0;
     Json heaps;                       // heaps_json() of the heaps attached when it was created
     std::vector<std::string> groups;  // joined, and joined again after a restart
+    Json create_request() const;      // what kCreateChannel carries for it
   };
   std::vector<Registration> channels;  // registered, and registered again after a manager restart
 
@@ -91,6 +92,8 @@ struct Client::State {
 
 // Asks the manager to create the channel and join its groups (on `link`,
 // which said hello already).
+// What kJoinGroup carries.
+Json join_request(const std::string& group, const std::string& channel);
 void register_channel(Link& link, std::uint64_t& next_request, const Client::State::Registration& r,
                       Deadline deadline);
 

@@ -86,8 +86,8 @@ struct HeapRef {
   std::array<std::uint8_t, 16> heap_uuid{};
   std::uint64_t offset = 0;  // of the block's payload, from the heap's base
   std::uint64_t length = 0;  // bytes the message covers
-  std::uint64_t serial =
-      0;  // the held block's serial (Heap::held_block): a stale reference is refused
+  // The held block's serial (Heap::held_block): a stale reference is refused.
+  std::uint64_t serial = 0;
   friend bool operator==(const HeapRef&, const HeapRef&) = default;
 };
 std::array<std::byte, kHeapRefBytes> encode_heap_ref(const HeapRef& ref);
