@@ -40,7 +40,8 @@ struct Common {
 void add_secret_option(CLI::App& verb, std::string& file) {
   verb.add_option("--secret-file", file,
                   "The shared secret for managers and channels on other hosts (default: "
-                  "$SHEAF_SECRET_FILE, then ~/.config/sheaf/secret, then /etc/sheaf/secret)")
+                  "$SHEAF_SECRET_FILE if set, and then only it; else the first of "
+                  "~/.config/sheaf/secret and /etc/sheaf/secret that exists)")
       ->type_name("FILE");
 }
 
