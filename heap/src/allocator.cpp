@@ -56,10 +56,6 @@ int next_nonempty_bin(const std::uint64_t (&bitmap)[4], int from) {
 
 }  // namespace
 
-std::uint64_t Heap::Impl::block_size_for(std::uint64_t payload) {
-  return std::max(kMinBlock, align_up(payload + kBlockHeaderBytes, kAlign));
-}
-
 void Heap::Impl::push_free(std::uint64_t offset, bool fresh) {
   State& s = state();
   const int bin = bin_of(block(offset)->size());

@@ -104,15 +104,22 @@ Heap::~Heap() {
   (void)close();
 }
 
-Heap::Impl& Heap::live() const {
-  if (!impl_) {
+namespace {
+
+[[noreturn, gnu::noinline]] void throw_not_live(const Heap::Impl* impl) {
+  if (impl == nullptr) {
     throw Error(Errc::kInvalidArgument, "heap: used after close() or after being moved from");
   }
-  if (impl_->forked()) {
-    throw Error(Errc::kInvalidArgument,
-                "heap " + impl_->path +
-                    ": opened before this process was forked; open it again in the child");
-  }
+  throw Error(
+      Errc::kInvalidArgument,
+      "heap " + impl->path + ": opened before this process was forked; open it again in the child");
+}
+
+}  // namespace
+
+Heap::Impl& Heap::live() const {
+  if (!impl_ || impl_->forked()) [[unlikely]]
+    throw_not_live(impl_.get());
   return *impl_;
 }
 
@@ -178,13 +185,26 @@ bool use_cache(const Heap::Impl& impl) {
   return impl.thread_caching() && !impl.held_by_this_thread();
 }
 
+// Out of line: the callers' fast paths (the thread caches) stay small.
+[[gnu::noinline]] void* allocate_locked(Heap::Impl& impl, std::size_t bytes,
+                                        std::size_t alignment) {
+  ExclusiveSection lock(impl);
+  Heap::Impl::Operation op(impl);
+  return op.commit(impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes));
+}
+
+[[gnu::noinline]] void deallocate_locked(Heap::Impl& impl, void* p) {
+  ExclusiveSection lock(impl);
+  Heap::Impl::Operation op(impl);
+  impl.free_block(used_block_of(impl, p, "deallocate"));
+  op.commit();
+}
+
 void* allocate_in(Heap::Impl& impl, std::size_t bytes, std::size_t alignment) {
   if (use_cache(impl) && alignment <= kAlign && bytes <= kCacheMax - kBlockHeaderBytes) {
     return impl.at(impl.cached_allocate(Heap::Impl::block_size_for(bytes)) + kBlockHeaderBytes);
   }
-  ExclusiveSection lock(impl);
-  Heap::Impl::Operation op(impl);
-  return impl.at(impl.allocate_block(bytes, alignment) + kBlockHeaderBytes);
+  return allocate_locked(impl, bytes, alignment);
 }
 
 void deallocate_in(Heap::Impl& impl, void* p) {
@@ -192,9 +212,7 @@ void deallocate_in(Heap::Impl& impl, void* p) {
     const std::uint64_t block = used_block_of(impl, p, "deallocate");
     if (impl.block(block)->size() <= kCacheMax) return impl.cached_free(block);
   }
-  ExclusiveSection lock(impl);
-  Heap::Impl::Operation op(impl);
-  impl.free_block(used_block_of(impl, p, "deallocate"));
+  deallocate_locked(impl, p);
 }
 
 // Runs `read`, which only reads, so that it sees the heap between two
@@ -291,14 +309,14 @@ void* Heap::reallocate(void* p, std::size_t bytes) {
   ExclusiveSection lock(impl);
   Impl::Operation op(impl);
   const std::uint64_t block = used_block_of(impl, p, "reallocate");
-  if (impl.resize_in_place(block, bytes)) return p;
+  if (impl.resize_in_place(block, bytes)) return op.commit(p);
   const std::uint64_t old_bytes = impl.block(block)->size() - kBlockHeaderBytes;
   const std::uint64_t alignment = std::max(kAlign, alignment_of(block + kBlockHeaderBytes));
   const std::uint64_t fresh = impl.allocate_block(bytes, alignment);
   void* moved = impl.at(fresh + kBlockHeaderBytes);
   std::memcpy(moved, p, std::min<std::uint64_t>(old_bytes, bytes));
   impl.free_block(block);
-  return moved;
+  return op.commit(moved);
 }
 
 std::size_t Heap::usable_size(const void* p) const {
@@ -376,7 +394,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   if (impl.forked()) return object;  // (as above) the parent finishes its construct
   BlockHeader* header = impl.block(block);
   impl.store(header->size_and_state, header->size() | kNamed);
-  return object;
+  return op.commit(object);
 }
 
 void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* count) const {
@@ -414,7 +432,7 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   impl.remove_name(block);
   impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
-  return true;
+  return op.commit(true);
 }
 
 bool Heap::erase(std::string_view name) {
@@ -426,7 +444,7 @@ bool Heap::erase(std::string_view name) {
   impl.remove_name(block);
   impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
   impl.free_block(block);
-  return true;
+  return op.commit(true);
 }
 
 std::optional<ObjectInfo> Heap::object(std::string_view name) const {

@@ -56,11 +56,6 @@ struct CountedSection {
 };
 thread_local std::vector<CountedSection> counted_sections;
 
-// How many sections (of any heap) this thread is inside: 0 almost always,
-// and then held_by_this_thread() answers from this one word. Raised where
-// owner_tid is set or a counted section begins, lowered where they end.
-thread_local int sections_held = 0;
-
 CountedSection* counted_section(const Heap::Impl* heap) {
   for (CountedSection& section : counted_sections) {
     if (section.heap == heap) return &section;
@@ -70,8 +65,9 @@ CountedSection* counted_section(const Heap::Impl* heap) {
 
 }  // namespace
 
-bool Heap::Impl::held_by_this_thread() const {
-  if (sections_held == 0) return false;
+constinit thread_local int Heap::Impl::sections_held = 0;
+
+bool Heap::Impl::holds_a_section() const {
   return owner_tid.load(std::memory_order_relaxed) == this_thread_id() ||
          (!counted_sections.empty() && counted_section(this) != nullptr);
 }
@@ -132,8 +128,22 @@ void Heap::Impl::bar_readers(std::int64_t timeout_ns) {
   }
   const std::uint32_t slots =
       std::min<std::uint32_t>(__atomic_load_n(&s.reader_slots, __ATOMIC_ACQUIRE), kMaxSessions);
-  std::uint64_t started = 0;
+  // Usually no reader is inside (nor says it sleeps): one load per slot.
   for (std::uint32_t i = 0; i < slots; ++i) {
+    if (__atomic_load_n(&s.readers[i], __ATOMIC_SEQ_CST) != 0) [[unlikely]] {
+      return wait_for_readers(i, slots, timeout_ns);
+    }
+  }
+}
+
+// bar_readers()'s slow path: from slot `first` on, waits until no reader is
+// inside (spinning, then on the count's futex), resetting the counts of
+// readers that died inside.
+void Heap::Impl::wait_for_readers(std::uint32_t first, std::uint32_t slots,
+                                  std::int64_t timeout_ns) {
+  State& s = state();
+  std::uint64_t started = 0;
+  for (std::uint32_t i = first; i < slots; ++i) {
     for (int spin = 0;; ++spin) {
       std::uint32_t count = __atomic_load_n(&s.readers[i], __ATOMIC_SEQ_CST);
       if ((count & ~kReaderWaiter) == 0) {
@@ -671,6 +681,7 @@ void Heap::Impl::register_session(bool walked) {
   mine.id = s.next_session_id++;
   session_slot = chosen;
   session_id = mine.id;
+  op.commit();
 }
 
 void Heap::Impl::unregister_session() noexcept {
@@ -678,6 +689,7 @@ void Heap::Impl::unregister_session() noexcept {
   Operation op(*this);
   save_range(&state().sessions[session_slot], sizeof(Session));
   state().sessions[session_slot] = format::Session{};
+  op.commit();
   posix::unlock_range(fd, kSessionLockBase + session_slot, 1);
   session_slot = -1;
 }

@@ -172,14 +172,15 @@ bool Heap::Impl::release_holds_of(std::uint64_t ledger_block) {
       sizeof(std::uint64_t);
   if (ledger->count > room) return false;
   while (ledger->count > 0) {
-    Operation op(*this);
     const std::uint64_t held = ledger->entries()[ledger->count - 1];
     if (held % kAlign != 0 || held < kHeaderBytes || held > size || size - held < kMinBlock ||
         block(held)->state() != kHeld) {
       return false;
     }
+    Operation op(*this);
     count_off_hold(held);
     store(ledger->count, ledger->count - 1);
+    op.commit();
   }
   return true;
 }
@@ -196,7 +197,7 @@ void* Heap::allocate_held(std::size_t bytes, std::size_t alignment) {
   // A block this operation took: not saved.
   publish(impl.block(block)->tag, (serial << kHoldCountBits) | 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
-  return impl.at(block + kBlockHeaderBytes);
+  return op.commit(impl.at(block + kBlockHeaderBytes));
 }
 
 void Heap::hold(const void* p) {
@@ -218,6 +219,7 @@ void Heap::hold(const void* p) {
   }
   impl.store(impl.block(block)->tag, impl.block(block)->tag + 1);
   impl.add_hold(impl.session_slot, impl.session_id, block);
+  op.commit();
 }
 
 void Heap::release(const void* p) {
@@ -228,6 +230,7 @@ void Heap::release(const void* p) {
   const std::uint64_t block = held_block_of(impl, p, "release");
   if (!impl.drop_hold(impl.session_slot, block)) throw_holds_none(impl, "release");
   impl.count_off_hold(block);
+  op.commit();
 }
 
 std::uint64_t Heap::hand_over(const void* p, std::uint64_t session) {
@@ -243,7 +246,7 @@ std::uint64_t Heap::hand_over(const void* p, std::uint64_t session) {
   }
   if (!impl.drop_hold(impl.session_slot, block)) throw_holds_none(impl, "hand_over");
   impl.add_hold(slot, session, block);
-  return held_serial(impl.block(block)->tag);
+  return op.commit(held_serial(impl.block(block)->tag));
 }
 
 std::uint64_t Heap::holds(const void* p) const {

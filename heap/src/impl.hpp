@@ -170,7 +170,13 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   static constexpr std::uint64_t kFailedRepair = ~std::uint64_t{0} - 1;
   // Inside a section of this heap: the exclusive one, or a shared one that
   // took the mutex, or (counted readers) any shared one of this thread.
-  bool held_by_this_thread() const;
+  bool held_by_this_thread() const { return sections_held != 0 && holds_a_section(); }
+  bool holds_a_section() const;  // held_by_this_thread() in a thread inside some section
+  // How many sections (of any heap) this thread is inside: 0 almost always,
+  // and then held_by_this_thread() answers from this one word, inline.
+  // Raised where owner_tid is set or a counted section begins, lowered
+  // where they end (heap_lock.cpp).
+  static constinit thread_local int sections_held;
   bool exclusive_by_this_thread() const;  // inside an exclusive section of this heap
 
   // Counted readers (format::kFeatureSharedReaders, local mode): a reader
@@ -183,6 +189,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   bool enter_counted();           // true: in; false: a writer is in, go through the mutex
   void leave_counted() noexcept;  // wakes a writer waiting for us
   void bar_readers(std::int64_t timeout_ns) REQUIRES(heap_lock);  // under the mutex, before writing
+  void wait_for_readers(std::uint32_t first, std::uint32_t slots, std::int64_t timeout_ns)
+      REQUIRES(heap_lock);
   // `holder_died`: the robust mutex said its owner died (proof of death;
   // lock_holder alone may be left by a live process whose repair failed).
   void recover_after_death(bool holder_died) REQUIRES(heap_lock);
@@ -204,7 +212,7 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
 
   // --- allocator.cpp (all under the exclusive lock) ---
   // The size of the block that holds payload_bytes (header included).
-  static std::uint64_t block_size_for(std::uint64_t payload_bytes);
+  static std::uint64_t block_size_for(std::uint64_t payload_bytes);  // inline, below
   // Returns the offset of a block whose header says `state` and whose
   // payload (at offset + 16) holds payload_bytes at `alignment`.
   std::uint64_t allocate_block(std::uint64_t payload_bytes, std::uint64_t alignment,
@@ -248,8 +256,12 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // --- thread_cache.cpp (local mode; no lock needed) ---
   bool thread_caching() const { return mode == LockMode::kLocal && !read_only; }
   std::uint64_t cached_allocate(std::uint64_t block_size);  // a block <= kCacheMax
+  std::uint64_t allocate_past_the_cache(std::uint64_t block_size);
   void cached_free(std::uint64_t block_offset);
-  ThreadCache* thread_cache();
+  void free_past_the_cache(std::uint64_t block_offset);
+  void give_back_half(ThreadCache& cache, int bin);  // takes the lock
+  ThreadCache* thread_cache();       // this thread's cache of this heap (made if none)
+  ThreadCache* find_thread_cache();  // thread_cache()'s slow path
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
   void give_back(ThreadCache& cache, int bin, std::uint32_t index)
       REQUIRES(heap_lock);                                   // under the lock
@@ -422,27 +434,48 @@ class SCOPED_CAPABILITY SharedSection {
 
 class Heap::Impl::Operation {
  public:
-  explicit Operation(Impl& impl) REQUIRES(impl.heap_lock)
-      : impl_(impl), exceptions_(std::uncaught_exceptions()) {
+  explicit Operation(Impl& impl) REQUIRES(impl.heap_lock) : impl_(impl) {
     if (impl_.operation_depth++ == 0) impl_.counters_saved = 0;
+#ifndef NDEBUG
+    exceptions_ = std::uncaught_exceptions();
+#endif
   }
-  // Ends the operation: what it changed stands. Left by an exception, the
-  // outermost one undoes what it changed first (from the log, as recovery
-  // would), so that a failure halfway (out of space, say) leaves nothing
-  // half done either.
+  // What the operation changed stands. Every path that finishes an
+  // operation says so; one left by an exception does not, and the outermost
+  // operation then undoes what it changed (from the log, as recovery would),
+  // so that a failure halfway (out of space, say) leaves nothing half done
+  // either. (Explicit rather than std::uncaught_exceptions() in the
+  // destructor: that is a call into libstdc++ and a TLS lookup, twice per
+  // operation. Debug builds, which the tests use, stop at a path that
+  // forgot to commit.)
+  void commit() noexcept {
+    committed_ = true;
+  }
+  template <typename T>
+  T commit(T result) noexcept {
+    committed_ = true;
+    return result;
+  }
   ~Operation();
   Operation(const Operation&) = delete;
   Operation& operator=(const Operation&) = delete;
 
  private:
   Impl& impl_;
-  int exceptions_;
+  bool committed_ = false;
+#ifndef NDEBUG
+  int exceptions_ = 0;
+#endif
 };
 
 std::uint64_t checksum_identity(const format::Identity& identity);
 
 inline std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
+}
+
+inline std::uint64_t Heap::Impl::block_size_for(std::uint64_t payload) {
+  return std::max(format::kMinBlock, align_up(payload + format::kBlockHeaderBytes, format::kAlign));
 }
 
 // Inline: an operation saves tens of words. No fence here: store() follows

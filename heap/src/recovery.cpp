@@ -42,6 +42,8 @@
 // finds out what is left.
 #include <algorithm>
 #include <bit>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
@@ -170,9 +172,15 @@ Heap::Impl::Operation::~Operation() {
   // In a child forked inside the operation (by a constructor, say), the log
   // and the heap are the parent's, still in the middle of it.
   if (impl_.forked()) return;
+#ifndef NDEBUG
+  if (!committed_ && std::uncaught_exceptions() <= exceptions_) {
+    std::fputs("sheaf: an Operation ended without commit() and without an exception\n", stderr);
+    std::abort();
+  }
+#endif
   if (--impl_.operation_depth == 0 && impl_.undo_active()) {
     State& s = impl_.state();
-    if (std::uncaught_exceptions() > exceptions_ && impl_.undo_next != kOverflowed) {
+    if (!committed_ && impl_.undo_next != kOverflowed) {
       for (std::uint64_t i = impl_.undo_next; i-- > 0;) {
         publish(*impl_.at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
       }
@@ -328,6 +336,7 @@ bool Heap::Impl::reclaim_session(int slot) {
       Operation op(*this);
       store(s.session_ledgers[slot], head->next);
       free_block(ledger_block);
+      op.commit();
       continue;
     }
     const CacheLedger* ledger = as_cache_ledger(head);
@@ -347,6 +356,7 @@ bool Heap::Impl::reclaim_session(int slot) {
         held_lock();  // a lambda: analysed alone, it runs inside our section
         Operation op(*this);
         free_block(offset);
+        op.commit();
       }
     };
     reclaim(ledger->in_flight, true);
@@ -359,6 +369,7 @@ bool Heap::Impl::reclaim_session(int slot) {
     Operation op(*this);
     store(s.session_ledgers[slot], ledger->next);
     free_block(ledger_block);
+    op.commit();
   }
   return true;
 }
@@ -384,7 +395,7 @@ bool Heap::Impl::reclaim_dead_sessions(bool walked) {
     save_range(&s.sessions[i], sizeof(Session));
     s.sessions[i] = Session{};
   }
-  return walk;
+  return op.commit(walk);
 }
 
 std::string Heap::Impl::quick_check() const {

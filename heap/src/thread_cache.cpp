@@ -80,12 +80,19 @@ std::uint64_t* slots_of(CacheLedger& ledger, int bin) {
 // Lock order, everywhere: caches_mutex, then the heap lock. The caches are
 // never used inside a locked section (allocate_in() in heap.cpp), so no
 // thread takes caches_mutex while it holds the heap lock.
-ThreadCache* Heap::Impl::thread_cache() {
+// The fast path is inline in this file's callers; the search and the
+// creation of a cache are not, so that those callers stay small.
+inline ThreadCache* Heap::Impl::thread_cache() {
   // (A retired cache says nullptr, so a heap opened where a closed one's
   // Impl was never takes the closed one's cache.)
-  if (last_used_cache != nullptr && last_used_cache->heap.load(std::memory_order_acquire) == this) {
+  if (last_used_cache != nullptr && last_used_cache->heap.load(std::memory_order_acquire) == this)
+      [[likely]] {
     return last_used_cache;
   }
+  return find_thread_cache();
+}
+
+ThreadCache* Heap::Impl::find_thread_cache() {
   auto& caches = this_thread_caches.caches;
   for (auto& cache : caches) {
     if (cache->heap.load(std::memory_order_acquire) == this) return last_used_cache = cache.get();
@@ -113,6 +120,7 @@ ThreadCache* Heap::Impl::thread_cache() {
     } catch (const Error& e) {
       if (e.code() != Errc::kOutOfSpace) throw;
     }
+    op.commit();  // with a ledger, or none (out of space)
   }
   cache->heap.store(this);
   cache->owner = weak_from_this();
@@ -124,14 +132,17 @@ ThreadCache* Heap::Impl::thread_cache() {
   return last_used_cache = caches.back().get();
 }
 
+// A block from the heap itself, for a thread without a cache or a bin with
+// no room. Out of line, so that cached_allocate's fast path stays small.
+[[gnu::noinline]] std::uint64_t Heap::Impl::allocate_past_the_cache(std::uint64_t size) {
+  ExclusiveSection lock(*this);
+  Operation op(*this);
+  return op.commit(allocate_block(size - kBlockHeaderBytes, kAlign));
+}
+
 std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
-  const auto past_the_cache = [&] {
-    ExclusiveSection lock(*this);
-    Operation op(*this);
-    return allocate_block(size - kBlockHeaderBytes, kAlign);
-  };
   ThreadCache* cache = thread_cache();
-  if (cache->ledger == nullptr) return past_the_cache();
+  if (cache->ledger == nullptr) return allocate_past_the_cache(size);
   CacheLedger& ledger = *cache->ledger;
   const int bin = bin_of(size);
   std::uint64_t* slots = slots_of(ledger, bin);
@@ -147,7 +158,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   if (fit == count) {
     const std::uint32_t before = count;
     count = refill_cache(*cache, bin, size);
-    if (count == before) return past_the_cache();  // no room in the bin
+    if (count == before) return allocate_past_the_cache(size);  // no room in the bin
     fit = count - 1;
   }
   const std::uint64_t offset = slots[fit];
@@ -183,6 +194,7 @@ std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_
       offset = allocate_block(size - kBlockHeaderBytes, kAlign, kCached);
     } catch (const Error& e) {
       if (e.code() != Errc::kOutOfSpace || taken == 0) throw;
+      op.commit();
       break;  // near the size limit: one block is enough
     }
     // Until the operation ends, a death undoes all of this, and the
@@ -191,6 +203,7 @@ std::uint32_t Heap::Impl::refill_cache(ThreadCache& cache, int bin, std::uint64_
     ledger_store(slots[count], offset);
     ledger_store(ledger.counts[bin], ++count);
     cache.bytes += block(offset)->size();
+    op.commit();
   }
   return count;
 }
@@ -211,15 +224,26 @@ void Heap::Impl::give_back(ThreadCache& cache, int bin, std::uint32_t index) {
   // flight again; done, no stale offset is left to name a block that
   // someone else may own by the time a dead session is reclaimed.
   store(ledger.in_flight, 0);
+  op.commit();
+}
+
+// cached_free's slow paths, out of line like allocate_past_the_cache.
+[[gnu::noinline]] void Heap::Impl::free_past_the_cache(std::uint64_t offset) {
+  ExclusiveSection lock(*this);
+  Operation op(*this);
+  free_block(offset);
+  op.commit();
+}
+
+[[gnu::noinline]] void Heap::Impl::give_back_half(ThreadCache& cache, int bin) {
+  ExclusiveSection lock(*this);
+  const std::uint32_t give = std::max<std::uint32_t>(1, cache.ledger->counts[bin] / 2);
+  for (std::uint32_t i = 0; i < give; ++i) give_back(cache, bin, 0);
 }
 
 void Heap::Impl::cached_free(std::uint64_t offset) {
   ThreadCache* cache = thread_cache();
-  if (cache->ledger == nullptr) {
-    ExclusiveSection lock(*this);
-    Operation op(*this);
-    return free_block(offset);
-  }
+  if (cache->ledger == nullptr) return free_past_the_cache(offset);
   CacheLedger& ledger = *cache->ledger;
   BlockHeader* header = block(offset);
   const std::uint64_t size = header->size();
@@ -230,9 +254,7 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
     // Give half of this bin back to the heap first (at least one block), so
     // that a failure to take the lock leaves the cache as it was and the
     // bin never holds more than its depth.
-    ExclusiveSection lock(*this);
-    const std::uint32_t give = std::max<std::uint32_t>(1, ledger.counts[bin] / 2);
-    for (std::uint32_t i = 0; i < give; ++i) give_back(*cache, bin, 0);
+    give_back_half(*cache, bin);
   }
   const std::uint32_t count = ledger.counts[bin];
   ledger_store(ledger.in_flight, offset);
@@ -258,6 +280,7 @@ void Heap::Impl::empty_cache(ThreadCache* cache) {
   }
   if (*link == cache->ledger_block) store(*link, ledger.next);
   free_block(cache->ledger_block);
+  op.commit();
   cache->ledger = nullptr;
   cache->ledger_block = 0;
   cache->bytes = 0;

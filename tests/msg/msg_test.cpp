@@ -489,25 +489,10 @@ TEST_F(MsgTest, OneClientsChannelsServeOnSeveralThreads) {
   Client me = client("server");
   constexpr int kThreads = 3;
   constexpr int kMessages = 50;
-  std::vector<std::thread> servers;
-  std::atomic<int> answered{0};
-  {
-    std::vector<Channel> channels;
-    for (int i = 0; i < kThreads; ++i)
-      channels.push_back(me.create_channel("t" + std::to_string(i)));
-    for (int i = 0; i < kThreads; ++i) {
-      servers.emplace_back([&, channel = std::move(channels[i])]() mutable {
-        for (int seen = 0; seen < kMessages;) {
-          Message m = channel.receive(10s);
-          if (m.event == Event::kTimeout) return;
-          if (m.event != Event::kMessage) continue;
-          channel.reply(m.index, m.type + 1);
-          ++seen;
-          ++answered;
-        }
-      });
-    }
-  }
+  std::vector<Channel> channels;
+  for (int i = 0; i < kThreads; ++i) channels.push_back(me.create_channel("t" + std::to_string(i)));
+  // Forked before any thread starts: a child forked while another thread
+  // holds a lock (the allocator's, say) would wait on it forever.
   Child sender([this] {
     Client c = client("sender");
     std::vector<Connection> to;
@@ -516,6 +501,21 @@ TEST_F(MsgTest, OneClientsChannelsServeOnSeveralThreads) {
       for (int i = 0; i < kThreads; ++i) EXPECT_EQ(to[i].send(k, as_bytes("x"), 5s).answer, k + 1);
     }
   });
+  std::vector<std::thread> servers;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < kThreads; ++i) {
+    servers.emplace_back([&, channel = std::move(channels[i])]() mutable {
+      for (int seen = 0; seen < kMessages;) {
+        Message m = channel.receive(10s);
+        if (m.event == Event::kTimeout) return;
+        if (m.event != Event::kMessage) continue;
+        channel.reply(m.index, m.type + 1);
+        ++seen;
+        ++answered;
+      }
+    });
+  }
+  channels.clear();
   for (int k = 0; k < 20; ++k) EXPECT_EQ(me.channels().size(), static_cast<std::size_t>(kThreads));
   EXPECT_EQ(sender.wait_code(), 0);
   for (auto& t : servers) t.join();
