@@ -74,13 +74,18 @@ class Roudi {
           tmp + "roudi", tmp + "roudi.lock"}) {
       if (::access(name.c_str(), F_OK) != 0) ours_.push_back(name);
     }
+    // Through setpriv (util-linux), which execs it with PDEATHSIG set: a
+    // benchmark killed outright (SIGKILL) takes RouDi with it.
+    std::string setpriv = "setpriv";
+    std::string pdeathsig = "--pdeathsig";
+    std::string kill = "KILL";
     std::string program = "iox-roudi";
     std::string flag = "-c";
     std::string quiet = "-l";
     std::string level = "off";
-    char* argv[] = {program.data(), flag.data(),  config_.data(),
-                    quiet.data(),   level.data(), nullptr};
-    if (posix_spawnp(&pid_, "iox-roudi", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
+    char* argv[] = {setpriv.data(), pdeathsig.data(), kill.data(),  program.data(), flag.data(),
+                    config_.data(), quiet.data(),     level.data(), nullptr};
+    if (posix_spawnp(&pid_, "setpriv", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
   }
   // Killed outright: asked to stop, RouDi signals every process still
   // registered (this one, whose runtime lives until exit) and then asserts
