@@ -260,7 +260,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void cached_free(std::uint64_t block_offset);
   void free_past_the_cache(std::uint64_t block_offset);
   void give_back_half(ThreadCache& cache, int bin);  // takes the lock
-  ThreadCache* thread_cache();       // this thread's cache of this heap (made if none)
+  // This thread's cache of this heap (made if none); inline, defined in
+  // thread_cache.cpp, its only user.
+  inline ThreadCache* thread_cache();
   ThreadCache* find_thread_cache();  // thread_cache()'s slow path
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
   void give_back(ThreadCache& cache, int bin, std::uint32_t index)

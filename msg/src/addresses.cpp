@@ -99,6 +99,43 @@ std::string runtime_dir() {
   return dir;
 }
 
+std::string group_runtime_dir(gid_t gid) {
+  const uid_t uid = ::getuid();
+  const std::string dir = "/tmp/sheaf-" + std::to_string(uid) + "-g" + std::to_string(gid);
+  if (::mkdir(dir.c_str(), 0700) == 0) {
+    // Closed while it is set up: the group and its rights come after.
+    if (::chown(dir.c_str(), static_cast<uid_t>(-1), gid) != 0 || ::chmod(dir.c_str(), 0750) != 0) {
+      const int error = errno;
+      ::rmdir(dir.c_str());
+      throw Error::from_errno(error, "directory " + dir + " for group " + std::to_string(gid));
+    }
+  } else if (errno != EEXIST) {
+    throw Error::from_errno(errno, "directory " + dir);
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) throw Error::from_errno(errno, "directory " + dir);
+  if (!S_ISDIR(st.st_mode) || st.st_uid != uid || st.st_gid != gid || (st.st_mode & 027) != 0) {
+    throw Error(Errc::kBusy, "directory " + dir + " is not a directory of this user and group " +
+                                 std::to_string(gid) +
+                                 " closed to others (0750); refusing to put sockets there");
+  }
+  return dir;
+}
+
+bool process_in_group(pid_t pid, gid_t gid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream groups(line.substr(7));
+    for (long long group = 0; groups >> group;) {
+      if (group == static_cast<long long>(gid)) return true;
+    }
+    return false;
+  }
+  return false;
+}
+
 std::string manager_address(const std::string& explicit_address) {
   if (!explicit_address.empty()) return explicit_address;
   if (const char* env = std::getenv("SHEAF_MANAGER"); env != nullptr && *env != '\0') return env;

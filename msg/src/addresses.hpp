@@ -42,4 +42,16 @@ const std::string& host_identity();
 // throws Error(kBusy) if it belongs to another user or others may enter it.
 std::string runtime_dir();
 
+// For the sockets of channels that let group `gid` in
+// (ChannelOptions::allow_group): /tmp/sheaf-UID-gGID, created 0750 with
+// that group if missing (the user must be in it, unless root); throws
+// Error(kBusy) if it is not this user's and that group's, or if the group
+// may write to it or others may enter it. (Not under $XDG_RUNTIME_DIR,
+// which is closed to everyone else.)
+std::string group_runtime_dir(gid_t gid);
+
+// Whether process `pid` (a peer, from SO_PEERCRED) has `gid` among its
+// supplementary groups (/proc/PID/status).
+bool process_in_group(pid_t pid, gid_t gid);
+
 }  // namespace sheaf::msg

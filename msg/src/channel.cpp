@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cerrno>
 #include <deque>
+#include <limits>
 #include <map>
 
 #include "addresses.hpp"
@@ -194,9 +195,10 @@ struct Channel::State {
   void add_peer(Link link, bool other_host = false) {
     if (link.is_unix()) {
       const ucred who = link.peer_credentials();
+      const auto group = static_cast<gid_t>(options.allow_group);
       const bool allowed =
           who.uid == ::getuid() || who.uid == 0 ||
-          (options.allow_group >= 0 && who.gid == static_cast<gid_t>(options.allow_group));
+          (options.allow_group >= 0 && (who.gid == group || process_in_group(who.pid, group)));
       if (!allowed) {
         const std::string why = "channel " + name + " refuses uid " + std::to_string(who.uid) +
                                 " (pid " + std::to_string(who.pid) + ")";
@@ -860,17 +862,32 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
   auto state = std::make_unique<Channel::State>();
   state->name = name;
   state->options = options;
-  // A Unix socket of our own, in the user's 0700 directory, itself 0600.
-  state->socket_path = runtime_dir() + "/c-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(socket_counter++) + ".sock";
+  // A Unix socket of our own, in the user's 0700 directory, itself 0600;
+  // or, for a channel that lets a group in, in a 0750 directory of that
+  // group, itself 0660 (the directory's and the socket's permissions are
+  // the first gate, SO_PEERCRED in add_peer() the second).
+  const bool for_group = options.allow_group >= 0;
+  if (for_group && options.allow_group > std::numeric_limits<gid_t>::max()) {
+    throw Error(Errc::kInvalidArgument, "channel " + name + ": allow_group " +
+                                            std::to_string(options.allow_group) +
+                                            " is no group id");
+  }
+  const auto group = static_cast<gid_t>(options.allow_group);
+  state->socket_path = (for_group ? group_runtime_dir(group) : runtime_dir()) + "/c-" +
+                       std::to_string(::getpid()) + "-" + std::to_string(socket_counter++) +
+                       ".sock";
   ::unlink(state->socket_path.c_str());  // a dead process's, with our pid reused
   {
-    const mode_t old_mask = ::umask(077);
+    const mode_t old_mask = ::umask(for_group ? 0117 : 0077);
     asio::error_code ec;
     state->unix_acceptor.emplace(socket_context());
     state->unix_acceptor->open(asio::local::stream_protocol(), ec);
     if (!ec) state->unix_acceptor->bind(state->socket_path, ec);
     ::umask(old_mask);
+    if (!ec && for_group &&
+        ::chown(state->socket_path.c_str(), static_cast<uid_t>(-1), group) != 0) {
+      ec = asio::error_code(errno, asio::error::get_system_category());
+    }
     if (!ec) state->unix_acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (!ec) state->unix_acceptor->non_blocking(true, ec);
     if (ec) {

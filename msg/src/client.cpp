@@ -61,7 +61,8 @@ Payload::Payload(Payload&& other) noexcept
     : copy_(std::move(other.copy_)),
       heap_(std::exchange(other.heap_, nullptr)),
       view_(std::exchange(other.view_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      ref_(std::exchange(other.ref_, Ref{})) {}
 
 Payload& Payload::operator=(Payload&& other) noexcept {
   if (this != &other) {
@@ -70,6 +71,7 @@ Payload& Payload::operator=(Payload&& other) noexcept {
     heap_ = std::exchange(other.heap_, nullptr);
     view_ = std::exchange(other.view_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    ref_ = std::exchange(other.ref_, Ref{});
   }
   return *this;
 }
@@ -88,6 +90,7 @@ void Payload::reset() noexcept {
   heap_ = nullptr;
   view_ = nullptr;
   size_ = 0;
+  ref_ = Ref{};
   copy_.clear();
 }
 
@@ -235,6 +238,7 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
     payload.heap_ = h.heap;
     payload.view_ = static_cast<const std::byte*>(p);
     payload.size_ = r.length;
+    payload.ref_ = r;
     return payload;
   }
   throw Error(Errc::kCorrupted,

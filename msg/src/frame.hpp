@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "sheaf/ref.hpp"
+
 namespace sheaf::msg {
 
 inline constexpr std::uint32_t kFrameMagic = 0x53484D46;  // "SHMF"
@@ -81,15 +83,9 @@ std::array<std::byte, kFrameHeaderBytes> encode_header(const FrameHeader& header
 FrameHeader decode_header(std::span<const std::byte, kFrameHeaderBytes> bytes,
                           std::uint32_t max_payload);
 
-// A block of a heap, as a message carries it instead of its bytes.
-struct HeapRef {
-  std::array<std::uint8_t, 16> heap_uuid{};
-  std::uint64_t offset = 0;  // of the block's payload, from the heap's base
-  std::uint64_t length = 0;  // bytes the message covers
-  // The held block's serial (Heap::held_block): a stale reference is refused.
-  std::uint64_t serial = 0;
-  friend bool operator==(const HeapRef&, const HeapRef&) = default;
-};
+// A block of a heap, as a message carries it instead of its bytes (the
+// public sheaf::Ref, sheaf/ref.hpp).
+using HeapRef = sheaf::Ref;
 std::array<std::byte, kHeapRefBytes> encode_heap_ref(const HeapRef& ref);
 // Throws Error(kCorrupted) unless `bytes` is exactly one well-formed HeapRef.
 HeapRef decode_heap_ref(std::span<const std::byte> bytes);

@@ -42,6 +42,12 @@ static messip_channel_t* connect_to_one(messip_cnx_t* cnx) {
 
 static int server(void) {
   messip_init();
+  /* Logging: a level below the one set is not written; messip_log says how
+     much it wrote. */
+  messip_set_log_level(MESSIP_LOG_ERROR | MESSIP_LOG_WARNING | MESSIP_LOG_INFO);
+  CHECK(messip_get_log_level() == (MESSIP_LOG_ERROR | MESSIP_LOG_WARNING | MESSIP_LOG_INFO));
+  CHECK(messip_log(MESSIP_LOG_DEBUG, "not written\n") == 0);
+  CHECK(messip_log(MESSIP_LOG_INFO, "server %s\n", "starting") == (int)strlen("server starting\n"));
   messip_cnx_t* cnx = messip_connect(NULL, "srv", 5000);
   CHECK(cnx != NULL);
   CHECK(messip_death_notify(cnx, MESSIP_NOTIMEOUT, MESSIP_TRUE) == MESSIP_OK);
@@ -50,11 +56,16 @@ static int server(void) {
   CHECK(strcmp(ch->name, "one") == 0);
   timer_t timer = messip_timer_create(ch, 77, 50, 0, 1000);
   CHECK(timer != (timer_t)0);
+  /* A repeating timer, deleted after its third tick: no fourth comes. */
+  timer_t repeating = messip_timer_create(ch, 78, 20, 20, 1000);
+  CHECK(repeating != (timer_t)0 && repeating != timer);
+  int repeats = 0;
 
   int timers = 0, hellos = 0, cut = 0, allocated = 0, buffered = 0, disconnects = 0, deaths = 0;
   int next_allocated = 0;
   const time_t started = time(NULL);
-  while (!(timers && hellos && cut && allocated && buffered == 3 && disconnects && deaths)) {
+  while (!(timers && repeats == 3 && hellos && cut && allocated && buffered == 3 && disconnects &&
+           deaths)) {
     CHECK(time(NULL) - started < 30);
     char buffer[80];
     char* big = NULL;
@@ -68,9 +79,12 @@ static int server(void) {
     }
     if (index == MESSIP_MSG_TIMEOUT) continue;
     CHECK(index != -1);
-    if (index == MESSIP_MSG_TIMER) {
+    if (index == MESSIP_MSG_TIMER && type == 78) {
+      CHECK(++repeats <= 3);
+      if (repeats == 3) CHECK(messip_timer_delete(ch, repeating) == MESSIP_OK);
+    } else if (index == MESSIP_MSG_TIMER) {
       CHECK(type == 77);
-      ++timers;
+      CHECK(++timers == 1); /* one shot */
     } else if (index == MESSIP_MSG_NOREPLY) {
       CHECK(buffer[0] == 'b');
       ++buffered;

@@ -2,15 +2,21 @@
 // child process, owners and clients in others, real sockets, real kills.
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "../heap_test_util.hpp"
 #include "client_state.hpp"
@@ -143,6 +149,53 @@ TEST_F(MsgTest, ChannelNamesAreUniqueAndListed) {
   }
   EXPECT_THROW(owner.create_channel("bad name"), Error);
   EXPECT_THROW(owner.create_channel(std::string(48, 'x')), Error);
+}
+
+// Where a client looks for the manager, in order: the address it is given,
+// $SHEAF_MANAGER, the first line of /etc/sheaf/manager, 127.0.0.1:9200. The
+// file is tested in a mount namespace of a child's own, over a tmpfs on
+// /etc, so the machine's /etc is never touched.
+TEST(ManagerAddress, TheCallThenTheEnvironmentThenTheFileThenTheDefault) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root for a mount namespace";
+  const int code = sheaf::testing::run_in_child([] {
+    ASSERT_EQ(::unshare(CLONE_NEWNS), 0) << std::strerror(errno);
+    ASSERT_EQ(::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0);
+    ASSERT_EQ(::mount("tmpfs", "/etc", "tmpfs", 0, "size=1m"), 0) << std::strerror(errno);
+    ::unsetenv("SHEAF_MANAGER");
+    EXPECT_EQ(manager_address(), "127.0.0.1:9200");  // nothing says otherwise
+    ASSERT_EQ(::mkdir("/etc/sheaf", 0755), 0);
+    {
+      std::ofstream file(kManagerConfigFile);
+      file << "  127.0.0.9:9300 \nignored\n";
+    }
+    EXPECT_EQ(manager_address(), "127.0.0.9:9300");
+    ::setenv("SHEAF_MANAGER", "127.0.0.7:7000", 1);
+    EXPECT_EQ(manager_address(), "127.0.0.7:7000");
+    EXPECT_EQ(manager_address("127.0.0.8:8000"), "127.0.0.8:8000");
+  });
+  EXPECT_EQ(code, 0);
+}
+
+// Deleting a channel (its destructor) frees its name at once, while its
+// owner lives: the manager forgets it, a client cannot reach it, and the
+// name can be taken again. And the manager answers a ping.
+TEST_F(MsgTest, ADeletedChannelsNameIsFreeAgain) {
+  Client owner = client("owner");
+  Client other = client("other");
+  const std::chrono::nanoseconds round_trip = other.ping();
+  EXPECT_GT(round_trip.count(), 0);
+  EXPECT_LT(round_trip, 5s);
+  {
+    Channel temporary = owner.create_channel("temporary");
+    EXPECT_EQ(other.channels().size(), 1u);
+  }
+  EXPECT_TRUE(other.channels().empty());
+  EXPECT_EQ(refusal([&] { other.connect_channel("temporary", 1s); }, "temporary").code(),
+            Errc::kNotFound);
+  Channel again = other.create_channel("temporary");
+  const auto list = owner.channels();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].owner, "other");
 }
 
 TEST_F(MsgTest, ChannelsOfADeadOwnerAreForgotten) {
@@ -628,6 +681,61 @@ TEST_F(MsgTest, AnotherUserCannotReachAChannel) {
   EXPECT_EQ(channel.clients(), 0u);
 }
 
+// A channel that lets a group in: a user of that group reaches it, whether
+// the group is its own (primary) or one of its others; anyone else does not.
+TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  constexpr gid_t kNogroup = 65534;
+  constexpr gid_t kDaemon = 1;
+  Client me = client("owner");
+  Channel channel = me.create_channel("grouped", {.allow_group = kNogroup});
+  // Its socket lies in /tmp/sheaf-0-g65534, 0750 and of that group.
+  struct stat st {};
+  ASSERT_EQ(::stat("/tmp/sheaf-0-g65534", &st), 0);
+  EXPECT_EQ(st.st_gid, kNogroup);
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  // Becomes nobody with `primary` as its group and `others` as the rest.
+  const auto become = [](gid_t primary, std::vector<gid_t> others) {
+    if (::setgroups(others.size(), others.data()) != 0 ||
+        ::setresgid(primary, primary, primary) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      _exit(9);
+    }
+  };
+  const auto served_by_owner = [&](Child& sender) {
+    bool answered = false;
+    for (int i = 0; i < 50 && !answered; ++i) {  // bounded: 5 s
+      Message m = channel.receive(100ms);
+      if (m.event == Event::kMessage) {
+        channel.reply(m.index, m.type + 1);
+        answered = true;
+      }
+    }
+    EXPECT_TRUE(answered);
+    EXPECT_EQ(sender.wait_code(), 0);
+  };
+  Child in_its_own_group([&] {
+    become(kNogroup, {});
+    Client other = client("nobody");
+    EXPECT_EQ(other.connect_channel("grouped", 2s).send(1, as_bytes("hi"), 5s).answer, 2);
+  });
+  served_by_owner(in_its_own_group);
+  Child in_another_of_its_groups([&] {
+    become(kDaemon, {kNogroup});
+    Client other = client("nobody");
+    EXPECT_EQ(other.connect_channel("grouped", 2s).send(3, as_bytes("hi"), 5s).answer, 4);
+  });
+  served_by_owner(in_another_of_its_groups);
+  EXPECT_EQ(sheaf::testing::run_in_child([&] {
+              become(kDaemon, {});
+              Client other = client("nobody");
+              EXPECT_EQ(refusal([&] { other.connect_channel("grouped", 2s); },
+                                "channel grouped: cannot reach its owner")
+                            .sys_errno(),
+                        EACCES);
+            }),
+            0);
+}
+
 // --- Payloads by heap reference ------------------------------------------------
 
 class MsgHeapTest : public MsgTest {
@@ -662,6 +770,22 @@ TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
     EXPECT_TRUE(intact);
     // The view is the held block itself, in this process's mapping: no copy.
     EXPECT_EQ(heap.holds(m.payload.bytes().data()), 1u);
+    // The reference it came as names this heap, that block and its serial.
+    const std::optional<sheaf::Ref> ref = m.payload.ref();
+    EXPECT_TRUE(ref.has_value());
+    if (ref) {
+      char uuid[37];
+      const auto& u = ref->heap_uuid;
+      std::snprintf(uuid, sizeof(uuid),
+                    "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                    u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
+                    u[13], u[14], u[15]);
+      EXPECT_EQ(uuid, heap.info().uuid);
+      EXPECT_EQ(ref->offset, heap.offset_of(m.payload.bytes().data()));
+      EXPECT_EQ(ref->length, kBytes);
+      EXPECT_NE(ref->serial, 0u);
+      EXPECT_EQ(ref->serial, heap.held_block(m.payload.bytes().data()).serial);
+    }
     channel.reply(m.index, 1);
     wait_signal(done);
   });
@@ -693,6 +817,7 @@ TEST_F(MsgHeapTest, ALoanIsCopiedToAPeerThatDoesNotMapTheHeap) {
     Message m = channel.receive(5s);
     ASSERT_EQ(m.event, Event::kMessage);
     EXPECT_FALSE(m.payload.by_reference());
+    EXPECT_FALSE(m.payload.ref().has_value());
     EXPECT_EQ(m.payload.text(), "copied bytes");
     channel.reply(m.index, 2);
   });

@@ -29,12 +29,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "sheaf/ref.hpp"
 
 namespace sheaf {
 class Heap;
@@ -115,6 +118,11 @@ class Payload {
   }
   std::size_t size() const { return bytes().size(); }
   bool by_reference() const { return heap_ != nullptr; }
+  // The reference it arrived as (checked against the heap: the block is
+  // held by this process and carries that serial); empty for a copy.
+  std::optional<Ref> ref() const {
+    return heap_ != nullptr ? std::optional<Ref>(ref_) : std::nullopt;
+  }
 
  private:
   friend struct Receiver;
@@ -123,6 +131,7 @@ class Payload {
   Heap* heap_ = nullptr;  // set: view_ is a held block of it, held by this process
   const std::byte* view_ = nullptr;
   std::size_t size_ = 0;
+  Ref ref_;  // as it arrived, when heap_ is set
 };
 
 // What Channel::receive returns.
@@ -178,7 +187,9 @@ struct ChannelOptions {
   // throws.
   std::string tcp_listen{};
   // Clients of another user are refused (SO_PEERCRED) unless they are in this
-  // group; -1: none. (Root is always let in.)
+  // group (their own or one of their others); -1: none. (Root is always let
+  // in.) The socket then lies in /tmp/sheaf-UID-gGID, 0750 and of the group,
+  // and is 0660; the owner must be in the group unless it is root.
   std::int64_t allow_group = -1;
 };
 
