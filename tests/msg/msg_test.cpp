@@ -11,7 +11,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -174,6 +176,45 @@ TEST(ManagerAddress, TheCallThenTheEnvironmentThenTheFileThenTheDefault) {
     EXPECT_EQ(manager_address("127.0.0.8:8000"), "127.0.0.8:8000");
   });
   EXPECT_EQ(code, 0);
+}
+
+// How many shared-memory rings this process has open (memfds named
+// "sheaf-msg-ring", msg/src/ring.cpp).
+int open_rings() {
+  int rings = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (!ec && target.starts_with("/memfd:sheaf-msg-ring")) ++rings;
+  }
+  return rings;
+}
+
+// On one host a connection carries its frames in shared-memory rings,
+// chosen without being asked; SHEAF_MSG_RINGS=0 keeps them on the socket
+// (CI runs all of these tests both ways).
+TEST_F(MsgTest, OneHostsConnectionsUseRingsUnlessToldNotTo) {
+  const char* setting = std::getenv("SHEAF_MSG_RINGS");
+  const bool rings_off = setting != nullptr && std::string_view(setting) == "0";
+  Client owner = client("owner");
+  Channel channel = owner.create_channel("ringed");
+  Child sender([this] {
+    Client c = client("sender");
+    Connection to = c.connect_channel("ringed", 5s);
+    EXPECT_EQ(to.send(1, as_bytes("x"), 5s).answer, 2);
+  });
+  bool answered = false;
+  for (int i = 0; i < 50 && !answered; ++i) {  // bounded: 5 s
+    Message m = channel.receive(100ms);
+    if (m.event == Event::kMessage) {
+      // The sender's connection, as the owner holds it: rings or none.
+      EXPECT_EQ(open_rings(), rings_off ? 0 : 1);
+      channel.reply(m.index, 2);
+      answered = true;
+    }
+  }
+  EXPECT_TRUE(answered);
+  EXPECT_EQ(sender.wait_code(), 0);
 }
 
 // Deleting a channel (its destructor) frees its name at once, while its
@@ -738,6 +779,17 @@ TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
 
 // --- Payloads by heap reference ------------------------------------------------
 
+// The exit status of `sheaf heap check PATH`, the command a user would run
+// (0: sound); 0 without the command built (SHEAF_BUILD_CLI=OFF).
+int heap_check_command(const std::string& path) {
+#ifdef SHEAF_CLI_PATH
+  return std::system((std::string(SHEAF_CLI_PATH) + " heap check " + path + " >/dev/null").c_str());
+#else
+  (void)path;
+  return 0;
+#endif
+}
+
 class MsgHeapTest : public MsgTest {
  protected:
   TempDir dir;
@@ -916,6 +968,47 @@ TEST_F(MsgHeapTest, AStaleReferenceIsRefused) {
   EXPECT_TRUE(heap.check().ok());
 }
 
+// A client killed while it holds references (a loan it never sent, and a
+// reply that came by reference) is a kDeath event for the owner, and its
+// holds are released: nothing stays in use, and `sheaf heap check` (the
+// command) finds the heap sound.
+TEST_F(MsgHeapTest, AClientKilledHoldingReferencesLeaksNothing) {
+  Heap heap = Heap::open(heap_path).value();
+  const std::uint64_t used_before = used_at_rest(heap);
+  Client me = client("owner");
+  me.attach(heap);
+  Channel channel = me.create_channel("serves");
+  Pipe holding;
+  Child doomed([&] {
+    Heap mine = Heap::open(heap_path).value();
+    Client c = client("doomed");
+    c.attach(mine);
+    Connection to = c.connect_channel("serves", 5s);
+    Loan kept = Loan::allocate(mine, 8192);  // never sent
+    const Reply r = to.send(1, as_bytes("give"), 5s);
+    if (!r.payload.by_reference() || r.payload.size() != 4096) _exit(3);
+    signal(holding);
+    ::pause();  // killed holding both
+  });
+  holding.close_write();
+  bool died = false;
+  for (int i = 0; i < 100 && !died; ++i) {  // bounded: 10 s
+    Message m = channel.receive(100ms);
+    if (m.event == Event::kMessage) {
+      Loan answer = Loan::allocate(heap, 4096);
+      channel.reply(m.index, 0, std::move(answer));
+      ASSERT_TRUE(wait_signal(holding));
+      EXPECT_GT(heap.info().used, used_before);  // the two blocks, held by the client
+      doomed.kill();
+    }
+    died = m.event == Event::kDeath;
+  }
+  EXPECT_TRUE(died);
+  EXPECT_EQ(doomed.wait_code(), 128 + SIGKILL);
+  EXPECT_EQ(heap.info().used, used_before);
+  EXPECT_EQ(heap_check_command(heap_path), 0);
+}
+
 TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
@@ -957,6 +1050,8 @@ TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
   }
   const CheckReport report = heap.check();
   EXPECT_TRUE(report.ok());
+  // And the command a user would run says so too.
+  EXPECT_EQ(heap_check_command(heap_path), 0);
 }
 
 }  // namespace
