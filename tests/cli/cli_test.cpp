@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1266,6 +1267,53 @@ TEST_F(CliTest, MsgVerbsTalkThroughAChannel) {
   Output nobody = run({"msg", "channels", "--manager", m});
   EXPECT_EQ(nobody.status, 8) << nobody.err;
   EXPECT_NE(nobody.err.find("no manager answers"), std::string::npos) << nobody.err;
+}
+
+// The verbs' other ways: data from standard input, a buffered send, a
+// listener's events as JSON lines, several pings as JSON.
+TEST_F(CliTest, MsgVerbsReadStdinSendBufferedAndSpeakJson) {
+  ManagerProcess manager(start({"msg", "manager", "--listen", "127.0.0.1:0"}));
+  ASSERT_FALSE(manager.address().empty()) << "the manager printed no address";
+  const std::string m = manager.address();
+  Process listener =
+      start({"msg", "listen", "jsonl", "--reply", "ok", "--count", "2", "--json", "--manager", m});
+  Json pings;
+  for (int i = 0; i < 200; ++i) {  // until the listener's channel exists
+    Output tried = run({"msg", "ping", "jsonl", "-c", "3", "--json", "--manager", m});
+    if (tried.status == 0) {
+      pings = Json::parse(tried.out);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(pings["channel"], "jsonl") << pings.dump();
+  ASSERT_EQ(pings["round_trips_us"].size(), 3u) << pings.dump();
+  for (const Json& us : pings["round_trips_us"]) EXPECT_GT(us.get<double>(), 0);
+
+  const Json buffered = ok_json(
+      {"msg", "send", "jsonl", "queued", "--buffered", "--type", "5", "--json", "--manager", m});
+  EXPECT_EQ(buffered["sent"], 6);
+  EXPECT_EQ(ok({"msg", "send", "jsonl", "-", "--type", "6", "--manager", m}, "from stdin"), "ok");
+
+  Output done = listener.wait();
+  EXPECT_EQ(done.status, 0) << done.err;
+  // One JSON object per line and event; the senders' (and pingers')
+  // disconnections are events too.
+  std::vector<Json> lines;
+  std::istringstream out(done.out);
+  for (std::string line; std::getline(out, line);) {
+    const Json event = Json::parse(line);
+    if (event["event"] != "disconnect") lines.push_back(event);
+  }
+  ASSERT_EQ(lines.size(), 2u) << done.out;
+  EXPECT_EQ(lines[0]["event"], "buffered");
+  EXPECT_EQ(lines[0]["type"], 5);
+  EXPECT_EQ(lines[0]["text"], "queued");
+  EXPECT_EQ(lines[0]["by_reference"], false);
+  EXPECT_EQ(lines[1]["event"], "message");
+  EXPECT_EQ(lines[1]["type"], 6);
+  EXPECT_EQ(lines[1]["text"], "from stdin");
+  EXPECT_EQ(lines[1]["bytes"], 10);
 }
 
 TEST_F(CliTest, MsgBenchPrintsBothPathsAsJson) {
