@@ -1,7 +1,8 @@
 // msg_bench.cpp: `sheaf msg bench`, what heap references buy, measured.
 //
 // Two processes: this one and a peer it forks, which owns a channel and
-// answers each message after reading its first and last byte. For each
+// answers each message after reading its first and last byte (or, between
+// two hosts, a peer another `sheaf msg bench --serve` runs there). For each
 // payload size, the same bytes go to the peer by reference (a Loan in a heap
 // both map: only a 48-byte reference travels) and by copy (the bytes go
 // through the socket), `rounds` times each, and the times of the round trips
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -49,28 +51,44 @@ double percentile(std::vector<double> us, double p) {
   return us[std::min(at, us.size() - 1)];
 }
 
-// The peer: owns the channel, reads each payload's ends, answers.
-[[noreturn]] void serve(const std::string& manager, const std::string& heap_path,
-                        const std::string& channel_name, int ready_fd) {
+// The peer: owns the channel, reads each payload's ends, answers, until
+// the benchmark says goodbye (or dies, or is quiet for 30 s). `ready`
+// (called once the channel exists) tells whoever waits for it.
+void serve(const MsgBenchArgs& args, const std::string& manager, const std::string& heap_path,
+           const std::string& channel_name, const std::function<void()>& ready) {
+  Heap heap = Heap::open(heap_path).value();
+  msg::Client me =
+      msg::Client::connect("bench-peer", {.manager = manager, .secret_file = args.secret_file});
+  me.attach(heap);
+  msg::Channel channel = me.create_channel(channel_name, {.tcp_listen = args.tcp});
+  ready();
+  bool served = false;
+  for (;;) {
+    msg::Message m = channel.receive(30s);
+    if (m.event == msg::Event::kMessage) {
+      served = true;
+      const auto b = m.payload.bytes();
+      const int ends = b.empty() ? 0 : static_cast<int>(b.front()) + static_cast<int>(b.back());
+      channel.reply(m.index, ends);
+    } else if (m.event == msg::Event::kTimeout && !served && !args.serve.empty()) {
+      continue;  // `--serve`: waiting for the other host's benchmark to begin
+    } else if (m.event != msg::Event::kTimer) {
+      break;
+    }
+  }
+}
+
+// The peer in a child of ours, on this host.
+[[noreturn]] void serve_in_child(const MsgBenchArgs& args, const std::string& manager,
+                                 const std::string& heap_path, const std::string& channel_name,
+                                 int ready_fd) {
   int code = 0;
   try {
-    Heap heap = Heap::open(heap_path).value();
-    msg::Client me = msg::Client::connect("bench-peer", {.manager = manager});
-    me.attach(heap);
-    msg::Channel channel = me.create_channel(channel_name);
-    const char byte = 1;
-    if (::write(ready_fd, &byte, 1) != 1) _exit(1);
-    ::close(ready_fd);
-    for (;;) {
-      msg::Message m = channel.receive(30s);
-      if (m.event == msg::Event::kMessage) {
-        const auto b = m.payload.bytes();
-        const int ends = b.empty() ? 0 : static_cast<int>(b.front()) + static_cast<int>(b.back());
-        channel.reply(m.index, ends);
-      } else if (m.event != msg::Event::kTimer) {
-        break;  // the benchmark said goodbye (or died, or went quiet for 30 s)
-      }
-    }
+    serve(args, manager, heap_path, channel_name, [&] {
+      const char byte = 1;
+      if (::write(ready_fd, &byte, 1) != 1) _exit(1);
+      ::close(ready_fd);
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sheaf msg bench: peer: %s\n", e.what());
     code = 1;
@@ -114,6 +132,22 @@ void plot(const std::string& png, const std::vector<Result>& results) {
 }  // namespace
 
 void run_msg_bench(const MsgBenchArgs& args) {
+  if (!args.serve.empty() || !args.to.empty()) {
+    if (!args.serve.empty() && !args.to.empty()) {
+      throw Error(Errc::kInvalidArgument, "msg bench: --serve and --to: one or the other");
+    }
+    if (args.heap.empty() || args.manager.empty()) {
+      throw Error(Errc::kInvalidArgument,
+                  "msg bench: --serve and --to need --heap (on a filesystem both hosts mount) "
+                  "and --manager (one both hosts reach)");
+    }
+  }
+  if (!args.serve.empty()) {
+    return serve(args, args.manager, args.heap, args.serve, [&] {
+      std::cout << "serving channel " << args.serve << " for one `sheaf msg bench --to "
+                << args.serve << "`" << std::endl;
+    });
+  }
   if (args.sizes.empty()) throw Error(Errc::kInvalidArgument, "msg bench: no sizes");
   if (args.rounds < 3) throw Error(Errc::kInvalidArgument, "msg bench: at least 3 rounds");
   const std::uint64_t largest = *std::max_element(args.sizes.begin(), args.sizes.end());
@@ -145,18 +179,22 @@ void run_msg_bench(const MsgBenchArgs& args) {
     manager = std::make_unique<msg::Manager>(msg::ManagerOptions{.listen = "127.0.0.1:0"});
     manager_address = manager->address();
   }
-  const std::string channel_name = "bench-" + std::to_string(::getpid());
-  int ready[2];
-  if (::pipe(ready) != 0) throw Error::from_errno(errno, "pipe");
-  std::fflush(nullptr);
-  const pid_t peer = ::fork();
-  if (peer < 0) throw Error::from_errno(errno, "fork");
-  if (peer == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the command
-    ::close(ready[0]);
-    serve(manager_address, heap_path, channel_name, ready[1]);
+  std::string channel_name = args.to;
+  pid_t peer = -1;
+  int ready[2] = {-1, -1};
+  if (channel_name.empty()) {  // a peer of our own
+    channel_name = "bench-" + std::to_string(::getpid());
+    if (::pipe(ready) != 0) throw Error::from_errno(errno, "pipe");
+    std::fflush(nullptr);
+    peer = ::fork();
+    if (peer < 0) throw Error::from_errno(errno, "fork");
+    if (peer == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the command
+      ::close(ready[0]);
+      serve_in_child(args, manager_address, heap_path, channel_name, ready[1]);
+    }
+    ::close(ready[1]);
   }
-  ::close(ready[1]);
   std::thread manager_thread;
   if (manager) manager_thread = std::thread([&] { manager->run(); });
   struct Stop {
@@ -164,23 +202,28 @@ void run_msg_bench(const MsgBenchArgs& args) {
     std::thread& thread;
     pid_t peer;
     ~Stop() {
-      ::kill(peer, SIGKILL);
-      ::waitpid(peer, nullptr, 0);
+      if (peer > 0) {
+        ::kill(peer, SIGKILL);
+        ::waitpid(peer, nullptr, 0);
+      }
       if (manager != nullptr) manager->stop();
       if (thread.joinable()) thread.join();
     }
   } stop{manager.get(), manager_thread, peer};
-  char byte = 0;
-  if (::read(ready[0], &byte, 1) != 1) {
+  if (peer > 0) {
+    char byte = 0;
+    if (::read(ready[0], &byte, 1) != 1) {
+      ::close(ready[0]);
+      throw Error(Errc::kSystem, "msg bench: the peer process did not start");
+    }
     ::close(ready[0]);
-    throw Error(Errc::kSystem, "msg bench: the peer process did not start");
   }
-  ::close(ready[0]);
 
   Heap heap = Heap::open(heap_path).value();
-  msg::Client me = msg::Client::connect("bench", {.manager = manager_address});
+  msg::Client me =
+      msg::Client::connect("bench", {.manager = manager_address, .secret_file = args.secret_file});
   me.attach(heap);
-  msg::Connection to = me.connect_channel(channel_name, 10s);
+  msg::Connection to = me.connect_channel(channel_name, 10s, /*wait=*/!args.to.empty());
   if (!to.by_reference(heap))
     throw Error(Errc::kSystem, "msg bench: the peer does not map the heap");
 

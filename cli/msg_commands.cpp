@@ -276,6 +276,22 @@ void register_msg_commands(CLI::App& app) {
       ->type_name("HOST:PORT");
   verb->add_option("--plot", bench->plot, "Also draw time against size into this PNG (gnuplot)")
       ->type_name("FILE.png");
+  verb->add_option("--serve", bench->serve,
+                   "Between two hosts: be the peer, owning this channel, for one `--to` run "
+                   "(needs --heap on a filesystem both hosts mount, --manager, and --tcp)")
+      ->type_name("CHANNEL");
+  verb->add_option("--to", bench->to,
+                   "Between two hosts: measure against the peer `--serve CHANNEL` runs on the "
+                   "other host (needs the same --heap and --manager)")
+      ->type_name("CHANNEL");
+  verb->add_option("--tcp", bench->tcp,
+                   "With --serve: listen on TCP there, HOST:PORT, for the other host (who must "
+                   "know the shared secret unless HOST is loopback)")
+      ->type_name("HOST:PORT");
+  verb->add_option("--secret-file", bench->secret_file,
+                   "The shared secret for a manager or peer on another host (default: as for "
+                   "the other verbs)")
+      ->type_name("FILE");
   add_json_flag(*verb, bench->json);
   verb->callback([bench, sizes] {
     bench->sizes.clear();

@@ -1332,4 +1332,28 @@ TEST_F(CliTest, MsgBenchPrintsBothPathsAsJson) {
   EXPECT_EQ(bad.status, 2) << bad.err;
 }
 
+// Between two hosts one runs `--serve CHANNEL`, the other `--to CHANNEL`,
+// through one manager and one heap (tests/gluster runs them on two hosts;
+// here both run on this one).
+TEST_F(CliTest, MsgBenchServesAndMeasuresAcrossTwoCommands) {
+  const std::string heap = path("bench.heap");
+  ok({"heap", "create", heap});
+  Output lonely = run({"msg", "bench", "--to", "x"});
+  EXPECT_EQ(lonely.status, 2) << lonely.err;
+  EXPECT_NE(lonely.err.find("--heap"), std::string::npos) << lonely.err;
+  ManagerProcess manager(start({"msg", "manager", "--listen", "127.0.0.1:0"}));
+  ASSERT_FALSE(manager.address().empty()) << "the manager printed no address";
+  const std::string m = manager.address();
+  Process peer = start(
+      {"msg", "bench", "--serve", "tb", "--heap", heap, "--manager", m, "--tcp", "127.0.0.1:0"});
+  const Json runs = ok_json({"msg", "bench", "--to", "tb", "--heap", heap, "--manager", m,
+                             "--sizes", "64,64K", "--rounds", "3", "--json"});
+  ASSERT_EQ(runs.size(), 2u) << runs.dump();
+  for (const Json& r : runs) EXPECT_GT(r["by_reference_p50_us"].get<double>(), 0);
+  Output served = peer.wait();  // one run served, then it ends
+  EXPECT_EQ(served.status, 0) << served.err;
+  EXPECT_NE(served.out.find("serving channel tb"), std::string::npos) << served.out;
+  ok({"heap", "check", heap});
+}
+
 }  // namespace

@@ -138,6 +138,18 @@ server=$!
 "$here/cluster.sh" exec "$state" 2 "$msg_worker" send "$MOUNT2/msg.heap" "$manager" "$state/secret" "$msg_rounds" ||
   fail "host 2's sends by reference failed"
 wait "$server" || fail "host 1's channel owner failed"
+# `sheaf msg bench` between the hosts: host 1 serves, host 2 measures, by
+# reference (through the heap on the volume) and by copy (over TCP).
+"$here/cluster.sh" exec "$state" 1 "$sheaf" msg bench --serve xbench --heap "$MOUNT1/msg.heap" \
+  --manager "$manager" --tcp "$HOST1_IP:0" --secret-file "$state/secret" >"$state/bench-serve.log" 2>&1 &
+bench_server=$!
+bench=$("$here/cluster.sh" exec "$state" 2 "$sheaf" msg bench --to xbench --heap "$MOUNT2/msg.heap" \
+  --manager "$manager" --secret-file "$state/secret" --sizes 64,64K --rounds 3 --json) ||
+  fail "sheaf msg bench from host 2 to host 1 failed: $bench $(cat "$state/bench-serve.log")"
+wait "$bench_server" || fail "sheaf msg bench --serve on host 1 failed: $(cat "$state/bench-serve.log")"
+[[ $bench == *'"by_reference_p50_us"'*'"by_reference_p50_us"'* ]] ||
+  fail "sheaf msg bench between the hosts printed no results for both sizes: $bench"
+echo "sheaf msg bench between the hosts: $bench"
 stop_manager
 "$here/cluster.sh" exec "$state" 1 "$sheaf" heap check "$MOUNT1/msg.heap" >/dev/null || fail "heap check on host 1 after the messages"
 "$here/cluster.sh" exec "$state" 2 "$sheaf" heap check "$MOUNT2/msg.heap" >/dev/null || fail "heap check on host 2 after the messages"
