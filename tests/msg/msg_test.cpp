@@ -2,9 +2,11 @@
 // child process, owners and clients in others, real sockets, real kills.
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -494,6 +496,77 @@ TEST_F(MsgTest, AClientsDisconnectionAndDeathAreEvents) {
   EXPECT_TRUE(saw_disconnect);
   EXPECT_TRUE(saw_death);
   EXPECT_EQ(polite.wait_code(), 0);
+}
+
+// Clients that hang up hard (a reset) right after sending their requests:
+// the manager's answers meet a closed socket (EPIPE, ECONNRESET), which
+// must not kill it (MESSIP's manager died of SIGPIPE).
+TEST_F(MsgTest, TheManagerSurvivesClientsThatHangUpBeforeTheirAnswers) {
+  std::vector<std::byte> requests;
+  for (int i = 0; i < 200; ++i) {
+    const FrameHeader ping{
+        .type = FrameType::kPing, .request_id = std::uint64_t(i + 1), .value = i};
+    const auto header = encode_header(ping);
+    requests.insert(requests.end(), header.begin(), header.end());
+  }
+  for (int round = 0; round < 20; ++round) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(manager.port());
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to)), 0);
+    ASSERT_EQ(::send(fd, requests.data(), requests.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(requests.size()));
+    // Half the rounds close with a reset, half with a goodbye (then the
+    // manager's first answer draws a reset, and its next one EPIPE).
+    if (round % 2 == 0) {
+      const linger reset{1, 0};
+      ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+    }
+    ::close(fd);
+  }
+  // Still there, and still answering.
+  Client me = client("after");
+  Channel c = me.create_channel("still-here");
+  EXPECT_EQ(me.channels().size(), 1u);
+  EXPECT_GT(me.ping().count(), 0);
+}
+
+// A client killed while the owner waits in receive() with nothing else to
+// do: the receive returns the death at once, not at its timeout.
+TEST_F(MsgTest, AClientKilledDuringAReceiveEndsIt) {
+  Client me = client("server");
+  Channel channel = me.create_channel("waiting");
+  Pipe connected;
+  Child doomed([&] {
+    Client c = client("doomed");
+    Connection to = c.connect_channel("waiting", 5s);
+    to.ping(5s);  // connected and answered: the owner knows this client
+    signal(connected);
+    ::pause();  // killed here
+  });
+  connected.close_write();
+  // The ping is answered inside receive(); then nothing comes.
+  for (int i = 0; i < 50 && channel.clients() == 0; ++i) channel.receive(100ms);
+  ASSERT_EQ(channel.clients(), 1u);
+  ASSERT_TRUE(wait_signal(connected));
+  const pid_t victim = doomed.pid();
+  Child killer([victim] {
+    std::this_thread::sleep_for(200ms);
+    ::kill(victim, SIGKILL);
+  });
+  const auto started = std::chrono::steady_clock::now();
+  const Message m = channel.receive(10s);
+  const auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(m.event, Event::kDeath) << event_name(m.event);
+  EXPECT_EQ(m.sender, "doomed");
+  EXPECT_GE(took, 150ms);  // it was waiting when the client died
+  EXPECT_LT(took, 2s);     // and did not wait for its timeout
+  EXPECT_EQ(killer.wait_code(), 0);
+  EXPECT_EQ(doomed.wait_code(), 128 + SIGKILL);
+  EXPECT_EQ(channel.clients(), 0u);
 }
 
 TEST_F(MsgTest, BufferedSendsKeepOrderAndMeetBackPressureAtTheBound) {
