@@ -122,20 +122,6 @@ std::string group_runtime_dir(gid_t gid) {
   return dir;
 }
 
-bool process_in_group(pid_t pid, gid_t gid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Groups:", 0) != 0) continue;
-    std::istringstream groups(line.substr(7));
-    for (long long group = 0; groups >> group;) {
-      if (group == static_cast<long long>(gid)) return true;
-    }
-    return false;
-  }
-  return false;
-}
-
 std::string manager_address(const std::string& explicit_address) {
   if (!explicit_address.empty()) return explicit_address;
   if (const char* env = std::getenv("SHEAF_MANAGER"); env != nullptr && *env != '\0') return env;

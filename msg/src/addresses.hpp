@@ -50,8 +50,4 @@ std::string runtime_dir();
 // which is closed to everyone else.)
 std::string group_runtime_dir(gid_t gid);
 
-// Whether process `pid` (a peer, from SO_PEERCRED) has `gid` among its
-// supplementary groups (/proc/PID/status).
-bool process_in_group(pid_t pid, gid_t gid);
-
 }  // namespace sheaf::msg

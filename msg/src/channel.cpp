@@ -32,6 +32,7 @@
 #include "addresses.hpp"
 #include "auth.hpp"
 #include "client_state.hpp"
+#include "peers.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
 
@@ -191,25 +192,45 @@ struct Channel::State {
     }
   }
 
+  // Whether a user of this host may use the channel: this one, root, or a
+  // member of the group the channel allows (with `pid`, when known, by the
+  // process's own groups; else by the group database).
+  bool user_allowed(uid_t uid, std::optional<gid_t> gid, pid_t pid) const {
+    if (uid == ::getuid() || uid == 0) return true;
+    if (options.allow_group < 0) return false;
+    const auto group = static_cast<gid_t>(options.allow_group);
+    if (gid == group) return true;
+    return pid > 0 ? process_in_group(pid, group) : user_in_group(uid, group);
+  }
+
   // `other_host`: a client from another host, which must authenticate first.
+  // Any other is of this host, by a Unix socket (SO_PEERCRED says who) or by
+  // loopback TCP (the kernel's socket diagnostics do): another user is let
+  // in only as user_allowed() says.
   void add_peer(Link link, bool other_host = false) {
+    std::string refused;  // who, if refused
     if (link.is_unix()) {
       const ucred who = link.peer_credentials();
-      const auto group = static_cast<gid_t>(options.allow_group);
-      const bool allowed =
-          who.uid == ::getuid() || who.uid == 0 ||
-          (options.allow_group >= 0 && (who.gid == group || process_in_group(who.pid, group)));
-      if (!allowed) {
-        const std::string why = "channel " + name + " refuses uid " + std::to_string(who.uid) +
-                                " (pid " + std::to_string(who.pid) + ")";
-        try {
-          link.send({FrameType::kError, 0, 0, 0, 0, EACCES}, error_payload(why),
-                    deadline_after(Timeout(100)));
-        } catch (const Error&) {
-        }
-        link.close();
-        return;
+      if (!user_allowed(who.uid, who.gid, who.pid)) {
+        refused = "uid " + std::to_string(who.uid) + " (pid " + std::to_string(who.pid) + ")";
       }
+    } else if (!other_host) {
+      const std::optional<uid_t> uid = loopback_peer_uid(link.fd());
+      if (!uid) {
+        refused = "a loopback peer whose user the kernel does not tell";
+      } else if (!user_allowed(*uid, std::nullopt, 0)) {
+        refused = "uid " + std::to_string(*uid) + " (over loopback TCP)";
+      }
+    }
+    if (!refused.empty()) {
+      const std::string why = "channel " + name + " refuses " + refused;
+      try {
+        link.send({FrameType::kError, 0, 0, 0, 0, EACCES}, error_payload(why),
+                  deadline_after(Timeout(100)));
+      } catch (const Error&) {
+      }
+      link.close();
+      return;
     }
     Peer peer{.link = std::move(link)};
     if (other_host) {

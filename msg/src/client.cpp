@@ -514,10 +514,27 @@ struct Connection::State {
       return work();
     } catch (const Error& e) {
       if (peer_gone(e)) {
+        throw_refusal_if_any();  // it did not die: it refused us, and said why
         std::lock_guard lock(client->mutex);
         release_dead_peer(client->heaps, peer_heaps);
       }
       throw;
+    }
+  }
+
+  // An owner that refuses a client (another user's, say) says why in an
+  // error frame and hangs up; a client that was sending meanwhile meets the
+  // hang-up first. The frame may still be unread: then that is the error.
+  void throw_refusal_if_any() {
+    if (!link) return;
+    try {
+      while (std::optional<Frame> frame = link->receive(deadline_after(Timeout(0)))) {
+        if (frame->header.type == FrameType::kError && frame->header.request_id == 0) {
+          throw_error_frame(*frame, "channel " + channel);
+        }
+      }
+    } catch (const Error& e) {
+      if (!peer_gone(e)) throw;  // the refusal; else nothing more was said
     }
   }
 

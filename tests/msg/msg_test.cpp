@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -24,6 +25,7 @@
 
 #include "../heap_test_util.hpp"
 #include "client_state.hpp"
+#include "peers.hpp"
 #include "posix.hpp"
 #include "sheaf/error.hpp"
 #include "sheaf/heap.hpp"
@@ -792,6 +794,89 @@ TEST_F(MsgTest, AnotherUserCannotReachAChannel) {
               EACCES);
   });
   EXPECT_EQ(code, 0);
+  EXPECT_EQ(channel.clients(), 0u);
+}
+
+// The uid at the other end of a loopback TCP connection, as the kernel's
+// socket diagnostics tell it: ours for a connection of ours, nobody's for
+// one a child made as nobody.
+TEST(LoopbackPeers, TheKernelSaysWhoIsAtTheOtherEnd) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(at);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<const sockaddr*>(&at), sizeof(at)), 0);
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&at), &length), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  const auto connect_to_listener = [&] {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&at), sizeof(at)) != 0) _exit(7);
+    return fd;
+  };
+  const int mine = connect_to_listener();
+  const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(accepted, 0);
+  EXPECT_EQ(loopback_peer_uid(accepted), std::optional<uid_t>(::getuid()));
+  ::close(accepted);
+  ::close(mine);
+  if (::getuid() == 0) {
+    Pipe connected, done;
+    Child nobody([&] {
+      if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+          ::setresuid(65534, 65534, 65534) != 0) {
+        _exit(9);
+      }
+      const int fd = connect_to_listener();
+      signal(connected);
+      wait_signal(done);
+      ::close(fd);
+    });
+    connected.close_write();
+    ASSERT_TRUE(wait_signal(connected));
+    const int theirs = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(theirs, 0);
+    EXPECT_EQ(loopback_peer_uid(theirs), std::optional<uid_t>(65534));
+    signal(done);
+    EXPECT_EQ(nobody.wait_code(), 0);
+    ::close(theirs);
+  }
+  ::close(listener);
+}
+
+// Another user's client that cannot reach a channel's Unix socket tries its
+// loopback TCP listener next: refused there too, by uid.
+TEST_F(MsgTest, AnotherUserIsRefusedOverLoopbackTcpToo) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  Client me = client("owner");
+  Channel channel = me.create_channel("private-tcp", {.tcp_listen = "127.0.0.1:0"});
+  Pipe done;
+  Child nobody([&] {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      _exit(9);
+    }
+    Client other = client("nobody");
+    EXPECT_EQ(refusal(
+                  [&] {
+                    Connection c = other.connect_channel("private-tcp", 2s);
+                    c.send(1, as_bytes("let me in"), 2s);
+                  },
+                  "refuses uid 65534 (over loopback TCP)")
+                  .sys_errno(),
+              EACCES);
+    signal(done);
+  });
+  done.close_write();
+  // The owner accepts (and refuses) inside receive(); nothing gets through.
+  for (int i = 0; i < 50; ++i) {  // bounded: 5 s
+    const Message m = channel.receive(100ms);
+    EXPECT_NE(m.event, Event::kMessage) << "another user's message got through";
+    pollfd ready{done.read_end(), POLLIN, 0};
+    if (::poll(&ready, 1, 0) == 1) break;  // the child is done
+  }
+  EXPECT_EQ(nobody.wait_code(), 0);
   EXPECT_EQ(channel.clients(), 0u);
 }
 
