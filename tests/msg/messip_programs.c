@@ -176,12 +176,64 @@ static int dying(void) {
   return 1;
 }
 
+/* A server that did not ask for death notices: a client's death comes as a
+   disconnection; and a channel with a client connected is not deleted. */
+static int plain_server(void) {
+  messip_init();
+  messip_cnx_t* cnx = messip_connect(NULL, "plain", 5000);
+  CHECK(cnx != NULL);
+  messip_channel_t* ch = messip_channel_create(cnx, "two", 5000, 0);
+  CHECK(ch != NULL);
+  int asked = 0, gone = 0;
+  const time_t started = time(NULL);
+  while (!(asked && gone)) {
+    CHECK(time(NULL) - started < 30);
+    char buffer[16];
+    int32_t type = 0;
+    const int index = messip_receive(ch, &type, buffer, sizeof(buffer), 1000);
+    if (index == MESSIP_MSG_TIMEOUT) continue;
+    if (index == MESSIP_MSG_DISCONNECT) {
+      CHECK(strcmp(ch->remote_id, "dying2") == 0);
+      ++gone;
+    } else {
+      CHECK(index >= 0 && type == 7);
+      CHECK(messip_channel_delete(ch, 1000) == -1); /* its client waits on us */
+      CHECK(messip_reply(ch, index, 8, NULL, 0, 1000) == MESSIP_OK);
+      ++asked;
+    }
+  }
+  CHECK(messip_channel_delete(ch, 1000) == MESSIP_OK);
+  return 0;
+}
+
+static int dying_unnoticed(void) {
+  messip_init();
+  messip_cnx_t* cnx = messip_connect(NULL, "dying2", 5000);
+  CHECK(cnx != NULL);
+  messip_channel_t* ch = NULL;
+  for (int attempt = 0; attempt < 100 && ch == NULL; ++attempt) {
+    ch = messip_channel_connect(cnx, "two", 1000);
+    if (ch == NULL) {
+      const struct timespec pause = {0, 50 * 1000 * 1000};
+      nanosleep(&pause, NULL);
+    }
+  }
+  CHECK(ch != NULL);
+  int32_t answer = 0;
+  CHECK(messip_send(ch, 7, NULL, 0, &answer, NULL, 0, 5000) == MESSIP_OK);
+  CHECK(answer == 8);
+  kill(getpid(), SIGKILL);
+  return 1;
+}
+
 int main(int argc, char* argv[]) {
   messip_set_log_level(MESSIP_LOG_ERROR | MESSIP_LOG_WARNING);
   CHECK(messip_get_log_level() == (MESSIP_LOG_ERROR | MESSIP_LOG_WARNING));
   if (argc == 2 && strcmp(argv[1], "server") == 0) return server();
   if (argc == 2 && strcmp(argv[1], "client") == 0) return client();
   if (argc == 2 && strcmp(argv[1], "dying") == 0) return dying();
-  fprintf(stderr, "usage: %s server|client|dying\n", argv[0]);
+  if (argc == 2 && strcmp(argv[1], "plain-server") == 0) return plain_server();
+  if (argc == 2 && strcmp(argv[1], "dying-unnoticed") == 0) return dying_unnoticed();
+  fprintf(stderr, "usage: %s server|client|dying|plain-server|dying-unnoticed\n", argv[0]);
   return 2;
 }

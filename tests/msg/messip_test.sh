@@ -37,4 +37,17 @@ if ! wait "$server"; then
   cat "$out/server"
   exit 1
 fi
-echo "MESSIP programs: server, client and a dying client all passed"
+# Without messip_death_notify, a client's death is a disconnection; and a
+# channel whose client waits on it is not deleted.
+"$programs" plain-server >"$out/plain-server" 2>&1 &
+plain=$!
+pids+=($plain)
+status=0
+timeout 30 "$programs" dying-unnoticed || status=$?
+[[ $status -eq 137 ]] || { echo "the unnoticed dying client exited $status, not by SIGKILL"; exit 1; }
+if ! wait "$plain"; then
+  echo "the plain server failed:"
+  cat "$out/plain-server"
+  exit 1
+fi
+echo "MESSIP programs: server, client, dying clients (noticed and not) all passed"

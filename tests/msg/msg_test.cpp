@@ -694,6 +694,7 @@ TEST_F(MsgTest, OneClientsChannelsServeOnSeveralThreads) {
 TEST_F(MsgTest, ARestartedManagerLearnsTheChannelsAgain) {
   Client me = client("server");
   Channel channel = me.create_channel("survivor");
+  channel.join("crew");
   Client user = client("user");
   Connection before = user.connect_channel("survivor", 5s);
   manager.kill();
@@ -715,6 +716,17 @@ TEST_F(MsgTest, ARestartedManagerLearnsTheChannelsAgain) {
   after.buffered_send(2, as_bytes("after"), 5s);
   Message again = channel.receive(5s);
   EXPECT_EQ(again.payload.text(), "after");
+  // Its group comes back with it.
+  Client::GroupSend sent;
+  for (int i = 0; i < 40 && sent.delivered.empty(); ++i) {  // bounded: 4 s
+    channel.receive(100ms);
+    sent = late.group_send("crew", 3, as_bytes("to the crew"), 5s);
+  }
+  EXPECT_EQ(sent.delivered.size(), 1u);
+  EXPECT_TRUE(sent.failures.empty());
+  Message crew = channel.receive(5s);
+  EXPECT_EQ(crew.event, Event::kBuffered) << event_name(crew.event);
+  EXPECT_EQ(crew.payload.text(), "to the crew");
   restarted.kill();
 }
 
