@@ -55,6 +55,16 @@ void signal(Pipe& pipe) {
   ASSERT_EQ(::write(pipe.write_end(), &byte, 1), 1);
 }
 
+// Makes this (child) process the user nobody, with `primary` as its group
+// and `others` as the rest: what `setpriv --reuid=nobody --regid=... --groups=...`
+// does. Exits with 9 if it cannot.
+void become_nobody(gid_t primary = 65534, const std::vector<gid_t>& others = {}) {
+  if (::setgroups(others.size(), others.data()) != 0 ||
+      ::setresgid(primary, primary, primary) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+    _exit(9);
+  }
+}
+
 // A manager in a child process, on a port of its choosing (or the one given,
 // to restart it where it was).
 class ManagerProcess {
@@ -793,11 +803,7 @@ TEST_F(MsgTest, AnotherUserCannotReachAChannel) {
   Client me = client("owner");
   Channel channel = me.create_channel("private");
   const int code = sheaf::testing::run_in_child([this] {
-    // What `setpriv --reuid=nobody --regid=nogroup --clear-groups` does.
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
-        ::setresuid(65534, 65534, 65534) != 0) {
-      _exit(9);
-    }
+    become_nobody();
     Client other = client("nobody");  // the manager answers anyone on this host
     // The owner's socket lies in its 0700 runtime directory.
     EXPECT_EQ(refusal([&] { other.connect_channel("private", 2s); },
@@ -836,10 +842,7 @@ TEST(LoopbackPeers, TheKernelSaysWhoIsAtTheOtherEnd) {
   if (::getuid() == 0) {
     Pipe connected, done;
     Child nobody([&] {
-      if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
-          ::setresuid(65534, 65534, 65534) != 0) {
-        _exit(9);
-      }
+      become_nobody();
       const int fd = connect_to_listener();
       signal(connected);
       wait_signal(done);
@@ -865,10 +868,7 @@ TEST_F(MsgTest, AnotherUserIsRefusedOverLoopbackTcpToo) {
   Channel channel = me.create_channel("private-tcp", {.tcp_listen = "127.0.0.1:0"});
   Pipe done;
   Child nobody([&] {
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
-        ::setresuid(65534, 65534, 65534) != 0) {
-      _exit(9);
-    }
+    become_nobody();
     Client other = client("nobody");
     EXPECT_EQ(refusal(
                   [&] {
@@ -905,13 +905,6 @@ TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
   ASSERT_EQ(::stat("/tmp/sheaf-0-g65534", &st), 0);
   EXPECT_EQ(st.st_gid, kNogroup);
   EXPECT_EQ(st.st_mode & 07777, 0750u);
-  // Becomes nobody with `primary` as its group and `others` as the rest.
-  const auto become = [](gid_t primary, std::vector<gid_t> others) {
-    if (::setgroups(others.size(), others.data()) != 0 ||
-        ::setresgid(primary, primary, primary) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
-      _exit(9);
-    }
-  };
   const auto served_by_owner = [&](Child& sender) {
     bool answered = false;
     for (int i = 0; i < 50 && !answered; ++i) {  // bounded: 5 s
@@ -925,19 +918,19 @@ TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
     EXPECT_EQ(sender.wait_code(), 0);
   };
   Child in_its_own_group([&] {
-    become(kNogroup, {});
+    become_nobody(kNogroup);
     Client other = client("nobody");
     EXPECT_EQ(other.connect_channel("grouped", 2s).send(1, as_bytes("hi"), 5s).answer, 2);
   });
   served_by_owner(in_its_own_group);
   Child in_another_of_its_groups([&] {
-    become(kDaemon, {kNogroup});
+    become_nobody(kDaemon, {kNogroup});
     Client other = client("nobody");
     EXPECT_EQ(other.connect_channel("grouped", 2s).send(3, as_bytes("hi"), 5s).answer, 4);
   });
   served_by_owner(in_another_of_its_groups);
   EXPECT_EQ(sheaf::testing::run_in_child([&] {
-              become(kDaemon, {});
+              become_nobody(kDaemon);
               Client other = client("nobody");
               EXPECT_EQ(refusal([&] { other.connect_channel("grouped", 2s); },
                                 "channel grouped: cannot reach its owner")
