@@ -85,17 +85,15 @@ std::optional<uid_t> loopback_peer_uid(int fd) {
   ::setsockopt(diag.fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof(patience));
   const ssize_t got = ::recv(diag.fd, answer.data(), answer.size(), 0);
   if (got <= 0) return std::nullopt;
-  int left = static_cast<int>(got);
-  for (const auto* h = reinterpret_cast<const nlmsghdr*>(answer.data()); NLMSG_OK(h, left);
-       h = NLMSG_NEXT(h, left)) {
-    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
-        h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
-      return std::nullopt;  // NLMSG_ERROR (no such socket) or a short answer
-    }
-    const auto* found = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-    return static_cast<uid_t>(found->idiag_uid);
+  // One answer: the socket's inet_diag_msg, or NLMSG_ERROR (no such socket).
+  const auto* h = reinterpret_cast<const nlmsghdr*>(answer.data());
+  const auto size = static_cast<std::size_t>(got);
+  if (size < sizeof(nlmsghdr) || h->nlmsg_len > size || h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+      h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
+    return std::nullopt;
   }
-  return std::nullopt;
+  const auto* found = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+  return static_cast<uid_t>(found->idiag_uid);
 }
 
 bool user_in_group(uid_t uid, gid_t gid) {
