@@ -119,6 +119,11 @@ std::string group_runtime_dir(gid_t gid) {
                                  std::to_string(gid) +
                                  " closed to others (0750); refusing to put sockets there");
   }
+  // Ours, and no more open than 0750: open it that far (a process that died
+  // between its mkdir and its chmod left it 0700).
+  if ((st.st_mode & 0750) != 0750 && ::chmod(dir.c_str(), 0750) != 0) {
+    throw Error::from_errno(errno, "directory " + dir);
+  }
   return dir;
 }
 

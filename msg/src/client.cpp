@@ -525,17 +525,22 @@ struct Connection::State {
   // An owner that refuses a client (another user's, say) says why in an
   // error frame and hangs up; a client that was sending meanwhile meets the
   // hang-up first. The frame may still be unread: then that is the error.
+  // Other frames read meanwhile are dealt with as ever (absorb()); any other
+  // error here leaves the first one (the hang-up) to be reported.
   void throw_refusal_if_any() {
     if (!link) return;
+    std::optional<Frame> refusal;
     try {
       while (std::optional<Frame> frame = link->receive(deadline_after(Timeout(0)))) {
         if (frame->header.type == FrameType::kError && frame->header.request_id == 0) {
-          throw_error_frame(*frame, "channel " + channel);
+          refusal = std::move(frame);
+          break;
         }
+        absorb(*frame);
       }
-    } catch (const Error& e) {
-      if (!peer_gone(e)) throw;  // the refusal; else nothing more was said
+    } catch (const Error&) {  // nothing more could be read
     }
+    if (refusal) throw_error_frame(*refusal, "channel " + channel);
   }
 
   // Handles a frame that is not the answer awaited: credits, and late answers.

@@ -8,6 +8,7 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -92,7 +93,19 @@ std::optional<uid_t> loopback_peer_uid(int fd) {
       h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
     return std::nullopt;
   }
+  // Only a live socket says who owns it, and only the one asked for: a
+  // socket its process closed (time-wait, orphaned) has no inode and
+  // reports uid 0, and a lookup that finds no connection may answer with a
+  // listening socket on the same address.
   const auto* found = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+  const inet_diag_sockid& asked = query.request.id;
+  if (found->idiag_inode == 0 || found->idiag_state == TCP_LISTEN ||
+      found->idiag_state == TCP_TIME_WAIT || found->id.idiag_sport != asked.idiag_sport ||
+      found->id.idiag_dport != asked.idiag_dport ||
+      std::memcmp(found->id.idiag_src, asked.idiag_src, sizeof(asked.idiag_src)) != 0 ||
+      std::memcmp(found->id.idiag_dst, asked.idiag_dst, sizeof(asked.idiag_dst)) != 0) {
+    return std::nullopt;
+  }
   return static_cast<uid_t>(found->idiag_uid);
 }
 

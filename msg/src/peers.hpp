@@ -14,7 +14,8 @@ namespace sheaf::msg {
 
 // The uid owning the socket at the other end of the connected TCP socket
 // `fd`, which must come from this host (loopback); nullopt if the kernel
-// does not say (no such socket any more, no inet_diag).
+// does not say: no inet_diag, or no live socket there any more (its
+// process closed it: such a socket has no owner the kernel reports).
 std::optional<uid_t> loopback_peer_uid(int fd);
 
 // Whether user `uid` is in group `gid`: its own group or one of its others

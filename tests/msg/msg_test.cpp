@@ -892,6 +892,44 @@ TEST_F(MsgTest, AnotherUserIsRefusedOverLoopbackTcpToo) {
   EXPECT_EQ(channel.clients(), 0u);
 }
 
+// Another user's client that writes its hello and a message over loopback
+// TCP and hangs up before the owner accepts: its socket is gone by then
+// (time-wait, which the kernel reports as uid 0 with no inode), so nobody
+// can vouch for it, and nothing it wrote is taken.
+TEST_F(MsgTest, AnotherUsersClientThatHangsUpBeforeTheAcceptIsNotLetIn) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  Client me = client("owner");
+  Channel channel = me.create_channel("tcp-only-ours", {.tcp_listen = "127.0.0.1:0"});
+  const std::string address = channel.address();
+  const auto port = static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+  const int code = sheaf::testing::run_in_child([port] {
+    become_nobody();
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to)), 0);
+    const auto put = [fd](FrameHeader header, std::string_view payload) {
+      header.payload_bytes = static_cast<std::uint32_t>(payload.size());
+      const auto head = encode_header(header);
+      ASSERT_EQ(::write(fd, head.data(), head.size()), static_cast<ssize_t>(head.size()));
+      ASSERT_EQ(::write(fd, payload.data(), payload.size()), static_cast<ssize_t>(payload.size()));
+    };
+    put({.type = FrameType::kHello}, R"({"id":"intruder"})");
+    put({.type = FrameType::kBufferedSend, .value = 42}, "written by nobody");
+    ::close(fd);  // before the owner accepts
+  });
+  ASSERT_EQ(code, 0);
+  std::this_thread::sleep_for(100ms);  // its socket closes down meanwhile
+  for (int i = 0; i < 10; ++i) {       // bounded: 2 s
+    const Message m = channel.receive(200ms);
+    EXPECT_NE(m.event, Event::kBuffered) << "sender " << m.sender << ": " << m.payload.text();
+    EXPECT_NE(m.event, Event::kMessage) << "sender " << m.sender << ": " << m.payload.text();
+  }
+  EXPECT_EQ(channel.clients(), 0u);
+}
+
 // A channel that lets a group in: a user of that group reaches it, whether
 // the group is its own (primary) or one of its others; anyone else does not.
 TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
