@@ -21,18 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "posix.hpp"
+
 namespace sheaf::msg {
-namespace {
-
-// Closes a file descriptor when it goes.
-struct Fd {
-  int fd;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-}  // namespace
 
 std::optional<uid_t> loopback_peer_uid(int fd) {
   sockaddr_storage ours{}, theirs{};
@@ -56,35 +47,37 @@ std::optional<uid_t> loopback_peer_uid(int fd) {
   query.request.idiag_states = ~0u;
   query.request.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
   query.request.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  // (Ports and addresses stay in network byte order, as the kernel wants them.)
+  const auto ends = [&](auto their_port, const auto& their_address, auto our_port,
+                        const auto& our_address) {
+    query.request.id.idiag_sport = their_port;
+    query.request.id.idiag_dport = our_port;
+    std::memcpy(query.request.id.idiag_src, &their_address, sizeof(their_address));
+    std::memcpy(query.request.id.idiag_dst, &our_address, sizeof(our_address));
+  };
   if (ours.ss_family == AF_INET) {
     const auto& a = reinterpret_cast<const sockaddr_in&>(theirs);
     const auto& b = reinterpret_cast<const sockaddr_in&>(ours);
-    query.request.id.idiag_sport = a.sin_port;
-    query.request.id.idiag_dport = b.sin_port;
-    std::memcpy(query.request.id.idiag_src, &a.sin_addr, sizeof(a.sin_addr));
-    std::memcpy(query.request.id.idiag_dst, &b.sin_addr, sizeof(b.sin_addr));
+    ends(a.sin_port, a.sin_addr, b.sin_port, b.sin_addr);
   } else if (ours.ss_family == AF_INET6) {
     const auto& a = reinterpret_cast<const sockaddr_in6&>(theirs);
     const auto& b = reinterpret_cast<const sockaddr_in6&>(ours);
-    query.request.id.idiag_sport = a.sin6_port;
-    query.request.id.idiag_dport = b.sin6_port;
-    std::memcpy(query.request.id.idiag_src, &a.sin6_addr, sizeof(a.sin6_addr));
-    std::memcpy(query.request.id.idiag_dst, &b.sin6_addr, sizeof(b.sin6_addr));
+    ends(a.sin6_port, a.sin6_addr, b.sin6_port, b.sin6_addr);
   } else {
     return std::nullopt;
   }
-  const Fd diag{::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)};
-  if (diag.fd < 0) return std::nullopt;
+  const posix::Fd diag(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!diag.valid()) return std::nullopt;
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
-  if (::sendto(diag.fd, &query, sizeof(query), 0, reinterpret_cast<const sockaddr*>(&kernel),
+  if (::sendto(diag.get(), &query, sizeof(query), 0, reinterpret_cast<const sockaddr*>(&kernel),
                sizeof(kernel)) != static_cast<ssize_t>(sizeof(query))) {
     return std::nullopt;
   }
   alignas(nlmsghdr) std::array<char, 8192> answer;
   const timeval patience{1, 0};  // the kernel answers at once; never hang on it
-  ::setsockopt(diag.fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof(patience));
-  const ssize_t got = ::recv(diag.fd, answer.data(), answer.size(), 0);
+  ::setsockopt(diag.get(), SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof(patience));
+  const ssize_t got = ::recv(diag.get(), answer.data(), answer.size(), 0);
   if (got <= 0) return std::nullopt;
   // One answer: the socket's inet_diag_msg, or NLMSG_ERROR (no such socket).
   const auto* h = reinterpret_cast<const nlmsghdr*>(answer.data());
