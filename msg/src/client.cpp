@@ -61,7 +61,6 @@ Payload::Payload(Payload&& other) noexcept
     : copy_(std::move(other.copy_)),
       heap_(std::exchange(other.heap_, nullptr)),
       view_(std::exchange(other.view_, nullptr)),
-      size_(std::exchange(other.size_, 0)),
       ref_(std::exchange(other.ref_, Ref{})) {}
 
 Payload& Payload::operator=(Payload&& other) noexcept {
@@ -70,7 +69,6 @@ Payload& Payload::operator=(Payload&& other) noexcept {
     copy_ = std::move(other.copy_);
     heap_ = std::exchange(other.heap_, nullptr);
     view_ = std::exchange(other.view_, nullptr);
-    size_ = std::exchange(other.size_, 0);
     ref_ = std::exchange(other.ref_, Ref{});
   }
   return *this;
@@ -89,7 +87,6 @@ void Payload::reset() noexcept {
   }
   heap_ = nullptr;
   view_ = nullptr;
-  size_ = 0;
   ref_ = Ref{};
   copy_.clear();
 }
@@ -237,7 +234,6 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
     Payload payload;
     payload.heap_ = h.heap;
     payload.view_ = static_cast<const std::byte*>(p);
-    payload.size_ = r.length;
     payload.ref_ = r;
     return payload;
   }

@@ -109,7 +109,7 @@ class Payload {
   ~Payload();
 
   std::span<const std::byte> bytes() const {
-    return heap_ != nullptr ? std::span<const std::byte>(view_, size_)
+    return heap_ != nullptr ? std::span<const std::byte>(view_, ref_.length)
                             : std::span<const std::byte>(copy_);
   }
   std::string_view text() const {
@@ -130,8 +130,7 @@ class Payload {
   std::vector<std::byte> copy_;
   Heap* heap_ = nullptr;  // set: view_ is a held block of it, held by this process
   const std::byte* view_ = nullptr;
-  std::size_t size_ = 0;
-  Ref ref_;  // as it arrived, when heap_ is set
+  Ref ref_;  // as it arrived (its length is the view's), when heap_ is set
 };
 
 // What Channel::receive returns.
