@@ -438,6 +438,46 @@ TEST(HeapNames, ThrowingConstructorLeavesNoTrace) {
   expect_sound(heap);
 }
 
+// Throws from its constructor when asked to.
+struct ThrowsIfAsked {
+  explicit ThrowsIfAsked(bool do_throw) {
+    if (do_throw) throw std::runtime_error("asked to");
+  }
+  std::int64_t value = 7;
+};
+
+TEST(HeapNames, ADestroyedObjectsBlockServesTheNextConstructOfItsSize) {
+  TempDir dir;
+  Heap heap = make_heap(dir / "h");
+  heap.construct<std::int64_t>("kept")(1);  // the name table exists from here on
+  const std::uint64_t used_before = heap.info().used;
+  auto* first = heap.construct<ThrowsIfAsked>("a")(false);
+  ASSERT_TRUE(heap.destroy<ThrowsIfAsked>("a"));
+  // The block waits in this thread's cache (counted as used, as the cache's
+  // ledger is)...
+  const std::uint64_t used = heap.info().used;
+  EXPECT_GT(used, used_before);
+  expect_sound(heap);
+  // ...for the next construct of its size; one whose constructor throws
+  // puts it back there, and the next one takes it again.
+  EXPECT_THROW(heap.construct<ThrowsIfAsked>("b")(true), std::runtime_error);
+  EXPECT_FALSE(heap.object("b").has_value());
+  EXPECT_EQ(heap.info().used, used);
+  expect_sound(heap);
+  auto* again = heap.construct<ThrowsIfAsked>("c")(false);
+  EXPECT_EQ(again, first);
+  EXPECT_EQ(again->value, 7);
+  EXPECT_EQ(heap.info().objects, 2u);
+  EXPECT_EQ(heap.info().used, used);
+  expect_sound(heap);
+  // Closing empties the cache and frees its ledger.
+  ASSERT_TRUE(heap.destroy<ThrowsIfAsked>("c"));
+  ASSERT_TRUE(heap.close().ok());
+  heap = Heap::open(dir / "h").value();
+  EXPECT_EQ(heap.info().used, used_before);
+  expect_sound(heap);
+}
+
 TEST(HeapNames, ManyNamesSurviveReopen) {
   TempDir dir;
   const std::string path = dir / "h";
@@ -463,6 +503,8 @@ TEST(HeapContainers, LiveInTheHeapAndWorkAtAnotherAddress) {
   const std::string path = dir / "h";
   Heap heap = make_heap(path);
   heap.construct<int>("first")(0);  // the name table exists from here on
+  ASSERT_TRUE(heap.close().ok());   // (and no thread cache: see the end)
+  heap = Heap::open(path).value();
   const std::uint64_t used_before = heap.info().used;
   auto* names = heap.construct<Strings>("names")(heap);
   auto* index = heap.construct<Index>("index")(heap);
@@ -492,7 +534,10 @@ TEST(HeapContainers, LiveInTheHeapAndWorkAtAnotherAddress) {
   heap.destroy<Strings>("names");
   heap.destroy<Index>("index");
   expect_sound(heap);
-  // Every block the containers (and the child) allocated was given back.
+  // Every block the containers (and the child) allocated was given back;
+  // the two objects' blocks wait in this thread's cache until it closes.
+  ASSERT_TRUE(heap.close().ok());
+  heap = Heap::open(path).value();
   EXPECT_EQ(heap.info().used, used_before);
 }
 

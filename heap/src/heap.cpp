@@ -338,8 +338,11 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
                                        std::string(type.name) + " objects do not fit");
   }
   const std::uint64_t name_hash = hash_name(name);
+  // Before the lock: finding the cache may take caches_mutex. (Only a
+  // destroy makes one: a thread that only constructs has nothing to keep.)
+  ThreadCache* cache = use_cache(impl) ? impl.thread_cache(false) : nullptr;
   ExclusiveSection lock(impl);
-  if (std::uint64_t existing = impl.lookup(name, name_hash); existing != 0) {
+  if (std::uint64_t existing = impl.lookup_exclusive(name, name_hash); existing != 0) {
     if (!or_find) {
       throw Error(Errc::kAlreadyExists,
                   "heap " + impl.path + ": an object named '" + std::string(name) + "' exists");
@@ -354,14 +357,22 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   const std::uint64_t alignment = std::max<std::uint64_t>(kAlign, type.alignment);
   const std::uint64_t head = sizeof(NamedRecord) + name.size() + type.name.size();
   const std::uint64_t bytes = std::uint64_t{type.size} * count;
-  const std::uint64_t block =
-      impl.allocate_block(align_up(head, kAlign) + (alignment - kAlign) + bytes, kAlign, kPending);
+  const std::uint64_t payload = align_up(head, kAlign) + (alignment - kAlign) + bytes;
+  // A block a destroy left in this thread's cache, else one from the bins.
+  std::uint64_t block =
+      cache == nullptr ? 0 : impl.take_cached_for_named(*cache, Impl::block_size_for(payload));
+  const bool from_cache = block != 0;
+  if (!from_cache) block = impl.allocate_block(payload, kAlign, kPending);
+  // If the object cannot be finished: the block goes back where it came from.
+  const auto give_back_block = [&]() REQUIRES(impl.heap_lock) {
+    if (!from_cache || !impl.keep_in_cache(*cache, block)) impl.free_block(block);
+  };
   // Pending blocks carry their serial too: a serial is never reused, even
-  // when the object is never finished.
-  if (impl.has_feature(kFeatureObjectSerials)) {
-    // Not saved: the tag of a block this operation took means nothing once undone.
-    publish(impl.block(block)->tag, impl.take_serial());
-  }
+  // when the object is never finished. Not saved: the tag of a block this
+  // operation took means nothing once undone (and one from the cache was
+  // saved as it left it).
+  publish(impl.block(block)->tag,
+          impl.has_feature(kFeatureObjectSerials) ? impl.take_serial() : std::uint64_t{0});
   NamedRecord* r = impl.record(block);
   r->name_hash = name_hash;
   r->element_size = type.size;
@@ -376,7 +387,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   try {
     impl.insert_name(block);  // may need a bigger name table, and so may run out of space
   } catch (...) {
-    impl.free_block(block);
+    give_back_block();
     throw;
   }
   impl.store_counter(impl.state().named_count, impl.state().named_count + 1);
@@ -388,7 +399,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
     if (impl.forked()) throw;  // a child the constructor forked: the operation is the parent's
     impl.remove_name(block);
     impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
-    impl.free_block(block);
+    give_back_block();
     throw;
   }
   if (impl.forked()) return object;  // (as above) the parent finishes its construct
@@ -419,8 +430,10 @@ void* Heap::find_named(std::string_view name, const TypeTag& type, std::size_t* 
 
 bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::DestroyFn destroy) {
   Impl& impl = live();
+  // Before the lock: making the cache takes caches_mutex, then the lock.
+  ThreadCache* cache = use_cache(impl) ? impl.thread_cache() : nullptr;
   ExclusiveSection lock(impl);
-  const std::uint64_t block = impl.lookup(name);
+  const std::uint64_t block = impl.lookup_exclusive(name);
   if (block == 0) return false;
   check_type(impl, block, type);
   const NamedRecord* r = impl.record(block);
@@ -431,14 +444,15 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   Impl::Operation op(impl);
   impl.remove_name(block);
   impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
-  impl.free_block(block);
+  // Kept in this thread's cache if it has room, for the next construct.
+  if (cache == nullptr || !impl.keep_in_cache(*cache, block)) impl.free_block(block);
   return op.commit(true);
 }
 
 bool Heap::erase(std::string_view name) {
   Impl& impl = live();
   ExclusiveSection lock(impl);
-  const std::uint64_t block = impl.lookup(name);
+  const std::uint64_t block = impl.lookup_exclusive(name);
   if (block == 0) return false;
   Impl::Operation op(impl);
   impl.remove_name(block);

@@ -260,10 +260,30 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void cached_free(std::uint64_t block_offset);
   void free_past_the_cache(std::uint64_t block_offset);
   void give_back_half(ThreadCache& cache, int bin);  // takes the lock
-  // This thread's cache of this heap (made if none); inline, defined in
-  // thread_cache.cpp, its only user.
-  inline ThreadCache* thread_cache();
-  ThreadCache* find_thread_cache();  // thread_cache()'s slow path
+  // This thread's cache of this heap (made if none; so never under the
+  // lock: see caches_mutex). Inline: the search and the creation of a cache
+  // are not, so that its callers stay small.
+  // `make`: false finds one but makes none (nullptr then).
+  ThreadCache* thread_cache(bool make = true) {
+    // (A retired cache says nullptr, so a heap opened where a closed one's
+    // Impl was never takes the closed one's cache.)
+    if (last_used_cache != nullptr && last_used_cache->heap.load(std::memory_order_acquire) == this)
+        [[likely]] {
+      return last_used_cache;
+    }
+    return find_thread_cache(make);
+  }
+  ThreadCache* find_thread_cache(bool make);  // thread_cache()'s slow path
+  // The cache this thread used last, checked before the list is searched: a
+  // thread mostly uses one heap. constinit, so reading it needs no TLS guard.
+  static constinit thread_local ThreadCache* last_used_cache;
+  // Named blocks through the cache, inside the caller's operation: a block
+  // of at least `block_size` bytes taken from it and made kPending (0 if it
+  // has none), and a named block's offset kept in it (false if it may not
+  // keep more).
+  std::uint64_t take_cached_for_named(ThreadCache& cache, std::uint64_t block_size)
+      REQUIRES(heap_lock);
+  bool keep_in_cache(ThreadCache& cache, std::uint64_t block_offset) REQUIRES(heap_lock);
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
   void give_back(ThreadCache& cache, int bin, std::uint32_t index)
       REQUIRES(heap_lock);                                   // under the lock
@@ -278,6 +298,17 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // The named block's offset, or 0; `hash` is hash_name(name).
   std::uint64_t lookup(std::string_view name, std::uint64_t hash) const;
   std::uint64_t lookup(std::string_view name) const { return lookup(name, hash_name(name)); }
+  // lookup() for a writer, under the exclusive lock: checks the table only
+  // when it moved or grew since the last.
+  std::uint64_t lookup_exclusive(std::string_view name, std::uint64_t hash) REQUIRES(heap_lock);
+  std::uint64_t lookup_exclusive(std::string_view name) REQUIRES(heap_lock) {
+    return lookup_exclusive(name, hash_name(name));
+  }
+  std::uint64_t checked_table_at GUARDED_BY(heap_lock) = 0;  // the table lookup_exclusive checked
+  std::uint64_t checked_table_capacity GUARDED_BY(heap_lock) = 0;
+  // The probe of a table that name_table() checked.
+  std::uint64_t probe(const format::NameTable& table, std::uint64_t capacity, std::string_view name,
+                      std::uint64_t hash) const;
   // Bounds-checked; nullptr if none. `capacity`: its capacity as checked
   // (read once; a reader without the lock uses this, not the table's).
   const format::NameTable* name_table(std::uint64_t* capacity = nullptr) const;

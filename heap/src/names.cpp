@@ -57,13 +57,12 @@ void Heap::Impl::refuse_record_at(std::uint64_t slot, std::uint64_t need) const 
   throw Error(Errc::kCorrupted, "heap " + path + ": name table entry outside the heap");
 }
 
-std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
-  std::uint64_t capacity = 0;
-  const NameTable* table = name_table(&capacity);
-  if (table == nullptr) return 0;
+// Inline into both lookups: each probes on every find, construct and destroy.
+inline std::uint64_t Heap::Impl::probe(const NameTable& table, std::uint64_t capacity,
+                                       std::string_view name, std::uint64_t hash) const {
   const std::uint64_t mask = capacity - 1;
   for (std::uint64_t i = hash & mask, probes = 0; probes < capacity; i = (i + 1) & mask, ++probes) {
-    const std::uint64_t slot = __atomic_load_n(&table->slots()[i], __ATOMIC_RELAXED);
+    const std::uint64_t slot = __atomic_load_n(&table.slots()[i], __ATOMIC_RELAXED);
     if (slot == kEmptySlot) return 0;
     if (slot == kTombstone) continue;
     require_record_inside(slot, name.size());
@@ -74,6 +73,31 @@ std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) cons
     }
   }
   return 0;
+}
+
+std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
+  std::uint64_t capacity = 0;
+  const NameTable* table = name_table(&capacity);
+  return table == nullptr ? 0 : probe(*table, capacity, name, hash);
+}
+
+// Writers are serialised by the lock, and the heap never shrinks: a table
+// name_table() found sound stays sound while it keeps its place and its
+// capacity, so a writer checks each table once, not at every lookup.
+std::uint64_t Heap::Impl::lookup_exclusive(std::string_view name, std::uint64_t hash) {
+  const std::uint64_t at = state().name_table;
+  if (at != 0 && at == checked_table_at) {
+    const NameTable* table = table_at(*this, at);
+    if (table->capacity == checked_table_capacity) {
+      return probe(*table, checked_table_capacity, name, hash);
+    }
+  }
+  std::uint64_t capacity = 0;
+  const NameTable* table = name_table(&capacity);
+  if (table == nullptr) return 0;
+  checked_table_at = at;
+  checked_table_capacity = capacity;
+  return probe(*table, capacity, name, hash);
 }
 
 void Heap::Impl::build_name_table(std::uint64_t entries) {

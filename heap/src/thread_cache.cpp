@@ -44,16 +44,12 @@ constexpr std::uint32_t depth_of(int bin) {
   return cache_slots(bin) - 1;
 }
 
-// The cache this thread used last, checked before the list is searched: a
-// thread mostly uses one heap. Trivial, so reading it needs no TLS guard.
-thread_local ThreadCache* last_used_cache = nullptr;
-
 // This thread's caches, one per heap it has used. A cache whose heap closed
 // has heap == nullptr and is dropped at the next lookup.
 struct ThreadCaches {
   std::vector<std::unique_ptr<ThreadCache>> caches;
   ~ThreadCaches() {
-    last_used_cache = nullptr;
+    Heap::Impl::last_used_cache = nullptr;
     for (auto& cache : caches) {
       // The weak reference keeps the Impl alive if the heap is being closed
       // right now; retire_cache() then finds the cache already retired.
@@ -75,28 +71,41 @@ std::uint64_t* slots_of(CacheLedger& ledger, int bin) {
   return ledger.slots + cache_slot_base(bin);
 }
 
+// The slot of a block in the cache's bin of `size` that is at least `size`
+// bytes, or the bin's count if none: small bins hold one size, a larger bin
+// a range.
+std::uint32_t fitting_slot(const Heap::Impl& impl, const CacheLedger& ledger, int bin,
+                           std::uint64_t size) {
+  const std::uint64_t* slots = ledger.slots + cache_slot_base(bin);
+  const std::uint32_t count = ledger.counts[bin];
+  for (std::uint32_t i = count; i-- > 0;) {
+    if (impl.block(slots[i])->size() >= size) return i;
+  }
+  return count;
+}
+
+// Under the lock, inside an operation: a ledger count changed and saved.
+// The counts are 32-bit, two to the 64-bit word the undo log saves.
+void store_count(Heap::Impl& impl, CacheLedger& ledger, int bin, std::uint32_t value)
+    REQUIRES(impl.heap_lock) {
+  static_assert(offsetof(CacheLedger, counts) % sizeof(std::uint64_t) == 0);
+  impl.save(reinterpret_cast<const std::uint64_t*>(&ledger.counts[bin & ~1]));
+  publish(ledger.counts[bin], value);
+}
+
 }  // namespace
+
+constinit thread_local ThreadCache* Heap::Impl::last_used_cache = nullptr;
 
 // Lock order, everywhere: caches_mutex, then the heap lock. The caches are
 // never used inside a locked section (allocate_in() in heap.cpp), so no
 // thread takes caches_mutex while it holds the heap lock.
-// The fast path is inline in this file's callers; the search and the
-// creation of a cache are not, so that those callers stay small.
-inline ThreadCache* Heap::Impl::thread_cache() {
-  // (A retired cache says nullptr, so a heap opened where a closed one's
-  // Impl was never takes the closed one's cache.)
-  if (last_used_cache != nullptr && last_used_cache->heap.load(std::memory_order_acquire) == this)
-      [[likely]] {
-    return last_used_cache;
-  }
-  return find_thread_cache();
-}
-
-ThreadCache* Heap::Impl::find_thread_cache() {
+ThreadCache* Heap::Impl::find_thread_cache(bool make) {
   auto& caches = this_thread_caches.caches;
   for (auto& cache : caches) {
     if (cache->heap.load(std::memory_order_acquire) == this) return last_used_cache = cache.get();
   }
+  if (!make) return nullptr;
   last_used_cache = nullptr;  // it may be one of those erased now
   std::erase_if(caches, [](const auto& cache) { return cache->heap.load() == nullptr; });
   auto cache = std::make_unique<ThreadCache>();
@@ -147,14 +156,7 @@ std::uint64_t Heap::Impl::cached_allocate(std::uint64_t size) {
   const int bin = bin_of(size);
   std::uint64_t* slots = slots_of(ledger, bin);
   std::uint32_t count = ledger.counts[bin];
-  // Small bins hold one size; a larger bin holds a range, so look for a fit.
-  std::uint32_t fit = count;
-  for (std::uint32_t i = count; i-- > 0;) {
-    if (block(slots[i])->size() >= size) {
-      fit = i;
-      break;
-    }
-  }
+  std::uint32_t fit = fitting_slot(*this, ledger, bin, size);
   if (fit == count) {
     const std::uint32_t before = count;
     count = refill_cache(*cache, bin, size);
@@ -264,6 +266,54 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
   ledger_store(header->size_and_state, size | kCached);
   ledger_store(ledger.in_flight, std::uint64_t{0});
   cache->bytes += size;
+}
+
+// Named blocks: a destroyed object's block stays in the destroying thread's
+// cache, where the next construct of a name of that size finds it. Both moves
+// happen inside the caller's operation, and every word they change, the
+// ledger's included, is saved in the undo log: a death (or an exception)
+// anywhere in that operation puts the block back where it was, named or
+// cached, and the ledger with it. (In the order the thread caches' rules
+// ask, for a death that the log cannot undo because it overflowed.) The
+// bins, their links and the counters are not touched: a construct+destroy
+// pair saves five words each way instead of a dozen.
+std::uint64_t Heap::Impl::take_cached_for_named(ThreadCache& cache, std::uint64_t size) {
+  if (cache.ledger == nullptr || size > kCacheMax) return 0;
+  CacheLedger& ledger = *cache.ledger;
+  const int bin = bin_of(size);
+  const std::uint32_t count = ledger.counts[bin];
+  const std::uint32_t fit = fitting_slot(*this, ledger, bin, size);
+  if (fit == count) return 0;
+  std::uint64_t* slots = slots_of(ledger, bin);
+  const std::uint64_t offset = slots[fit];
+  BlockHeader* header = block(offset);
+  const std::uint64_t actual = header->size();
+  // Pending first, then unlisted; the caller writes the tag (a serial), so
+  // save it here, while it still names our session.
+  store(header->size_and_state, actual | kPending);
+  save(&header->tag);
+  if (fit != count - 1) store(slots[fit], slots[count - 1]);
+  store_count(*this, ledger, bin, count - 1);
+  cache.bytes -= actual;
+  return offset;
+}
+
+bool Heap::Impl::keep_in_cache(ThreadCache& cache, std::uint64_t offset) {
+  if (cache.ledger == nullptr) return false;
+  CacheLedger& ledger = *cache.ledger;
+  BlockHeader* header = block(offset);
+  const std::uint64_t size = header->size();
+  if (size > kCacheMax) return false;
+  const int bin = bin_of(size);
+  const std::uint32_t count = ledger.counts[bin];
+  if (count >= depth_of(bin) || cache.bytes + size > kBudget) return false;
+  // Listed first, then ours, then cached.
+  store(slots_of(ledger, bin)[count], offset);
+  store_count(*this, ledger, bin, count + 1);
+  store(header->tag, session_id);
+  store(header->size_and_state, size | kCached);
+  cache.bytes += size;
+  return true;
 }
 
 void Heap::Impl::empty_cache(ThreadCache* cache) {
