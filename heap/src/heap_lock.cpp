@@ -43,9 +43,12 @@ namespace {
 
 using namespace format;
 
+// constinit, set on first use: no TLS guard on every call.
+constinit thread_local std::int64_t cached_thread_id = 0;
 std::int64_t this_thread_id() {
-  thread_local const std::int64_t id = gettid();
-  return id;
+  if (cached_thread_id == 0) [[unlikely]]
+    cached_thread_id = gettid();
+  return cached_thread_id;
 }
 
 // This thread's counted shared sections (one entry per heap, with its
@@ -253,15 +256,18 @@ void Heap::Impl::lock_network(bool exclusive, std::int64_t timeout_ns) {
 }
 
 void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
-  if (owner_tid.load(std::memory_order_relaxed) == this_thread_id()) {
-    if (exclusive && !outer_exclusive) require_exclusive();
-    ++depth;
-    return;
-  }
-  if (CountedSection* section = counted_section(this)) {
-    if (exclusive) require_exclusive();  // throws: a shared section cannot write
-    ++section->depth;
-    return;
+  // Nested: only a thread inside some section can be.
+  if (sections_held != 0) {
+    if (owner_tid.load(std::memory_order_relaxed) == this_thread_id()) {
+      if (exclusive && !outer_exclusive) require_exclusive();
+      ++depth;
+      return;
+    }
+    if (CountedSection* section = counted_section(this)) {
+      if (exclusive) require_exclusive();  // throws: a shared section cannot write
+      ++section->depth;
+      return;
+    }
   }
   if (read_only && exclusive) {
     throw Error(Errc::kInvalidArgument,
@@ -285,7 +291,8 @@ void Heap::Impl::acquire(bool exclusive, std::int64_t timeout_ns) {
   }
   bool holder_died = false;
   if (mode == LockMode::kLocal) {
-    const int rc = lock_local_mutex(timeout_ns);
+    int rc = pthread_mutex_trylock(mutex());  // usually free: no call to the spin below
+    if (rc == EBUSY) rc = lock_local_mutex(timeout_ns);
     if (rc == EOWNERDEAD) {
       if (const int consistent = pthread_mutex_consistent(mutex()); consistent != 0) {
         pthread_mutex_unlock(mutex());
@@ -479,13 +486,16 @@ int Heap::Impl::release() noexcept {
   // counts, the log and the byte-range locks (shared with the parent's open
   // file) are the parent's: only this process's bookkeeping goes.
   const bool in_child = forked();
-  if (CountedSection* section = counted_section(this)) {
-    if (--section->depth == 0) {
-      if (!in_child) leave_counted();
-      counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
-      --sections_held;
+  // (The holder of the mutex is in no counted section of this heap.)
+  if (owner_tid.load(std::memory_order_relaxed) != this_thread_id()) {
+    if (CountedSection* section = counted_section(this)) {
+      if (--section->depth == 0) {
+        if (!in_child) leave_counted();
+        counted_sections.erase(counted_sections.begin() + (section - counted_sections.data()));
+        --sections_held;
+      }
+      return 0;
     }
-    return 0;
   }
   if (in_child) {
     if (--depth == 0) {

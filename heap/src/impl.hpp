@@ -384,6 +384,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void begin_undo_log(bool walk = false) REQUIRES(heap_lock);
   void end_undo_log() REQUIRES(heap_lock);     // at its end, before lock_holder is cleared
   void disown_undo_log() REQUIRES(heap_lock);  // after lock_holder is cleared
+  // An outermost operation that did not commit: what it changed, undone
+  // from the log (unless the log overflowed: then the next locker walks).
+  void roll_back() REQUIRES(heap_lock);
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
   bool replay_undo_log(std::uint64_t dead_holder) REQUIRES(heap_lock);
@@ -489,17 +492,75 @@ class Heap::Impl::Operation {
     committed_ = true;
     return result;
   }
-  ~Operation();
+  ~Operation();  // inline, below
   Operation(const Operation&) = delete;
   Operation& operator=(const Operation&) = delete;
 
  private:
+  [[noreturn]] static void abort_uncommitted();
+
   Impl& impl_;
   bool committed_ = false;
 #ifndef NDEBUG
   int exceptions_ = 0;
 #endif
 };
+
+// Inline, with the three below: every locked call passes here.
+inline Heap::Impl::Operation::~Operation() {
+  // In a child forked inside the operation (by a constructor, say), the log
+  // and the heap are the parent's, still in the middle of it.
+  if (impl_.forked()) return;
+#ifndef NDEBUG
+  if (!committed_ && std::uncaught_exceptions() <= exceptions_) abort_uncommitted();
+#endif
+  if (--impl_.operation_depth == 0 && impl_.undo_active()) {
+    if (!committed_) [[unlikely]]
+      impl_.roll_back();
+    format::State& s = impl_.state();
+    if (impl_.undo_next != 0) publish(s.undo_count, 0);
+    if (impl_.undo_next == kOverflowed) publish(s.undo_overflow, 0);
+    impl_.undo_next = 0;
+    impl_.counters_saved = 0;
+  }
+}
+
+inline void Heap::Impl::begin_undo_log(bool walk) {
+  if (mode != LockMode::kLocal || read_only) return;
+  format::State& s = state();
+  // `walk`: this section begins by walking the heap (recovery, or a first
+  // opener that does not trust it), so the log must say "walk" from its
+  // first instant: overflow is set before anything else changes, and the
+  // dead holder's overflow (if any) is never momentarily absent.
+  if (walk) publish(s.undo_overflow, 1);
+  // Empty already, unless the previous holder died (and then recovery,
+  // which runs before this, has dealt with it).
+  if (s.undo_count != 0) publish(s.undo_count, 0);
+  if (!walk && s.undo_overflow != 0) publish(s.undo_overflow, 0);
+  publish(s.undo_owner, s.lock_holder);
+  undo_next = walk ? kOverflowed : 0;
+  counters_saved = 0;
+}
+
+// The log stays ours (undo_owner) until lock_holder is cleared: a death in
+// between leaves an empty log that names the dead holder, so the next locker
+// replays nothing and walks nothing. (Cleared first, it would leave a log
+// that is nobody's, and a walk.) The owner is cleared after lock_holder by
+// the caller (disown_undo_log).
+inline void Heap::Impl::end_undo_log() {
+  if (!undo_active()) return;
+  format::State& s = state();
+  if (undo_next != 0) publish(s.undo_count, 0);
+  if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
+  undo_next = kNotLogging;
+  counters_saved = 0;
+}
+
+inline void Heap::Impl::disown_undo_log() {
+  if (mode != LockMode::kLocal || read_only) return;
+  // So that no later death can take this log for its own.
+  if (state().undo_owner != 0) publish(state().undo_owner, 0);
+}
 
 std::uint64_t checksum_identity(const format::Identity& identity);
 

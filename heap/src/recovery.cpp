@@ -168,27 +168,17 @@ std::string walk_chain(const Heap::Impl& impl, ChainSummary& summary,
 
 // --- Operations and the undo log ---
 
-Heap::Impl::Operation::~Operation() {
-  // In a child forked inside the operation (by a constructor, say), the log
-  // and the heap are the parent's, still in the middle of it.
-  if (impl_.forked()) return;
-#ifndef NDEBUG
-  if (!committed_ && std::uncaught_exceptions() <= exceptions_) {
-    std::fputs("sheaf: an Operation ended without commit() and without an exception\n", stderr);
-    std::abort();
-  }
-#endif
-  if (--impl_.operation_depth == 0 && impl_.undo_active()) {
-    State& s = impl_.state();
-    if (!committed_ && impl_.undo_next != kOverflowed) {
-      for (std::uint64_t i = impl_.undo_next; i-- > 0;) {
-        publish(*impl_.at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
-      }
-    }
-    if (impl_.undo_next != 0) publish(s.undo_count, 0);
-    if (impl_.undo_next == kOverflowed) publish(s.undo_overflow, 0);
-    impl_.undo_next = 0;
-    impl_.counters_saved = 0;
+// ~Operation()'s rare paths (the rest is inline in impl.hpp).
+void Heap::Impl::Operation::abort_uncommitted() {
+  std::fputs("sheaf: an Operation ended without commit() and without an exception\n", stderr);
+  std::abort();
+}
+
+void Heap::Impl::roll_back() {
+  if (undo_next == kOverflowed) return;  // too big to log: the next locker walks
+  State& s = state();
+  for (std::uint64_t i = undo_next; i-- > 0;) {
+    publish(*at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);
   }
 }
 
@@ -217,42 +207,7 @@ void Heap::Impl::mark_unlogged() {
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
-void Heap::Impl::begin_undo_log(bool walk) {
-  if (mode != LockMode::kLocal || read_only) return;
-  State& s = state();
-  // `walk`: this section begins by walking the heap (recovery, or a first
-  // opener that does not trust it), so the log must say "walk" from its
-  // first instant: overflow is set before anything else changes, and the
-  // dead holder's overflow (if any) is never momentarily absent.
-  if (walk) publish(s.undo_overflow, 1);
-  // Empty already, unless the previous holder died (and then recovery,
-  // which runs before this, has dealt with it).
-  if (s.undo_count != 0) publish(s.undo_count, 0);
-  if (!walk && s.undo_overflow != 0) publish(s.undo_overflow, 0);
-  publish(s.undo_owner, s.lock_holder);
-  undo_next = walk ? kOverflowed : 0;
-  counters_saved = 0;
-}
-
-// The log stays ours (undo_owner) until lock_holder is cleared: a death in
-// between leaves an empty log that names the dead holder, so the next locker
-// replays nothing and walks nothing. (Cleared first, it would leave a log
-// that is nobody's, and a walk.) The owner is cleared after lock_holder by
-// the caller (disown_undo_log).
-void Heap::Impl::end_undo_log() {
-  if (!undo_active()) return;
-  State& s = state();
-  if (undo_next != 0) publish(s.undo_count, 0);
-  if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
-  undo_next = kNotLogging;
-  counters_saved = 0;
-}
-
-void Heap::Impl::disown_undo_log() {
-  if (mode != LockMode::kLocal || read_only) return;
-  // So that no later death can take this log for its own.
-  if (state().undo_owner != 0) publish(state().undo_owner, 0);
-}
+// begin_undo_log(), end_undo_log() and disown_undo_log() are inline in impl.hpp.
 
 bool Heap::Impl::replay_undo_log(std::uint64_t dead_holder) {
   State& s = state();
