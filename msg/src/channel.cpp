@@ -144,6 +144,7 @@ struct Channel::State {
   int next_timer = 1;
   std::chrono::steady_clock::time_point next_manager_try{};
   std::chrono::steady_clock::time_point last_socket_poll{};  // wait_and_serve()'s
+  SpinBudget ring_spin{};  // wait_and_serve()'s, on the rings of its clients
 
   ~State() {
     for (auto& [key, peer] : peers) peer.link.close();
@@ -644,14 +645,16 @@ struct Watched {
 // Clients on rings: spin a little on them first (a message is often a few
 // microseconds away when both processes run), then announce the sleep.
 // True if one has data, so poll() must not sleep.
-bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until) {
+bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until,
+                    const SpinBudget& budget) {
   bool any = false;
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) any = any || peer.link.has_rings();
   }
   if (!any) return false;
+  const std::uint64_t budget_ns = budget.ns();
   const auto spin_until = std::min<Deadline>(
-      until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns()));
+      until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget_ns));
   unsigned spins = 0;
   do {
     for (Channel::State* s : channels) {
@@ -661,6 +664,7 @@ bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until) {
     }
     spin_pause(spins);
   } while (std::chrono::steady_clock::now() < spin_until);
+  count_spin_in_vain(budget_ns);
   bool ready = false;
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) {
@@ -707,7 +711,11 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       until = std::min(until, s->next_manager_try);
     }
   }
-  const bool ring_ready = ring_data_soon(channels, until);
+  // (The first channel's budget: one thread waits on them all.)
+  SpinBudget& spin = channels.front()->ring_spin;
+  const auto started = std::chrono::steady_clock::now();
+  const bool ring_ready = ring_data_soon(channels, until, spin);
+  if (ring_ready) spin.spun_enough();
   // Ring data at hand: served without a system call, while the sockets (new
   // clients, deaths, the manager) are still looked at every millisecond.
   Channel::State& first = *channels.front();
@@ -720,12 +728,14 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) peer.link.finish_sleep();
   }
+  bool ring_served = false;
   for (std::size_t i = 0; i < fds.size(); ++i) {
     Channel::State& s = *what[i].channel;
     const bool ring_has_data = what[i].kind == Watched::kPeer && [&] {
       auto it = s.peers.find(what[i].peer);
       return it != s.peers.end() && it->second.link.ring_readable();
     }();
+    ring_served = ring_served || ring_has_data;
     if (fds[i].revents == 0 && !ring_has_data) continue;
     switch (what[i].kind) {
       case Watched::kAcceptor:
@@ -742,6 +752,8 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
         break;
     }
   }
+  // Only waits that ring data ended say how long the peers take.
+  if (ring_served && !ring_ready) spin.waited(nanoseconds_since(started));
   for (Channel::State* s : channels) {
     s->tend_manager(false);  // a retry may be due
     s->refuse_slow_handshakes();

@@ -311,13 +311,18 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
     bytes = bytes.subspan(n);
     if (!bytes.empty() && n == 0) {
       // Full: spin a little, then sleep until the reader makes room.
-      const auto spin_until =
-          std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
+      const auto started = std::chrono::steady_clock::now();
+      const std::uint64_t budget = write_spin_.ns();
+      const auto spin_until = started + std::chrono::nanoseconds(budget);
       for (unsigned spins = 0;
            !ring_->writable() && std::chrono::steady_clock::now() < spin_until;) {
         spin_pause(spins);
       }
-      if (ring_->writable()) continue;
+      if (ring_->writable()) {
+        write_spin_.spun_enough();
+        continue;
+      }
+      count_spin_in_vain(budget);
       if (ring_->prepare_to_sleep_writing()) {
         pollfd fds[2] = {{ring_->self_wake(), POLLIN, 0}, {fd(), POLLIN, 0}};
         const int ready = ::poll(fds, 2, poll_millis(deadline));
@@ -327,6 +332,7 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
         // With rings the peer writes nothing more on the socket but a
         // refusal before it closes: read it, and stop at the close.
         if (fds[1].revents != 0 && !read_socket()) throw_peer_gone(peer_, ECONNRESET);
+        if (ring_->writable()) write_spin_.waited(nanoseconds_since(started));
         if (ready == 0 && deadline != Deadline::max() &&
             std::chrono::steady_clock::now() >= deadline) {
           throw Error(Errc::kTimedOut,
@@ -338,18 +344,28 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
 }
 
 bool Link::wait_ring_readable(Deadline deadline) {
-  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns());
+  const auto started = std::chrono::steady_clock::now();
+  const std::uint64_t budget = read_spin_.ns();
+  const auto spin_until = started + std::chrono::nanoseconds(budget);
   for (unsigned spins = 0; std::chrono::steady_clock::now() < spin_until; spin_pause(spins)) {
-    if (ring_->readable()) return true;
+    if (ring_->readable()) {
+      read_spin_.spun_enough();
+      return true;
+    }
   }
+  count_spin_in_vain(budget);
+  const auto data_came = [&] {  // after a sleep: how long the whole wait took
+    read_spin_.waited(nanoseconds_since(started));
+    return true;
+  };
   for (;;) {
-    if (!ring_->prepare_to_sleep_reading()) return true;
+    if (!ring_->prepare_to_sleep_reading()) return data_came();
     pollfd fds[2] = {{ring_->self_wake(), POLLIN, 0}, {fd(), POLLIN, 0}};
     const int ready = ::poll(fds, 2, poll_millis(deadline));
     ring_->done_sleeping_reading();
     ring_->drain_wake();
     if (ready < 0 && errno != EINTR) throw Error::from_errno(errno, "poll");
-    if (ring_->readable()) return true;
+    if (ring_->readable()) return data_came();
     if (fds[1].revents != 0) {  // a refusal, or the close
       const std::size_t before = reader_.buffered();
       const bool open = read_socket();

@@ -115,6 +115,8 @@ class Link {
   bool unix_ = false;
   FrameReader reader_{kLinkMaxPayload};
   std::optional<RingEnd> ring_;
+  SpinBudget read_spin_;           // waits for ring data (a reply, a message)
+  SpinBudget write_spin_;          // waits for room in a full ring
   std::vector<int> received_fds_;  // descriptors that came with socket data
   bool sleeping_ = false;          // prepare_sleep() announced a sleep
 };

@@ -253,6 +253,18 @@ int make_wake_fd() {
   return fd;
 }
 
+namespace {
+thread_local std::uint64_t spun_in_vain = 0;
+}  // namespace
+
+void count_spin_in_vain(std::uint64_t budget_ns) {
+  spun_in_vain += budget_ns;
+}
+
+std::uint64_t spin_in_vain_ns() {
+  return spun_in_vain;
+}
+
 void spin_pause(unsigned& spins) {
   if (++spins % 64 == 0) {
     ::sched_yield();

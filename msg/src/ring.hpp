@@ -24,7 +24,9 @@
 // A writer that finds the ring full waits the same way on writer_waiting.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -115,6 +117,59 @@ int make_wake_fd();
 // How long a waiting side spins on the ring before it sleeps in the kernel:
 // $SHEAF_MSG_SPIN_US microseconds (default 20; 0: never spin).
 std::uint64_t spin_ns();
+inline std::uint64_t nanoseconds_since(std::chrono::steady_clock::time_point start) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count());
+}
+
+// How long one waiter spins, adapted to how long its waits take. A wait
+// that ends within the window (spin_ns()) is served by the spin: no sleep,
+// no wake-up, a few microseconds saved. One that outlasts it (a peer busy
+// for longer) pays the whole spin for nothing, a core burnt meanwhile. So:
+// - a waiter spins the whole window while its waits end within it;
+// - after kPatience waits in a row that outlasted it, only kShortNs (a peer
+//   about to answer is still caught), except every kProbeEvery-th wait,
+//   which spins the whole window again to find out whether the peer got
+//   faster (a sleeping waiter's own wake-up can take longer than the
+//   window on a busy machine, so the waits it measures cannot tell);
+// - the first wait that ends within the window brings the whole window back.
+// A waiter whose peer answers fast (a request-reply loop, the benchmarks)
+// keeps its spin, and one whose peer is slow stops burning a core. (glibc's
+// adaptive mutex adapts the window itself; that lost here, where the
+// hand-offs that matter take 1-5 us and a shorter window misses them:
+// docs/msg.md.) Not thread-safe: one per waiting side.
+class SpinBudget {
+ public:
+  static constexpr unsigned kPatience = 3;
+  static constexpr unsigned kProbeEvery = 8;
+  static constexpr std::uint64_t kShortNs = 1000;
+
+  // How long to spin before sleeping, in nanoseconds.
+  std::uint64_t ns() const {
+    if (long_waits_ < kPatience || long_waits_ % kProbeEvery == 0) return spin_ns();
+    return std::min(kShortNs, spin_ns());
+  }
+  // A wait that the spin served (no clock read: it ended within the window).
+  void spun_enough() { long_waits_ = 0; }
+  // A wait that ended (with data or room) `waited_ns` after it began.
+  void waited(std::uint64_t waited_ns) {
+    if (waited_ns <= spin_ns()) {
+      long_waits_ = 0;
+    } else if (++long_waits_ == 0) {
+      long_waits_ = kPatience;  // (wrapped)
+    }
+  }
+
+ private:
+  unsigned long_waits_ = 0;  // in a row
+};
+
+// Spins that ran out without data or room: their budgets, summed for the
+// calling thread (what spinning cost it for nothing; tests read it).
+void count_spin_in_vain(std::uint64_t budget_ns);
+std::uint64_t spin_in_vain_ns();
+
 // One step of a spin: a pause, and now and then a sched_yield(), so that a
 // peer on the same core (two processes, one free core) gets to run instead
 // of waiting for our time slice to end.

@@ -231,6 +231,78 @@ TEST_F(MsgTest, OneHostsConnectionsUseRingsUnlessToldNotTo) {
   EXPECT_EQ(sender.wait_code(), 0);
 }
 
+// The policy alone, fed wait lengths: three waits in a row past the window
+// shorten the spin, but for a probe of the whole window every eighth wait;
+// one wait within the window restores it.
+TEST(SpinBudget, ShortensAfterLongWaitsProbesAndRecoversAfterAShortOne) {
+  using msg::SpinBudget;
+  const std::uint64_t window = msg::spin_ns();
+  if (window <= SpinBudget::kShortNs) GTEST_SKIP() << "SHEAF_MSG_SPIN_US is too small";
+  SpinBudget budget;
+  for (unsigned i = 0; i < SpinBudget::kPatience; ++i) {
+    EXPECT_EQ(budget.ns(), window) << "after " << i << " long waits";
+    budget.waited(window * 3);
+  }
+  int probes = 0;
+  for (unsigned i = 0; i < 10 * SpinBudget::kProbeEvery; ++i) {
+    const std::uint64_t spin = budget.ns();
+    EXPECT_TRUE(spin == SpinBudget::kShortNs || spin == window);
+    probes += spin == window;
+    budget.waited(window * 100);
+  }
+  EXPECT_EQ(probes, 10);
+  budget.waited(window / 2);
+  EXPECT_EQ(budget.ns(), window);
+  // Long waits that do not come in a row never shorten it.
+  for (int i = 0; i < 10; ++i) {
+    budget.waited(window * 3);
+    budget.waited(window * 3);
+    budget.waited(window / 4);
+  }
+  EXPECT_EQ(budget.ns(), window);
+}
+
+// A client whose server takes milliseconds to answer stops spinning on the
+// ring after a few such waits (SpinBudget, ring.hpp) instead of spinning the
+// whole window in vain at every request.
+TEST_F(MsgTest, AClientOfASlowServerStopsSpinningInVain) {
+  constexpr int kAsks = 40;
+  Client owner = client("slow");
+  Channel channel = owner.create_channel("slow-server");
+  Pipe report;
+  Child asker([&] {
+    report.close_read();
+    Client c = client("asker");
+    Connection to = c.connect_channel("slow-server", 5s);
+    to.send(0, as_bytes("warm-up"), 5s);
+    const std::uint64_t before = msg::spin_in_vain_ns();
+    for (int i = 0; i < kAsks; ++i) to.send(1, as_bytes("x"), 5s);
+    const std::uint64_t in_vain = msg::spin_in_vain_ns() - before;
+    if (::write(report.write_end(), &in_vain, sizeof(in_vain)) != sizeof(in_vain)) _exit(3);
+  });
+  report.close_write();
+  int answered = 0;
+  for (int i = 0; i < 1000 && answered < kAsks + 1; ++i) {  // bounded: 100 s
+    Message m = channel.receive(100ms);
+    if (m.event != Event::kMessage) continue;
+    std::this_thread::sleep_for(2ms);  // a slow server
+    channel.reply(m.index, 0);
+    ++answered;
+  }
+  std::uint64_t in_vain = 0;
+  ASSERT_EQ(::read(report.read_end(), &in_vain, sizeof(in_vain)),
+            static_cast<ssize_t>(sizeof(in_vain)));
+  EXPECT_EQ(asker.wait_code(), 0);
+  EXPECT_EQ(answered, kAsks + 1);
+  // A fixed window would spin it all in vain at every request: kAsks windows.
+  const std::uint64_t window = msg::spin_ns();
+  ASSERT_GT(window, 0u) << "SHEAF_MSG_SPIN_US=0: nothing spins";
+  using msg::SpinBudget;
+  const std::uint64_t probes = kAsks / SpinBudget::kProbeEvery + 1;
+  EXPECT_LE(in_vain, (SpinBudget::kPatience + probes) * window + kAsks * SpinBudget::kShortNs)
+      << "the asker spun " << in_vain << " ns in vain over " << kAsks << " requests";
+}
+
 // Deleting a channel (its destructor) frees its name at once, while its
 // owner lives: the manager forgets it, a client cannot reach it, and the
 // name can be taken again. And the manager answers a ping.
