@@ -385,7 +385,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   void end_undo_log() REQUIRES(heap_lock);     // at its end, before lock_holder is cleared
   void disown_undo_log() REQUIRES(heap_lock);  // after lock_holder is cleared
   // An outermost operation that did not commit: what it changed, undone
-  // from the log (unless the log overflowed: then the next locker walks).
+  // from the log. Unless the log overflowed: then what it changed stands
+  // (each step left the heap whole; blocks a failed constructor allocated
+  // stay allocated, a leak that only `sheaf heap check` sees).
   void roll_back() REQUIRES(heap_lock);
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.

@@ -175,7 +175,7 @@ void Heap::Impl::Operation::abort_uncommitted() {
 }
 
 void Heap::Impl::roll_back() {
-  if (undo_next == kOverflowed) return;  // too big to log: the next locker walks
+  if (undo_next == kOverflowed) return;  // too big to log: it stands (see impl.hpp)
   State& s = state();
   for (std::uint64_t i = undo_next; i-- > 0;) {
     publish(*at<std::uint64_t>(s.undo[i].offset), s.undo[i].old_value);

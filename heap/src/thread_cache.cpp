@@ -277,8 +277,13 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
 // ask, for a death that the log cannot undo because it overflowed.) The
 // bins, their links and the counters are not touched: a construct+destroy
 // pair saves five words each way instead of a dozen.
+//
+// Small blocks only (the exact-size bins, up to kSmallMax): a larger one
+// would wait for a construct of its size by this thread alone, its space
+// out of reach of every other size, thread and process (up to the cache's
+// 8 MiB; a heap with a max_size ran out of space that way).
 std::uint64_t Heap::Impl::take_cached_for_named(ThreadCache& cache, std::uint64_t size) {
-  if (cache.ledger == nullptr || size > kCacheMax) return 0;
+  if (cache.ledger == nullptr || size > kSmallMax) return 0;
   CacheLedger& ledger = *cache.ledger;
   const int bin = bin_of(size);
   const std::uint32_t count = ledger.counts[bin];
@@ -303,7 +308,7 @@ bool Heap::Impl::keep_in_cache(ThreadCache& cache, std::uint64_t offset) {
   CacheLedger& ledger = *cache.ledger;
   BlockHeader* header = block(offset);
   const std::uint64_t size = header->size();
-  if (size > kCacheMax) return false;
+  if (size > kSmallMax) return false;  // (see above)
   const int bin = bin_of(size);
   const std::uint32_t count = ledger.counts[bin];
   if (count >= depth_of(bin) || cache.bytes + size > kBudget) return false;

@@ -652,9 +652,9 @@ bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until,
     for (auto& [key, peer] : s->peers) any = any || peer.link.has_rings();
   }
   if (!any) return false;
-  const std::uint64_t budget_ns = budget.ns();
-  const auto spin_until = std::min<Deadline>(
-      until, std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget_ns));
+  const auto started = std::chrono::steady_clock::now();
+  const auto spin_until =
+      std::min<Deadline>(until, started + std::chrono::nanoseconds(budget.ns()));
   unsigned spins = 0;
   do {
     for (Channel::State* s : channels) {
@@ -664,7 +664,8 @@ bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until,
     }
     spin_pause(spins);
   } while (std::chrono::steady_clock::now() < spin_until);
-  count_spin_in_vain(budget_ns);
+  count_spin_in_vain(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(spin_until - started).count()));
   bool ready = false;
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) {
@@ -711,11 +712,17 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       until = std::min(until, s->next_manager_try);
     }
   }
-  // (The first channel's budget: one thread waits on them all.)
+  // (The first channel's budget: one thread waits on them all, and usually
+  // in the same order.) A peer mid-frame sends the rest at once: such a wait
+  // says nothing about how long peers take.
   SpinBudget& spin = channels.front()->ring_spin;
+  bool counts = true;
+  for (Channel::State* s : channels) {
+    for (auto& [key, peer] : s->peers) counts = counts && !peer.link.mid_frame();
+  }
   const auto started = std::chrono::steady_clock::now();
   const bool ring_ready = ring_data_soon(channels, until, spin);
-  if (ring_ready) spin.spun_enough();
+  if (ring_ready && counts) spin.spun_enough();
   // Ring data at hand: served without a system call, while the sockets (new
   // clients, deaths, the manager) are still looked at every millisecond.
   Channel::State& first = *channels.front();
@@ -753,7 +760,7 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
     }
   }
   // Only waits that ring data ended say how long the peers take.
-  if (ring_served && !ring_ready) spin.waited(nanoseconds_since(started));
+  if (ring_served && !ring_ready && counts) spin.waited(nanoseconds_since(started));
   for (Channel::State* s : channels) {
     s->tend_manager(false);  // a retry may be due
     s->refuse_slow_handshakes();

@@ -345,17 +345,18 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
 
 bool Link::wait_ring_readable(Deadline deadline) {
   const auto started = std::chrono::steady_clock::now();
+  const bool counts = !mid_frame();  // (a frame's rest comes at once: see mid_frame())
   const std::uint64_t budget = read_spin_.ns();
   const auto spin_until = started + std::chrono::nanoseconds(budget);
   for (unsigned spins = 0; std::chrono::steady_clock::now() < spin_until; spin_pause(spins)) {
     if (ring_->readable()) {
-      read_spin_.spun_enough();
+      if (counts) read_spin_.spun_enough();
       return true;
     }
   }
   count_spin_in_vain(budget);
   const auto data_came = [&] {  // after a sleep: how long the whole wait took
-    read_spin_.waited(nanoseconds_since(started));
+    if (counts) read_spin_.waited(nanoseconds_since(started));
     return true;
   };
   for (;;) {

@@ -94,6 +94,9 @@ class Link {
   }
   void finish_sleep();
   bool ring_readable() const { return ring_ && ring_->readable(); }
+  // Part of a frame has arrived, not all of it. (The rest comes at once:
+  // a wait for it says nothing about how long the peer takes.)
+  bool mid_frame() const { return reader_.buffered() > 0; }
   // The peer's credentials (Unix sockets); uid -1 for TCP.
   ucred peer_credentials();
   void close();

@@ -264,8 +264,11 @@ TEST(SpinBudget, ShortensAfterLongWaitsProbesAndRecoversAfterAShortOne) {
 
 // A client whose server takes milliseconds to answer stops spinning on the
 // ring after a few such waits (SpinBudget, ring.hpp) instead of spinning the
-// whole window in vain at every request.
+// whole window in vain at every request (kAsks windows; a fixed window
+// fails this test).
 TEST_F(MsgTest, AClientOfASlowServerStopsSpinningInVain) {
+  const char* rings = std::getenv("SHEAF_MSG_RINGS");
+  if (rings != nullptr && std::string_view(rings) == "0") GTEST_SKIP() << "no rings, no spin";
   constexpr int kAsks = 40;
   Client owner = client("slow");
   Channel channel = owner.create_channel("slow-server");
@@ -286,7 +289,9 @@ TEST_F(MsgTest, AClientOfASlowServerStopsSpinningInVain) {
     Message m = channel.receive(100ms);
     if (m.event != Event::kMessage) continue;
     std::this_thread::sleep_for(2ms);  // a slow server
-    channel.reply(m.index, 0);
+    // With a payload: a frame whose rest comes just after its header must
+    // not count as a fast answer.
+    channel.reply(m.index, 0, as_bytes("a reply with a payload of some length"));
     ++answered;
   }
   std::uint64_t in_vain = 0;
@@ -298,8 +303,13 @@ TEST_F(MsgTest, AClientOfASlowServerStopsSpinningInVain) {
   const std::uint64_t window = msg::spin_ns();
   ASSERT_GT(window, 0u) << "SHEAF_MSG_SPIN_US=0: nothing spins";
   using msg::SpinBudget;
+  EXPECT_GE(in_vain, SpinBudget::kPatience * window) << "the asker never spun in vain";
   const std::uint64_t probes = kAsks / SpinBudget::kProbeEvery + 1;
-  EXPECT_LE(in_vain, (SpinBudget::kPatience + probes) * window + kAsks * SpinBudget::kShortNs)
+  // (And a few windows more: a reply's payload that comes later than its
+  // header, the writer preempted between the two, is waited for too.)
+  constexpr std::uint64_t kSlack = 4;
+  EXPECT_LE(in_vain,
+            (SpinBudget::kPatience + probes + kSlack) * window + kAsks * SpinBudget::kShortNs)
       << "the asker spun " << in_vain << " ns in vain over " << kAsks << " requests";
 }
 
