@@ -47,7 +47,7 @@ void check_type(const Heap::Impl& impl, std::uint64_t block, const NamedRecord& 
                 const TypeTag& type) {
   const char* names = impl.record_names(block);
   if (r.type_length == type.name.size() &&
-      std::memcmp(names + r.name_length, type.name.data(), type.name.size()) == 0 &&
+      same_bytes(names + r.name_length, type.name.data(), type.name.size()) &&
       r.element_size == type.size) {
     return;
   }
@@ -365,7 +365,7 @@ void* Heap::construct_named(std::string_view name, const TypeTag& type, std::siz
   if (!from_cache) block = impl.allocate_block(payload, kAlign, kPending);
   // If the object cannot be finished: the block goes back where it came from.
   const auto give_back_block = [&]() REQUIRES(impl.heap_lock) {
-    if (!from_cache || !impl.keep_in_cache(*cache, block)) impl.free_block(block);
+    if (!from_cache || !impl.keep_in_cache(*cache, block, false)) impl.free_block(block);
   };
   // Pending blocks carry their serial too: a serial is never reused, even
   // when the object is never finished. Not saved: the tag of a block this
@@ -445,7 +445,7 @@ bool Heap::destroy_named(std::string_view name, const TypeTag& type, detail::Des
   impl.remove_name(block);
   impl.store_counter(impl.state().named_count, impl.state().named_count - 1);
   // Kept in this thread's cache if it has room, for the next construct.
-  if (cache == nullptr || !impl.keep_in_cache(*cache, block)) impl.free_block(block);
+  if (cache == nullptr || !impl.keep_in_cache(*cache, block, true)) impl.free_block(block);
   return op.commit(true);
 }
 

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,29 @@ inline void publish(Word& word, std::type_identity_t<Word> value) {
 
 // xxHash wrappers, so xxhash.h stays out of every other file.
 std::uint64_t hash_name(std::string_view name);
+
+// memcmp(a, b, n) == 0, without a call for the lengths names and type names
+// mostly have (4 to 16 bytes: two overlapping loads from each side). Every
+// find and destroy compares a name and a type name.
+inline bool same_bytes(const char* a, const char* b, std::size_t n) {
+  const auto load8 = [](const char* p) {
+    std::uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  const auto load4 = [](const char* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  if (n >= 8 && n <= 16) {
+    return ((load8(a) ^ load8(b)) | (load8(a + n - 8) ^ load8(b + n - 8))) == 0;
+  }
+  if (n >= 4 && n < 8) {
+    return ((load4(a) ^ load4(b)) | (load4(a + n - 4) ^ load4(b + n - 4))) == 0;
+  }
+  return std::memcmp(a, b, n) == 0;
+}
 
 using format::kCacheMax;  // blocks up to this size (header included) go through thread caches
 
@@ -283,7 +307,9 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // keep more).
   std::uint64_t take_cached_for_named(ThreadCache& cache, std::uint64_t block_size)
       REQUIRES(heap_lock);
-  bool keep_in_cache(ThreadCache& cache, std::uint64_t block_offset) REQUIRES(heap_lock);
+  // `last_step`: nothing after it in the operation can fail (see there).
+  bool keep_in_cache(ThreadCache& cache, std::uint64_t block_offset, bool last_step)
+      REQUIRES(heap_lock);
   std::uint32_t refill_cache(ThreadCache& cache, int bin, std::uint64_t block_size);
   void give_back(ThreadCache& cache, int bin, std::uint32_t index)
       REQUIRES(heap_lock);                                   // under the lock

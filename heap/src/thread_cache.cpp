@@ -271,9 +271,10 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
 // Named blocks: a destroyed object's block stays in the destroying thread's
 // cache, where the next construct of a name of that size finds it. Both moves
 // happen inside the caller's operation, and every word they change, the
-// ledger's included, is saved in the undo log: a death (or an exception)
-// anywhere in that operation puts the block back where it was, named or
-// cached, and the ledger with it. (In the order the thread caches' rules
+// ledger's included (but for destroy's listing: keep_in_cache()), is saved
+// in the undo log: a death (or an exception) anywhere in that operation
+// puts the block back where it was, named or cached, and the ledger with
+// it. (In the order the thread caches' rules
 // ask, for a death that the log cannot undo because it overflowed.) The
 // bins, their links and the counters are not touched: a construct+destroy
 // pair saves five words each way instead of a dozen.
@@ -287,23 +288,23 @@ std::uint64_t Heap::Impl::take_cached_for_named(ThreadCache& cache, std::uint64_
   CacheLedger& ledger = *cache.ledger;
   const int bin = bin_of(size);
   const std::uint32_t count = ledger.counts[bin];
-  const std::uint32_t fit = fitting_slot(*this, ledger, bin, size);
-  if (fit == count) return 0;
-  std::uint64_t* slots = slots_of(ledger, bin);
-  const std::uint64_t offset = slots[fit];
+  if (count == 0) return 0;
+  // A small bin holds one size (a block a little larger, whose tail was too
+  // small to split, sits in its own size's bin): the last block fits.
+  const std::uint64_t offset = slots_of(ledger, bin)[count - 1];
   BlockHeader* header = block(offset);
   const std::uint64_t actual = header->size();
+  if (actual < size) return 0;  // (a ledger damaged in our own process)
   // Pending first, then unlisted; the caller writes the tag (a serial), so
   // save it here, while it still names our session.
   store(header->size_and_state, actual | kPending);
   save(&header->tag);
-  if (fit != count - 1) store(slots[fit], slots[count - 1]);
   store_count(*this, ledger, bin, count - 1);
   cache.bytes -= actual;
   return offset;
 }
 
-bool Heap::Impl::keep_in_cache(ThreadCache& cache, std::uint64_t offset) {
+bool Heap::Impl::keep_in_cache(ThreadCache& cache, std::uint64_t offset, bool last_step) {
   if (cache.ledger == nullptr) return false;
   CacheLedger& ledger = *cache.ledger;
   BlockHeader* header = block(offset);
@@ -312,9 +313,18 @@ bool Heap::Impl::keep_in_cache(ThreadCache& cache, std::uint64_t offset) {
   const int bin = bin_of(size);
   const std::uint32_t count = ledger.counts[bin];
   if (count >= depth_of(bin) || cache.bytes + size > kBudget) return false;
-  // Listed first, then ours, then cached.
-  store(slots_of(ledger, bin)[count], offset);
-  store_count(*this, ledger, bin, count + 1);
+  // Listed first, then ours, then cached. As the operation's last step
+  // (destroy), the listing need not be saved: nothing after it can fail, so
+  // only a death undoes the rest, and that leaves the block named again and
+  // listed in the dead session's ledger, which recovery then skips (it
+  // frees only what is kCached and ours, or in flight).
+  if (last_step) {
+    ledger_store(slots_of(ledger, bin)[count], offset);
+    ledger_store(ledger.counts[bin], count + 1);
+  } else {
+    store(slots_of(ledger, bin)[count], offset);
+    store_count(*this, ledger, bin, count + 1);
+  }
   store(header->tag, session_id);
   store(header->size_and_state, size | kCached);
   cache.bytes += size;
