@@ -338,6 +338,8 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // Bounds-checked; nullptr if none. `capacity`: its capacity as checked
   // (read once; a reader without the lock uses this, not the table's).
   const format::NameTable* name_table(std::uint64_t* capacity = nullptr) const;
+  const format::NameTable* checked_name_table(std::uint64_t* capacity) const;  // names.cpp's
+  [[noreturn]] void refuse_name_table(std::uint64_t at, std::uint64_t capacity) const;
   // Throws unless a record of `name_bytes` name bytes at `slot` lies inside
   // the heap and this process's mapping of it. Inline: every probe of a
   // lookup checks one.

@@ -25,25 +25,43 @@ NameTable* table_at(const Heap::Impl& impl, std::uint64_t block_offset) {
 // The name table, or nullptr when there is none. Throws kCorrupted when
 // State points it outside the heap: readers must never follow an offset out
 // of the file (a read-only reader without the lock can meet a half-made
-// table; heap.cpp retries it).
-const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
+// table; heap.cpp retries it). Inline into the lookups; the throws are not.
+[[gnu::always_inline]] inline const NameTable* Heap::Impl::checked_name_table(
+    std::uint64_t* checked_capacity) const {
   const State& s = state();
   const std::uint64_t at = __atomic_load_n(&s.name_table, __ATOMIC_ACQUIRE);
   if (at == 0) return nullptr;
   const std::uint64_t size = heap_size();
   const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
-  if (at < kHeaderBytes || at > size || head > size) {
-    if (at >= kHeaderBytes && beyond_mapping(head)) throw_outgrown("finding names");
-    throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
+  if (at < kHeaderBytes || at > size || head > size) [[unlikely]] {
+    refuse_name_table(at, 0);
   }
   const NameTable* table = table_at(*this, at);
   const std::uint64_t capacity = __atomic_load_n(&table->capacity, __ATOMIC_RELAXED);
-  if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8) {
-    if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
-    throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
+  if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8)
+      [[unlikely]] {
+    refuse_name_table(at, capacity);
   }
+  *checked_capacity = capacity;
+  return table;
+}
+
+const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
+  std::uint64_t capacity = 0;
+  const NameTable* table = checked_name_table(&capacity);
   if (checked_capacity != nullptr) *checked_capacity = capacity;
   return table;
+}
+
+// Why the table at `at` (of `capacity` slots; 0: not read yet) is refused.
+void Heap::Impl::refuse_name_table(std::uint64_t at, std::uint64_t capacity) const {
+  const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
+  if (capacity == 0 && at >= kHeaderBytes && beyond_mapping(head)) throw_outgrown("finding names");
+  if (capacity == 0 && (at < kHeaderBytes || at > heap_size() || head > heap_size())) {
+    throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
+  }
+  if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");
+  throw Error(Errc::kCorrupted, "heap " + path + ": name table malformed");
 }
 
 // Why a record at `slot` of `need` bytes is unreadable: past this process's
@@ -80,7 +98,7 @@ void Heap::Impl::refuse_record_at(std::uint64_t slot, std::uint64_t need) const 
 
 std::uint64_t Heap::Impl::lookup(std::string_view name, std::uint64_t hash) const {
   std::uint64_t capacity = 0;
-  const NameTable* table = name_table(&capacity);
+  const NameTable* table = checked_name_table(&capacity);
   return table == nullptr ? 0 : probe(*table, capacity, name, hash);
 }
 
@@ -92,7 +110,7 @@ std::uint64_t Heap::Impl::lookup_exclusive(std::string_view name, std::uint64_t 
   const NameTable* table = table_at(*this, at);
   if (at == 0 || at != checked_table_at || table->capacity != checked_table_capacity) {
     std::uint64_t capacity = 0;
-    table = name_table(&capacity);
+    table = checked_name_table(&capacity);
     if (table == nullptr) return 0;
     checked_table_at = at;
     checked_table_capacity = capacity;
