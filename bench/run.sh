@@ -10,7 +10,7 @@
 # sheaf_cli_bench (`sheaf heap` commands on 100,000 objects beside an empty heap) and
 # sheaf_msg_bench (message round trips beside raw Unix/TCP sockets and Boost message_queue;
 # payloads by heap reference beside copies and iceoryx's loaned chunks, 64 B to 256 MiB;
-# 3 repetitions, medians).
+# 3 repetitions interleaved at random, medians).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
@@ -58,4 +58,9 @@ echo "== sheaf_cli_bench =="
 "$build/bench/sheaf_cli_bench" "${flags[@]}"
 echo
 echo "== sheaf_msg_bench =="
-"$build/bench/sheaf_msg_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+# Repetitions interleaved at random: this VM has slow spells (about twice the
+# time per round trip, for Sheaf and iceoryx alike) lasting seconds; run one
+# after the other, a benchmark that fell into one would be compared with one
+# that did not. Interleaved, each median covers several moments of the run.
+"$build/bench/sheaf_msg_bench" --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true \
+  --benchmark_report_aggregates_only=true
