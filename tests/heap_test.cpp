@@ -31,9 +31,11 @@ using testing::run_in_child;
 using testing::TempDir;
 using testing::write_file;
 
-Heap make_heap(const std::string& path, std::uint64_t size = 1 << 20) {
+// `max_size` 0: no limit but the reservation.
+Heap make_heap(const std::string& path, std::uint64_t size = 1 << 20, std::uint64_t max_size = 0) {
   CreateOptions options;
   options.initial_size = size;
+  options.max_size = max_size;
   return Heap::create(path, options).value();
 }
 
@@ -360,10 +362,7 @@ TEST(HeapGrowth, GrowsInPlaceAndOthersSeeIt) {
 
 TEST(HeapGrowth, MaxSizeIsEnforced) {
   TempDir dir;
-  CreateOptions options;
-  options.initial_size = 128 << 10;
-  options.max_size = 1 << 20;
-  Heap heap = Heap::create(dir / "h", options).value();
+  Heap heap = make_heap(dir / "h", 128 << 10, 1 << 20);
   try {
     for (int i = 0; i < 100; ++i) heap.allocate(64 << 10);
     ADD_FAILURE() << "no limit";
@@ -483,10 +482,7 @@ TEST(HeapNames, ADestroyedObjectsBlockServesTheNextConstructOfItsSize) {
 // rebuilt at varying sizes running a 4 MiB heap out of space by round 34).
 TEST(HeapNames, ALargeDestroyedObjectsSpaceServesOtherSizes) {
   TempDir dir;
-  CreateOptions options;
-  options.initial_size = 4 << 20;
-  options.max_size = 4 << 20;
-  Heap heap = Heap::create(dir / "h", options).value();
+  Heap heap = make_heap(dir / "h", 4 << 20, 4 << 20);
   for (int round = 0; round < 300; ++round) {
     const std::size_t bytes = static_cast<std::size_t>((round * 7919) % 60 + 1) << 14;
     ASSERT_NO_THROW(heap.construct<std::uint8_t>("x")[bytes](0))
