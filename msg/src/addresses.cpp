@@ -1,12 +1,19 @@
 #include "addresses.hpp"
 
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "posix.hpp"
@@ -138,6 +145,58 @@ std::string manager_address(const std::string& explicit_address) {
     if (first != std::string::npos) return line.substr(first, last - first + 1);
   }
   return "127.0.0.1:" + std::to_string(kDefaultManagerPort);
+}
+
+namespace {
+
+// The pid in a channel socket's name ("c-PID-N.sock"), or -1.
+pid_t owner_pid_of(const std::string& file) {
+  if (file.size() < 8 || file.compare(0, 2, "c-") != 0 ||
+      file.compare(file.size() - 5, 5, ".sock") != 0) {
+    return -1;
+  }
+  pid_t pid = -1;
+  const auto [end, ec] = std::from_chars(file.data() + 2, file.data() + file.size(), pid);
+  return ec == std::errc() && *end == '-' && pid > 0 ? pid : -1;
+}
+
+// Whether anyone listens on the Unix socket at `path` (without blocking:
+// a full backlog counts as listening).
+bool someone_listens(const std::string& path) {
+  sockaddr_un address{};
+  if (path.size() >= sizeof(address.sun_path)) return true;  // cannot tell: keep it
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return true;
+  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+  const int error = rc == 0 ? 0 : errno;
+  ::close(fd);
+  return error != ECONNREFUSED && error != ENOENT;
+}
+
+}  // namespace
+
+std::size_t sweep_dead_sockets(const std::string& dir) {
+  static std::mutex mutex;
+  static std::map<std::string, pid_t> swept_by;  // (a forked child sweeps anew)
+  {
+    std::lock_guard lock(mutex);
+    pid_t& by = swept_by[dir];
+    if (by == ::getpid()) return 0;
+    by = ::getpid();
+  }
+  std::size_t removed = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string file = it->path().filename().string();
+    const pid_t pid = owner_pid_of(file);
+    if (pid < 0 || pid == ::getpid()) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to ask)
+    const std::string path = it->path().string();
+    if (!someone_listens(path) && ::unlink(path.c_str()) == 0) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace sheaf::msg

@@ -50,4 +50,11 @@ std::string runtime_dir();
 // which is closed to everyone else.)
 std::string group_runtime_dir(gid_t gid);
 
+// Removes from `dir` the channel sockets (c-PID-N.sock) that owners killed
+// with SIGKILL left behind: those whose process is gone and on which nobody
+// listens (a connect is refused; a process of another pid namespace that
+// shares the directory still answers on its own). Once per directory and
+// process, at its first channel there; returns how many it removed.
+std::size_t sweep_dead_sockets(const std::string& dir);
+
 }  // namespace sheaf::msg

@@ -913,9 +913,10 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
                                             " is no group id");
   }
   const auto group = static_cast<gid_t>(options.allow_group);
-  state->socket_path = (for_group ? group_runtime_dir(group) : runtime_dir()) + "/c-" +
-                       std::to_string(::getpid()) + "-" + std::to_string(socket_counter++) +
-                       ".sock";
+  const std::string dir = for_group ? group_runtime_dir(group) : runtime_dir();
+  sweep_dead_sockets(dir);  // what owners killed before us left there
+  state->socket_path =
+      dir + "/c-" + std::to_string(::getpid()) + "-" + std::to_string(socket_counter++) + ".sock";
   ::unlink(state->socket_path.c_str());  // a dead process's, with our pid reused
   {
     const mode_t old_mask = ::umask(for_group ? 0117 : 0077);

@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "../heap_test_util.hpp"
+#include "addresses.hpp"
 #include "client_state.hpp"
 #include "peers.hpp"
 #include "posix.hpp"
@@ -311,6 +313,56 @@ TEST_F(MsgTest, AClientOfASlowServerStopsSpinningInVain) {
   EXPECT_LE(in_vain,
             (SpinBudget::kPatience + probes + kSlack) * window + kAsks * SpinBudget::kShortNs)
       << "the asker spun " << in_vain << " ns in vain over " << kAsks << " requests";
+}
+
+// A Unix socket bound at `path` (closed again unless `listen`): what an owner
+// killed with SIGKILL leaves behind, or a live owner's.
+int bind_socket_at(const std::string& path, bool listen) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0 ||
+      (listen && ::listen(fd, 4) != 0)) {
+    ADD_FAILURE() << "cannot bind " << path << ": " << std::strerror(errno);
+  }
+  if (!listen) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Channel owners killed with SIGKILL leave their sockets in the runtime
+// directory (tens of thousands had piled up on a test machine). A process's
+// first channel there removes those of dead processes on which nobody
+// listens, and keeps one that still answers (an owner in another pid
+// namespace sharing the directory).
+TEST_F(MsgTest, SocketsThatKilledOwnersLeftAreSweptAway) {
+  Child gone([] { _exit(0); });
+  const pid_t dead = gone.pid();
+  ASSERT_EQ(gone.wait_code(), 0);
+  const std::string dir = msg::runtime_dir();
+  const std::string stale = dir + "/c-" + std::to_string(dead) + "-0.sock";
+  const std::string answering = dir + "/c-" + std::to_string(dead) + "-1.sock";
+  const std::string not_ours = dir + "/notes.sock";
+  ::unlink(stale.c_str());
+  ::unlink(answering.c_str());
+  bind_socket_at(stale, false);
+  const int listener = bind_socket_at(answering, true);
+  bind_socket_at(not_ours, false);
+  ASSERT_TRUE(std::filesystem::exists(stale));
+  Child sweeper([this] {  // a fresh process: its first channel sweeps
+    Client c = client("sweeper");
+    Channel channel = c.create_channel("sweeper-channel");
+  });
+  EXPECT_EQ(sweeper.wait_code(), 0);
+  EXPECT_FALSE(std::filesystem::exists(stale)) << stale;
+  EXPECT_TRUE(std::filesystem::exists(answering)) << answering;
+  EXPECT_TRUE(std::filesystem::exists(not_ours)) << not_ours;
+  ::close(listener);
+  ::unlink(answering.c_str());
+  ::unlink(not_ours.c_str());
 }
 
 // Deleting a channel (its destructor) frees its name at once, while its
