@@ -339,7 +339,10 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // (read once; a reader without the lock uses this, not the table's).
   const format::NameTable* name_table(std::uint64_t* capacity = nullptr) const;
   const format::NameTable* checked_name_table(std::uint64_t* capacity) const;  // names.cpp's
-  [[noreturn]] void refuse_name_table(std::uint64_t at, std::uint64_t capacity) const;
+  // Why the table at `at` is refused: it lies outside the heap, or (with
+  // `capacity` read) it is malformed; either may be past our mapping.
+  [[noreturn]] void refuse_name_table(std::uint64_t at, bool outside,
+                                      std::uint64_t capacity = 0) const;
   // Throws unless a record of `name_bytes` name bytes at `slot` lies inside
   // the heap and this process's mapping of it. Inline: every probe of a
   // lookup checks one.
@@ -415,8 +418,11 @@ struct Heap::Impl : std::enable_shared_from_this<Heap::Impl> {
   // An outermost operation that did not commit: what it changed, undone
   // from the log. Unless the log overflowed: then what it changed stands
   // (each step left the heap whole; blocks a failed constructor allocated
-  // stay allocated, a leak that only `sheaf heap check` sees).
+  // stay allocated, a leak that nothing can tell from live allocations).
   void roll_back() REQUIRES(heap_lock);
+  // The log emptied at the end of an outermost operation or of a section
+  // (then `next` is kNotLogging).
+  void empty_undo_log(std::uint64_t next) REQUIRES(heap_lock);
   // The dead holder's operation undone from the log; false if the log cannot
   // tell (not its own, overflowed, or not trustworthy), so the walk must run.
   bool replay_undo_log(std::uint64_t dead_holder) REQUIRES(heap_lock);
@@ -547,12 +553,16 @@ inline Heap::Impl::Operation::~Operation() {
   if (--impl_.operation_depth == 0 && impl_.undo_active()) {
     if (!committed_) [[unlikely]]
       impl_.roll_back();
-    format::State& s = impl_.state();
-    if (impl_.undo_next != 0) publish(s.undo_count, 0);
-    if (impl_.undo_next == kOverflowed) publish(s.undo_overflow, 0);
-    impl_.undo_next = 0;
-    impl_.counters_saved = 0;
+    impl_.empty_undo_log(0);
   }
+}
+
+inline void Heap::Impl::empty_undo_log(std::uint64_t next) {
+  format::State& s = state();
+  if (undo_next != 0) publish(s.undo_count, 0);
+  if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
+  undo_next = next;
+  counters_saved = 0;
 }
 
 inline void Heap::Impl::begin_undo_log(bool walk) {
@@ -578,12 +588,7 @@ inline void Heap::Impl::begin_undo_log(bool walk) {
 // that is nobody's, and a walk.) The owner is cleared after lock_holder by
 // the caller (disown_undo_log).
 inline void Heap::Impl::end_undo_log() {
-  if (!undo_active()) return;
-  format::State& s = state();
-  if (undo_next != 0) publish(s.undo_count, 0);
-  if (undo_next == kOverflowed) publish(s.undo_overflow, 0);
-  undo_next = kNotLogging;
-  counters_saved = 0;
+  if (undo_active()) empty_undo_log(kNotLogging);
 }
 
 inline void Heap::Impl::disown_undo_log() {

@@ -34,13 +34,13 @@ NameTable* table_at(const Heap::Impl& impl, std::uint64_t block_offset) {
   const std::uint64_t size = heap_size();
   const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
   if (at < kHeaderBytes || at > size || head > size) [[unlikely]] {
-    refuse_name_table(at, 0);
+    refuse_name_table(at, true);
   }
   const NameTable* table = table_at(*this, at);
   const std::uint64_t capacity = __atomic_load_n(&table->capacity, __ATOMIC_RELAXED);
   if (capacity == 0 || (capacity & (capacity - 1)) != 0 || capacity > (size - head) / 8)
       [[unlikely]] {
-    refuse_name_table(at, capacity);
+    refuse_name_table(at, false, capacity);
   }
   *checked_capacity = capacity;
   return table;
@@ -53,11 +53,10 @@ const NameTable* Heap::Impl::name_table(std::uint64_t* checked_capacity) const {
   return table;
 }
 
-// Why the table at `at` (of `capacity` slots; 0: not read yet) is refused.
-void Heap::Impl::refuse_name_table(std::uint64_t at, std::uint64_t capacity) const {
+void Heap::Impl::refuse_name_table(std::uint64_t at, bool outside, std::uint64_t capacity) const {
   const std::uint64_t head = at + kBlockHeaderBytes + sizeof(NameTable);
-  if (capacity == 0 && at >= kHeaderBytes && beyond_mapping(head)) throw_outgrown("finding names");
-  if (capacity == 0 && (at < kHeaderBytes || at > heap_size() || head > heap_size())) {
+  if (outside) {
+    if (at >= kHeaderBytes && beyond_mapping(head)) throw_outgrown("finding names");
     throw Error(Errc::kCorrupted, "heap " + path + ": name table outside the heap");
   }
   if (capacity != 0 && beyond_mapping(head + capacity * 8)) throw_outgrown("finding names");

@@ -269,15 +269,15 @@ void Heap::Impl::cached_free(std::uint64_t offset) {
 }
 
 // Named blocks: a destroyed object's block stays in the destroying thread's
-// cache, where the next construct of a name of that size finds it. Both moves
-// happen inside the caller's operation, and every word they change, the
-// ledger's included (but for destroy's listing: keep_in_cache()), is saved
-// in the undo log: a death (or an exception) anywhere in that operation
-// puts the block back where it was, named or cached, and the ledger with
-// it. (In the order the thread caches' rules
+// cache, where the next construct of a name of that size finds it. Both
+// moves happen inside the caller's operation, and every word they change,
+// the ledger's included (but for destroy's listing: keep_in_cache()), is
+// saved in the undo log: a death (or an exception) anywhere in that
+// operation puts the block back where it was, named or cached, and the
+// ledger with it. (The stores come in the order the thread caches' rules
 // ask, for a death that the log cannot undo because it overflowed.) The
 // bins, their links and the counters are not touched: a construct+destroy
-// pair saves five words each way instead of a dozen.
+// pair saves four words each way instead of a dozen.
 //
 // Small blocks only (the exact-size bins, up to kSmallMax): a larger one
 // would wait for a construct of its size by this thread alone, its space

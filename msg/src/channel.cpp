@@ -644,34 +644,30 @@ struct Watched {
 
 // Clients on rings: spin a little on them first (a message is often a few
 // microseconds away when both processes run), then announce the sleep.
-// True if one has data, so poll() must not sleep.
-bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until,
-                    const SpinBudget& budget) {
+// True if one has data, so poll() must not sleep. `counts`: see SpinBudget.
+bool ring_data_soon(std::span<Channel::State* const> channels, Deadline until, SpinBudget& budget,
+                    bool counts) {
   bool any = false;
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) any = any || peer.link.has_rings();
   }
   if (!any) return false;
-  const auto started = std::chrono::steady_clock::now();
-  const auto spin_until =
-      std::min<Deadline>(until, started + std::chrono::nanoseconds(budget.ns()));
-  unsigned spins = 0;
-  do {
+  const auto ring_data = [&] {
     for (Channel::State* s : channels) {
       for (auto& [key, peer] : s->peers) {
         if (peer.link.ring_readable()) return true;
       }
     }
-    spin_pause(spins);
-  } while (std::chrono::steady_clock::now() < spin_until);
-  count_spin_in_vain(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(spin_until - started).count()));
+    return false;
+  };
+  if (budget.spin(ring_data, counts, until)) return true;
   bool ready = false;
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) {
       if (!peer.link.prepare_sleep()) ready = true;
     }
   }
+  if (ready) budget.slept_until_ready();  // (it came as we were about to sleep)
   return ready;
 }
 
@@ -720,9 +716,7 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
   for (Channel::State* s : channels) {
     for (auto& [key, peer] : s->peers) counts = counts && !peer.link.mid_frame();
   }
-  const auto started = std::chrono::steady_clock::now();
-  const bool ring_ready = ring_data_soon(channels, until, spin);
-  if (ring_ready && counts) spin.spun_enough();
+  const bool ring_ready = ring_data_soon(channels, until, spin, counts);
   // Ring data at hand: served without a system call, while the sockets (new
   // clients, deaths, the manager) are still looked at every millisecond.
   Channel::State& first = *channels.front();
@@ -760,7 +754,7 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
     }
   }
   // Only waits that ring data ended say how long the peers take.
-  if (ring_served && !ring_ready && counts) spin.waited(nanoseconds_since(started));
+  if (ring_served && !ring_ready) spin.slept_until_ready();
   for (Channel::State* s : channels) {
     s->tend_manager(false);  // a retry may be due
     s->refuse_slow_handshakes();

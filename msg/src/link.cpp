@@ -311,18 +311,7 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
     bytes = bytes.subspan(n);
     if (!bytes.empty() && n == 0) {
       // Full: spin a little, then sleep until the reader makes room.
-      const auto started = std::chrono::steady_clock::now();
-      const std::uint64_t budget = write_spin_.ns();
-      const auto spin_until = started + std::chrono::nanoseconds(budget);
-      for (unsigned spins = 0;
-           !ring_->writable() && std::chrono::steady_clock::now() < spin_until;) {
-        spin_pause(spins);
-      }
-      if (ring_->writable()) {
-        write_spin_.spun_enough();
-        continue;
-      }
-      count_spin_in_vain(budget);
+      if (write_spin_.spin([&] { return ring_->writable(); }, true)) continue;
       if (ring_->prepare_to_sleep_writing()) {
         pollfd fds[2] = {{ring_->self_wake(), POLLIN, 0}, {fd(), POLLIN, 0}};
         const int ready = ::poll(fds, 2, poll_millis(deadline));
@@ -332,7 +321,7 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
         // With rings the peer writes nothing more on the socket but a
         // refusal before it closes: read it, and stop at the close.
         if (fds[1].revents != 0 && !read_socket()) throw_peer_gone(peer_, ECONNRESET);
-        if (ring_->writable()) write_spin_.waited(nanoseconds_since(started));
+        if (ring_->writable()) write_spin_.slept_until_ready();
         if (ready == 0 && deadline != Deadline::max() &&
             std::chrono::steady_clock::now() >= deadline) {
           throw Error(Errc::kTimedOut,
@@ -344,19 +333,10 @@ void Link::send_ring(std::span<const std::byte> bytes, Deadline deadline) {
 }
 
 bool Link::wait_ring_readable(Deadline deadline) {
-  const auto started = std::chrono::steady_clock::now();
-  const bool counts = !mid_frame();  // (a frame's rest comes at once: see mid_frame())
-  const std::uint64_t budget = read_spin_.ns();
-  const auto spin_until = started + std::chrono::nanoseconds(budget);
-  for (unsigned spins = 0; std::chrono::steady_clock::now() < spin_until; spin_pause(spins)) {
-    if (ring_->readable()) {
-      if (counts) read_spin_.spun_enough();
-      return true;
-    }
-  }
-  count_spin_in_vain(budget);
-  const auto data_came = [&] {  // after a sleep: how long the whole wait took
-    if (counts) read_spin_.waited(nanoseconds_since(started));
+  // (A frame's rest comes at once: such a wait does not count; mid_frame().)
+  if (read_spin_.spin([&] { return ring_->readable(); }, !mid_frame())) return true;
+  const auto data_came = [&] {
+    read_spin_.slept_until_ready();
     return true;
   };
   for (;;) {

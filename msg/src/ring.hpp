@@ -117,6 +117,17 @@ int make_wake_fd();
 // How long a waiting side spins on the ring before it sleeps in the kernel:
 // $SHEAF_MSG_SPIN_US microseconds (default 20; 0: never spin).
 std::uint64_t spin_ns();
+
+// One step of a spin: a pause, and now and then a sched_yield(), so that a
+// peer on the same core (two processes, one free core) gets to run instead
+// of waiting for our time slice to end.
+void spin_pause(unsigned& spins);
+
+// Spins that ran out without data or room: their budgets, summed for the
+// calling thread (what spinning cost it for nothing; tests read it).
+void count_spin_in_vain(std::uint64_t budget_ns);
+std::uint64_t spin_in_vain_ns();
+
 inline std::uint64_t nanoseconds_since(std::chrono::steady_clock::time_point start) {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
@@ -141,18 +152,46 @@ inline std::uint64_t nanoseconds_since(std::chrono::steady_clock::time_point sta
 // docs/msg.md.) Not thread-safe: one per waiting side.
 class SpinBudget {
  public:
+  using TimePoint = std::chrono::steady_clock::time_point;
   static constexpr unsigned kPatience = 3;
   static constexpr unsigned kProbeEvery = 8;
   static constexpr std::uint64_t kShortNs = 1000;
 
-  // How long to spin before sleeping, in nanoseconds.
+  // Begins a wait: spins until `ready()` or the budget (or `until`) runs
+  // out; true if ready. `counts`: whether the wait says how long the peer
+  // takes (not one for the rest of a frame whose head came). A spin that
+  // runs out is counted in vain, and the wait goes on in the caller's
+  // sleep, which ends with slept_until_ready().
+  template <class Ready>
+  bool spin(Ready&& ready, bool counts, TimePoint until = TimePoint::max()) {
+    started_ = std::chrono::steady_clock::now();
+    counts_ = counts;
+    const TimePoint spin_until = std::min(until, started_ + std::chrono::nanoseconds(ns()));
+    for (unsigned spins = 0;; spin_pause(spins)) {
+      if (ready()) {
+        if (counts) long_waits_ = 0;  // (no clock read: it ended within the window)
+        sleeping_ = false;
+        return true;
+      }
+      if (std::chrono::steady_clock::now() >= spin_until) break;
+    }
+    count_spin_in_vain(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(spin_until - started_).count()));
+    sleeping_ = true;
+    return false;
+  }
+  // The wait spin() began, and slept on, has what it waited for.
+  void slept_until_ready() {
+    if (sleeping_ && counts_) waited(nanoseconds_since(started_));
+    sleeping_ = false;
+  }
+
+  // The policy (public for its test): how long to spin, in nanoseconds...
   std::uint64_t ns() const {
     if (long_waits_ < kPatience || long_waits_ % kProbeEvery == 0) return spin_ns();
     return std::min(kShortNs, spin_ns());
   }
-  // A wait that the spin served (no clock read: it ended within the window).
-  void spun_enough() { long_waits_ = 0; }
-  // A wait that ended (with data or room) `waited_ns` after it began.
+  // ...and a wait that ended `waited_ns` after it began.
   void waited(std::uint64_t waited_ns) {
     if (waited_ns <= spin_ns()) {
       long_waits_ = 0;
@@ -163,16 +202,9 @@ class SpinBudget {
 
  private:
   unsigned long_waits_ = 0;  // in a row
+  TimePoint started_{};      // of the wait spin() began
+  bool counts_ = false;
+  bool sleeping_ = false;  // spin() ran out; slept_until_ready() not yet
 };
-
-// Spins that ran out without data or room: their budgets, summed for the
-// calling thread (what spinning cost it for nothing; tests read it).
-void count_spin_in_vain(std::uint64_t budget_ns);
-std::uint64_t spin_in_vain_ns();
-
-// One step of a spin: a pause, and now and then a sched_yield(), so that a
-// peer on the same core (two processes, one free core) gets to run instead
-// of waiting for our time slice to end.
-void spin_pause(unsigned& spins);
 
 }  // namespace sheaf::msg
