@@ -8,12 +8,17 @@
 // the benchmark with a configuration whose pools hold chunks of every size benchmarked.
 #pragma once
 
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <pwd.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -108,36 +113,72 @@ inline void quiet() {
   iox::log::LogManager::GetLogManager().SetDefaultLogLevel(iox::log::LogLevel::kError);
 }
 
+// Whose turn it is to run: a word in a file that the benchmark and the peer
+// both map. The peer polls only while it is kIceoryx and sleeps on the word
+// (a futex) otherwise, so it takes no core from the benchmarks it is not part
+// of, nor from the Sheaf half of the paired one (a poller beside two Sheaf
+// processes on two cores would slow them, not measure iceoryx).
+class Turn {
+ public:
+  static constexpr std::uint32_t kPaused = 0;
+  static constexpr std::uint32_t kIceoryx = 1;
+
+  // The benchmark creates the file; the peer opens it.
+  Turn(const std::string& path, bool create) {
+    const int fd = ::open(path.c_str(), create ? O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0600);
+    if (fd < 0 || (create && ::ftruncate(fd, sizeof(std::uint32_t)) != 0)) {
+      if (fd >= 0) ::close(fd);
+      throw std::runtime_error("iceoryx turn file " + path);
+    }
+    void* p = ::mmap(nullptr, sizeof(std::uint32_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap " + path);
+    word_ = static_cast<std::uint32_t*>(p);
+  }
+  ~Turn() { ::munmap(word_, sizeof(std::uint32_t)); }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+
+  void set(std::uint32_t turn) {
+    if (std::atomic_ref<std::uint32_t>(*word_).exchange(turn) != turn) {
+      ::syscall(SYS_futex, word_, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+    }
+  }
+  std::uint32_t get() const {
+    return std::atomic_ref<std::uint32_t>(*word_).load(std::memory_order_relaxed);
+  }
+  // Sleeps while paused, at most about `limit`.
+  void wait_while_paused(std::chrono::seconds limit) const {
+    const timespec most{static_cast<time_t>(limit.count()), 0};
+    ::syscall(SYS_futex, word_, FUTEX_WAIT, kPaused, &most, nullptr, 0);
+  }
+
+ private:
+  std::uint32_t* word_ = nullptr;
+};
+
 // The peer, one for the whole run (a peer killed between benchmarks would
 // leave its subscriber, and the chunks queued to it, behind in RouDi for a
 // while: iceoryx's known leak after kill -9). It answers each ping with a
-// pong; it polls while pings come and naps when none came for 10 ms (for
-// 50 ms at a time after 200 ms), so it does not disturb the other benchmarks; it dies with the
-// benchmark (PR_SET_PDEATHSIG) and after 10 minutes without a ping.
-[[noreturn]] inline void run_peer(const char* name, pid_t parent) {
+// pong, polling while the turn (above) is iceoryx's and sleeping otherwise;
+// it dies with the benchmark (PR_SET_PDEATHSIG) and after 10 minutes
+// without a ping.
+[[noreturn]] inline void run_peer(const char* name, pid_t parent, const char* turn_file) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) _exit(1);  // the parent died before the line above
   quiet();
+  const Turn turn(turn_file, false);
   iox::runtime::PoshRuntime::initRuntime(iox::RuntimeName_t(iox::cxx::TruncateToCapacity, name));
   iox::popo::UntypedSubscriber pings(kPing, {/*queueCapacity=*/4});
   iox::popo::UntypedPublisher pongs(kPong);
   auto last = std::chrono::steady_clock::now();
   for (std::uint64_t polls = 0;; ++polls) {
-    if ((polls & 0x3ff) == 0) {
-      const auto idle = std::chrono::steady_clock::now() - last;
-      if (idle > std::chrono::minutes(10)) _exit(0);
-      // Idle: nap, longer the longer it lasts (a peer that wakes a thousand
-      // times a second while the other benchmarks run knocks their two
-      // processes off their cores: it made them bimodal).
-      if (idle > std::chrono::milliseconds(200)) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      } else if (idle > std::chrono::milliseconds(10)) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
+    if ((polls & 0x3f) == 0) {
+      if (std::chrono::steady_clock::now() - last > std::chrono::minutes(10)) _exit(0);
+      if (turn.get() == Turn::kPaused) turn.wait_while_paused(std::chrono::seconds(1));
     }
     pings.take().and_then([&](const void* ping) {
       last = std::chrono::steady_clock::now();
-      polls = 1;
       const auto* header = iox::mepoo::ChunkHeader::fromUserPayload(ping);
       const auto* bytes = static_cast<const std::uint8_t*>(ping);
       const std::uint32_t n = header->userPayloadSize();

@@ -11,10 +11,16 @@
 //   BM_Transfer_HeapRef/<bytes>    a Loan of N bytes sent by reference; the receiver reads
 //                                  its first and last byte and answers with no payload
 //   BM_Transfer_Copy/<bytes>       the same N bytes copied through the channel
+//   BM_HeapRef_LargeVsSmall        256 MiB and 64 B by reference, alternating in batches;
+//                                  counter "ratio": the p50 of 256 MiB over that of 64 B
 //   BM_Iceoryx_PingPong/<bytes>    iceoryx 2.0 (Debian), the zero-copy peer: a loaned chunk
 //                                  of N bytes whose first and last byte the peer reads, and
 //                                  an 8-byte loaned answer, both sides polling; its daemon
 //                                  RouDi is started and stopped by the benchmark
+//   BM_HeapRef_VsIceoryx/<bytes>   the two above alternating in batches within one run;
+//                                  counter "ratio": HeapRef's p50 over iceoryx's, taken at
+//                                  the same moments (this noisy machine's slow spells,
+//                                  which can double either one's time, fall on both)
 //
 // Round trips also report p50_us and p99_us counters (per-iteration times). At the end a
 // table gives the medians side by side and the ratios the targets are about.
@@ -150,25 +156,35 @@ struct SheafPair {
   ~SheafPair() { connection.reset(); }
 };
 
-// Per-iteration round-trip times, as p50/p99 counters.
+// Per-iteration round-trip times, as p50/p99 counters (named with `prefix`).
 class Latencies {
  public:
-  explicit Latencies(benchmark::State& state) : state_(state) { ns_.reserve(1 << 16); }
+  explicit Latencies(benchmark::State& state, std::string prefix = "")
+      : state_(state), prefix_(std::move(prefix)) {
+    ns_.reserve(1 << 16);
+  }
   void start() { started_ = std::chrono::steady_clock::now(); }
   void stop() {
     ns_.push_back(
         std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_)
             .count());
   }
+  double p50_us() {
+    if (ns_.empty()) return 0;
+    std::nth_element(ns_.begin(), ns_.begin() + ns_.size() / 2, ns_.end());
+    return ns_[ns_.size() / 2] / 1000;
+  }
   ~Latencies() {
     if (ns_.empty()) return;
     std::sort(ns_.begin(), ns_.end());
-    state_.counters["p50_us"] = ns_[ns_.size() / 2] / 1000;
-    state_.counters["p99_us"] = ns_[std::min(ns_.size() - 1, ns_.size() * 99 / 100)] / 1000;
+    state_.counters[prefix_ + "p50_us"] = ns_[ns_.size() / 2] / 1000;
+    state_.counters[prefix_ + "p99_us"] =
+        ns_[std::min(ns_.size() - 1, ns_.size() * 99 / 100)] / 1000;
   }
 
  private:
   benchmark::State& state_;
+  std::string prefix_;
   std::vector<double> ns_;
   std::chrono::steady_clock::time_point started_;
 };
@@ -332,6 +348,16 @@ void BM_Msg_Async(benchmark::State& state) {
 }
 
 // --- Transfers -----------------------------------------------------------------------------------
+// One transfer by reference: a loan of n bytes, its first and last byte
+// written, sent; the receiver answers with their sum.
+void heap_ref_round_trip(SheafPair& pair, std::size_t n) {
+  auto loan = sheaf::msg::Loan::allocate(*pair.heap, n);
+  loan.bytes().front() = std::byte{1};
+  loan.bytes().back() = std::byte{2};
+  const sheaf::msg::Reply r = pair.connection->send(1, std::move(loan), 5s);
+  if (r.answer != 3) throw std::runtime_error("the receiver did not see the payload");
+}
+
 void BM_Transfer_HeapRef(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
   sheaf_bench::guarded(state, [&] {
@@ -340,13 +366,34 @@ void BM_Transfer_HeapRef(benchmark::State& state) {
     Latencies latencies(state);
     for (auto _ : state) {
       latencies.start();
-      auto loan = sheaf::msg::Loan::allocate(*pair.heap, n);
-      loan.bytes().front() = std::byte{1};
-      loan.bytes().back() = std::byte{2};
-      const sheaf::msg::Reply r = pair.connection->send(1, std::move(loan), 5s);
+      heap_ref_round_trip(pair, n);
       latencies.stop();
-      if (r.answer != 3) throw std::runtime_error("the receiver did not see the payload");
     }
+  });
+}
+
+// The largest transfer beside the smallest, alternating in batches of
+// kBatch in one run for the same reason as BM_HeapRef_VsIceoryx below:
+// counter "ratio" is the p50 of 256 MiB over the p50 of 64 B, both taken in
+// the same spells. A reference's cost should not depend on its size.
+void BM_HeapRef_LargeVsSmall(benchmark::State& state) {
+  constexpr std::uint64_t kBatch = 128;
+  constexpr std::size_t kSmall = 64;
+  constexpr std::size_t kLarge = std::size_t{256} << 20;
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kAck, true);
+    if (!pair.connection->by_reference(*pair.heap)) throw std::runtime_error("not by reference");
+    Latencies small(state, "small_");
+    Latencies large(state, "large_");
+    std::uint64_t i = 0;
+    for (auto _ : state) {
+      const bool large_turn = (i++ / kBatch) % 2 == 1;
+      Latencies& latencies = large_turn ? large : small;
+      latencies.start();
+      heap_ref_round_trip(pair, large_turn ? kLarge : kSmall);
+      latencies.stop();
+    }
+    if (const double p50 = small.p50_us(); p50 > 0) state.counters["ratio"] = large.p50_us() / p50;
   });
 }
 
@@ -373,11 +420,12 @@ void BM_Transfer_Copy(benchmark::State& state) {
 // forked), once for the whole run (iceoryx_peer.hpp says why).
 class IceoryxPeer {
  public:
-  IceoryxPeer() {
+  explicit IceoryxPeer(const std::string& turn_file) {
     std::string self = "/proc/self/exe";
     std::string flag = "--iceoryx-peer";
     std::string parent = std::to_string(::getpid());
-    char* argv[] = {self.data(), flag.data(), name_.data(), parent.data(), nullptr};
+    std::string turn = turn_file;
+    char* argv[] = {self.data(), flag.data(), name_.data(), parent.data(), turn.data(), nullptr};
     if (posix_spawn(&pid_, "/proc/self/exe", nullptr, nullptr, argv, environ) != 0) pid_ = -1;
   }
   ~IceoryxPeer() {
@@ -400,41 +448,108 @@ const std::string kIceoryxSide = "sheaf-bench-" + std::to_string(::getpid());
 struct Iceoryx {
   std::string dir;
   std::unique_ptr<sheaf_bench::iceoryx::Roudi> roudi;
+  std::unique_ptr<sheaf_bench::iceoryx::Turn> turn;
   std::unique_ptr<sheaf_bench::iceoryx::Side> side;
   std::unique_ptr<IceoryxPeer> peer;
   bool failed = false;
 };
 Iceoryx g_iceoryx;
 
-void BM_Iceoryx_PingPong(benchmark::State& state) {
-  const auto n = static_cast<std::uint32_t>(state.range(0));
+// RouDi, this process's side and the peer, started by the first benchmark that
+// needs them. Leaves the turn the peer's (warm_up needs it). False, with the
+// benchmark skipped, when they did not start.
+bool start_iceoryx(benchmark::State& state) {
+  using sheaf_bench::iceoryx::Turn;
   Iceoryx& x = g_iceoryx;
   if (!x.side && !x.failed) {
     x.failed = true;  // until it works
     char pattern[] = "/tmp/sheaf-iceoryx-XXXXXX";
-    if (::mkdtemp(pattern) == nullptr) return state.SkipWithError("mkdtemp");
+    if (::mkdtemp(pattern) == nullptr) {
+      state.SkipWithError("mkdtemp");
+      return false;
+    }
     x.dir = pattern;
     x.roudi = std::make_unique<sheaf_bench::iceoryx::Roudi>(x.dir);
-    if (!x.roudi->started()) return state.SkipWithError("iox-roudi did not start");
+    if (!x.roudi->started()) {
+      state.SkipWithError("iox-roudi did not start");
+      return false;
+    }
+    x.turn = std::make_unique<Turn>(x.dir + "/turn", true);
     x.side = std::make_unique<sheaf_bench::iceoryx::Side>(kIceoryxSide);
-    x.peer = std::make_unique<IceoryxPeer>();
+    x.peer = std::make_unique<IceoryxPeer>(x.dir + "/turn");
     x.failed = !x.peer->started();
   }
-  if (x.failed) return state.SkipWithError("iceoryx did not start");
+  if (x.failed) {
+    state.SkipWithError("iceoryx did not start");
+    return false;
+  }
+  x.turn->set(Turn::kIceoryx);
   if (!x.side->warm_up()) {
-    return state.SkipWithError("the iceoryx peer did not answer");
+    x.turn->set(Turn::kPaused);
+    state.SkipWithError("the iceoryx peer did not answer");
+    return false;
   }
-  Latencies latencies(state);
-  for (auto _ : state) {
-    latencies.start();
-    const auto ends = x.side->round_trip(n, 5s);
-    latencies.stop();
-    if (ends != 3u) return state.SkipWithError("the iceoryx peer did not answer right");
+  return true;
+}
+
+void iceoryx_round_trip(std::uint32_t n) {
+  if (g_iceoryx.side->round_trip(n, 5s) != 3u) {
+    throw std::runtime_error("the iceoryx peer did not answer right");
   }
+}
+
+void BM_Iceoryx_PingPong(benchmark::State& state) {
+  const auto n = static_cast<std::uint32_t>(state.range(0));
+  if (!start_iceoryx(state)) return;
+  sheaf_bench::guarded(state, [&] {
+    Latencies latencies(state);
+    for (auto _ : state) {
+      latencies.start();
+      iceoryx_round_trip(n);
+      latencies.stop();
+    }
+  });
+  g_iceoryx.turn->set(sheaf_bench::iceoryx::Turn::kPaused);
+}
+
+// The two above in one benchmark, alternating in batches of kBatch round
+// trips; the one not measured sleeps meanwhile (the Sheaf server in its
+// receive, the iceoryx peer on its turn). The machine's slow spells, which
+// last far longer than a batch, then fall on both alike, and the ratio of
+// their p50s (counter "ratio") compares the two at the same moments. An
+// iteration is one round trip of either.
+void BM_HeapRef_VsIceoryx(benchmark::State& state) {
+  using sheaf_bench::iceoryx::Turn;
+  constexpr std::uint64_t kBatch = 128;
+  const auto n = static_cast<std::size_t>(state.range(0));
+  if (!start_iceoryx(state)) return;
+  g_iceoryx.turn->set(Turn::kPaused);
+  sheaf_bench::guarded(state, [&] {
+    SheafPair pair(SheafPair::kAck, true);
+    if (!pair.connection->by_reference(*pair.heap)) throw std::runtime_error("not by reference");
+    Latencies ref(state, "ref_");
+    Latencies iceoryx(state, "iceoryx_");
+    std::uint64_t i = 0;
+    for (auto _ : state) {
+      const bool iceoryx_turn = (i / kBatch) % 2 == 1;
+      if (i++ % kBatch == 0) g_iceoryx.turn->set(iceoryx_turn ? Turn::kIceoryx : Turn::kPaused);
+      Latencies& latencies = iceoryx_turn ? iceoryx : ref;
+      latencies.start();
+      if (iceoryx_turn) {
+        iceoryx_round_trip(static_cast<std::uint32_t>(n));
+      } else {
+        heap_ref_round_trip(pair, n);
+      }
+      latencies.stop();
+    }
+    if (const double ice = iceoryx.p50_us(); ice > 0) state.counters["ratio"] = ref.p50_us() / ice;
+  });
+  g_iceoryx.turn->set(Turn::kPaused);
 }
 
 void stop_iceoryx() noexcept {
   g_iceoryx.peer.reset();
+  g_iceoryx.turn.reset();
   const bool had_side = g_iceoryx.side != nullptr;
   g_iceoryx.side.reset();
   g_iceoryx.roudi.reset();
@@ -465,8 +580,10 @@ BENCHMARK(BM_BoostMq_PingPong)->Apply(round_trip_args);
 BENCHMARK(BM_Msg_Async)->Arg(100)->UseRealTime();
 BENCHMARK(BM_Transfer_HeapRef)->Apply(transfer_args);
 BENCHMARK(BM_Transfer_Copy)->Apply(transfer_args);
+BENCHMARK(BM_HeapRef_LargeVsSmall)->UseRealTime()->Unit(benchmark::kMicrosecond);
 #if defined(SHEAF_HAVE_ICEORYX)
 BENCHMARK(BM_Iceoryx_PingPong)->Apply(transfer_args);
+BENCHMARK(BM_HeapRef_VsIceoryx)->Apply(transfer_args);
 #endif
 
 // --- The table ---------------------------------------------------------------------------------
@@ -481,6 +598,9 @@ class MsgReporter : public sheaf_bench::TableReporter {
         run.GetAdjustedRealTime() * 1e6 / benchmark::GetTimeUnitMultiplier(run.time_unit);
     times_[key].add(run, us);
     if (auto it = run.counters.find("items_per_second"); it != run.counters.end()) {
+      rates_[key].add(run, it->second.value);
+    }
+    if (auto it = run.counters.find("ratio"); it != run.counters.end()) {
       rates_[key].add(run, it->second.value);
     }
   }
@@ -513,27 +633,36 @@ class MsgReporter : public sheaf_bench::TableReporter {
           << " per second\n";
     }
     out << "\nTransfers (send + empty reply), us (medians): by heap reference, by copy, and "
-           "iceoryx's loaned-chunk ping-pong\n";
-    std::snprintf(line, sizeof line, "%-10s %12s %12s %12s %10s %15s\n", "bytes", "HeapRef", "Copy",
-                  "Copy/HeapRef", "Iceoryx", "HeapRef/Iceoryx");
+           "iceoryx's loaned-chunk ping-pong;\nHeapRef/Iceoryx from the two runs, and paired: "
+           "from BM_HeapRef_VsIceoryx, the two alternating\n";
+    std::snprintf(line, sizeof line, "%-10s %12s %12s %12s %10s %15s %8s\n", "bytes", "HeapRef",
+                  "Copy", "Copy/HeapRef", "Iceoryx", "HeapRef/Iceoryx", "paired");
     out << line;
     for (auto n : kTransferSizes) {
       const std::string a = "/" + std::to_string(n);
       const double ref = us("BM_Transfer_HeapRef" + a);
       const double copy = us("BM_Transfer_Copy" + a);
       const double iceoryx = us("BM_Iceoryx_PingPong" + a);
-      std::snprintf(line, sizeof line, "%-10lld %12s %12s %12s %10s %15s\n",
+      auto paired = rates_.find("BM_HeapRef_VsIceoryx" + a);
+      std::snprintf(line, sizeof line, "%-10lld %12s %12s %12s %10s %15s %8s\n",
                     static_cast<long long>(n), cell(ref, "%.1f").c_str(),
                     cell(copy, "%.1f").c_str(),
                     cell(ref > 0 && copy > 0 ? copy / ref : -1, "%.1fx").c_str(),
                     cell(iceoryx, "%.1f").c_str(),
-                    cell(ref > 0 && iceoryx > 0 ? ref / iceoryx : -1, "%.2fx").c_str());
+                    cell(ref > 0 && iceoryx > 0 ? ref / iceoryx : -1, "%.2fx").c_str(),
+                    cell(paired != rates_.end() ? paired->second.value() : -1, "%.2fx").c_str());
       out << line;
     }
     const double smallest = us("BM_Transfer_HeapRef/64");
     const double largest = us("BM_Transfer_HeapRef/" + std::to_string(kTransferSizes[5]));
     if (smallest > 0 && largest > 0) {
-      out << "HeapRef 256 MiB / 64 B: " << cell(largest / smallest, "%.2fx") << "\n";
+      out << "HeapRef 256 MiB / 64 B: " << cell(largest / smallest, "%.2fx")
+          << " from the two runs";
+      if (auto paired = rates_.find("BM_HeapRef_LargeVsSmall/"); paired != rates_.end()) {
+        out << ", " << cell(paired->second.value(), "%.2fx")
+            << " paired (BM_HeapRef_LargeVsSmall, the two alternating)";
+      }
+      out << "\n";
     }
     out << std::flush;
   }
@@ -558,8 +687,8 @@ void stop_manager() noexcept {
 
 int main(int argc, char** argv) {
 #if defined(SHEAF_HAVE_ICEORYX)
-  if (argc == 4 && std::string_view(argv[1]) == "--iceoryx-peer") {
-    sheaf_bench::iceoryx::run_peer(argv[2], static_cast<pid_t>(std::atol(argv[3])));
+  if (argc == 5 && std::string_view(argv[1]) == "--iceoryx-peer") {
+    sheaf_bench::iceoryx::run_peer(argv[2], static_cast<pid_t>(std::atol(argv[3])), argv[4]);
   }
 #endif
   if (!sheaf_bench::initialize_interleaved(argc, argv)) return 1;
