@@ -163,6 +163,14 @@ HeapRef decode_heap_ref(std::span<const std::byte> bytes) {
 }
 
 void FrameReader::feed(std::span<const std::byte> bytes) {
+  if (gathering_) {
+    std::vector<std::byte>& payload = gathering_->payload;
+    const std::size_t take =
+        std::min<std::size_t>(bytes.size(), gathering_->header.payload_bytes - payload.size());
+    payload.insert(payload.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
+    bytes = bytes.subspan(take);
+    if (bytes.empty()) return;
+  }
   // Drop what was consumed before growing, so the buffer holds at most one
   // frame and what arrived after it.
   if (start_ > 0 && start_ >= buffer_.size() / 2) {
@@ -175,6 +183,12 @@ void FrameReader::feed(std::span<const std::byte> bytes) {
 std::optional<Frame> FrameReader::next() {
   if (poisoned_)
     throw Error(Errc::kCorrupted, *poisoned_ + " (the stream cannot be read on)", EPROTO);
+  if (gathering_) {
+    if (gathering_->payload.size() < gathering_->header.payload_bytes) return std::nullopt;
+    std::optional<Frame> frame = std::move(gathering_);
+    gathering_.reset();
+    return frame;
+  }
   if (buffered() < kFrameHeaderBytes) return std::nullopt;
   FrameHeader header;
   try {
@@ -185,8 +199,18 @@ std::optional<Frame> FrameReader::next() {
     poisoned_ = e.message();
     throw;
   }
-  if (buffered() - kFrameHeaderBytes < header.payload_bytes) return std::nullopt;
   const auto first = buffer_.begin() + static_cast<std::ptrdiff_t>(start_ + kFrameHeaderBytes);
+  if (buffered() - kFrameHeaderBytes < header.payload_bytes) {
+    if (header.payload_bytes < direct_bytes_) return std::nullopt;
+    // Everything after this header is the start of its payload: gather the
+    // rest where it belongs (reserved, not yet touched).
+    gathering_.emplace(Frame{header, {}});
+    gathering_->payload.reserve(header.payload_bytes);
+    gathering_->payload.assign(first, buffer_.end());
+    buffer_.clear();
+    start_ = 0;
+    return std::nullopt;
+  }
   Frame frame{header, std::vector<std::byte>(first, first + header.payload_bytes)};
   start_ += kFrameHeaderBytes + header.payload_bytes;
   if (start_ == buffer_.size()) {

@@ -99,19 +99,37 @@ struct Frame {
 // any size. feed() what arrived; next() returns each whole frame once. A
 // malformed header poisons the reader: next() throws, and keeps throwing,
 // since the stream can no longer be framed.
+//
+// A payload of kDirectBytes or more is gathered in its own vector, the
+// frame's, from the moment its header is read: its bytes are copied once,
+// not into the buffer and then out again, and the buffer does not grow to
+// the largest payload ever read. The vector's capacity is reserved at once
+// but its pages are touched only as bytes arrive, so a header that
+// announces a large payload commits no memory the peer has not sent.
 class FrameReader {
  public:
-  explicit FrameReader(std::uint32_t max_payload) : max_payload_(max_payload) {}
+  static constexpr std::size_t kDirectBytes = std::size_t{64} << 10;
+
+  // `direct_bytes`: the smallest payload gathered directly (kDirectBytes but
+  // for tests and fuzzing, which reach that path with smaller inputs).
+  explicit FrameReader(std::uint32_t max_payload, std::size_t direct_bytes = kDirectBytes)
+      : max_payload_(max_payload), direct_bytes_(direct_bytes) {}
   void feed(std::span<const std::byte> bytes);
   std::optional<Frame> next();
-  std::size_t buffered() const noexcept { return buffer_.size() - start_; }
+  // Bytes fed and not yet returned in a frame.
+  std::size_t buffered() const noexcept {
+    return buffer_.size() - start_ +
+           (gathering_ ? kFrameHeaderBytes + gathering_->payload.size() : 0);
+  }
   // From the next header on, payloads longer than this are refused.
   void limit(std::uint32_t max_payload) { max_payload_ = std::min(max_payload, kMaxPayloadBytes); }
 
  private:
   std::uint32_t max_payload_;
+  std::size_t direct_bytes_;
   std::vector<std::byte> buffer_;
-  std::size_t start_ = 0;  // where the next frame begins in buffer_
+  std::size_t start_ = 0;           // where the next frame begins in buffer_
+  std::optional<Frame> gathering_;  // a large payload's frame, its bytes still coming
   std::optional<std::string> poisoned_;
 };
 

@@ -61,8 +61,10 @@ int main(int argc, char** argv) {
   std::system(("rm -rf '" + store_dir + "'").c_str());
 
   // A stream of message frames: a send with bytes, a heap reference, a ping.
-  // (First byte: the harness's piece size.)
-  std::string stream(1, '\x07');
+  // (First byte: the harness's piece size; second: its choice of the size
+  // from which payloads are gathered directly, here 65 bytes, so that the
+  // control frames below take that path.)
+  std::string stream("\x07\x02", 2);
   auto append = [&](sheaf::msg::FrameHeader header, std::span<const std::byte> payload) {
     header.payload_bytes = static_cast<std::uint32_t>(payload.size());
     const auto bytes = sheaf::msg::encode_header(header);

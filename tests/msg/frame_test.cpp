@@ -116,7 +116,9 @@ TEST(Frame, HeapReferenceRoundTripsAndRefusesDamage) {
 }
 
 // Frames written back to back arrive in pieces of any size: each comes out
-// whole, once, in order.
+// whole, once, in order, small payloads and those gathered directly
+// (kDirectBytes and more) alike; and the reader holds exactly the bytes fed
+// and not yet returned.
 TEST(FrameReader, ReassemblesFramesFromPiecesOfAnySize) {
   std::vector<std::byte> stream;
   std::vector<Frame> sent;
@@ -125,7 +127,10 @@ TEST(FrameReader, ReassemblesFramesFromPiecesOfAnySize) {
     Frame frame;
     frame.header = sample();
     frame.header.request_id = static_cast<std::uint64_t>(i + 1);
-    frame.payload.resize(random() % 3000);
+    const std::size_t bytes = i % 10 == 3   ? FrameReader::kDirectBytes + random() % 100000
+                              : i % 10 == 7 ? FrameReader::kDirectBytes
+                                            : random() % 3000;
+    frame.payload.resize(bytes);
     for (auto& b : frame.payload) b = static_cast<std::byte>(random());
     frame.header.payload_bytes = static_cast<std::uint32_t>(frame.payload.size());
     const auto header = encode_header(frame.header);
@@ -135,16 +140,21 @@ TEST(FrameReader, ReassemblesFramesFromPiecesOfAnySize) {
   }
   FrameReader reader(1 << 20);
   std::size_t received = 0;
+  std::size_t returned_bytes = 0;
   for (std::size_t at = 0; at < stream.size();) {
-    const std::size_t piece = std::min<std::size_t>(1 + random() % 700, stream.size() - at);
+    // Mostly small pieces, now and then one that spans several frames.
+    const std::size_t most = random() % 8 == 0 ? 300000 : 700;
+    const std::size_t piece = std::min<std::size_t>(1 + random() % most, stream.size() - at);
     reader.feed(std::span(stream).subspan(at, piece));
     at += piece;
     while (std::optional<Frame> frame = reader.next()) {
       ASSERT_LT(received, sent.size());
       EXPECT_EQ(frame->header, sent[received].header);
       EXPECT_EQ(frame->payload, sent[received].payload);
+      returned_bytes += kFrameHeaderBytes + frame->payload.size();
       ++received;
     }
+    ASSERT_EQ(reader.buffered(), at - returned_bytes);
   }
   EXPECT_EQ(received, sent.size());
   EXPECT_EQ(reader.buffered(), 0u);
