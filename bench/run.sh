@@ -9,8 +9,8 @@
 # 5 rounds), sheaf_holds_bench (a block handed between two processes, held beside plain) and
 # sheaf_cli_bench (`sheaf heap` commands on 100,000 objects beside an empty heap) and
 # sheaf_msg_bench (message round trips beside raw Unix/TCP sockets and Boost message_queue;
-# payloads by heap reference beside copies and iceoryx's loaned chunks, 64 B to 256 MiB;
-# 3 repetitions interleaved at random, medians).
+# payloads by heap reference beside copies and iceoryx's loaned chunks, 64 B to 256 MiB,
+# also paired with iceoryx's in one benchmark; 3 repetitions interleaved at random, medians).
 #
 #   bench/run.sh [extra flags for sheaf_heap_bench, e.g. --benchmark_filter=Find]
 #
