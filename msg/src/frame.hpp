@@ -105,7 +105,8 @@ struct Frame {
 // not into the buffer and then out again, and the buffer does not grow to
 // the largest payload ever read. The vector's capacity is reserved at once
 // but its pages are touched only as bytes arrive, so a header that
-// announces a large payload commits no memory the peer has not sent.
+// announces a large payload costs address space, not memory, until the
+// peer sends it.
 class FrameReader {
  public:
   static constexpr std::size_t kDirectBytes = std::size_t{64} << 10;
