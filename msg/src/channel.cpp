@@ -120,6 +120,11 @@ struct Channel::State {
     bool reply_not_kept = false;     // given, but too large to keep
     std::chrono::steady_clock::time_point detached{};  // when its link broke
   };
+  struct Dying {  // settle_deaths()
+    Message event;
+    std::vector<PeerHeap> heaps;
+    std::chrono::steady_clock::time_point until;
+  };
   struct Timer {
     int id = 0;
     std::int32_t type = 0;
@@ -140,6 +145,7 @@ struct Channel::State {
   std::deque<Queued> queue;
   std::vector<Pending> pending;
   std::map<std::string, Resumable> resumable;  // by token
+  std::vector<Dying> dying;
   std::vector<Timer> timers;
   int next_timer = 1;
   std::chrono::steady_clock::time_point next_manager_try{};
@@ -292,10 +298,8 @@ struct Channel::State {
       m.payload = Payload(std::vector<std::byte>(first, first + reason.size()));
     }
     it->second.link.close();
-    if (why == Event::kDeath && !it->second.heaps.empty()) {
-      std::lock_guard lock(client->mutex);
-      release_dead_peer(client->heaps, it->second.heaps);
-    }
+    std::vector<PeerHeap> dead_heaps;
+    if (why == Event::kDeath) dead_heaps = std::move(it->second.heaps);
     // A link that broke (rather than said goodbye) may be a live client's:
     // what it awaits is kept for kResumeWindow, in case it comes back.
     const auto r = resumable.find(it->second.token);
@@ -314,8 +318,40 @@ struct Channel::State {
         if (p.used && p.peer == key) p.peer = 0;  // nobody to answer any more
       }
     }
-    queue.push_back({std::move(m), 0});
+    if (dead_heaps.empty()) {
+      queue.push_back({std::move(m), 0});
+    } else {
+      dying.push_back(
+          {std::move(m), std::move(dead_heaps), std::chrono::steady_clock::now() + kReclaimWait});
+      settle_deaths();
+    }
     expire_resumable();
+  }
+
+  // A client that died sharing heaps with us: its holds are released before
+  // its kDeath is queued, so that the owner, at the event, finds them gone.
+  // A socket closes a moment before the kernel has finished the exit, while
+  // the client's sessions still count as alive: its event waits here (tried
+  // again at every turn of the receive loop, every millisecond) until they
+  // no longer do, or kReclaimWait has passed (a client whose link broke
+  // lives on; the next opener of the heap releases what it holds if it dies
+  // later). The owner serves its other clients meanwhile.
+  void settle_deaths() {
+    if (dying.empty()) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(client->mutex);
+    for (auto d = dying.begin(); d != dying.end();) {
+      if (try_release_dead_peer(client->heaps, d->heaps) || now >= d->until) {
+        queue.push_back({std::move(d->event), 0});
+        d = dying.erase(d);
+      } else {
+        ++d;
+      }
+    }
+  }
+  std::chrono::steady_clock::time_point next_death_check() const {
+    if (dying.empty()) return std::chrono::steady_clock::time_point::max();
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
   }
 
   void forget(std::map<std::string, Resumable>::iterator r) {
@@ -700,6 +736,7 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
       if (peer.challenge) until = std::min(until, peer.handshake_until);
     }
     until = std::min(until, s->next_timer_due());
+    until = std::min(until, s->next_death_check());
     std::lock_guard lock(s->client->mutex);
     if (s->client->link) {
       fds.push_back({s->client->link->fd(), POLLIN, 0});
@@ -772,6 +809,7 @@ std::pair<std::size_t, Message> Channel::receive_any(std::span<Channel* const> c
     for (std::size_t i = 0; i < states.size(); ++i) {
       State& s = *states[i];
       s.fire_timers();
+      s.settle_deaths();
       if (!s.queue.empty()) return {i, s.pop()};
     }
     if (waited && deadline != Deadline::max() && std::chrono::steady_clock::now() >= deadline) {

@@ -243,19 +243,25 @@ Payload Receiver::take(Frame& frame, const std::vector<LocalHeap>& mine) {
               EPROTO);
 }
 
-void release_dead_peer(const std::vector<LocalHeap>& mine, const std::vector<PeerHeap>& theirs) {
+bool try_release_dead_peer(const std::vector<LocalHeap>& mine,
+                           const std::vector<PeerHeap>& theirs) {
+  bool settled = true;
   for (const PeerHeap& peer : theirs) {
     for (const LocalHeap& local : mine) {
       if (local.uuid != peer.uuid) continue;
-      for (int attempt = 0; attempt < 200; ++attempt) {
-        try {
-          if (local.heap->reclaim_session(peer.session) != Heap::SessionFate::kAlive) break;
-        } catch (const Error&) {  // the heap's own trouble; the next opener reclaims
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      try {
+        if (local.heap->reclaim_session(peer.session) == Heap::SessionFate::kAlive) settled = false;
+      } catch (const Error&) {  // the heap's own trouble; the next opener reclaims
       }
     }
+  }
+  return settled;
+}
+
+void release_dead_peer(const std::vector<LocalHeap>& mine, const std::vector<PeerHeap>& theirs) {
+  const auto until = std::chrono::steady_clock::now() + kReclaimWait;
+  while (!try_release_dead_peer(mine, theirs) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 

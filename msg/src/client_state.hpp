@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -56,8 +57,12 @@ struct Receiver {
 };
 
 // A peer died: the holds its sessions had in the heaps we share with it are
-// released now (Heap::reclaim_session), waiting up to 200 ms for the kernel
-// to finish its exit (a socket closes a moment before a heap file).
+// released (Heap::reclaim_session). Its socket closes a moment before the
+// kernel has finished its exit, and meanwhile its sessions still count as
+// alive: try_release_dead_peer() tries once and says whether none does any
+// more; release_dead_peer() retries for up to kReclaimWait.
+inline constexpr std::chrono::milliseconds kReclaimWait{200};
+bool try_release_dead_peer(const std::vector<LocalHeap>& mine, const std::vector<PeerHeap>& theirs);
 void release_dead_peer(const std::vector<LocalHeap>& mine, const std::vector<PeerHeap>& theirs);
 // Whether `e` says the peer is gone (its socket closed or reset).
 bool peer_gone(const Error& e);

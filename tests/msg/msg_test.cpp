@@ -1344,6 +1344,39 @@ TEST_F(MsgHeapTest, AClientKilledHoldingReferencesLeaksNothing) {
   EXPECT_EQ(heap_check_command(heap_path), 0);
 }
 
+// A client whose link breaks while it lives on: its session in the heap it
+// shares with the owner still counts as alive, so its death cannot be
+// settled at once (a killed process's socket also closes a moment before
+// its exit is done). The owner is not held up meanwhile: a timer due 50 ms
+// later comes before the kDeath event, which waits until the client's
+// session is found dead or kReclaimWait (200 ms) has passed.
+TEST_F(MsgHeapTest, AClientWhoseLinkBrokeDoesNotHoldUpTheOwner) {
+  Heap heap = Heap::open(heap_path).value();
+  Client me = client("owner");
+  me.attach(heap);
+  Channel channel = me.create_channel("broken");
+  Child sender([&] {
+    Heap mine = Heap::open(heap_path).value();
+    Client c = client("sender");
+    c.attach(mine);
+    Connection to = c.connect_channel("broken", 5s);
+    // The link breaks while the send waits for its answer; it reconnects.
+    posix::inject_fault(posix::Op::kSocketReceive, ECONNRESET);
+    if (to.send(1, as_bytes("first"), 5s).answer != 100) _exit(3);
+  });
+  Message first = channel.receive(5s);
+  ASSERT_EQ(first.event, Event::kMessage) << event_name(first.event);
+  channel.timer_create(7, 50ms, 0ms);
+  Message next = channel.receive(5s);
+  EXPECT_EQ(next.event, Event::kTimer) << event_name(next.event);
+  Message broke = channel.receive(5s);
+  EXPECT_EQ(broke.event, Event::kDeath) << event_name(broke.event);
+  EXPECT_EQ(broke.sender, "sender");
+  channel.reply(first.index, 100);  // reaches it on its new connection
+  EXPECT_EQ(channel.receive(5s).event, Event::kDisconnect);
+  EXPECT_EQ(sender.wait_code(), 0);
+}
+
 TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
