@@ -951,12 +951,17 @@ Channel Client::create_channel(const std::string& name, const ChannelOptions& op
       dir + "/c-" + std::to_string(::getpid()) + "-" + std::to_string(socket_counter++) + ".sock";
   ::unlink(state->socket_path.c_str());  // a dead process's, with our pid reused
   {
-    const mode_t old_mask = ::umask(for_group ? 0117 : 0077);
+    // Its mode is set after bind(), not through the umask, which is the
+    // whole process's (another thread's files would get ours meanwhile).
+    // Until then the directory keeps others out, and until listen() no one
+    // can connect anyway.
     asio::error_code ec;
     state->unix_acceptor.emplace(socket_context());
     state->unix_acceptor->open(asio::local::stream_protocol(), ec);
     if (!ec) state->unix_acceptor->bind(state->socket_path, ec);
-    ::umask(old_mask);
+    if (!ec && ::chmod(state->socket_path.c_str(), for_group ? 0660 : 0600) != 0) {
+      ec = asio::error_code(errno, asio::error::get_system_category());
+    }
     if (!ec && for_group &&
         ::chown(state->socket_path.c_str(), static_cast<uid_t>(-1), group) != 0) {
       ec = asio::error_code(errno, asio::error::get_system_category());

@@ -1064,6 +1064,32 @@ TEST_F(MsgTest, AnotherUsersClientThatHangsUpBeforeTheAcceptIsNotLetIn) {
   EXPECT_EQ(channel.clients(), 0u);
 }
 
+// A channel's socket is 0600 (0660 for one that lets a group in) whatever
+// the process's umask, which creating it leaves alone (it is the whole
+// process's: other threads' files would get a channel's mask meanwhile).
+TEST_F(MsgTest, AChannelsSocketHasItsModeWhateverTheUmask) {
+  const mode_t mask = ::umask(0);  // the loosest: modes from bind() are 0777
+  Client me = client("owner");
+  const auto socket_mode = [](const Channel& channel) {
+    const std::string& address = channel.address();
+    const std::size_t from = address.find("unix:");
+    if (from == std::string::npos) return mode_t{0};
+    const std::string path = address.substr(from + 5, address.find(' ', from) - from - 5);
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? st.st_mode & 07777 : mode_t{0};
+  };
+  {
+    Channel mine = me.create_channel("mode-private");
+    EXPECT_EQ(socket_mode(mine), 0600u);
+    EXPECT_EQ(::umask(0), 0u);  // still ours
+  }
+  if (::getuid() == 0) {  // (only root may give a socket another group)
+    Channel grouped = me.create_channel("mode-group", {.allow_group = 65534});
+    EXPECT_EQ(socket_mode(grouped), 0660u);
+  }
+  ::umask(mask);
+}
+
 // A channel that lets a group in: a user of that group reaches it, whether
 // the group is its own (primary) or one of its others; anyone else does not.
 TEST_F(MsgTest, AChannelLetsInTheGroupItAllows) {
