@@ -386,34 +386,46 @@ constexpr std::uint64_t kPairedBatch = 1024;
 // again (tens of them took 10 us and more), are not counted.
 constexpr std::uint64_t kPairedWarmUp = 64;
 
-// The largest transfer beside the smallest, alternating in batches of
-// kPairedBatch in one run for the same reason as BM_HeapRef_VsIceoryx below:
-// counter "ratio" is the p50 of 256 MiB over the p50 of 64 B, both taken in
-// the same spells. A reference's cost should not depend on its size.
+// The loop of a paired benchmark: round trips of `a` and of `b` in
+// alternating batches of kPairedBatch, the first kPairedWarmUp of each not
+// counted, `switched(b_next)` called before each batch. Counters: the p50
+// of each (named with `a_name` and `b_name`), and "ratio", a's p50 over b's.
+template <class A, class B, class Switched>
+void run_paired(benchmark::State& state, const std::string& a_name, A&& a,
+                const std::string& b_name, B&& b, Switched&& switched) {
+  Latencies a_times(state, a_name, Latencies::kP50);
+  Latencies b_times(state, b_name, Latencies::kP50);
+  std::uint64_t i = 0;
+  for (auto _ : state) {
+    const bool b_turn = (i / kPairedBatch) % 2 == 1;
+    const std::uint64_t in_batch = i++ % kPairedBatch;
+    if (in_batch == 0) switched(b_turn);
+    if (in_batch < kPairedWarmUp) {
+      b_turn ? b() : a();
+      continue;
+    }
+    Latencies& times = b_turn ? b_times : a_times;
+    times.start();
+    b_turn ? b() : a();
+    times.stop();
+  }
+  // (Only once both were measured: a run shorter than a batch has one.)
+  if (a_times.p50_us() > 0 && b_times.p50_us() > 0) {
+    state.counters["ratio"] = a_times.p50_us() / b_times.p50_us();
+  }
+}
+
+// The largest transfer beside the smallest, paired (run_paired) for the
+// same reason as BM_HeapRef_VsIceoryx below: counter "ratio" is the p50 of
+// 256 MiB over the p50 of 64 B, both taken in the same spells. A
+// reference's cost should not depend on its size.
 void BM_HeapRef_LargeVsSmall(benchmark::State& state) {
-  constexpr std::size_t kSmall = 64;
-  constexpr std::size_t kLarge = std::size_t{256} << 20;
   sheaf_bench::guarded(state, [&] {
     SheafPair pair(SheafPair::kAck, true);
     if (!pair.connection->by_reference(*pair.heap)) throw std::runtime_error("not by reference");
-    Latencies small(state, "small_", Latencies::kP50);
-    Latencies large(state, "large_", Latencies::kP50);
-    std::uint64_t i = 0;
-    for (auto _ : state) {
-      const bool large_turn = (i / kPairedBatch) % 2 == 1;
-      if (i++ % kPairedBatch < kPairedWarmUp) {
-        heap_ref_round_trip(pair, large_turn ? kLarge : kSmall);
-        continue;
-      }
-      Latencies& latencies = large_turn ? large : small;
-      latencies.start();
-      heap_ref_round_trip(pair, large_turn ? kLarge : kSmall);
-      latencies.stop();
-    }
-    // (Only once both were measured: a run shorter than a batch has one.)
-    if (small.p50_us() > 0 && large.p50_us() > 0) {
-      state.counters["ratio"] = large.p50_us() / small.p50_us();
-    }
+    run_paired(
+        state, "large_", [&] { heap_ref_round_trip(pair, std::size_t{256} << 20); }, "small_",
+        [&] { heap_ref_round_trip(pair, 64); }, [](bool) {});
   });
 }
 
@@ -532,12 +544,13 @@ void BM_Iceoryx_PingPong(benchmark::State& state) {
   g_iceoryx.turn->set(sheaf_bench::iceoryx::Turn::kPaused);
 }
 
-// The two above in one benchmark, alternating in batches of kPairedBatch
-// round trips; the one not measured sleeps meanwhile (the Sheaf server in its
-// receive, the iceoryx peer on its turn). The machine's slow spells, which
-// last far longer than a batch, then fall on both alike, and the ratio of
-// their p50s (counter "ratio") compares the two at the same moments. An
-// iteration is one round trip of either.
+// The two above in one benchmark, paired (run_paired): alternating in
+// batches of kPairedBatch round trips, the one not measured sleeping
+// meanwhile (the Sheaf server in its receive, the iceoryx peer on its
+// turn). The machine's slow spells, which last far longer than a batch,
+// then fall on both alike, and the ratio of their p50s (counter "ratio")
+// compares the two at the same moments. An iteration is one round trip of
+// either.
 void BM_HeapRef_VsIceoryx(benchmark::State& state) {
   using sheaf_bench::iceoryx::Turn;
   const auto n = static_cast<std::size_t>(state.range(0));
@@ -546,41 +559,19 @@ void BM_HeapRef_VsIceoryx(benchmark::State& state) {
   sheaf_bench::guarded(state, [&] {
     SheafPair pair(SheafPair::kAck, true);
     if (!pair.connection->by_reference(*pair.heap)) throw std::runtime_error("not by reference");
-    Latencies ref(state, "ref_", Latencies::kP50);
-    Latencies iceoryx(state, "iceoryx_", Latencies::kP50);
-    std::uint64_t i = 0;
-    for (auto _ : state) {
-      const bool iceoryx_turn = (i / kPairedBatch) % 2 == 1;
-      const std::uint64_t in_batch = i++ % kPairedBatch;
-      if (in_batch == 0) {
-        // Both peers asleep before either is woken (the Sheaf server sleeps
-        // 20 us into a wait, the iceoryx peer as soon as it sees its turn
-        // end): one still running on the other core when the other is woken
-        // makes the scheduler put that one on this process's core, where
-        // round trips take 11 us until it moves.
-        g_iceoryx.turn->set(Turn::kPaused);
-        std::this_thread::sleep_for(200us);
-        if (iceoryx_turn) g_iceoryx.turn->set(Turn::kIceoryx);
-      }
-      const auto round_trip = [&] {
-        if (iceoryx_turn) {
-          iceoryx_round_trip(static_cast<std::uint32_t>(n));
-        } else {
-          heap_ref_round_trip(pair, n);
-        }
-      };
-      if (in_batch < kPairedWarmUp) {
-        round_trip();
-        continue;
-      }
-      Latencies& latencies = iceoryx_turn ? iceoryx : ref;
-      latencies.start();
-      round_trip();
-      latencies.stop();
-    }
-    if (ref.p50_us() > 0 && iceoryx.p50_us() > 0) {
-      state.counters["ratio"] = ref.p50_us() / iceoryx.p50_us();
-    }
+    // Both peers asleep before either is woken (the Sheaf server sleeps
+    // 20 us into a wait, the iceoryx peer as soon as it sees its turn
+    // end): one still running on the other core when the other is woken
+    // makes the scheduler put that one on this process's core, where round
+    // trips take 11 us until it moves.
+    const auto switched = [](bool to_iceoryx) {
+      g_iceoryx.turn->set(Turn::kPaused);
+      std::this_thread::sleep_for(200us);
+      if (to_iceoryx) g_iceoryx.turn->set(Turn::kIceoryx);
+    };
+    run_paired(
+        state, "ref_", [&] { heap_ref_round_trip(pair, n); }, "iceoryx_",
+        [&] { iceoryx_round_trip(static_cast<std::uint32_t>(n)); }, switched);
   });
   g_iceoryx.turn->set(Turn::kPaused);
 }
