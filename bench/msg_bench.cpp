@@ -684,14 +684,13 @@ class MsgReporter : public sheaf_bench::TableReporter {
     }
     const double smallest = us("BM_Transfer_HeapRef/64");
     const double largest = us("BM_Transfer_HeapRef/" + std::to_string(kTransferSizes[5]));
-    if (smallest > 0 && largest > 0) {
-      out << "HeapRef 256 MiB / 64 B: " << cell(largest / smallest, "%.2fx")
-          << " from the two runs";
-      if (auto paired = rates_.find("BM_HeapRef_LargeVsSmall/"); paired != rates_.end()) {
-        out << ", " << cell(paired->second.value(), "%.2fx")
-            << " paired (BM_HeapRef_LargeVsSmall, the two alternating)";
-      }
-      out << "\n";
+    const auto paired = rates_.find("BM_HeapRef_LargeVsSmall/");
+    if ((smallest > 0 && largest > 0) || paired != rates_.end()) {
+      out << "HeapRef 256 MiB / 64 B: "
+          << cell(smallest > 0 && largest > 0 ? largest / smallest : -1, "%.2fx")
+          << " from the two runs, "
+          << cell(paired != rates_.end() ? paired->second.value() : -1, "%.2fx")
+          << " paired (BM_HeapRef_LargeVsSmall, the two alternating)\n";
     }
     out << std::flush;
   }

@@ -155,6 +155,11 @@ std::vector<std::byte> answer_client(const Secret& secret, const Nonce& ours, co
 void authenticate_to(Link& link, const Secret& secret, const std::string& address,
                      Deadline deadline) {
   const std::string what = "authenticating to " + address;
+  // Until the listener has proved it knows the secret, it may send no more
+  // than the handshake's frames need (an error's text included): a header
+  // that announced a large payload would otherwise have this process set
+  // room aside for it (FrameReader).
+  link.limit_payload(kHandshakeMaxPayload);
   auto expect = [&](FrameType type) {
     auto frame = link.receive(deadline);
     if (!frame) throw Error(Errc::kTimedOut, what + ": no answer in time", ETIMEDOUT);
@@ -185,6 +190,7 @@ void authenticate_to(Link& link, const Secret& secret, const std::string& addres
   if (!same(proof(secret, kOwnerLabel, ours, theirs), answer.payload)) {
     refuse(what + ": the server does not know the shared secret (" + secret.file + ")");
   }
+  link.limit_payload(kLinkMaxPayload);
 }
 
 }  // namespace sheaf::msg

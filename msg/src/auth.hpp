@@ -51,6 +51,9 @@ inline constexpr std::size_t kNonceBytes = 32;
 inline constexpr std::size_t kProofBytes = 32;
 // What a client that must authenticate may send, and how long it has.
 inline constexpr std::uint32_t kAuthenticateBytes = kNonceBytes + kProofBytes;
+// The longest payload a client takes from a listener before it has proved
+// itself (a challenge, an answer, or an error's text).
+inline constexpr std::uint32_t kHandshakeMaxPayload = 4096;
 inline constexpr std::chrono::seconds kHandshakeTime{5};
 using Nonce = std::array<std::byte, kNonceBytes>;
 Nonce random_nonce();

@@ -124,6 +124,7 @@ struct Channel::State {
     Message event;
     std::vector<PeerHeap> heaps;
     std::chrono::steady_clock::time_point until;
+    std::chrono::steady_clock::time_point next_try;
   };
   struct Timer {
     int id = 0;
@@ -157,6 +158,9 @@ struct Channel::State {
     if (!socket_path.empty()) ::unlink(socket_path.c_str());
     if (!client) return;
     std::lock_guard lock(client->mutex);
+    // Clients whose death was not settled yet: one last try at their holds
+    // (else the heap's next opener releases them).
+    for (const Dying& d : dying) try_release_dead_peer(client->heaps, d.heaps);
     std::erase_if(client->channels, [&](const auto& r) { return r.name == name; });
     if (client->link) {
       try {
@@ -321,8 +325,8 @@ struct Channel::State {
     if (dead_heaps.empty()) {
       queue.push_back({std::move(m), 0});
     } else {
-      dying.push_back(
-          {std::move(m), std::move(dead_heaps), std::chrono::steady_clock::now() + kReclaimWait});
+      const auto now = std::chrono::steady_clock::now();
+      dying.push_back({std::move(m), std::move(dead_heaps), now + kReclaimWait, now});
       settle_deaths();
     }
     expire_resumable();
@@ -332,15 +336,19 @@ struct Channel::State {
   // its kDeath is queued, so that the owner, at the event, finds them gone.
   // A socket closes a moment before the kernel has finished the exit, while
   // the client's sessions still count as alive: its event waits here (tried
-  // again at every turn of the receive loop, every millisecond) until they
-  // no longer do, or kReclaimWait has passed (a client whose link broke
-  // lives on; the next opener of the heap releases what it holds if it dies
-  // later). The owner serves its other clients meanwhile.
+  // again once a millisecond, from the receive loop) until they no longer
+  // do, or kReclaimWait has passed, or a new connection shows them alive
+  // (came_back()). The owner serves its other clients meanwhile.
   void settle_deaths() {
     if (dying.empty()) return;
     const auto now = std::chrono::steady_clock::now();
     std::lock_guard lock(client->mutex);
     for (auto d = dying.begin(); d != dying.end();) {
+      if (now < d->next_try) {
+        ++d;
+        continue;
+      }
+      d->next_try = now + std::chrono::milliseconds(1);  // (each try takes the heap's lock)
       if (try_release_dead_peer(client->heaps, d->heaps) || now >= d->until) {
         queue.push_back({std::move(d->event), 0});
         d = dying.erase(d);
@@ -350,8 +358,30 @@ struct Channel::State {
     }
   }
   std::chrono::steady_clock::time_point next_death_check() const {
-    if (dying.empty()) return std::chrono::steady_clock::time_point::max();
-    return std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    auto due = std::chrono::steady_clock::time_point::max();
+    for (const Dying& d : dying) due = std::min(due, d.next_try);
+    return due;
+  }
+  // A new connection's hello names heap sessions: a client whose link broke
+  // is back, alive. Its old link's kDeath is queued now, before anything
+  // the new connection brings, and nothing is released.
+  void came_back(const std::vector<PeerHeap>& heaps) {
+    const auto shares_a_session = [&](const Dying& d) {
+      for (const PeerHeap& old : d.heaps) {
+        for (const PeerHeap& now : heaps) {
+          if (old.uuid == now.uuid && old.session == now.session) return true;
+        }
+      }
+      return false;
+    };
+    for (auto d = dying.begin(); d != dying.end();) {
+      if (shares_a_session(*d)) {
+        queue.push_back({std::move(d->event), 0});
+        d = dying.erase(d);
+      } else {
+        ++d;
+      }
+    }
   }
 
   void forget(std::map<std::string, Resumable>::iterator r) {
@@ -450,6 +480,7 @@ struct Channel::State {
         std::string id = string_field(hello, "id", frame);
         check_name(id, "client id");
         peer.heaps = parse_heaps(hello, frame);
+        came_back(peer.heaps);
         peer.id = std::move(id);
         if (hello.contains("token")) {
           std::string token = string_field(hello, "token", frame);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "sheaf/error.hpp"
@@ -203,10 +204,18 @@ std::optional<Frame> FrameReader::next() {
   if (buffered() - kFrameHeaderBytes < header.payload_bytes) {
     if (header.payload_bytes < direct_bytes_) return std::nullopt;
     // Everything after this header is the start of its payload: gather the
-    // rest where it belongs (reserved, not yet touched).
-    gathering_.emplace(Frame{header, {}});
-    gathering_->payload.reserve(header.payload_bytes);
-    gathering_->payload.assign(first, buffer_.end());
+    // rest where it belongs (reserved, not yet touched). Nothing changes
+    // unless the room is had: a process that cannot have it refuses the
+    // stream, as it would a header over the limit.
+    Frame frame{header, {}};
+    try {
+      frame.payload.reserve(header.payload_bytes);
+    } catch (const std::bad_alloc&) {
+      poisoned_ = "no memory for a payload of " + std::to_string(header.payload_bytes) + " bytes";
+      throw Error(Errc::kOutOfSpace, *poisoned_, ENOMEM);
+    }
+    frame.payload.assign(first, buffer_.end());
+    gathering_ = std::move(frame);
     buffer_.clear();
     start_ = 0;
     return std::nullopt;

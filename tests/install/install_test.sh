@@ -14,21 +14,36 @@ cxx=$2
 cc=$3
 sanitize=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d /tmp/sheaf-install-XXXXXX)
+# Inside the build tree, not /tmp: a run killed by ctest's timeout (no trap
+# runs then) leaves nothing behind that the next run does not remove.
+work=$build/install-test
+rm -rf "$work"
 trap 'rm -rf "$work"' EXIT
+mkdir -p "$work"
 
-cmake --install "$build" --prefix "$work/prefix" >/dev/null
+# Quiet when it works, everything when it does not.
+quiet() {
+  if ! "$@" >"$work/log" 2>&1; then
+    cat "$work/log"
+    echo "failed: $*"
+    exit 1
+  fi
+}
+
+quiet cmake --install "$build" --prefix "$work/prefix"
 flags=""
-[[ -n $sanitize ]] && flags="-fsanitize=$sanitize"
-cmake -S "$here" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+case $sanitize in "" | OFF | off | FALSE | false | 0 | NO | no) ;; *) flags="-fsanitize=$sanitize" ;; esac
+quiet cmake -S "$here" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
-  -DMESSIP_PROGRAMS="$here/../msg/messip_programs.c" >/dev/null
-cmake --build "$work/build" >/dev/null
+  -DMESSIP_PROGRAMS="$here/../msg/messip_programs.c"
+quiet cmake --build "$work/build"
 
-# The headers and libraries came from the prefix, not the source tree.
+# The headers came from the prefix, and so did the libraries.
 grep -q -- "-isystem $work/prefix/include" "$work/build/build.ninja" ||
   { echo "the consumer was not built against the installed headers"; exit 1; }
+grep -q -- "$work/prefix/lib[^ ]*/libsheaf_msg.a" "$work/build/build.ninja" ||
+  { echo "the consumer was not linked with the installed libsheaf_msg"; exit 1; }
 
 "$work/build/consumer" "$work/consumer.heap"
 "$here/../msg/messip_test.sh" "$work/build/messip_programs" "$work/prefix/bin/sheaf"

@@ -1065,10 +1065,14 @@ TEST_F(MsgTest, AnotherUsersClientThatHangsUpBeforeTheAcceptIsNotLetIn) {
 }
 
 // A channel's socket is 0600 (0660 for one that lets a group in) whatever
-// the process's umask, which creating it leaves alone (it is the whole
-// process's: other threads' files would get a channel's mask meanwhile).
+// the process's umask. (Its mode is set with chmod: a umask is the whole
+// process's, and other threads' files would get a channel's meanwhile.)
 TEST_F(MsgTest, AChannelsSocketHasItsModeWhateverTheUmask) {
-  const mode_t mask = ::umask(0);  // the loosest: modes from bind() are 0777
+  // The loosest mask (modes from bind() are 0777), put back however the test ends.
+  struct LooseUmask {
+    mode_t saved = ::umask(0);
+    ~LooseUmask() { ::umask(saved); }
+  } loose;
   Client me = client("owner");
   const auto socket_mode = [](const Channel& channel) {
     const std::string& address = channel.address();
@@ -1081,13 +1085,11 @@ TEST_F(MsgTest, AChannelsSocketHasItsModeWhateverTheUmask) {
   {
     Channel mine = me.create_channel("mode-private");
     EXPECT_EQ(socket_mode(mine), 0600u);
-    EXPECT_EQ(::umask(0), 0u);  // still ours
   }
   if (::getuid() == 0) {  // (only root may give a socket another group)
     Channel grouped = me.create_channel("mode-group", {.allow_group = 65534});
     EXPECT_EQ(socket_mode(grouped), 0660u);
   }
-  ::umask(mask);
 }
 
 // A channel that lets a group in: a user of that group reaches it, whether
@@ -1370,36 +1372,85 @@ TEST_F(MsgHeapTest, AClientKilledHoldingReferencesLeaksNothing) {
   EXPECT_EQ(heap_check_command(heap_path), 0);
 }
 
-// A client whose link breaks while it lives on: its session in the heap it
-// shares with the owner still counts as alive, so its death cannot be
-// settled at once (a killed process's socket also closes a moment before
-// its exit is done). The owner is not held up meanwhile: a timer due 50 ms
-// later comes before the kDeath event, which waits until the client's
-// session is found dead or kReclaimWait (200 ms) has passed.
+// Breaks every socket of this process, as a cut network would (both ends
+// see the connection end), and leaves the process alive.
+void break_all_sockets() {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::atoi(entry.path().filename().c_str());
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) ::shutdown(fd, SHUT_RDWR);
+  }
+}
+
+// A client whose link breaks while it lives on, and does not come back: its
+// session in the heap it shares with the owner still counts as alive, so
+// whether it died cannot be settled at once (a killed process's socket also
+// closes a moment before its exit is done). The owner is not held up
+// meanwhile: a timer due 50 ms later comes before the kDeath event, which
+// waits until the client's session is found dead or kReclaimWait (200 ms)
+// has passed.
 TEST_F(MsgHeapTest, AClientWhoseLinkBrokeDoesNotHoldUpTheOwner) {
   Heap heap = Heap::open(heap_path).value();
   Client me = client("owner");
   me.attach(heap);
   Channel channel = me.create_channel("broken");
+  Pipe broken;
   Child sender([&] {
     Heap mine = Heap::open(heap_path).value();
     Client c = client("sender");
     c.attach(mine);
     Connection to = c.connect_channel("broken", 5s);
-    // The link breaks while the send waits for its answer; it reconnects.
-    posix::inject_fault(posix::Op::kSocketReceive, ECONNRESET);
-    if (to.send(1, as_bytes("first"), 5s).answer != 100) _exit(3);
+    to.buffered_send(1, as_bytes("here"), 5s);
+    break_all_sockets();
+    signal(broken);
+    ::pause();  // alive until killed
   });
+  broken.close_write();
   Message first = channel.receive(5s);
-  ASSERT_EQ(first.event, Event::kMessage) << event_name(first.event);
+  ASSERT_EQ(first.event, Event::kBuffered) << event_name(first.event);
+  ASSERT_TRUE(wait_signal(broken));
   channel.timer_create(7, 50ms, 0ms);
   Message next = channel.receive(5s);
   EXPECT_EQ(next.event, Event::kTimer) << event_name(next.event);
-  Message broke = channel.receive(5s);
-  EXPECT_EQ(broke.event, Event::kDeath) << event_name(broke.event);
-  EXPECT_EQ(broke.sender, "sender");
-  channel.reply(first.index, 100);  // reaches it on its new connection
-  EXPECT_EQ(channel.receive(5s).event, Event::kDisconnect);
+  Message death = channel.receive(5s);
+  EXPECT_EQ(death.event, Event::kDeath) << event_name(death.event);
+  EXPECT_EQ(death.sender, "sender");
+  sender.kill();
+  sender.wait();
+}
+
+// A client whose link breaks and that comes back: the hello of its new
+// connection shows its session alive, so the old link's kDeath comes at
+// once, before anything the new connection brings (here the next message,
+// then the goodbye).
+TEST_F(MsgHeapTest, AClientThatComesBackHasItsOldLinksDeathFirst) {
+  Heap heap = Heap::open(heap_path).value();
+  Client me = client("owner");
+  me.attach(heap);
+  Channel channel = me.create_channel("back");
+  Child sender([&] {
+    Heap mine = Heap::open(heap_path).value();
+    Client c = client("sender");
+    c.attach(mine);
+    Connection to = c.connect_channel("back", 5s);
+    // The link breaks while the send waits for its answer; it reconnects.
+    posix::inject_fault(posix::Op::kSocketReceive, ECONNRESET);
+    if (to.send(1, as_bytes("first"), 5s).answer != 100) _exit(3);
+    if (to.send(2, as_bytes("second"), 5s).answer != 200) _exit(4);
+  });
+  Message first = channel.receive(5s);
+  ASSERT_EQ(first.event, Event::kMessage) << event_name(first.event);
+  channel.reply(first.index, 100);  // at once: the client may be back already
+  std::vector<Event> events;
+  for (int i = 0; i < 10; ++i) {  // bounded
+    Message m = channel.receive(5s);
+    if (m.event == Event::kTimeout) break;
+    events.push_back(m.event);
+    if (m.event == Event::kMessage) channel.reply(m.index, 200);
+    if (m.event == Event::kDisconnect) break;
+  }
+  const std::vector<Event> expected{Event::kDeath, Event::kMessage, Event::kDisconnect};
+  EXPECT_EQ(events, expected);
   EXPECT_EQ(sender.wait_code(), 0);
 }
 
