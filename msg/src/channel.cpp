@@ -322,7 +322,12 @@ struct Channel::State {
         if (p.used && p.peer == key) p.peer = 0;  // nobody to answer any more
       }
     }
-    if (dead_heaps.empty()) {
+    // (Another connection of the same client, its sessions alive, may have
+    // said hello before this one's end was read: then it is back already.)
+    const bool back_already = std::any_of(peers.begin(), peers.end(), [&](const auto& other) {
+      return share_a_session(other.second.heaps, dead_heaps);
+    });
+    if (dead_heaps.empty() || back_already) {
       queue.push_back({std::move(m), 0});
     } else {
       const auto now = std::chrono::steady_clock::now();
@@ -362,20 +367,20 @@ struct Channel::State {
     for (const Dying& d : dying) due = std::min(due, d.next_try);
     return due;
   }
+  static bool share_a_session(const std::vector<PeerHeap>& a, const std::vector<PeerHeap>& b) {
+    for (const PeerHeap& x : a) {
+      for (const PeerHeap& y : b) {
+        if (x.uuid == y.uuid && x.session == y.session) return true;
+      }
+    }
+    return false;
+  }
   // A new connection's hello names heap sessions: a client whose link broke
   // is back, alive. Its old link's kDeath is queued now, before anything
   // the new connection brings, and nothing is released.
   void came_back(const std::vector<PeerHeap>& heaps) {
-    const auto shares_a_session = [&](const Dying& d) {
-      for (const PeerHeap& old : d.heaps) {
-        for (const PeerHeap& now : heaps) {
-          if (old.uuid == now.uuid && old.session == now.session) return true;
-        }
-      }
-      return false;
-    };
     for (auto d = dying.begin(); d != dying.end();) {
-      if (shares_a_session(*d)) {
+      if (share_a_session(d->heaps, heaps)) {
         queue.push_back({std::move(d->event), 0});
         d = dying.erase(d);
       } else {
@@ -480,6 +485,14 @@ struct Channel::State {
         std::string id = string_field(hello, "id", frame);
         check_name(id, "client id");
         peer.heaps = parse_heaps(hello, frame);
+        // A link of the same client that broke, its end not read yet (with
+        // rings, sockets are looked at once a millisecond): read it now, so
+        // that its kDeath comes before anything this connection brings.
+        std::vector<std::uint64_t> same_client;
+        for (const auto& [other, p] : peers) {
+          if (other != key && share_a_session(p.heaps, peer.heaps)) same_client.push_back(other);
+        }
+        for (const std::uint64_t other : same_client) check_ring_peer(other);
         came_back(peer.heaps);
         peer.id = std::move(id);
         if (hello.contains("token")) {
