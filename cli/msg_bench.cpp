@@ -244,11 +244,11 @@ void run_msg_bench(const MsgBenchArgs& args) {
     // All the rounds by reference, then all by copy: interleaved, a round
     // would also pay for the peer still freeing the previous copy (a 64 MiB
     // buffer takes milliseconds to give back).
-    // `rounds` round trips of `send` (after one warm-up, not counted), each
+    // `rounds` round trips of `send` (after `warm_up` not counted), each
     // checked for what the peer saw; their times in microseconds.
-    auto time_rounds = [&](auto&& send) {
+    auto time_rounds = [&](int warm_up, auto&& send) {
       std::vector<double> us;
-      for (int round = -1; round < args.rounds; ++round) {
+      for (int round = -warm_up; round < args.rounds; ++round) {
         const auto started = Clock::now();
         const msg::Reply reply = send();
         const double took =
@@ -263,7 +263,12 @@ void run_msg_bench(const MsgBenchArgs& args) {
       }
       return us;
     };
-    const std::vector<double> by_ref = time_rounds([&] {
+    // References get 16 warm-up rounds: both sides adapt their spin to how
+    // long their last waits took (docs/msg.md, Transports), and after the
+    // copies of the size before, which take milliseconds, the first few
+    // round trips by reference would sleep and be woken (tens of us) until
+    // the spin comes back. Copies, long anyway, get one.
+    const std::vector<double> by_ref = time_rounds(16, [&] {
       msg::Loan loan = msg::Loan::allocate(heap, n);
       if (n > 0) {
         loan.bytes().front() = std::byte{1};
@@ -271,7 +276,8 @@ void run_msg_bench(const MsgBenchArgs& args) {
       }
       return to.send(1, std::move(loan), 30s);
     });
-    const std::vector<double> by_copy = time_rounds([&] { return to.send(1, copy_source, 60s); });
+    const std::vector<double> by_copy =
+        time_rounds(1, [&] { return to.send(1, copy_source, 60s); });
     r.ref_p50_us = percentile(by_ref, 0.5);
     r.ref_p99_us = percentile(by_ref, 0.99);
     r.copy_p50_us = percentile(by_copy, 0.5);
