@@ -144,7 +144,8 @@ inline std::uint64_t nanoseconds_since(std::chrono::steady_clock::time_point sta
 //   which spins the whole window again to find out whether the peer got
 //   faster (a sleeping waiter's own wake-up can take longer than the
 //   window on a busy machine, so the waits it measures cannot tell);
-// - the first wait that ends within the window brings the whole window back.
+// - the first wait that ends within the window brings the whole window back
+//   (in the short mode, within the window and a wake-up: kWakeUpNs).
 // A waiter whose peer answers fast (a request-reply loop, the benchmarks)
 // keeps its spin, and one whose peer is slow stops burning a core. (glibc's
 // adaptive mutex adapts the window itself; that lost here, where the
@@ -156,6 +157,7 @@ class SpinBudget {
   static constexpr unsigned kPatience = 3;
   static constexpr unsigned kProbeEvery = 8;
   static constexpr std::uint64_t kShortNs = 1000;
+  static constexpr std::uint64_t kWakeUpNs = 100'000;
 
   // Begins a wait: spins until `ready()` or the budget (or `until`) runs
   // out; true if ready. `counts`: whether the wait says how long the peer
@@ -193,7 +195,14 @@ class SpinBudget {
   }
   // ...and a wait that ended `waited_ns` after it began.
   void waited(std::uint64_t waited_ns) {
-    if (waited_ns <= spin_ns()) {
+    // In the short mode a wait that slept also measures this side's own
+    // wake-up (50-70 us here): one that ended within kWakeUpNs past the
+    // window says the peer was fast. Without that, two sides of a fast
+    // exchange that fell into the short mode together kept each other there,
+    // each one's probe finding the other asleep (`sheaf msg bench` showed
+    // 68 us round trips for a whole series).
+    const bool short_mode = long_waits_ >= kPatience;
+    if (waited_ns <= spin_ns() || (short_mode && waited_ns <= spin_ns() + kWakeUpNs)) {
       long_waits_ = 0;
     } else if (++long_waits_ == 0) {
       long_waits_ = kPatience;  // (wrapped)

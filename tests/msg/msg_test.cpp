@@ -255,6 +255,18 @@ TEST(SpinBudget, ShortensAfterLongWaitsProbesAndRecoversAfterAShortOne) {
   EXPECT_EQ(probes, 10);
   budget.waited(window / 2);
   EXPECT_EQ(budget.ns(), window);
+  // In the short mode a wait that slept and ended within the window and a
+  // wake-up brings the window back; in the whole window the same wait is a
+  // long one.
+  for (unsigned i = 0; i < SpinBudget::kPatience; ++i) budget.waited(window * 3);
+  ASSERT_EQ(budget.ns(), SpinBudget::kShortNs);
+  budget.waited(window + SpinBudget::kWakeUpNs / 2);
+  EXPECT_EQ(budget.ns(), window);
+  for (unsigned i = 0; i < SpinBudget::kPatience; ++i) {
+    budget.waited(window + SpinBudget::kWakeUpNs / 2);
+  }
+  EXPECT_EQ(budget.ns(), SpinBudget::kShortNs);
+  budget.waited(window / 2);
   // Long waits that do not come in a row never shorten it.
   for (int i = 0; i < 10; ++i) {
     budget.waited(window * 3);
