@@ -1176,6 +1176,12 @@ class MsgHeapTest : public MsgTest {
     heap.release(heap.allocate_held(1));
     return heap.info().used;
   }
+  // A client that maps `heap` (which must outlive it).
+  Client attached_client(const std::string& id, Heap& heap) {
+    Client c = client(id);
+    c.attach(heap);
+    return c;
+  }
 };
 
 TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
@@ -1183,8 +1189,7 @@ TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
   Pipe done;
   Child server([&] {
     Heap heap = Heap::open(heap_path).value();
-    Client me = client("server");
-    me.attach(heap);
+    Client me = attached_client("server", heap);
     Channel channel = me.create_channel("refs");
     Message m = channel.receive(5s);
     ASSERT_EQ(m.event, Event::kMessage) << event_name(m.event) << ": " << m.payload.text();
@@ -1217,8 +1222,7 @@ TEST_F(MsgHeapTest, ALoanTravelsByReferenceWhenBothEndsMapTheHeap) {
     wait_signal(done);
   });
   Heap heap = Heap::open(heap_path).value();
-  Client me = client("client");
-  me.attach(heap);
+  Client me = attached_client("client", heap);
   Connection refs = me.connect_channel("refs", 5s, true);
   EXPECT_TRUE(refs.by_reference(heap));
   Loan loan = refs.loan<std::uint8_t>(kBytes);  // in the heap both ends map
@@ -1250,8 +1254,7 @@ TEST_F(MsgHeapTest, ALoanIsCopiedToAPeerThatDoesNotMapTheHeap) {
   });
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
-  Client me = client("client");
-  me.attach(heap);
+  Client me = attached_client("client", heap);
   Connection copies = me.connect_channel("copies", 5s, true);
   EXPECT_FALSE(copies.by_reference(heap));
   Loan loan = Loan::allocate(heap, 12);
@@ -1268,8 +1271,7 @@ TEST_F(MsgHeapTest, AReplyByReferenceLostOnABrokenLinkArrivesOnce) {
   constexpr std::size_t kBytes = 64 << 10;
   Child server([&] {
     Heap heap = Heap::open(heap_path).value();
-    Client me = client("server");
-    me.attach(heap);
+    Client me = attached_client("server", heap);
     Channel channel = me.create_channel("ref-once");
     posix::inject_fault(posix::Op::kSocketSend, ECONNRESET);
     int runs = 0;
@@ -1287,8 +1289,7 @@ TEST_F(MsgHeapTest, AReplyByReferenceLostOnABrokenLinkArrivesOnce) {
   });
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
-  Client me = client("client");
-  me.attach(heap);
+  Client me = attached_client("client", heap);
   {
     Connection to = me.connect_channel("ref-once", 5s, true);
     Reply r = to.send(1, as_bytes("once"), 5s);
@@ -1350,14 +1351,12 @@ TEST_F(MsgHeapTest, AStaleReferenceIsRefused) {
 TEST_F(MsgHeapTest, AClientKilledHoldingReferencesLeaksNothing) {
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
-  Client me = client("owner");
-  me.attach(heap);
+  Client me = attached_client("owner", heap);
   Channel channel = me.create_channel("serves");
   Pipe holding;
   Child doomed([&] {
     Heap mine = Heap::open(heap_path).value();
-    Client c = client("doomed");
-    c.attach(mine);
+    Client c = attached_client("doomed", mine);
     Connection to = c.connect_channel("serves", 5s);
     Loan kept = Loan::allocate(mine, 8192);  // never sent
     const Reply r = to.send(1, as_bytes("give"), 5s);
@@ -1403,14 +1402,12 @@ void break_all_sockets() {
 // has passed.
 TEST_F(MsgHeapTest, AClientWhoseLinkBrokeDoesNotHoldUpTheOwner) {
   Heap heap = Heap::open(heap_path).value();
-  Client me = client("owner");
-  me.attach(heap);
+  Client me = attached_client("owner", heap);
   Channel channel = me.create_channel("broken");
   Pipe broken;
   Child sender([&] {
     Heap mine = Heap::open(heap_path).value();
-    Client c = client("sender");
-    c.attach(mine);
+    Client c = attached_client("sender", mine);
     Connection to = c.connect_channel("broken", 5s);
     to.buffered_send(1, as_bytes("here"), 5s);
     break_all_sockets();
@@ -1437,13 +1434,11 @@ TEST_F(MsgHeapTest, AClientWhoseLinkBrokeDoesNotHoldUpTheOwner) {
 // then the goodbye).
 TEST_F(MsgHeapTest, AClientThatComesBackHasItsOldLinksDeathFirst) {
   Heap heap = Heap::open(heap_path).value();
-  Client me = client("owner");
-  me.attach(heap);
+  Client me = attached_client("owner", heap);
   Channel channel = me.create_channel("back");
   Child sender([&] {
     Heap mine = Heap::open(heap_path).value();
-    Client c = client("sender");
-    c.attach(mine);
+    Client c = attached_client("sender", mine);
     Connection to = c.connect_channel("back", 5s);
     // The link breaks while the send waits for its answer; it reconnects.
     posix::inject_fault(posix::Op::kSocketReceive, ECONNRESET);
@@ -1469,15 +1464,13 @@ TEST_F(MsgHeapTest, AClientThatComesBackHasItsOldLinksDeathFirst) {
 TEST_F(MsgHeapTest, ReceiversKilledWhileHoldingReferencesLeakNothing) {
   Heap heap = Heap::open(heap_path).value();
   const std::uint64_t used_before = used_at_rest(heap);
-  Client me = client("sender");
-  me.attach(heap);
+  Client me = attached_client("sender", heap);
   constexpr int kKills = 300;
   for (int round = 0; round < kKills; ++round) {
     Pipe holding;
     Child receiver([&] {
       Heap mine = Heap::open(heap_path).value();
-      Client c = client("receiver");
-      c.attach(mine);
+      Client c = attached_client("receiver", mine);
       Channel ch = c.create_channel("hold-" + std::to_string(round));
       for (;;) {
         Message m = ch.receive(5s);
