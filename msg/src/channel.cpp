@@ -452,9 +452,10 @@ struct Channel::State {
     if (!open) drop_peer(key, peer.id.empty() ? Event::kDisconnect : Event::kDeath);
   }
 
-  // A peer on rings whose socket became readable: it closed (it sends
-  // nothing else there). What it wrote to the ring before is read first.
-  void check_ring_peer(std::uint64_t key) {
+  // A peer whose socket may have closed (one on rings sends nothing else
+  // there, so a readable socket means that): if it did, what it wrote
+  // before is read first, then it is dropped.
+  void drop_if_closed(std::uint64_t key) {
     auto found = peers.find(key);
     if (found == peers.end() || !found->second.link.peer_closed()) return;
     read_peer(key);
@@ -492,7 +493,7 @@ struct Channel::State {
         for (const auto& [other, p] : peers) {
           if (other != key && share_a_session(p.heaps, peer.heaps)) same_client.push_back(other);
         }
-        for (const std::uint64_t other : same_client) check_ring_peer(other);
+        for (const std::uint64_t other : same_client) drop_if_closed(other);
         came_back(peer.heaps);
         peer.id = std::move(id);
         if (hello.contains("token")) {
@@ -827,7 +828,7 @@ void wait_and_serve(std::span<Channel::State* const> channels, Deadline deadline
         s.read_peer(what[i].peer);
         break;
       case Watched::kRingPeerSocket:
-        s.check_ring_peer(what[i].peer);
+        s.drop_if_closed(what[i].peer);
         break;
       case Watched::kManager:
         s.tend_manager(true);
