@@ -151,8 +151,10 @@ wait "$bench_server" || fail "sheaf msg bench --serve on host 1 failed: $(cat "$
   fail "sheaf msg bench between the hosts printed no results for both sizes: $bench"
 echo "sheaf msg bench between the hosts: $bench"
 stop_manager
-"$here/cluster.sh" exec "$state" 1 "$sheaf" heap check "$MOUNT1/msg.heap" >/dev/null || fail "heap check on host 1 after the messages"
-"$here/cluster.sh" exec "$state" 2 "$sheaf" heap check "$MOUNT2/msg.heap" >/dev/null || fail "heap check on host 2 after the messages"
+check=$("$here/cluster.sh" exec "$state" 1 "$sheaf" heap check "$MOUNT1/msg.heap" 2>&1) ||
+  fail "heap check on host 1 after the messages: $check"
+check=$("$here/cluster.sh" exec "$state" 2 "$sheaf" heap check "$MOUNT2/msg.heap" 2>&1) ||
+  fail "heap check on host 2 after the messages: $check"
 used_after=$("$sheaf" heap info --json "$MOUNT1/msg.heap" | grep -o '"used": *[0-9]*' | grep -o '[0-9]*$')
 [[ $used_after == "$used_before" ]] || fail "the heap uses $used_after bytes after the messages, $used_before before: references leaked"
 echo "PASS: $msg_rounds messages from host 2 to host 1 and their replies, all by heap reference over authenticated TCP; nothing leaked"
